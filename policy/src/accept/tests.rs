@@ -1,0 +1,114 @@
+use std::path::Path;
+
+use crate::config::{EmbeddedFiles, StaticEnv};
+
+use super::*;
+
+fn config() -> Config {
+    let files = EmbeddedFiles::new(&[
+        (
+            "toolgate.yaml",
+            br#"
+agent: { id: a }
+tools:
+  - name: jira
+    hosts: [jira.example.com]
+  - name: pay
+    hosts: [pay.example.com]
+    upstream: http://127.0.0.1:9000
+routes:
+  - { prefix: /jira/, tool: jira }
+  - { prefix: /pay/v1/, tool: pay }
+policy: { files: [p.rego] }
+"#,
+        ),
+        ("p.rego", b"package toolgate\ndecision := false\n"),
+    ]);
+    Config::load_from(Path::new("toolgate.yaml"), &files, &StaticEnv::default()).unwrap()
+}
+
+struct Req(&'static str, &'static str, HeaderMap);
+
+fn req(method: &'static str, target: &'static str, host: Option<&str>) -> Req {
+    let mut h = HeaderMap::new();
+    if let Some(host) = host {
+        h.insert("host", host.parse().unwrap());
+    }
+    Req(method, target, h)
+}
+
+fn accept(r: &Req, config: &Config) -> Result<Accepted, Rejection> {
+    super::accept(config, r.0, r.1.as_bytes(), &r.2)
+}
+
+#[test]
+fn absolute_form_names_host_and_scheme() {
+    let a = accept(
+        &req(
+            "GET",
+            "http://Jira.Example.com/rest/x?y=1",
+            Some("jira.example.com"),
+        ),
+        &config(),
+    )
+    .unwrap();
+    assert_eq!(
+        (a.via, a.tool, a.tls, a.host.as_str(), a.port),
+        (Via::AbsoluteForm, Some(0), false, "jira.example.com", 80)
+    );
+    assert_eq!(a.request.target(), "/rest/x?y=1");
+    let root = accept(&req("GET", "http://jira.example.com", None), &config()).unwrap();
+    assert_eq!(root.request.path, "/");
+}
+
+#[test]
+fn absolute_form_host_header_must_agree() {
+    let e = accept(
+        &req("GET", "http://jira.example.com/x", Some("pay.example.com")),
+        &config(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Rejection::HostMismatch(_)));
+}
+
+#[test]
+fn routes_strip_their_prefix() {
+    let a = accept(
+        &req("GET", "/jira/rest/api/3/issue/X", Some("127.0.0.1:15001")),
+        &config(),
+    )
+    .unwrap();
+    assert_eq!(
+        (a.via, a.tool, a.tls, a.host.as_str(), a.port),
+        (Via::Route, Some(0), true, "jira.example.com", 443)
+    );
+    assert_eq!(a.request.path, "/rest/api/3/issue/X");
+    let b = accept(&req("POST", "/pay/v1/charges", None), &config()).unwrap();
+    assert_eq!(
+        (b.tool, b.host.as_str(), b.port, b.request.path.as_str()),
+        (Some(1), "127.0.0.1", 9000, "/charges")
+    );
+}
+
+#[test]
+fn route_prefix_is_matched_on_the_canonical_path() {
+    // `/jira/../pay/v1/x` must not reach the pay route, nor the jira one.
+    assert_eq!(
+        accept(&req("GET", "/jira/../pay/v1/x", None), &config()).unwrap_err(),
+        Rejection::DotSegment
+    );
+    let a = accept(&req("GET", "/%6aira/x", None), &config()).unwrap();
+    assert_eq!((a.via, a.request.path.as_str()), (Via::Route, "/x"));
+}
+
+#[test]
+fn origin_form_uses_host() {
+    let a = accept(&req("GET", "/x", Some("pay.example.com:8080")), &config()).unwrap();
+    assert_eq!((a.via, a.tool, a.port), (Via::Host, Some(1), 8080));
+    let unknown = accept(&req("GET", "/x", Some("evil.example.com")), &config()).unwrap();
+    assert_eq!(unknown.tool, None);
+    assert_eq!(
+        accept(&req("GET", "/x", None), &config()).unwrap_err(),
+        Rejection::NoHost
+    );
+}

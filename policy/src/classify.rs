@@ -1,0 +1,290 @@
+//! Classification: the tool catalog maps a normalised request to one action with attributes.
+//!
+//! The catalog is compiled once from config. Hosts are a hash lookup, methods a hash lookup,
+//! paths a trie walk, so cost stays flat as the catalog grows. No match is action `unknown`.
+
+mod template;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, Method};
+use serde_json::Value as Json;
+
+pub use template::{PathTemplate, Segment, TemplateError, Trie, MAX_SEGMENTS};
+
+use crate::normalise::Normalised;
+
+/// Name of the action for requests no catalog entry matches.
+pub const UNKNOWN: &str = "unknown";
+
+/// The compiled tool catalog.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    tools: Vec<Tool>,
+    hosts: HashMap<Box<str>, Vec<(Option<u16>, usize)>>,
+    /// `*.example.com` patterns as (".example.com", port, tool).
+    wildcards: Vec<(Box<str>, Option<u16>, usize)>,
+}
+
+/// A tool: a set of hosts and the actions its API offers.
+#[derive(Debug)]
+pub struct Tool {
+    pub name: Arc<str>,
+    pub hosts: Vec<String>,
+    pub upstream: Option<Upstream>,
+    /// Credential used for allowed actions unless the decision names another.
+    pub credential: Option<String>,
+    actions: Vec<Action>,
+    by_method: HashMap<Method, Trie>,
+    any_method: Trie,
+}
+
+/// Where a tool's requests are sent when its config names an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Prefix prepended to forwarded paths ("" or "/base", never ending in '/').
+    pub base_path: String,
+}
+
+/// One action a tool offers.
+#[derive(Debug)]
+pub struct Action {
+    pub name: Arc<str>,
+    pub method: Option<Method>,
+    pub template: PathTemplate,
+    pub attributes: Vec<(Arc<str>, AttributeSource)>,
+}
+
+/// Where an attribute's value is taken from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttributeSource {
+    /// The n-th capture of the path template (decoded).
+    Path(usize),
+    /// A query parameter (decoded).
+    Query(String),
+    /// A request header.
+    Header(HeaderName),
+}
+
+/// The result of classifying one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classification {
+    /// Index of the tool in the catalog, if the request is for a known tool.
+    pub tool: Option<usize>,
+    pub action: Arc<str>,
+    pub attributes: Vec<(Arc<str>, Json)>,
+}
+
+/// A request that matched an action but whose attributes cannot be read unambiguously.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClassifyError {
+    #[error(
+        "query parameter {0:?} appears more than once; the action's attribute would be ambiguous"
+    )]
+    AmbiguousQuery(String),
+    #[error("header {0:?} appears more than once; the action's attribute would be ambiguous")]
+    AmbiguousHeader(String),
+    #[error("header {0:?} is not valid UTF-8")]
+    HeaderNotUtf8(String),
+}
+
+impl Tool {
+    /// The tool's actions, in config order.
+    pub fn actions(&self) -> &[Action] {
+        &self.actions
+    }
+}
+
+impl Catalog {
+    /// An empty catalog; tools are added with [`Catalog::push`].
+    pub fn new() -> Catalog {
+        Catalog::default()
+    }
+
+    /// Add a tool with its host patterns (lower-case, optionally `*.` and `:port`).
+    pub fn push(&mut self, tool: ToolSpec) -> usize {
+        let id = self.tools.len();
+        for host in &tool.hosts {
+            let (name, port) = split_host_port(host);
+            match name.strip_prefix('*') {
+                Some(suffix) => self.wildcards.push((suffix.into(), port, id)),
+                None => self.hosts.entry(name.into()).or_default().push((port, id)),
+            }
+        }
+        let mut by_method: HashMap<Method, Trie> = HashMap::new();
+        let mut any_method = Trie::default();
+        for (i, action) in tool.actions.iter().enumerate() {
+            match &action.method {
+                Some(m) => by_method
+                    .entry(m.clone())
+                    .or_default()
+                    .insert(&action.template, i),
+                None => any_method.insert(&action.template, i),
+            }
+        }
+        self.tools.push(Tool {
+            name: tool.name,
+            hosts: tool.hosts,
+            upstream: tool.upstream,
+            credential: tool.credential,
+            actions: tool.actions,
+            by_method,
+            any_method,
+        });
+        id
+    }
+
+    /// All tools, in config order.
+    pub fn tools(&self) -> &[Tool] {
+        &self.tools
+    }
+
+    /// The tool with index `id`.
+    pub fn tool(&self, id: usize) -> Option<&Tool> {
+        self.tools.get(id)
+    }
+
+    /// The tool serving `host` (lower-case, no trailing dot) on `port`; exact names before
+    /// wildcards, a pattern with a port before one without.
+    pub fn tool_for_host(&self, host: &str, port: u16) -> Option<usize> {
+        let pick = |entries: &mut dyn Iterator<Item = (Option<u16>, usize)>| {
+            let mut any = None;
+            for (p, id) in entries {
+                match p {
+                    Some(p) if p == port => return Some(id),
+                    None if any.is_none() => any = Some(id),
+                    _ => {}
+                }
+            }
+            any
+        };
+        if let Some(entries) = self.hosts.get(host) {
+            if let Some(id) = pick(&mut entries.iter().copied()) {
+                return Some(id);
+            }
+        }
+        let mut wild = self
+            .wildcards
+            .iter()
+            .filter(|(suffix, _, _)| host.len() > suffix.len() && host.ends_with(&**suffix))
+            .map(|(_, p, id)| (*p, *id));
+        pick(&mut wild)
+    }
+
+    /// Classify a normalised request for `tool` (or for no known tool).
+    pub fn classify(
+        &self,
+        tool: Option<usize>,
+        request: &Normalised,
+        headers: &HeaderMap,
+    ) -> Result<Classification, ClassifyError> {
+        let unknown = |tool| Classification {
+            tool,
+            action: Arc::from(UNKNOWN),
+            attributes: Vec::new(),
+        };
+        let Some(t) = tool.and_then(|id| self.tools.get(id)) else {
+            return Ok(unknown(None));
+        };
+        let specific = t
+            .by_method
+            .get(&request.method)
+            .and_then(|trie| trie.lookup(&request.segments));
+        let any = t.any_method.lookup(&request.segments);
+        let best = match (specific, any) {
+            (Some(s), Some(a)) if a.specificity > s.specificity => Some(a),
+            (Some(s), _) => Some(s),
+            (None, a) => a,
+        };
+        let Some(action) = best.and_then(|m| t.actions.get(m.entry)) else {
+            return Ok(unknown(tool));
+        };
+        let mut attributes = Vec::with_capacity(action.attributes.len());
+        for (name, source) in &action.attributes {
+            if let Some(value) = attribute(action, source, request, headers)? {
+                attributes.push((name.clone(), Json::String(value)));
+            }
+        }
+        Ok(Classification {
+            tool,
+            action: action.name.clone(),
+            attributes,
+        })
+    }
+}
+
+fn attribute(
+    action: &Action,
+    source: &AttributeSource,
+    request: &Normalised,
+    headers: &HeaderMap,
+) -> Result<Option<String>, ClassifyError> {
+    match source {
+        AttributeSource::Path(n) => {
+            let captured = action
+                .template
+                .segments()
+                .iter()
+                .zip(&request.segments)
+                .filter(|(t, _)| matches!(t, Segment::Capture(_)))
+                .nth(*n)
+                .map(|(_, value)| value.clone());
+            Ok(captured)
+        }
+        AttributeSource::Query(key) => {
+            let mut values = request.params.iter().filter(|(k, _)| k == key);
+            let first = values.next().map(|(_, v)| v.clone());
+            if values.next().is_some() {
+                return Err(ClassifyError::AmbiguousQuery(key.clone()));
+            }
+            Ok(first)
+        }
+        AttributeSource::Header(name) => {
+            let mut values = headers.get_all(name).iter();
+            let Some(first) = values.next() else {
+                return Ok(None);
+            };
+            if values.next().is_some() {
+                return Err(ClassifyError::AmbiguousHeader(name.to_string()));
+            }
+            let value = first
+                .to_str()
+                .map_err(|_| ClassifyError::HeaderNotUtf8(name.to_string()))?;
+            Ok(Some(value.to_string()))
+        }
+    }
+}
+
+/// A tool as validated config describes it, before indexing.
+#[derive(Debug)]
+pub struct ToolSpec {
+    pub name: Arc<str>,
+    pub hosts: Vec<String>,
+    pub upstream: Option<Upstream>,
+    pub credential: Option<String>,
+    pub actions: Vec<Action>,
+}
+
+/// Split `host[:port]` (IPv6 in brackets) into the host and an optional port.
+pub fn split_host_port(s: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = s.strip_prefix('[') {
+        if let Some((host, after)) = rest.split_once(']') {
+            let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
+            return (host, port);
+        }
+        return (s, None);
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => match port.parse() {
+            Ok(p) => (host, Some(p)),
+            Err(_) => (s, None),
+        },
+        _ => (s, None),
+    }
+}

@@ -1,0 +1,304 @@
+//! Configuration: parsed once from YAML, validated with every error collected, compiled into
+//! the typed values the pipeline uses. Nothing on the request path parses config text.
+
+mod files;
+mod raw;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use files::{DiskFiles, EmbeddedFiles, Files, ProcessEnv, StaticEnv, Vars};
+
+use crate::classify::Catalog;
+
+/// A validated configuration, ready to serve.
+#[derive(Debug)]
+pub struct Config {
+    /// The file this configuration came from (for messages).
+    pub origin: PathBuf,
+    pub listen: Listen,
+    /// Worker threads serving the proxy listener.
+    pub workers: usize,
+    pub agent: Agent,
+    pub catalog: Arc<Catalog>,
+    pub routes: Vec<Route>,
+    pub policy: PolicySource,
+    pub credentials: BTreeMap<String, CredentialSpec>,
+    pub telemetry: Telemetry,
+    pub admin: AdminSettings,
+    pub chain: ChainSettings,
+    pub tls: TlsSettings,
+    pub limits: Limits,
+    /// Hash of every file read to build this config: equal fingerprints, equal configs.
+    pub fingerprint: u64,
+}
+
+/// Socket addresses toolgate listens on.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Who the agent behind this sidecar is.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub id: String,
+}
+
+/// A path prefix on the proxy listener that names a tool directly (`/jira/…` → `jira`).
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub prefix: String,
+    pub tool: usize,
+}
+
+/// Rego sources and data documents, read at load time.
+#[derive(Debug, Clone)]
+pub struct PolicySource {
+    /// (file name, Rego text) in a stable order.
+    pub modules: Vec<(String, String)>,
+    /// Data documents merged under `data.`, as JSON values.
+    pub data: serde_json::Value,
+    /// The rule that yields the decision, e.g. `data.toolgate.decision`.
+    pub query: String,
+    pub mode: PolicyMode,
+}
+
+/// Whether denials are enforced or only logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PolicyMode {
+    #[default]
+    Enforce,
+    /// Would-deny requests are logged and forwarded as they came.
+    DryRun,
+}
+
+/// Telemetry sinks.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    pub decision_log: DecisionLogSink,
+}
+
+/// Where decision-log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecisionLogSink {
+    Stdout,
+    File(PathBuf),
+    Off,
+}
+
+/// The admin listener's protection and revocation lifetime.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// Bearer token required for state-changing admin calls from non-loopback peers.
+    pub token: Option<SecretValue>,
+    /// How long a revocation lasts unless the request says otherwise.
+    pub revocation_ttl: Duration,
+}
+
+/// Where a credential's value comes from and how it is presented to the tool.
+#[derive(Debug, Clone)]
+pub enum CredentialSpec {
+    /// A static secret read from a file or an environment variable.
+    Secret(SecretSpec),
+}
+
+/// A `kind: secret` credential, read at load time.
+#[derive(Debug, Clone)]
+pub struct SecretSpec {
+    /// Lower-case header name the value is written to.
+    pub header: http::HeaderName,
+    /// The complete header value (`format` applied to the secret).
+    pub value: SecretValue,
+}
+
+/// A credential value: marked sensitive, never printed, never serialised.
+#[derive(Clone)]
+pub struct SecretValue(http::HeaderValue);
+
+impl SecretValue {
+    /// Wrap a header value, marking it sensitive for HPACK and debug output.
+    pub fn new(mut value: http::HeaderValue) -> SecretValue {
+        value.set_sensitive(true);
+        SecretValue(value)
+    }
+
+    /// The value to put on the wire.
+    pub fn header_value(&self) -> &http::HeaderValue {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretValue(<redacted>)")
+    }
+}
+
+impl CredentialSpec {
+    /// The header this credential is written to, which must also be stripped from the agent.
+    pub fn header(&self) -> &http::HeaderName {
+        match self {
+            CredentialSpec::Secret(s) => &s.header,
+        }
+    }
+}
+
+/// How actions are grouped into tasks.
+#[derive(Debug, Clone)]
+pub struct ChainSettings {
+    pub task_header: http::HeaderName,
+    pub max_actions: usize,
+    /// Most tasks remembered at once.
+    pub max_tasks: usize,
+    pub idle_ttl: Duration,
+}
+
+/// TLS settings for upstream connections.
+#[derive(Debug, Clone, Default)]
+pub struct TlsSettings {
+    /// Extra roots (PEM) trusted for upstream connections, on top of the system's.
+    pub upstream_ca: Option<PathBuf>,
+}
+
+/// Limits on what a client controls.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub upstream_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+/// One problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Field path inside the file, e.g. `tools[0].actions[1].match.path`.
+    pub path: String,
+    pub message: String,
+}
+
+/// Every problem found in one configuration file.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors {
+    pub origin: PathBuf,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let origin = self.origin.display();
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if e.path.is_empty() {
+                write!(f, "{origin}: {}", e.message)?;
+            } else {
+                write!(f, "{origin}: {}: {}", e.path, e.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Load a configuration file from disk; relative paths resolve against its directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Config::load_from(path, &DiskFiles::new(base), &ProcessEnv)
+    }
+
+    /// Load a configuration named `path` through `files`, reading environment through `vars`.
+    pub fn load_from(
+        path: &Path,
+        files: &dyn Files,
+        vars: &dyn Vars,
+    ) -> Result<Config, ConfigErrors> {
+        let fail = |message: String| ConfigErrors {
+            origin: path.to_path_buf(),
+            errors: vec![ConfigError {
+                path: String::new(),
+                message,
+            }],
+        };
+        let name = path
+            .file_name()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| path.to_path_buf());
+        let bytes = files
+            .read(&name)
+            .map_err(|e| fail(format!("cannot read: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|_| fail("not valid UTF-8".to_string()))?;
+        let raw = parse(&text).map_err(|errors| ConfigErrors {
+            origin: path.to_path_buf(),
+            errors,
+        })?;
+        let recording = files::Recording::new(files, &bytes_hash(&text));
+        let mut config = validate::compile(raw, path, &recording, vars)?;
+        config.fingerprint = recording.fingerprint();
+        Ok(config)
+    }
+}
+
+fn bytes_hash(text: &str) -> [u8; 8] {
+    files::fnv(0xcbf2_9ce4_8422_2325, text.as_bytes()).to_le_bytes()
+}
+
+/// Parse YAML into the raw model, reporting every unknown key (and a type error, if any).
+fn parse(text: &str) -> Result<raw::RawConfig, Vec<ConfigError>> {
+    let mut unknown = Vec::new();
+    let de = serde_yaml::Deserializer::from_str(text);
+    let mut record = |path: serde_ignored::Path<'_>| unknown.push(yaml_path(&path));
+    let ignored = serde_ignored::Deserializer::new(de, &mut record);
+    let parsed: Result<raw::RawConfig, _> = serde_path_to_error::deserialize(ignored);
+    let mut errors: Vec<ConfigError> = unknown
+        .into_iter()
+        .map(|path| ConfigError {
+            path,
+            message: "unknown key".to_string(),
+        })
+        .collect();
+    match parsed {
+        Ok(raw) if errors.is_empty() => Ok(raw),
+        Ok(_) => Err(errors),
+        Err(e) => {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            errors.push(ConfigError {
+                path,
+                message: e.into_inner().to_string(),
+            });
+            Err(errors)
+        }
+    }
+}
+
+/// Render a `serde_ignored` path as `tools[0].actions[1].mtch`.
+fn yaml_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path as P;
+    match path {
+        P::Root => String::new(),
+        P::Seq { parent, index } => format!("{}[{index}]", yaml_path(parent)),
+        P::Map { parent, key } => {
+            let key = key.clone();
+            let parent = yaml_path(parent);
+            if parent.is_empty() {
+                key
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            yaml_path(parent)
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The configuration file as written: serde structs that mirror DESIGN.md §4.
+//!
+//! Unknown keys are collected by `serde_ignored` in `config::parse` rather than rejected by
+//! `deny_unknown_fields`, so that every unknown key in a file is reported at once.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub listen: RawListen,
+    pub workers: Option<usize>,
+    #[serde(default)]
+    pub agent: RawAgent,
+    #[serde(default)]
+    pub tools: Vec<RawTool>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    pub policy: Option<RawPolicy>,
+    #[serde(default)]
+    pub credentials: BTreeMap<String, RawCredential>,
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub chain: RawChain,
+    #[serde(default)]
+    pub tls: RawTls,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawListen {
+    pub proxy: Option<String>,
+    pub admin: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawAgent {
+    pub id: Option<String>,
+    pub id_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawTool {
+    pub name: String,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    pub upstream: Option<String>,
+    pub credential: Option<String>,
+    #[serde(default)]
+    pub actions: Vec<RawAction>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawAction {
+    pub name: String,
+    #[serde(rename = "match", default)]
+    pub matcher: RawMatch,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawMatch {
+    pub method: Option<String>,
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawRoute {
+    pub prefix: String,
+    pub tool: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawPolicy {
+    #[serde(default)]
+    pub files: Vec<String>,
+    #[serde(default)]
+    pub data: Vec<String>,
+    pub query: Option<String>,
+    pub mode: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawCredential {
+    pub kind: String,
+    pub file: Option<String>,
+    pub env: Option<String>,
+    pub header: Option<String>,
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawChain {
+    pub task_header: Option<String>,
+    pub max_actions: Option<usize>,
+    pub max_tasks: Option<usize>,
+    pub idle_ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTelemetry {
+    pub decision_log: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawAdmin {
+    pub token_file: Option<String>,
+    pub revocation_ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTls {
+    pub upstream_ca: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLimits {
+    pub max_body_bytes: Option<usize>,
+    pub upstream_timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub shutdown_timeout: Option<String>,
+}

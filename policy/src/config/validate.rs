@@ -1,0 +1,700 @@
+//! Raw config → validated, compiled config. Every problem is collected with its field path;
+//! nothing is reported one at a time.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+
+use super::raw::{RawAction, RawConfig, RawCredential, RawPolicy, RawRoute, RawTool};
+use super::{
+    AdminSettings, Agent, ChainSettings, Config, ConfigError, ConfigErrors, CredentialSpec,
+    DecisionLogSink, Files, Limits, Listen, PolicyMode, PolicySource, Route, SecretSpec,
+    SecretValue, Telemetry, TlsSettings, Vars,
+};
+use crate::classify::{Action, AttributeSource, Catalog, PathTemplate, ToolSpec, Upstream};
+use crate::normalise;
+
+/// Default proxy listener.
+pub const DEFAULT_PROXY: &str = "127.0.0.1:15001";
+/// Default admin listener.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
+/// Default cap on tasks the chain ledger remembers.
+pub const DEFAULT_MAX_TASKS: usize = 256;
+/// Default rule answering the decision.
+pub const DEFAULT_QUERY: &str = "data.toolgate.decision";
+
+#[derive(Default)]
+struct Collector {
+    errors: Vec<ConfigError>,
+}
+
+impl Collector {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+pub(super) fn compile(
+    raw: RawConfig,
+    origin: &Path,
+    files: &dyn Files,
+    vars: &dyn Vars,
+) -> Result<Config, ConfigErrors> {
+    let mut c = Collector::default();
+    let listen = Listen {
+        proxy: addr(
+            &mut c,
+            "listen.proxy",
+            raw.listen.proxy.as_deref().unwrap_or(DEFAULT_PROXY),
+        ),
+        admin: addr(
+            &mut c,
+            "listen.admin",
+            raw.listen.admin.as_deref().unwrap_or(DEFAULT_ADMIN),
+        ),
+    };
+    let workers = positive(&mut c, "workers", raw.workers.unwrap_or(2));
+    let agent = agent(&mut c, &raw, vars);
+    let credentials = credentials(&mut c, &raw.credentials, files, vars);
+    let (catalog, tool_names) = catalog(&mut c, &raw.tools, &credentials);
+    let routes = routes(&mut c, &raw.routes, &tool_names, &catalog);
+    let policy = match &raw.policy {
+        Some(p) => policy(&mut c, p, files),
+        None => {
+            c.push("policy", "required: at least `files` with the Rego modules");
+            None
+        }
+    };
+    let chain = ChainSettings {
+        task_header: header_name(
+            &mut c,
+            "chain.task_header",
+            raw.chain
+                .task_header
+                .as_deref()
+                .unwrap_or("x-toolgate-task"),
+        ),
+        max_actions: positive(
+            &mut c,
+            "chain.max_actions",
+            raw.chain.max_actions.unwrap_or(64),
+        ),
+        max_tasks: positive(
+            &mut c,
+            "chain.max_tasks",
+            raw.chain.max_tasks.unwrap_or(DEFAULT_MAX_TASKS),
+        ),
+        idle_ttl: duration(
+            &mut c,
+            "chain.idle_ttl",
+            raw.chain.idle_ttl.as_deref(),
+            "15m",
+        ),
+    };
+    let telemetry = Telemetry {
+        decision_log: decision_log(raw.telemetry.decision_log.as_deref(), files),
+    };
+    let admin = AdminSettings {
+        token: raw
+            .admin
+            .token_file
+            .as_deref()
+            .and_then(|f| admin_token(&mut c, f, files)),
+        revocation_ttl: duration(
+            &mut c,
+            "admin.revocation_ttl",
+            raw.admin.revocation_ttl.as_deref(),
+            "24h",
+        ),
+    };
+    let tls = TlsSettings {
+        upstream_ca: raw
+            .tls
+            .upstream_ca
+            .as_deref()
+            .map(|p| files.locate(Path::new(p))),
+    };
+    let limits = Limits {
+        max_body_bytes: raw.limits.max_body_bytes.unwrap_or(65_536),
+        upstream_timeout: duration(
+            &mut c,
+            "limits.upstream_timeout",
+            raw.limits.upstream_timeout.as_deref(),
+            "30s",
+        ),
+        connect_timeout: duration(
+            &mut c,
+            "limits.connect_timeout",
+            raw.limits.connect_timeout.as_deref(),
+            "5s",
+        ),
+        shutdown_timeout: duration(
+            &mut c,
+            "limits.shutdown_timeout",
+            raw.limits.shutdown_timeout.as_deref(),
+            "2s",
+        ),
+    };
+    match (c.errors.is_empty(), policy) {
+        (true, Some(policy)) => Ok(Config {
+            origin: origin.to_path_buf(),
+            listen,
+            workers,
+            agent,
+            catalog: Arc::new(catalog),
+            routes,
+            policy,
+            credentials,
+            telemetry,
+            admin,
+            chain,
+            tls,
+            limits,
+            fingerprint: 0,
+        }),
+        _ => Err(ConfigErrors {
+            origin: origin.to_path_buf(),
+            errors: c.errors,
+        }),
+    }
+}
+
+fn addr(c: &mut Collector, path: &str, s: &str) -> SocketAddr {
+    s.parse().unwrap_or_else(|_| {
+        c.push(
+            path,
+            format!("{s:?} is not an address like 127.0.0.1:15001"),
+        );
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    })
+}
+
+fn duration(c: &mut Collector, path: &str, s: Option<&str>, default: &str) -> Duration {
+    let s = s.unwrap_or(default);
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            c.push(path, "must be longer than zero");
+            Duration::from_secs(1)
+        }
+        Err(e) => {
+            c.push(
+                path,
+                format!("{s:?} is not a duration like 30s or 15m: {e}"),
+            );
+            Duration::from_secs(1)
+        }
+    }
+}
+
+fn positive(c: &mut Collector, path: &str, n: usize) -> usize {
+    if n == 0 {
+        c.push(path, "must be at least 1");
+    }
+    n.max(1)
+}
+
+fn header_name(c: &mut Collector, path: &str, s: &str) -> HeaderName {
+    HeaderName::from_bytes(s.to_ascii_lowercase().as_bytes()).unwrap_or_else(|_| {
+        c.push(path, format!("{s:?} is not a valid header name"));
+        HeaderName::from_static("x-invalid")
+    })
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+fn agent(c: &mut Collector, raw: &RawConfig, vars: &dyn Vars) -> Agent {
+    let id = match (&raw.agent.id, &raw.agent.id_env) {
+        (Some(id), None) => Some(id.clone()),
+        (None, Some(var)) => match vars.var(var) {
+            Some(v) if !v.trim().is_empty() => Some(v.trim().to_string()),
+            _ => {
+                c.push(
+                    "agent.id_env",
+                    format!("environment variable {var} is not set"),
+                );
+                None
+            }
+        },
+        (Some(_), Some(_)) => {
+            c.push("agent", "set one of `id` and `id_env`, not both");
+            None
+        }
+        (None, None) => {
+            c.push(
+                "agent.id",
+                "required: the agent's identity, e.g. spiffe://example.org/ns/app/sa/agent",
+            );
+            None
+        }
+    };
+    Agent {
+        id: id.unwrap_or_default(),
+    }
+}
+
+fn credentials(
+    c: &mut Collector,
+    raw: &BTreeMap<String, RawCredential>,
+    files: &dyn Files,
+    vars: &dyn Vars,
+) -> BTreeMap<String, CredentialSpec> {
+    let mut out = BTreeMap::new();
+    for (name, cred) in raw {
+        let path = format!("credentials.{name}");
+        if !is_name(name) {
+            c.push(
+                &path,
+                "name may hold only letters, digits, '_', '-' and '.'",
+            );
+        }
+        match cred.kind.as_str() {
+            "secret" => {
+                let secret = match (&cred.file, &cred.env) {
+                    (Some(f), None) => files
+                        .read(Path::new(f))
+                        .map_err(|e| {
+                            c.push(
+                                format!("{path}.file"),
+                                format!(
+                                    "cannot read {}: {e}",
+                                    files.locate(Path::new(f)).display()
+                                ),
+                            )
+                        })
+                        .ok()
+                        .and_then(|bytes| {
+                            String::from_utf8(bytes)
+                                .map_err(|_| c.push(format!("{path}.file"), "not valid UTF-8"))
+                                .ok()
+                        }),
+                    (None, Some(e)) => {
+                        let value = vars.var(e);
+                        if value.is_none() {
+                            c.push(
+                                format!("{path}.env"),
+                                format!("environment variable {e} is not set"),
+                            );
+                        }
+                        value
+                    }
+                    _ => {
+                        c.push(&path, "a secret needs exactly one of `file` and `env`");
+                        None
+                    }
+                };
+                let header = header_name(
+                    c,
+                    &format!("{path}.header"),
+                    cred.header.as_deref().unwrap_or("authorization"),
+                );
+                let format = cred.format.as_deref().unwrap_or("{}");
+                if format.matches("{}").count() != 1 {
+                    c.push(
+                        format!("{path}.format"),
+                        "must contain `{}` exactly once, where the secret goes",
+                    );
+                    continue;
+                }
+                let Some(secret) = secret else { continue };
+                // A trailing newline in a secret file is an editor's, not the secret's.
+                let secret = secret.trim_end_matches(['\n', '\r']);
+                if secret.is_empty() {
+                    c.push(&path, "the secret is empty");
+                    continue;
+                }
+                match http::HeaderValue::from_str(&format.replacen("{}", secret, 1)) {
+                    Ok(v) => {
+                        out.insert(
+                            name.clone(),
+                            CredentialSpec::Secret(SecretSpec {
+                                header,
+                                value: SecretValue::new(v),
+                            }),
+                        );
+                    }
+                    // Never echo the secret itself.
+                    Err(_) => c.push(
+                        &path,
+                        "the secret holds characters not allowed in a header value",
+                    ),
+                }
+            }
+            other => c.push(
+                format!("{path}.kind"),
+                format!("unsupported kind {other:?}: expected `secret`"),
+            ),
+        }
+    }
+    out
+}
+
+fn catalog(
+    c: &mut Collector,
+    raw: &[RawTool],
+    credentials: &BTreeMap<String, CredentialSpec>,
+) -> (Catalog, BTreeMap<String, usize>) {
+    let mut catalog = Catalog::new();
+    let mut names = BTreeMap::new();
+    let mut hosts_seen: HashSet<String> = HashSet::new();
+    for (i, tool) in raw.iter().enumerate() {
+        let path = format!("tools[{i}]");
+        if !is_name(&tool.name) {
+            c.push(
+                format!("{path}.name"),
+                "must be a non-empty name of letters, digits, '_', '-' and '.'",
+            );
+        }
+        if names.contains_key(&tool.name) {
+            c.push(
+                format!("{path}.name"),
+                format!("tool {:?} is defined twice", tool.name),
+            );
+        }
+        let hosts = hosts(c, &path, tool, &mut hosts_seen);
+        let upstream = tool
+            .upstream
+            .as_deref()
+            .and_then(|u| upstream(c, &format!("{path}.upstream"), u));
+        if hosts.is_empty() && upstream.is_none() {
+            c.push(
+                format!("{path}.hosts"),
+                "a tool needs at least one host (or an upstream for route-only use)",
+            );
+        }
+        if let Some(cred) = &tool.credential {
+            if !credentials.contains_key(cred) {
+                c.push(
+                    format!("{path}.credential"),
+                    format!("no credential named {cred:?} under `credentials`"),
+                );
+            }
+        }
+        let actions = tool
+            .actions
+            .iter()
+            .enumerate()
+            .filter_map(|(j, a)| action(c, &format!("{path}.actions[{j}]"), a))
+            .collect();
+        let id = catalog.push(ToolSpec {
+            name: Arc::from(tool.name.as_str()),
+            hosts,
+            upstream,
+            credential: tool.credential.clone(),
+            actions,
+        });
+        names.entry(tool.name.clone()).or_insert(id);
+    }
+    (catalog, names)
+}
+
+fn hosts(c: &mut Collector, path: &str, tool: &RawTool, seen: &mut HashSet<String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, host) in tool.hosts.iter().enumerate() {
+        let hpath = format!("{path}.hosts[{k}]");
+        let (wild, rest) = match host.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, host.as_str()),
+        };
+        match normalise::authority(rest) {
+            Ok((h, port)) => {
+                let name = if wild { format!("*.{h}") } else { h };
+                let canonical = match port {
+                    Some(p) if name.contains(':') => format!("[{name}]:{p}"),
+                    Some(p) => format!("{name}:{p}"),
+                    None => name,
+                };
+                if !seen.insert(canonical.clone()) {
+                    c.push(
+                        &hpath,
+                        format!("host {canonical:?} is listed by another tool"),
+                    );
+                }
+                out.push(canonical);
+            }
+            Err(e) => c.push(&hpath, e.to_string()),
+        }
+    }
+    out
+}
+
+fn upstream(c: &mut Collector, path: &str, url: &str) -> Option<Upstream> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else {
+        c.push(path, format!("{url:?} must start with http:// or https://"));
+        return None;
+    };
+    let (authority, base) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if base.contains(['?', '#']) {
+        c.push(path, "must not contain a query or fragment");
+        return None;
+    }
+    let base = base.trim_end_matches('/');
+    if !base.is_empty() {
+        if let Err(e) = normalise::request("GET", base.as_bytes()) {
+            c.push(path, format!("base path: {e}"));
+            return None;
+        }
+    }
+    match normalise::authority(authority) {
+        Ok((host, port)) => Some(Upstream {
+            tls,
+            host,
+            port: port.unwrap_or(if tls { 443 } else { 80 }),
+            base_path: base.to_string(),
+        }),
+        Err(e) => {
+            c.push(path, e.to_string());
+            None
+        }
+    }
+}
+
+fn action(c: &mut Collector, path: &str, raw: &RawAction) -> Option<Action> {
+    if !is_name(&raw.name) {
+        c.push(
+            format!("{path}.name"),
+            "must be a non-empty name like ticket.close",
+        );
+    }
+    let method = match raw.matcher.method.as_deref() {
+        None | Some("*") => None,
+        Some(m) => match normalise::request(m, b"/") {
+            Ok(n) => Some(n.method),
+            Err(_) => {
+                c.push(
+                    format!("{path}.match.method"),
+                    format!("{m:?} is not an upper-case HTTP method"),
+                );
+                None
+            }
+        },
+    };
+    let Some(template_text) = raw.matcher.path.as_deref() else {
+        c.push(
+            format!("{path}.match.path"),
+            "required: a path template like /rest/api/3/issue/{issue}",
+        );
+        return None;
+    };
+    let template = match template_text.parse::<PathTemplate>() {
+        Ok(t) => t,
+        Err(e) => {
+            c.push(format!("{path}.match.path"), e.to_string());
+            return None;
+        }
+    };
+    let mut attributes = Vec::new();
+    for (name, source) in &raw.attributes {
+        let apath = format!("{path}.attributes.{name}");
+        let parsed = match source.split_once(':') {
+            Some(("path", p)) => match template.capture_index(p) {
+                Some(n) => Some(AttributeSource::Path(n)),
+                None => {
+                    c.push(
+                        &apath,
+                        format!("unknown placeholder {{{p}}}: {template_text} has no such capture"),
+                    );
+                    None
+                }
+            },
+            Some(("query", q)) if !q.is_empty() => Some(AttributeSource::Query(q.to_string())),
+            Some(("header", h)) => Some(AttributeSource::Header(header_name(c, &apath, h))),
+            _ => {
+                c.push(
+                    &apath,
+                    format!("{source:?} must be path:<placeholder>, query:<name> or header:<name>"),
+                );
+                None
+            }
+        };
+        if let Some(p) = parsed {
+            attributes.push((Arc::from(name.as_str()), p));
+        }
+    }
+    Some(Action {
+        name: Arc::from(raw.name.as_str()),
+        method,
+        template,
+        attributes,
+    })
+}
+
+fn routes(
+    c: &mut Collector,
+    raw: &[RawRoute],
+    tools: &BTreeMap<String, usize>,
+    catalog: &Catalog,
+) -> Vec<Route> {
+    let mut out: Vec<Route> = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        let canonical = normalise::request("GET", r.prefix.as_bytes()).map(|n| n.path);
+        let valid = r.prefix.len() > 1
+            && r.prefix.ends_with('/')
+            && canonical.as_deref() == Ok(r.prefix.as_str());
+        if !valid {
+            c.push(
+                format!("{path}.prefix"),
+                format!(
+                    "{:?} must be a canonical path that starts and ends with '/', like /jira/",
+                    r.prefix
+                ),
+            );
+        }
+        if out.iter().any(|o| o.prefix == r.prefix) {
+            c.push(
+                format!("{path}.prefix"),
+                format!("prefix {:?} is routed twice", r.prefix),
+            );
+        }
+        match tools.get(&r.tool) {
+            Some(&id) => {
+                let routable = catalog.tool(id).is_some_and(|t| {
+                    t.upstream.is_some() || t.hosts.iter().any(|h| !h.starts_with('*'))
+                });
+                if !routable {
+                    c.push(
+                        format!("{path}.tool"),
+                        format!(
+                            "tool {:?} needs an upstream or a non-wildcard host to be routed to",
+                            r.tool
+                        ),
+                    );
+                }
+                out.push(Route {
+                    prefix: r.prefix.clone(),
+                    tool: id,
+                });
+            }
+            None => c.push(
+                format!("{path}.tool"),
+                format!("no tool named {:?}", r.tool),
+            ),
+        }
+    }
+    out
+}
+
+fn policy(c: &mut Collector, raw: &RawPolicy, files: &dyn Files) -> Option<PolicySource> {
+    if raw.files.is_empty() {
+        c.push("policy.files", "required: at least one Rego file or glob");
+    }
+    let mut modules = Vec::new();
+    for (i, pattern) in raw.files.iter().enumerate() {
+        let path = format!("policy.files[{i}]");
+        match files.glob(pattern) {
+            Ok(found) if found.is_empty() => c.push(&path, format!("{pattern:?} matches no file")),
+            Ok(found) => {
+                for f in found {
+                    match files.read(&f).map(String::from_utf8) {
+                        Ok(Ok(text)) => modules.push((f.display().to_string(), text)),
+                        Ok(Err(_)) => c.push(&path, format!("{}: not valid UTF-8", f.display())),
+                        Err(e) => c.push(&path, format!("{}: {e}", f.display())),
+                    }
+                }
+            }
+            Err(e) => c.push(&path, format!("bad pattern {pattern:?}: {e}")),
+        }
+    }
+    let mut data = serde_json::Map::new();
+    for (i, file) in raw.data.iter().enumerate() {
+        let path = format!("policy.data[{i}]");
+        let doc = files
+            .read(Path::new(file))
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                serde_yaml::from_slice::<serde_json::Value>(&bytes).map_err(|e| e.to_string())
+            });
+        match doc {
+            Ok(serde_json::Value::Object(map)) => {
+                for (k, v) in map {
+                    if data.contains_key(&k) {
+                        c.push(&path, format!("{file}: top-level key {k:?} is also defined by an earlier data file"));
+                    }
+                    data.insert(k, v);
+                }
+            }
+            Ok(_) => c.push(&path, format!("{file}: a data document must be a mapping")),
+            Err(e) => c.push(&path, format!("{file}: {e}")),
+        }
+    }
+    let query = raw
+        .query
+        .clone()
+        .unwrap_or_else(|| DEFAULT_QUERY.to_string());
+    if !query.starts_with("data.") {
+        c.push(
+            "policy.query",
+            format!("{query:?} must be a rule path like data.toolgate.decision"),
+        );
+    }
+    let mode = match raw.mode.as_deref() {
+        None | Some("enforce") => PolicyMode::Enforce,
+        Some("dry-run") => PolicyMode::DryRun,
+        Some(other) => {
+            c.push(
+                "policy.mode",
+                format!("{other:?} must be `enforce` or `dry-run`"),
+            );
+            PolicyMode::Enforce
+        }
+    };
+    Some(PolicySource {
+        modules,
+        data: serde_json::Value::Object(data),
+        query,
+        mode,
+    })
+}
+
+fn decision_log(sink: Option<&str>, files: &dyn Files) -> DecisionLogSink {
+    match sink {
+        None | Some("stdout") => DecisionLogSink::Stdout,
+        Some("off") => DecisionLogSink::Off,
+        Some(path) => DecisionLogSink::File(files.locate(Path::new(path))),
+    }
+}
+
+fn admin_token(c: &mut Collector, file: &str, files: &dyn Files) -> Option<SecretValue> {
+    let token = files
+        .read(Path::new(file))
+        .map_err(|e| c.push("admin.token_file", format!("cannot read {file}: {e}")))
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())?;
+    let token = token.trim();
+    if token.len() < 16 {
+        c.push(
+            "admin.token_file",
+            "the token must be at least 16 characters",
+        );
+        return None;
+    }
+    match http::HeaderValue::from_str(&format!("Bearer {token}")) {
+        Ok(v) => Some(SecretValue::new(v)),
+        Err(_) => {
+            c.push(
+                "admin.token_file",
+                "the token holds characters not allowed in a header",
+            );
+            None
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The policy input document (DESIGN.md §5), built straight into a regorus `Value`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::HeaderMap;
+use regorus::Value;
+use serde_json::Value as Json;
+
+/// Headers that carry credentials: never shown to policy, always stripped before forwarding.
+pub const CREDENTIAL_HEADERS: [&str; 5] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "x-toolgate-task-token",
+];
+
+/// One earlier action of the same task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainEntry {
+    pub seq: u64,
+    pub action: Arc<str>,
+    pub tool: Option<Arc<str>>,
+    /// `allow`, `deny` or `error`.
+    pub decision: &'static str,
+    /// The tool's response status, once known.
+    pub status: Option<u16>,
+    pub attributes: Vec<(Arc<str>, Json)>,
+    pub at: SystemTime,
+}
+
+/// The request as policy sees it (credential-bearing headers removed).
+#[derive(Debug, Clone)]
+pub struct RequestView<'a> {
+    pub method: &'a str,
+    pub scheme: &'a str,
+    pub host: &'a str,
+    pub port: u16,
+    pub path: &'a str,
+    pub params: &'a [(String, String)],
+    pub headers: &'a HeaderMap,
+    /// Extra header names to hide (the tool's credential header).
+    pub hidden: &'a [http::HeaderName],
+    pub body: Option<&'a Json>,
+}
+
+/// Everything a decision may depend on.
+#[derive(Debug, Clone)]
+pub struct Input<'a> {
+    pub agent_id: &'a str,
+    pub agent_claims: Option<&'a Json>,
+    pub task_id: &'a str,
+    pub task_claims: Option<&'a Json>,
+    pub action: &'a str,
+    pub tool: Option<&'a str>,
+    pub attributes: &'a [(Arc<str>, Json)],
+    pub request: RequestView<'a>,
+    /// The task's earlier actions (`chain::Ledger::history`, or [`chain_value`]).
+    pub chain: Value,
+    pub now: SystemTime,
+}
+
+/// `input.chain` from plain entries (tests, offline runs).
+pub fn chain_value(entries: &[ChainEntry]) -> Value {
+    Value::from(entries.iter().map(ChainEntry::to_value).collect::<Vec<_>>())
+}
+
+fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
+    let map: BTreeMap<Value, Value> = fields
+        .into_iter()
+        .map(|(k, v)| (Value::from(k), v))
+        .collect();
+    Value::from(map)
+}
+
+fn json(v: Option<&Json>) -> Value {
+    v.map(|j| Value::from(j.clone()))
+        .unwrap_or_else(|| Value::from(BTreeMap::new()))
+}
+
+fn attributes(attrs: &[(Arc<str>, Json)]) -> Value {
+    let map: BTreeMap<Value, Value> = attrs
+        .iter()
+        .map(|(k, v)| (Value::from(&**k), Value::from(v.clone())))
+        .collect();
+    Value::from(map)
+}
+
+fn opt_str(s: Option<&str>) -> Value {
+    s.map(Value::from).unwrap_or(Value::Null)
+}
+
+/// RFC 3339 in UTC with second precision, as chain entries and `now` are written.
+pub fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+impl ChainEntry {
+    /// This entry as a policy value.
+    pub fn to_value(&self) -> Value {
+        object([
+            ("seq", Value::from(self.seq)),
+            ("action", Value::from(&*self.action)),
+            ("tool", opt_str(self.tool.as_deref())),
+            ("decision", Value::from(self.decision)),
+            (
+                "status",
+                self.status
+                    .map(|s| Value::from(u64::from(s)))
+                    .unwrap_or(Value::Null),
+            ),
+            ("attributes", attributes(&self.attributes)),
+            ("at", Value::from(timestamp(self.at))),
+        ])
+    }
+}
+
+impl RequestView<'_> {
+    fn headers_value(&self) -> Value {
+        let mut map: BTreeMap<Value, Value> = BTreeMap::new();
+        for name in self.headers.keys() {
+            let n = name.as_str();
+            if CREDENTIAL_HEADERS.contains(&n) || self.hidden.contains(name) {
+                continue;
+            }
+            let joined = self
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ");
+            map.insert(Value::from(n), Value::from(joined));
+        }
+        Value::from(map)
+    }
+
+    fn query_value(&self) -> Value {
+        // A key given once maps to its value; a repeated key maps to the list of its values.
+        let mut grouped: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (k, v) in self.params {
+            grouped.entry(k.as_str()).or_default().push(v.as_str());
+        }
+        let map: BTreeMap<Value, Value> = grouped
+            .into_iter()
+            .map(|(k, vs)| {
+                let v = match vs.as_slice() {
+                    [one] => Value::from(*one),
+                    many => Value::from(many.iter().map(|s| Value::from(*s)).collect::<Vec<_>>()),
+                };
+                (Value::from(k), v)
+            })
+            .collect();
+        Value::from(map)
+    }
+
+    fn to_value(&self) -> Value {
+        object([
+            ("method", Value::from(self.method)),
+            ("scheme", Value::from(self.scheme)),
+            ("host", Value::from(self.host)),
+            ("port", Value::from(u64::from(self.port))),
+            ("path", Value::from(self.path)),
+            ("query", self.query_value()),
+            ("headers", self.headers_value()),
+            (
+                "body",
+                self.body
+                    .map(|b| Value::from(b.clone()))
+                    .unwrap_or(Value::Null),
+            ),
+        ])
+    }
+}
+
+impl Input<'_> {
+    /// The input document.
+    pub fn to_value(&self) -> Value {
+        object([
+            (
+                "agent",
+                object([
+                    ("id", Value::from(self.agent_id)),
+                    ("claims", json(self.agent_claims)),
+                ]),
+            ),
+            (
+                "task",
+                object([
+                    ("id", Value::from(self.task_id)),
+                    ("claims", json(self.task_claims)),
+                    ("revoked", Value::from(false)),
+                ]),
+            ),
+            (
+                "action",
+                object([
+                    ("name", Value::from(self.action)),
+                    ("tool", opt_str(self.tool)),
+                    ("attributes", attributes(self.attributes)),
+                ]),
+            ),
+            ("request", self.request.to_value()),
+            ("chain", self.chain.clone()),
+            ("now", Value::from(timestamp(self.now))),
+        ])
+    }
+}

@@ -1,0 +1,302 @@
+use std::time::{Duration, UNIX_EPOCH};
+
+use http::HeaderMap;
+use serde_json::json;
+
+use super::*;
+
+fn policy(rego: &str) -> Policy {
+    Policy::compile(&PolicySource {
+        modules: vec![("test.rego".into(), rego.into())],
+        data: json!({"limits": {"payment": 100}}),
+        query: "data.toolgate.decision".into(),
+        mode: Default::default(),
+    })
+    .unwrap()
+}
+
+fn input(action: &str, headers: &HeaderMap, chain: &[ChainEntry]) -> Value {
+    let attrs = vec![(Arc::from("amount"), json!(250))];
+    Input {
+        agent_id: "spiffe://t/agent",
+        agent_claims: None,
+        task_id: "T-1",
+        task_claims: None,
+        action,
+        tool: Some("pay"),
+        attributes: &attrs,
+        request: RequestView {
+            method: "POST",
+            scheme: "https",
+            host: "pay.example.com",
+            port: 443,
+            path: "/v1/payments",
+            params: &[
+                ("a".into(), "1".into()),
+                ("b".into(), "2".into()),
+                ("b".into(), "3".into()),
+            ],
+            headers,
+            hidden: &[],
+            body: None,
+        },
+        chain: chain_value(chain),
+        now: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+    }
+    .to_value()
+}
+
+const RULES: &str = r#"
+package toolgate
+import rego.v1
+
+default decision := {"allow": false, "reason": "no rule allows this"}
+
+decision := {"allow": true, "reason": "within limit", "credential": {"name": "pay", "scopes": ["payments:write"], "ttl": "30s"}} if {
+    input.action.name == "payment.create"
+    input.action.attributes.amount <= data.limits.payment
+}
+
+decision := {"allow": false, "reason": sprintf("amount %v over limit %v", [input.action.attributes.amount, data.limits.payment])} if {
+    input.action.name == "payment.create"
+    input.action.attributes.amount > data.limits.payment
+}
+
+decision := {"allow": true, "reason": "read first"} if {
+    input.action.name == "ticket.close"
+    some e in input.chain
+    e.action == "ticket.read"
+    e.status == 200
+}
+"#;
+
+#[test]
+fn object_decisions_carry_reason_and_credential() {
+    let p = policy(RULES);
+    let d = p.decide(input("payment.create", &HeaderMap::new(), &[]));
+    assert_eq!(d.effect, Effect::Deny);
+    assert_eq!(d.reason, "amount 250 over limit 100");
+}
+
+#[test]
+fn chain_is_visible_to_policy() {
+    let p = policy(RULES);
+    assert_eq!(
+        p.decide(input("ticket.close", &HeaderMap::new(), &[]))
+            .effect,
+        Effect::Deny
+    );
+    let read = ChainEntry {
+        seq: 1,
+        action: "ticket.read".into(),
+        tool: Some("jira".into()),
+        decision: "allow",
+        status: Some(200),
+        attributes: vec![],
+        at: UNIX_EPOCH,
+    };
+    let d = p.decide(input("ticket.close", &HeaderMap::new(), &[read]));
+    assert_eq!((d.effect, d.reason.as_str()), (Effect::Allow, "read first"));
+}
+
+#[test]
+fn credential_obligation_is_parsed() {
+    let p = policy(
+        r#"package toolgate
+decision := {"allow": true, "credential": {"name": "pay", "scopes": ["a", "b"], "ttl": "30s"}}"#,
+    );
+    let d = p.decide(input("x", &HeaderMap::new(), &[]));
+    assert!(d.allowed());
+    assert_eq!(d.reason, "allowed by policy");
+    assert_eq!(
+        d.credential,
+        CredentialGrant {
+            name: Some("pay".into()),
+            scopes: vec!["a".into(), "b".into()],
+            ttl: Some(Duration::from_secs(30))
+        }
+    );
+}
+
+#[test]
+fn booleans_and_undefined() {
+    assert_eq!(
+        policy("package toolgate\ndecision := true")
+            .decide(input("x", &HeaderMap::new(), &[]))
+            .effect,
+        Effect::Allow
+    );
+    assert_eq!(
+        policy("package toolgate\ndecision := false")
+            .decide(input("x", &HeaderMap::new(), &[]))
+            .effect,
+        Effect::Deny
+    );
+    let undefined = policy("package toolgate\ndecision := true if input.nothing").decide(input(
+        "x",
+        &HeaderMap::new(),
+        &[],
+    ));
+    assert_eq!(undefined.effect, Effect::Error);
+}
+
+#[test]
+fn malformed_decisions_deny() {
+    for rego in [
+        r#"decision := {"allow": "yes"}"#,
+        r#"decision := {"allow": true, "credential": {"ttl": "soon"}}"#,
+        r#"decision := {"allow": true, "approval": "maybe"}"#,
+        r#"decision := 42"#,
+    ] {
+        let d =
+            policy(&format!("package toolgate\n{rego}")).decide(input("x", &HeaderMap::new(), &[]));
+        assert_eq!(d.effect, Effect::Error, "{rego}");
+        assert!(!d.allowed());
+        assert!(d.error.is_some());
+    }
+}
+
+#[test]
+fn approval_required_denies() {
+    let d = policy(
+        r#"package toolgate
+decision := {"allow": true, "approval": "required"}"#,
+    )
+    .decide(input("x", &HeaderMap::new(), &[]));
+    assert_eq!(d.effect, Effect::Deny);
+    assert!(d.approval_required);
+}
+
+#[test]
+fn credential_headers_never_reach_input() {
+    let mut h = HeaderMap::new();
+    for (k, v) in [
+        ("authorization", "Bearer agent"),
+        ("x-api-key", "k"),
+        ("cookie", "c"),
+        ("content-type", "application/json"),
+    ] {
+        h.insert(k, v.parse().unwrap());
+    }
+    let p = policy(
+        r#"package toolgate
+decision := {"allow": true, "reason": concat(",", sort(object.keys(input.request.headers)))}"#,
+    );
+    assert_eq!(p.decide(input("x", &h, &[])).reason, "content-type");
+}
+
+#[test]
+fn repeated_query_keys_become_lists() {
+    let p = policy(
+        r#"package toolgate
+decision := {"allow": true, "reason": sprintf("%v %v", [input.request.query.a, input.request.query.b])}"#,
+    );
+    assert_eq!(
+        p.decide(input("x", &HeaderMap::new(), &[])).reason,
+        r#"1 ["2", "3"]"#
+    );
+}
+
+#[test]
+fn rvm_and_interpreter_agree() {
+    let p = policy(RULES);
+    assert_eq!(p.evaluator(), Evaluator::Rvm, "{:?}", p.rvm_unsupported());
+    for action in ["payment.create", "ticket.close", "other"] {
+        let i = input(action, &HeaderMap::new(), &[]);
+        assert_eq!(
+            p.evaluate(i.clone(), Evaluator::Rvm),
+            p.evaluate(i, Evaluator::Interpreter),
+            "{action}"
+        );
+    }
+}
+
+#[test]
+fn endless_policy_hits_the_limit() {
+    let p = policy(
+        r#"package toolgate
+import rego.v1
+decision := {"allow": true} if {
+    count([x | some i in numbers.range(1, 100000); some j in numbers.range(1, 100000); x := i * j]) > 0
+}"#,
+    );
+    let d = p.decide(input("x", &HeaderMap::new(), &[]));
+    assert_eq!(d.effect, Effect::Error);
+    assert_eq!(d.reason, decision::LIMIT_EXCEEDED, "{:?}", d.error);
+}
+
+#[test]
+fn syntax_errors_name_file_and_line() {
+    let e = Policy::compile(&PolicySource {
+        modules: vec![(
+            "policy/bad.rego".into(),
+            "package toolgate\n\ndecision := {\n".into(),
+        )],
+        data: json!({}),
+        query: "data.toolgate.decision".into(),
+        mode: Default::default(),
+    })
+    .unwrap_err();
+    assert_eq!(e.0, "policy/bad.rego:4:1: expecting expression");
+}
+
+#[test]
+fn revision_changes_with_content() {
+    assert_ne!(
+        policy("package toolgate\ndecision := true").revision(),
+        policy("package toolgate\ndecision := false").revision()
+    );
+}
+
+#[test]
+fn builtin_errors_are_undefined_in_both_evaluators() {
+    let p = policy(
+        r#"package toolgate
+import rego.v1
+default decision := {"allow": false, "reason": "not a number"}
+decision := {"allow": true} if to_number(input.action.name) > 0"#,
+    );
+    let i = input("lots", &HeaderMap::new(), &[]);
+    let rvm = p.evaluate(i.clone(), Evaluator::Rvm);
+    assert_eq!(rvm, p.evaluate(i.clone(), Evaluator::Interpreter));
+    assert_eq!(p.decide(i).reason, "not a number");
+}
+
+#[test]
+fn else_after_an_empty_iteration_is_not_left_to_the_rvm() {
+    for rego in [
+        "decision := \"first\" if { some x in input.chain; x == 1 } else := \"second\"",
+        "decision := \"first\" if { input.chain[_] == 1 } else := \"second\"",
+        "decision := \"first\" if { input.chain[i] == 1 } else := \"second\"",
+    ] {
+        let p = policy(&format!(
+            "package toolgate\nimport rego.v1\ndefault decision := \"default\"\n{rego}"
+        ));
+        assert_eq!(p.evaluator(), Evaluator::Interpreter, "{rego}");
+        assert!(
+            p.rvm_unsupported().unwrap().contains("test.rego:4"),
+            "{rego}"
+        );
+        assert_eq!(
+            p.evaluate(input("x", &HeaderMap::new(), &[]), p.evaluator()),
+            Ok(Value::from("second")),
+            "{rego}"
+        );
+    }
+    // The same logic through a helper rule is safe for the RVM, and it agrees.
+    let p = policy(
+        "package toolgate\nimport rego.v1\ndefault decision := \"default\"\n\
+         found if { some x in input.chain; x == 1 }\n\
+         decision := \"first\" if { found } else := \"second\"",
+    );
+    assert_eq!(p.evaluator(), Evaluator::Rvm);
+    let i = input("x", &HeaderMap::new(), &[]);
+    assert_eq!(
+        p.evaluate(i.clone(), Evaluator::Rvm),
+        Ok(Value::from("second"))
+    );
+    assert_eq!(
+        p.evaluate(i, Evaluator::Interpreter),
+        Ok(Value::from("second"))
+    );
+}

@@ -1,0 +1,303 @@
+//! Normalisation: one canonical reading of the request line and framing headers, or a refusal.
+//!
+//! toolgate decides on the canonical form and forwards exactly that form, so the proxy and the
+//! tool cannot read the same bytes differently (Istio CVE-2021-31920, `/public/../secret`).
+//! Ambiguous input is rejected, never "fixed up": dot segments, encoded separators, empty
+//! segments, path parameters, lower-case methods, conflicting framing headers.
+
+#[cfg(test)]
+mod tests;
+
+use http::{HeaderMap, Method};
+
+/// Headers that ask a server to treat the request as another method.
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// A request line in canonical form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Normalised {
+    pub method: Method,
+    /// Canonical path, percent-encoded where needed; this exact string is forwarded.
+    pub path: String,
+    /// Decoded path segments (the path split on '/', without the leading empty one).
+    pub segments: Vec<String>,
+    /// The query exactly as received (without '?'), forwarded unchanged.
+    pub query: Option<String>,
+    /// Decoded query parameters (form-urlencoded rules), in order.
+    pub params: Vec<(String, String)>,
+}
+
+/// Why a request was refused before classification (answered with 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("method {0:?} is not an upper-case token")]
+    Method(String),
+    #[error("request target must be an absolute path starting with '/'")]
+    NotAbsolutePath,
+    #[error("path contains a '.' or '..' segment (raw or percent-encoded)")]
+    DotSegment,
+    #[error("path contains an empty segment ('//')")]
+    EmptySegment,
+    #[error("path contains a percent-encoded '/', '\\' or NUL")]
+    EncodedSeparator,
+    #[error("path contains a '\\'")]
+    Backslash,
+    #[error("path contains a ';' path parameter")]
+    PathParameter,
+    #[error("path contains a malformed percent-encoding")]
+    BadEscape,
+    #[error("path contains a control character")]
+    ControlCharacter,
+    #[error("path or query contains a fragment ('#')")]
+    Fragment,
+    #[error("path segment is not valid UTF-8 once decoded")]
+    NotUtf8,
+    #[error("host {0:?} is not a valid host name or address")]
+    BadHost(String),
+    #[error("request has no host (no absolute-form target and no Host header)")]
+    NoHost,
+    #[error("Host header {0:?} disagrees with the request target's authority")]
+    HostMismatch(String),
+    #[error("request target must be origin-form (/path) or absolute-form (http://host/path)")]
+    BadTarget,
+    #[error("request carries more than one {0} header")]
+    DuplicateHeader(&'static str),
+    #[error("request carries both Content-Length and Transfer-Encoding")]
+    ContentLengthAndTransferEncoding,
+    #[error("request carries method-override header {0:?}")]
+    MethodOverride(String),
+}
+
+/// Canonicalise a method and an origin-form target (`/path?query`).
+pub fn request(method: &str, target: &[u8]) -> Result<Normalised, Rejection> {
+    let method = canonical_method(method)?;
+    if target.contains(&b'#') {
+        return Err(Rejection::Fragment);
+    }
+    let (raw_path, raw_query) = match target.iter().position(|b| *b == b'?') {
+        Some(i) => (target.get(..i).unwrap_or_default(), target.get(i + 1..)),
+        None => (target, None),
+    };
+    let (path, segments) = canonical_path(raw_path)?;
+    let query = match raw_query {
+        Some(q) => {
+            if q.iter().any(|b| b.is_ascii_control()) {
+                return Err(Rejection::ControlCharacter);
+            }
+            Some(String::from_utf8(q.to_vec()).map_err(|_| Rejection::NotUtf8)?)
+        }
+        None => None,
+    };
+    let params = query
+        .as_deref()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    Ok(Normalised {
+        method,
+        path,
+        segments,
+        query,
+        params,
+    })
+}
+
+impl Normalised {
+    /// The request with its first `n` segments (a route prefix) removed.
+    pub fn strip_segments(&self, n: usize) -> Normalised {
+        let segments: Vec<String> = self.segments.iter().skip(n).cloned().collect();
+        // Canonical paths have exactly one '/' before each segment.
+        let cut = self
+            .path
+            .match_indices('/')
+            .nth(n)
+            .map(|(i, _)| i)
+            .unwrap_or(self.path.len());
+        let path = match self.path.get(cut..) {
+            Some(rest) if !rest.is_empty() => rest.to_string(),
+            _ => "/".to_string(),
+        };
+        let segments = if segments.is_empty() {
+            vec![String::new()]
+        } else {
+            segments
+        };
+        Normalised {
+            path,
+            segments,
+            ..self.clone()
+        }
+    }
+
+    /// Path and query as forwarded upstream (origin-form).
+    pub fn target(&self) -> String {
+        match &self.query {
+            Some(q) => format!("{}?{q}", self.path),
+            None => self.path.clone(),
+        }
+    }
+}
+
+fn canonical_method(method: &str) -> Result<Method, Rejection> {
+    let valid = !method.is_empty()
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !valid {
+        return Err(Rejection::Method(method.chars().take(32).collect()));
+    }
+    Method::from_bytes(method.as_bytes()).map_err(|_| Rejection::Method(method.to_string()))
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Bytes that may stand raw in a canonical segment: unreserved, sub-delims but ';', ':' and '@'.
+fn is_plain(b: u8) -> bool {
+    is_unreserved(b)
+        || matches!(
+            b,
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@'
+        )
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn push_escaped(out: &mut String, b: u8) {
+    let digit = |n: u8| {
+        char::from_digit(u32::from(n), 16)
+            .unwrap_or('0')
+            .to_ascii_uppercase()
+    };
+    out.push('%');
+    out.push(digit(b >> 4));
+    out.push(digit(b & 0xf));
+}
+
+fn canonical_path(raw: &[u8]) -> Result<(String, Vec<String>), Rejection> {
+    let rest = raw.strip_prefix(b"/").ok_or(Rejection::NotAbsolutePath)?;
+    let parts: Vec<&[u8]> = rest.split(|b| *b == b'/').collect();
+    let last = parts.len().saturating_sub(1);
+    let mut path = String::with_capacity(raw.len());
+    let mut segments = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        if part.is_empty() && i != last {
+            return Err(Rejection::EmptySegment);
+        }
+        path.push('/');
+        let mut decoded = Vec::with_capacity(part.len());
+        let mut bytes = part.iter().copied();
+        while let Some(b) = bytes.next() {
+            match b {
+                b'%' => {
+                    let (Some(h), Some(l)) =
+                        (bytes.next().and_then(hex), bytes.next().and_then(hex))
+                    else {
+                        return Err(Rejection::BadEscape);
+                    };
+                    let d = (h << 4) | l;
+                    if matches!(d, b'/' | b'\\' | 0) {
+                        return Err(Rejection::EncodedSeparator);
+                    }
+                    if is_unreserved(d) {
+                        path.push(char::from(d));
+                    } else {
+                        push_escaped(&mut path, d);
+                    }
+                    decoded.push(d);
+                }
+                b'\\' => return Err(Rejection::Backslash),
+                b';' => return Err(Rejection::PathParameter),
+                b if b.is_ascii_control() => return Err(Rejection::ControlCharacter),
+                b if is_plain(b) => {
+                    path.push(char::from(b));
+                    decoded.push(b);
+                }
+                b => {
+                    push_escaped(&mut path, b);
+                    decoded.push(b);
+                }
+            }
+        }
+        if decoded == b"." || decoded == b".." {
+            return Err(Rejection::DotSegment);
+        }
+        segments.push(String::from_utf8(decoded).map_err(|_| Rejection::NotUtf8)?);
+    }
+    Ok((path, segments))
+}
+
+/// Canonicalise an authority (`Host` header or absolute-form): lower-case host without a
+/// trailing dot, and the port if one is given.
+pub fn authority(raw: &str) -> Result<(String, Option<u16>), Rejection> {
+    let bad = || Rejection::BadHost(raw.chars().take(64).collect());
+    if raw.is_empty() || raw.contains('@') {
+        return Err(bad());
+    }
+    let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+        host.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .ok_or_else(bad)?,
+            ),
+        };
+        (host.to_ascii_lowercase(), port)
+    } else {
+        let (host, port) = match raw.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p.parse::<u16>().map_err(|_| bad())?)),
+            None => (raw, None),
+        };
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let valid = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        if !valid {
+            return Err(bad());
+        }
+        (host.to_ascii_lowercase(), port)
+    };
+    if port == Some(0) {
+        return Err(bad());
+    }
+    Ok((host, port))
+}
+
+/// Refuse framing headers that the proxy and the tool could read differently.
+pub fn headers(headers: &HeaderMap, classified: bool) -> Result<(), Rejection> {
+    if headers.get_all(http::header::HOST).iter().count() > 1 {
+        return Err(Rejection::DuplicateHeader("Host"));
+    }
+    let lengths = headers.get_all(http::header::CONTENT_LENGTH).iter().count();
+    if lengths > 1 {
+        return Err(Rejection::DuplicateHeader("Content-Length"));
+    }
+    if lengths == 1 && headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return Err(Rejection::ContentLengthAndTransferEncoding);
+    }
+    if classified {
+        if let Some(name) = METHOD_OVERRIDE_HEADERS
+            .iter()
+            .find(|h| headers.contains_key(**h))
+        {
+            return Err(Rejection::MethodOverride((*name).to_string()));
+        }
+    }
+    Ok(())
+}

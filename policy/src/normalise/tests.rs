@@ -1,0 +1,141 @@
+use super::*;
+
+fn path(p: &str) -> Result<String, Rejection> {
+    request("GET", p.as_bytes()).map(|n| n.path)
+}
+
+#[test]
+fn keeps_plain_paths() {
+    assert_eq!(
+        path("/rest/api/3/issue/SUP-12"),
+        Ok("/rest/api/3/issue/SUP-12".into())
+    );
+    assert_eq!(path("/"), Ok("/".into()));
+    assert_eq!(path("/a/b/"), Ok("/a/b/".into()));
+}
+
+#[test]
+fn decodes_unreserved_and_upper_cases_other_escapes() {
+    let n = request("GET", b"/a%7eb/%41%2c/x%e2%82%ac").unwrap();
+    assert_eq!(n.path, "/a~b/A%2C/x%E2%82%AC");
+    assert_eq!(n.segments, vec!["a~b", "A,", "x€"]);
+}
+
+#[test]
+fn rejects_dot_segments_raw_and_encoded() {
+    for p in [
+        "/a/../b",
+        "/a/./b",
+        "/a/%2e%2e/b",
+        "/a/%2E/b",
+        "/a/.%2e",
+        "/..",
+    ] {
+        assert_eq!(path(p), Err(Rejection::DotSegment), "{p}");
+    }
+}
+
+#[test]
+fn rejects_encoded_separators_and_nul() {
+    for p in ["/a%2fb", "/a%2Fb", "/a%5cb", "/a%00b"] {
+        assert_eq!(path(p), Err(Rejection::EncodedSeparator), "{p}");
+    }
+}
+
+#[test]
+fn rejects_ambiguous_shapes() {
+    assert_eq!(path("/a//b"), Err(Rejection::EmptySegment));
+    assert_eq!(path("//a"), Err(Rejection::EmptySegment));
+    assert_eq!(path("/a;jsessionid=1/b"), Err(Rejection::PathParameter));
+    assert_eq!(path("/a\\b"), Err(Rejection::Backslash));
+    assert_eq!(path("/a%zz"), Err(Rejection::BadEscape));
+    assert_eq!(path("/a%2"), Err(Rejection::BadEscape));
+    assert_eq!(path("a/b"), Err(Rejection::NotAbsolutePath));
+    assert_eq!(path("/a#frag"), Err(Rejection::Fragment));
+    assert_eq!(path("/a\u{7f}"), Err(Rejection::ControlCharacter));
+    assert_eq!(path("/%ff"), Err(Rejection::NotUtf8));
+}
+
+#[test]
+fn rejects_non_uppercase_methods() {
+    assert!(matches!(request("get", b"/"), Err(Rejection::Method(_))));
+    assert!(matches!(request("Post", b"/"), Err(Rejection::Method(_))));
+    assert!(request("PATCH", b"/").is_ok());
+}
+
+#[test]
+fn query_is_kept_verbatim_and_decoded_for_policy() {
+    let n = request("GET", b"/p?amount=500&note=a+b%21&x").unwrap();
+    assert_eq!(n.query.as_deref(), Some("amount=500&note=a+b%21&x"));
+    assert_eq!(
+        n.params,
+        vec![
+            ("amount".into(), "500".into()),
+            ("note".into(), "a b!".into()),
+            ("x".into(), "".into())
+        ]
+    );
+    assert_eq!(n.target(), "/p?amount=500&note=a+b%21&x");
+}
+
+#[test]
+fn strips_route_prefix_segments() {
+    let n = request("GET", b"/jira/rest/x?q=1")
+        .unwrap()
+        .strip_segments(1);
+    assert_eq!(n.path, "/rest/x");
+    assert_eq!(n.segments, vec!["rest", "x"]);
+    assert_eq!(n.target(), "/rest/x?q=1");
+    let root = request("GET", b"/jira/").unwrap().strip_segments(1);
+    assert_eq!(root.path, "/");
+    assert_eq!(root.segments, vec![""]);
+}
+
+#[test]
+fn authority_is_canonical() {
+    assert_eq!(
+        authority("Jira.Example.COM."),
+        Ok(("jira.example.com".into(), None))
+    );
+    assert_eq!(
+        authority("jira.example.com:8443"),
+        Ok(("jira.example.com".into(), Some(8443)))
+    );
+    assert_eq!(authority("[::1]:80"), Ok(("::1".into(), Some(80))));
+    for bad in [
+        "",
+        "user@host",
+        "host:port",
+        "host:0",
+        "ho st",
+        "[::1",
+        "a/b",
+    ] {
+        assert!(authority(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn framing_headers_must_be_unambiguous() {
+    let mut h = HeaderMap::new();
+    h.append("host", "a".parse().unwrap());
+    assert_eq!(headers(&h, true), Ok(()));
+    h.append("host", "b".parse().unwrap());
+    assert_eq!(headers(&h, true), Err(Rejection::DuplicateHeader("Host")));
+
+    let mut h = HeaderMap::new();
+    h.append("content-length", "1".parse().unwrap());
+    h.append("transfer-encoding", "chunked".parse().unwrap());
+    assert_eq!(
+        headers(&h, false),
+        Err(Rejection::ContentLengthAndTransferEncoding)
+    );
+
+    let mut h = HeaderMap::new();
+    h.append("x-http-method-override", "DELETE".parse().unwrap());
+    assert!(matches!(
+        headers(&h, true),
+        Err(Rejection::MethodOverride(_))
+    ));
+    assert_eq!(headers(&h, false), Ok(()));
+}

@@ -1,0 +1,144 @@
+//! The chain ledger's memory bound, measured with a counting allocator: 100,000 distinct
+//! tasks, then every task full of worst-case entries, never hold more heap than
+//! `chain::worst_case_bytes` documents. One test in this binary, so nothing else allocates
+//! while it measures.
+#![allow(
+    unsafe_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::HeaderName;
+use serde_json::{json, Value as Json};
+use toolgate_policy::chain::{self, Action, Ledger, MAX_ATTRIBUTE_WEIGHT};
+use toolgate_policy::config::ChainSettings;
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged, only counting bytes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live() -> isize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+/// Attribute sets that each come close to the weight budget in different shapes: the
+/// estimator must be pessimistic for all of them.
+fn heavy_attributes() -> Vec<Vec<(Arc<str>, Json)>> {
+    let ints: Vec<Json> = (0..12).map(|i| json!(i)).collect();
+    let keys: serde_json::Map<String, Json> = (0..4).map(|i| (format!("k{i}"), json!(i))).collect();
+    vec![
+        vec![(
+            Arc::from("body"),
+            json!("x".repeat(MAX_ATTRIBUTE_WEIGHT - 200)),
+        )],
+        vec![(Arc::from("list"), Json::Array(ints))],
+        vec![(Arc::from("map"), Json::Object(keys))],
+        vec![(Arc::from("deep"), json!({"a": {"b": [1, {"e": "f"}]}}))],
+        (0..5)
+            .map(|i| (Arc::from(format!("a{i}").as_str()), json!(i)))
+            .collect(),
+    ]
+}
+
+#[test]
+fn ledger_heap_stays_within_the_documented_worst_case() {
+    let settings = ChainSettings {
+        task_header: HeaderName::from_static("x-toolgate-task"),
+        max_actions: 64,
+        max_tasks: 1_000,
+        idle_ttl: Duration::from_secs(3600),
+    };
+    let bound = chain::worst_case_bytes(&settings) as isize;
+    let shapes = heavy_attributes();
+    for attrs in &shapes {
+        let w: usize = attrs
+            .iter()
+            .map(|(k, v)| chain::attribute_weight(k, v))
+            .sum();
+        assert!(w <= MAX_ATTRIBUTE_WEIGHT, "shape over budget: {w}");
+    }
+    let at = SystemTime::now();
+    let act = |action, tool, attributes| Action {
+        action,
+        tool,
+        decision: "allow",
+        dry_run: false,
+        attributes,
+        at,
+    };
+
+    let before = live();
+    let ledger = Ledger::new(&settings);
+    // 100,000 distinct tasks, a few realistic entries each.
+    let small = vec![(Arc::from("issue"), json!("SUP-7"))];
+    for i in 0..100_000u64 {
+        let task = format!("{:0>32x}", i * 7919);
+        for action in ["ticket.read", "ticket.close"] {
+            let seq = ledger.record(&task, &act(action, Some("jira"), &small));
+            ledger.complete(&task, seq, 200);
+        }
+    }
+    let stats = ledger.stats();
+    assert!(stats.tasks <= settings.max_tasks, "{stats:?}");
+    let after_many = live() - before;
+    assert!(
+        after_many <= bound,
+        "100,000 tasks hold {after_many} bytes, over the documented {bound}"
+    );
+
+    // Every task full of entries at the attribute budget, in every shape, with long names.
+    let long_action = "a".repeat(200);
+    for t in 0..settings.max_tasks * 2 {
+        let task = format!("{t:0>128}");
+        for n in 0..settings.max_actions {
+            let attrs = &shapes[(t + n) % shapes.len()];
+            let seq = ledger.record(
+                &task,
+                &act(&long_action, Some("a-tool-with-a-long-name"), attrs),
+            );
+            ledger.complete(&task, seq, 403);
+        }
+    }
+    let stats = ledger.stats();
+    assert!(stats.tasks <= settings.max_tasks, "{stats:?}");
+    let full = live() - before;
+    assert!(
+        full <= bound,
+        "a full ledger holds {full} bytes, over the documented {bound}"
+    );
+    println!(
+        "ledger: {} tasks, {} entries, {full} bytes measured, bound {bound}",
+        stats.tasks, stats.entries
+    );
+    drop(ledger);
+    assert!(live() - before < 64 * 1024, "memory not released on drop");
+}
