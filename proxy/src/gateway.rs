@@ -1,0 +1,131 @@
+//! The gateway's loaded state: one validated config with its compiled policy and upstream
+//! trust roots, swapped as a whole so a request sees one consistent version.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use pingora::protocols::tls::CaType;
+use pingora::utils::tls::{parse_x509, WrappedX509};
+use toolgate_policy::config::Config;
+use toolgate_policy::evaluate::{Policy, PolicyError};
+use x509_parser::prelude::FromDer;
+
+use toolgate_policy::chain::Ledger;
+
+use crate::identify::DefaultTask;
+use crate::record::{DecisionLog, Metrics};
+use crate::revocation::Revocations;
+
+/// Why a configuration could not become the serving one.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("tls.upstream_ca: {0}")]
+    UpstreamCa(String),
+}
+
+/// Everything derived from one configuration version.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Config,
+    pub policy: Policy,
+    /// System roots plus `tls.upstream_ca`, when extra roots are configured.
+    pub upstream_roots: Option<Arc<CaType>>,
+}
+
+impl Snapshot {
+    /// Compile the policy and load trust roots for `config`.
+    pub fn build(config: Config) -> Result<Snapshot, LoadError> {
+        let policy = Policy::compile(&config.policy)?;
+        let upstream_roots = match &config.tls.upstream_ca {
+            Some(path) => Some(upstream_roots(path)?),
+            None => None,
+        };
+        Ok(Snapshot {
+            config,
+            policy,
+            upstream_roots,
+        })
+    }
+}
+
+/// System roots plus the PEM certificates in `extra`.
+fn upstream_roots(extra: &Path) -> Result<Arc<CaType>, LoadError> {
+    let pem = std::fs::read(extra)
+        .map_err(|e| LoadError::UpstreamCa(format!("cannot read {}: {e}", extra.display())))?;
+    let mut ders: Vec<Vec<u8>> = Vec::new();
+    for item in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert = item.map_err(|e| LoadError::UpstreamCa(format!("{}: {e}", extra.display())))?;
+        ders.push(cert.to_vec());
+    }
+    if ders.is_empty() {
+        return Err(LoadError::UpstreamCa(format!(
+            "{} holds no PEM certificate",
+            extra.display()
+        )));
+    }
+    // System roots that cannot be read are skipped: the extra roots still apply.
+    if let Ok(system) = rustls_native_certs::load_native_certs() {
+        ders.extend(system.into_iter().map(|c| c.to_vec()));
+    }
+    // pingora's WrappedX509 panics on DER it cannot parse: only hand it certificates that parse.
+    let roots: Vec<WrappedX509> = ders
+        .into_iter()
+        .filter(|der| x509_parser::certificate::X509Certificate::from_der(der).is_ok())
+        .map(|der| WrappedX509::new(der, parse_x509))
+        .collect();
+    Ok(Arc::from(roots.into_boxed_slice()))
+}
+
+/// The serving state: the current snapshot, replaced atomically on reload, and the state that
+/// outlives reloads (task history, revocations, metrics, the decision log).
+#[derive(Debug)]
+pub struct Gateway {
+    current: ArcSwap<Snapshot>,
+    ready: AtomicBool,
+    pub metrics: Metrics,
+    pub ledger: Ledger,
+    pub revocations: Revocations,
+    pub decision_log: DecisionLog,
+    pub default_task: DefaultTask,
+}
+
+impl Gateway {
+    /// A gateway serving `snapshot`, logging decisions to `decision_log`. Chain bounds come
+    /// from this first snapshot and change only on restart.
+    pub fn new(snapshot: Snapshot, decision_log: DecisionLog) -> Gateway {
+        let ledger = Ledger::new(&snapshot.config.chain);
+        Gateway {
+            current: ArcSwap::from_pointee(snapshot),
+            ready: AtomicBool::new(false),
+            metrics: Metrics::default(),
+            ledger,
+            revocations: Revocations::default(),
+            decision_log,
+            default_task: DefaultTask::default(),
+        }
+    }
+
+    /// The version a new request is served with.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Serve `snapshot` from the next request on.
+    pub fn replace(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
+    }
+
+    /// Mark the gateway ready (listeners up, config and policy loaded).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}

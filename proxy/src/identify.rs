@@ -1,0 +1,201 @@
+//! Identify: who is calling (the agent this sidecar serves) and in which task.
+//!
+//! The task is named by the agent with `x-toolgate-task` (or the configured header); failing
+//! that, the trace id of an incoming `traceparent` groups the agent's requests; failing that,
+//! they fall into the agent's default task.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use http::HeaderMap;
+use toolgate_policy::config::ChainSettings;
+
+/// The longest task id accepted.
+pub const MAX_TASK_ID: usize = 128;
+
+/// Prefix of the default task's id when the agent names none (`default-1`, `default-2`, …).
+pub const DEFAULT_TASK: &str = "default";
+
+/// A W3C trace context read from `traceparent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent {
+    pub trace_id: [u8; 16],
+    pub parent_id: [u8; 8],
+    pub flags: u8,
+}
+
+/// Who and what a request is part of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The task the agent named (header or traceparent); `None` means the default task.
+    pub task_id: Option<String>,
+    /// The agent's trace context, when it sent a valid one.
+    pub parent: Option<TraceParent>,
+    /// The trace this request's action belongs to.
+    pub trace_id: [u8; 16],
+}
+
+/// A task header that cannot name a task.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{header} must be 1 to {MAX_TASK_ID} visible ASCII characters")]
+pub struct BadTask {
+    pub header: String,
+}
+
+/// Read the task and trace context from request headers.
+pub fn identify(headers: &HeaderMap, chain: &ChainSettings) -> Result<Identity, BadTask> {
+    let parent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_traceparent);
+    let task = match headers.get(&chain.task_header) {
+        Some(v) => {
+            let bytes = v.as_bytes();
+            let valid = !bytes.is_empty()
+                && bytes.len() <= MAX_TASK_ID
+                && bytes.iter().all(|b| (0x21..=0x7e).contains(b));
+            if !valid {
+                return Err(BadTask {
+                    header: chain.task_header.to_string(),
+                });
+            }
+            Some(String::from_utf8_lossy(bytes).into_owned())
+        }
+        None => None,
+    };
+    let trace_id = parent.map(|p| p.trace_id).unwrap_or_else(rand::random);
+    let task_id = match (task, parent) {
+        (Some(t), _) => Some(t),
+        (None, Some(p)) => Some(hex::encode(p.trace_id)),
+        (None, None) => None,
+    };
+    Ok(Identity {
+        task_id,
+        parent,
+        trace_id,
+    })
+}
+
+/// The agent's default task: requests that name no task belong to it until the agent has
+/// been idle for `idle_ttl`, after which a new default task begins.
+#[derive(Debug)]
+pub struct DefaultTask {
+    state: Mutex<(u64, Option<Instant>)>,
+}
+
+impl Default for DefaultTask {
+    fn default() -> Self {
+        DefaultTask {
+            state: Mutex::new((1, None)),
+        }
+    }
+}
+
+impl DefaultTask {
+    /// The default task's id now (`default-N`), rolling over after `idle_ttl` of inactivity.
+    pub fn current(&self, idle_ttl: Duration) -> String {
+        let now = Instant::now();
+        let Ok(mut s) = self.state.lock() else {
+            return format!("{DEFAULT_TASK}-0");
+        };
+        if s.1.is_some_and(|last| now.duration_since(last) >= idle_ttl) {
+            s.0 += 1;
+        }
+        s.1 = Some(now);
+        format!("{DEFAULT_TASK}-{}", s.0)
+    }
+}
+
+/// Parse `00-<32 hex>-<16 hex>-<2 hex>`; all-zero ids and unknown versions are ignored.
+pub fn parse_traceparent(s: &str) -> Option<TraceParent> {
+    let mut parts = s.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version != "00"
+        || parts.next().is_some()
+        || trace.len() != 32
+        || parent.len() != 16
+        || flags.len() != 2
+    {
+        return None;
+    }
+    let mut trace_id = [0u8; 16];
+    let mut parent_id = [0u8; 8];
+    let mut flag = [0u8; 1];
+    hex::decode_to_slice(trace, &mut trace_id).ok()?;
+    hex::decode_to_slice(parent, &mut parent_id).ok()?;
+    hex::decode_to_slice(flags, &mut flag).ok()?;
+    if trace_id == [0; 16] || parent_id == [0; 8] {
+        return None;
+    }
+    Some(TraceParent {
+        trace_id,
+        parent_id,
+        flags: flag[0],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn chain() -> ChainSettings {
+        ChainSettings {
+            task_header: http::HeaderName::from_static("x-toolgate-task"),
+            max_actions: 64,
+            max_tasks: 512,
+            idle_ttl: Duration::from_secs(900),
+        }
+    }
+
+    #[test]
+    fn task_header_wins_then_traceparent_then_default() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut h = HeaderMap::new();
+        assert_eq!(identify(&h, &chain()).unwrap().task_id, None);
+        h.insert("traceparent", tp.parse().unwrap());
+        let id = identify(&h, &chain()).unwrap();
+        assert_eq!(
+            id.task_id.as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(hex::encode(id.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+        h.insert("x-toolgate-task", "T-42".parse().unwrap());
+        assert_eq!(
+            identify(&h, &chain()).unwrap().task_id.as_deref(),
+            Some("T-42")
+        );
+    }
+
+    #[test]
+    fn default_task_rolls_over_after_idle_ttl() {
+        let d = DefaultTask::default();
+        assert_eq!(d.current(Duration::from_secs(60)), "default-1");
+        assert_eq!(d.current(Duration::from_secs(60)), "default-1");
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(d.current(Duration::from_millis(1)), "default-2");
+    }
+
+    #[test]
+    fn bad_task_ids_are_refused() {
+        for bad in ["", "has space", &"x".repeat(129)] {
+            let mut h = HeaderMap::new();
+            h.insert("x-toolgate-task", bad.parse().unwrap());
+            assert!(identify(&h, &chain()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_traceparent_is_ignored() {
+        for bad in [
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-zz-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad}");
+        }
+    }
+}

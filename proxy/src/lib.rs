@@ -1,0 +1,20 @@
+//! toolgate's data path on pingora. Modules follow the request pipeline (DESIGN.md §2):
+//! `identify` → accept/normalise/classify/evaluate (the policy crate) → `credential` →
+//! `forward` → `record`, sequenced by `pipeline`; `problem` turns refusals into responses.
+
+pub mod admin;
+pub mod capture;
+pub mod credential;
+pub mod evaluate;
+pub mod forward;
+pub mod gateway;
+pub mod identify;
+pub mod pipeline;
+pub mod problem;
+pub mod record;
+pub mod reload;
+pub mod revocation;
+pub mod server;
+
+pub use gateway::{Gateway, LoadError, Snapshot};
+pub use server::{serve, ServeError};

@@ -1,0 +1,135 @@
+//! Problem responses (RFC 9457 `application/problem+json`): the one place where every way a
+//! request can be refused becomes a status, a type and a reason the agent can act on.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use serde::Serialize;
+use toolgate_policy::classify::ClassifyError;
+use toolgate_policy::normalise::Rejection;
+
+use crate::credential::UnknownCredential;
+use crate::forward::ForwardError;
+use crate::identify::BadTask;
+
+/// Every reason toolgate answers a request itself instead of the tool.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    Denied(String),
+    #[error("{0}")]
+    ApprovalRequired(String),
+    #[error("{0}")]
+    PolicyError(String),
+    #[error("revoked")]
+    Revoked,
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error(transparent)]
+    Ambiguous(#[from] ClassifyError),
+    #[error(transparent)]
+    BadTask(#[from] BadTask),
+    #[error(transparent)]
+    UnknownCredential(#[from] UnknownCredential),
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+    #[error("the tool did not answer in time")]
+    UpstreamTimeout,
+    #[error("the tool could not be reached: {0}")]
+    UpstreamUnreachable(String),
+}
+
+/// The parts of a problem document that depend on the refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub status: u16,
+    /// Last part of the `type` URI.
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+}
+
+/// Base of problem `type` URIs.
+pub const TYPE_BASE: &str = "urn:toolgate:problem:";
+
+/// Map a refusal to its problem. Exhaustive on purpose: a new refusal needs a status.
+pub fn problem(refusal: &Refusal) -> Problem {
+    let detail = refusal.to_string();
+    let (status, kind, title) = match refusal {
+        Refusal::Denied(_) => (403, "denied", "action denied"),
+        Refusal::ApprovalRequired(_) => (403, "approval-required", "approval required"),
+        Refusal::PolicyError(_) => (403, "policy-error", "policy error"),
+        Refusal::Revoked => (403, "revoked", "revoked"),
+        Refusal::UnknownCredential(_) => (403, "policy-error", "policy error"),
+        Refusal::Rejected(_) => (400, "rejected", "request rejected"),
+        Refusal::Ambiguous(_) => (400, "rejected", "request rejected"),
+        Refusal::BadTask(_) => (400, "rejected", "request rejected"),
+        Refusal::Forward(ForwardError::Resolve { .. }) => {
+            (502, "upstream-unreachable", "tool unreachable")
+        }
+        Refusal::Forward(ForwardError::Request(_)) => {
+            (502, "upstream-unreachable", "tool unreachable")
+        }
+        Refusal::UpstreamUnreachable(_) => (502, "upstream-unreachable", "tool unreachable"),
+        Refusal::UpstreamTimeout => (504, "upstream-timeout", "tool timed out"),
+    };
+    Problem {
+        status,
+        kind,
+        title,
+        detail,
+    }
+}
+
+/// Identifiers that tie a problem to its decision log line and trace.
+#[derive(Debug, Clone, Copy)]
+pub struct Ids<'a> {
+    pub action: &'a str,
+    pub decision_id: &'a str,
+    pub trace_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    action: &'a str,
+    decision_id: &'a str,
+    trace_id: &'a str,
+}
+
+/// The JSON body of `problem`.
+pub fn body(problem: &Problem, ids: Ids<'_>) -> Bytes {
+    let body = Body {
+        kind: format!("{TYPE_BASE}{}", problem.kind),
+        title: problem.title,
+        status: problem.status,
+        detail: &problem.detail,
+        action: ids.action,
+        decision_id: ids.decision_id,
+        trace_id: ids.trace_id,
+    };
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// Write `refusal` as the response; returns the status written.
+pub async fn respond(
+    session: &mut Session,
+    refusal: &Refusal,
+    ids: Ids<'_>,
+) -> pingora::Result<u16> {
+    let problem = problem(refusal);
+    let body = body(&problem, ids);
+    let mut header = ResponseHeader::build(problem.status, Some(3))?;
+    header.insert_header(http::header::CONTENT_TYPE, "application/problem+json")?;
+    header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(problem.status)
+}

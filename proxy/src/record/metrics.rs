@@ -1,0 +1,254 @@
+//! Metrics in Prometheus text format (DESIGN.md §8), served on the admin listener.
+//!
+//! Counters are atomics or small maps; label cardinality is bounded: actions beyond
+//! `MAX_ACTION_LABELS` distinct names are counted under `other`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Most distinct `action` label values kept; further actions are counted as `other`.
+pub const MAX_ACTION_LABELS: usize = 1_000;
+
+/// Bucket upper bounds (seconds) for policy evaluation.
+const EVAL_BUCKETS: [f64; 10] = [
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.01, 0.1,
+];
+/// Bucket upper bounds (seconds) for upstream round trips.
+const UPSTREAM_BUCKETS: [f64; 12] = [
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A fixed-bucket histogram.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_nanos: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Record one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {
+            if let Some(c) = self.counts.get(i) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            cumulative += count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+/// All of toolgate's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    requests: Mutex<HashMap<(Arc<str>, &'static str), u64>>,
+    pub policy_eval: Histogram,
+    pub upstream_duration: Histogram,
+    credentials_issued: Mutex<BTreeMap<&'static str, u64>>,
+    policy_reloads: Mutex<BTreeMap<&'static str, u64>>,
+    spans_dropped: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Mutex::default(),
+            policy_eval: Histogram::new(&EVAL_BUCKETS),
+            upstream_duration: Histogram::new(&UPSTREAM_BUCKETS),
+            credentials_issued: Mutex::default(),
+            policy_reloads: Mutex::default(),
+            spans_dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K, n: u64) {
+    if let Ok(mut m) = map.lock() {
+        *m.entry(key).or_default() += n;
+    }
+}
+
+/// Escape a label value for the text format.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    /// Count one request by action and decision (`allow`, `deny`, `error`, `reject`…).
+    pub fn request(&self, action: &Arc<str>, decision: &'static str) {
+        let Ok(mut m) = self.requests.lock() else {
+            return;
+        };
+        let known = m.contains_key(&(action.clone(), decision)) || m.len() < MAX_ACTION_LABELS;
+        let action = if known {
+            action.clone()
+        } else {
+            Arc::from("other")
+        };
+        *m.entry((action, decision)).or_default() += 1;
+    }
+
+    /// Count a credential injected, by kind (`secret`, `jwt`, `token_exchange`).
+    pub fn credential_issued(&self, kind: &'static str) {
+        bump(&self.credentials_issued, kind, 1);
+    }
+
+    /// Count a policy/config reload attempt by result (`success`, `failure`).
+    pub fn policy_reload(&self, result: &'static str) {
+        bump(&self.policy_reloads, result, 1);
+    }
+
+    /// Count spans dropped by the exporter (full queue, endpoint down).
+    pub fn spans_dropped(&self, n: u64) {
+        self.spans_dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        out.push_str("# HELP toolgate_requests_total Requests by action and decision.\n");
+        out.push_str("# TYPE toolgate_requests_total counter\n");
+        if let Ok(m) = self.requests.lock() {
+            let mut rows: Vec<_> = m.iter().collect();
+            rows.sort();
+            for ((action, decision), n) in rows {
+                let _ = writeln!(
+                    out,
+                    "toolgate_requests_total{{action=\"{}\",decision=\"{decision}\"}} {n}",
+                    label(action)
+                );
+            }
+        }
+        self.policy_eval.render(
+            &mut out,
+            "toolgate_policy_eval_seconds",
+            "Policy evaluation time.",
+        );
+        self.upstream_duration.render(
+            &mut out,
+            "toolgate_upstream_duration_seconds",
+            "Time from sending a request upstream to its response head.",
+        );
+        out.push_str("# HELP toolgate_credentials_issued_total Credentials injected, by kind.\n");
+        out.push_str("# TYPE toolgate_credentials_issued_total counter\n");
+        if let Ok(m) = self.credentials_issued.lock() {
+            for (kind, n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "toolgate_credentials_issued_total{{kind=\"{kind}\"}} {n}"
+                );
+            }
+        }
+        out.push_str(
+            "# HELP toolgate_policy_reloads_total Configuration and policy reloads, by result.\n",
+        );
+        out.push_str("# TYPE toolgate_policy_reloads_total counter\n");
+        if let Ok(m) = self.policy_reloads.lock() {
+            for (result, n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "toolgate_policy_reloads_total{{result=\"{result}\"}} {n}"
+                );
+            }
+        }
+        out.push_str("# HELP toolgate_spans_dropped_total Spans dropped before export.\n");
+        out.push_str("# TYPE toolgate_spans_dropped_total counter\n");
+        let _ = writeln!(
+            out,
+            "toolgate_spans_dropped_total {}",
+            self.spans_dropped.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let m = Metrics::default();
+        m.request(&Arc::from("ticket.read"), "allow");
+        m.request(&Arc::from("ticket.read"), "allow");
+        m.request(&Arc::from("payment.create"), "deny");
+        m.credential_issued("secret");
+        m.policy_eval.observe(Duration::from_micros(3));
+        m.policy_eval.observe(Duration::from_millis(50));
+        let text = m.render();
+        assert!(
+            text.contains("toolgate_requests_total{action=\"ticket.read\",decision=\"allow\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "toolgate_requests_total{action=\"payment.create\",decision=\"deny\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("toolgate_credentials_issued_total{kind=\"secret\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("toolgate_policy_eval_seconds_bucket{le=\"0.000005\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("toolgate_policy_eval_seconds_bucket{le=\"0.1\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("toolgate_policy_eval_seconds_count 2\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn action_labels_are_bounded() {
+        let m = Metrics::default();
+        for i in 0..MAX_ACTION_LABELS + 10 {
+            m.request(&Arc::from(format!("a{i}")), "deny");
+        }
+        let text = m.render();
+        assert!(
+            text.contains("toolgate_requests_total{action=\"other\",decision=\"deny\"} 10\n"),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("toolgate_requests_total{").count(),
+            MAX_ACTION_LABELS + 1
+        );
+    }
+}

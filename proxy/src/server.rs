@@ -1,0 +1,91 @@
+//! Serving: the pingora server with the proxy and admin listeners, and its shutdown.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pingora::proxy::http_proxy_service_with_name;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
+use pingora::services::listening::Service;
+
+use crate::admin::Admin;
+use crate::gateway::{Gateway, LoadError, Snapshot};
+use crate::pipeline::Pipeline;
+use crate::record::DecisionLog;
+use crate::reload;
+
+/// Why toolgate could not start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("{field} {addr}: cannot listen: {source}")]
+    Listen {
+        field: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("telemetry.decision_log: {0}")]
+    DecisionLog(#[source] std::io::Error),
+    #[error("cannot start the reloader: {0}")]
+    Reload(#[source] std::io::Error),
+}
+
+/// Check that `addr` can be bound, so a taken port fails with a clear message before start.
+fn probe(field: &'static str, addr: SocketAddr) -> Result<(), ServeError> {
+    TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|source| ServeError::Listen {
+            field,
+            addr,
+            source,
+        })
+}
+
+/// Serve `snapshot` until SIGTERM (graceful: stop accepting, drain for
+/// `limits.shutdown_timeout`) or SIGINT (immediate). With `watch`, the configuration file it
+/// came from is reloaded when it or anything it references changes, and on SIGHUP.
+pub fn serve(snapshot: Snapshot, watch: Option<PathBuf>) -> Result<(), ServeError> {
+    let listen = snapshot.config.listen.clone();
+    probe("listen.proxy", listen.proxy)?;
+    probe("listen.admin", listen.admin)?;
+
+    let drain = snapshot.config.limits.shutdown_timeout.as_secs().max(1);
+    let conf = ServerConf {
+        threads: snapshot.config.workers,
+        // One runtime per worker thread: no cross-thread task stealing and wake-ups.
+        work_stealing: false,
+        // pingora waits this long after SIGTERM before stopping its runtimes (default 300 s).
+        grace_period_seconds: Some(drain),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let decision_log = DecisionLog::start(&snapshot.config.telemetry.decision_log)
+        .map_err(ServeError::DecisionLog)?;
+    let gateway = Arc::new(Gateway::new(snapshot, decision_log));
+    if let Some(path) = watch {
+        reload::spawn(gateway.clone(), path).map_err(ServeError::Reload)?;
+    }
+
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut proxy = http_proxy_service_with_name(
+        &server.configuration,
+        Pipeline::new(gateway.clone()),
+        "toolgate proxy",
+    );
+    proxy.add_tcp(&listen.proxy.to_string());
+    let mut admin = Service::new("toolgate admin".to_string(), Admin::new(gateway.clone()));
+    admin.threads = Some(1);
+    admin.add_tcp(&listen.admin.to_string());
+    server.add_service(proxy);
+    server.add_service(admin);
+
+    gateway.set_ready(true);
+    tracing::info!(proxy = %listen.proxy, admin = %listen.admin, policy = gateway.snapshot().policy.revision(), "toolgate serving");
+    server.run(RunArgs::default());
+    tracing::info!("toolgate stopped");
+    Ok(())
+}
