@@ -1,0 +1,521 @@
+//! The Helm chart, checked offline: Helm's Go SDK (PyPI `helm-python-sdk`) lints and renders
+//! it with every values file under `charts/toolgate/ci/`, PyPI `kubernetes-validate` checks
+//! each rendered object strictly against Kubernetes 1.29 and the newest bundled version, and
+//! the rendered toolgate configuration goes through the real `toolgate check`.
+//! `tests/helm/validate.py` does the Python side; scripts/test.sh installs its packages.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_toolgate");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn chart() -> PathBuf {
+    Path::new(ROOT).join("charts/toolgate")
+}
+
+/// Run `validate.py ARGS`; (exit code, the JSON it printed).
+fn validate(args: &[&str]) -> (i32, Value) {
+    let script = Path::new(ROOT).join("tests/helm/validate.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(args)
+        .output()
+        .expect("python3 is required (scripts/test.sh installs the Python packages)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("ModuleNotFoundError"),
+        "run scripts/test.sh, which installs helm-python-sdk and kubernetes-validate: {stderr}"
+    );
+    let json = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("validate.py {args:?} printed no JSON ({e}): {stdout}{stderr}"));
+    (out.status.code().unwrap_or(-1), json)
+}
+
+/// Every case rendered once per test binary: the report and the directory of manifests.
+struct Rendered {
+    report: Value,
+    code: i32,
+    dir: tempfile::TempDir,
+}
+
+fn rendered() -> &'static Rendered {
+    static RENDERED: OnceLock<Rendered> = OnceLock::new();
+    RENDERED.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (code, report) = validate(&[
+            "render",
+            chart().to_str().unwrap(),
+            dir.path().to_str().unwrap(),
+        ]);
+        Rendered { report, code, dir }
+    })
+}
+
+/// The objects rendered for one values case (`default`, `explicit`, …).
+fn objects(case: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(rendered().dir.path().join(format!("{case}.yaml"))).unwrap();
+    objects_in(&text)
+}
+
+fn objects_in(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
+fn pod(objects: &[Value]) -> &Value {
+    &find(objects, "Deployment")["spec"]["template"]["spec"]
+}
+
+fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"))
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {list}"))
+}
+
+fn names(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .map(|l| l.iter().map(|c| c["name"].as_str().unwrap()).collect())
+        .unwrap_or_default()
+}
+
+fn env<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str())
+}
+
+/// Render a case's ConfigMap to a directory and run `toolgate check` on it.
+fn check_rendered_config(values: &str, env: &[(&str, &str)]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, files) = validate(&[
+        "config",
+        chart().to_str().unwrap(),
+        values,
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{files}");
+    let out = Command::new(BINARY)
+        .args(["check", "-c"])
+        .arg(dir.path().join("toolgate.yaml"))
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn ci_values(case: &str) -> String {
+    chart()
+        .join(format!("ci/{case}-values.yaml"))
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn every_values_file_lints_clean_and_renders_objects_kubernetes_accepts_strictly() {
+    let r = rendered();
+    assert_eq!(r.code, 0, "{:#}", r.report);
+    let versions = r.report["kube_versions"].as_array().unwrap();
+    assert_eq!(versions[0], "1.29.0");
+    assert!(versions[1].as_str().unwrap() > "1.29.0", "{versions:?}");
+    let cases = r.report["cases"].as_object().unwrap();
+    for case in [
+        "default",
+        "explicit",
+        "transparent",
+        "classic",
+        "existing-configmap",
+    ] {
+        let c = &cases[case];
+        assert_eq!(c["lint"], serde_json::json!([]), "{case}: {c:#}");
+        assert_eq!(c["errors"], serde_json::json!([]), "{case}: {c:#}");
+        assert!(!c["objects"].as_array().unwrap().is_empty(), "{case}");
+    }
+}
+
+#[test]
+fn schema_rejects_wrong_types_and_unknown_keys() {
+    let (code, report) = validate(&["reject", chart().to_str().unwrap()]);
+    assert_eq!(code, 0, "{report:#}");
+    let rejected = &report["rejected"];
+    for (case, says) in [
+        (
+            "wrong type: workers as a string",
+            "'/sidecar/workers': got string, want integer",
+        ),
+        (
+            "unknown key in sidecar",
+            "'/sidecar': additional properties 'wrokers' not allowed",
+        ),
+        (
+            "unknown key at the top",
+            "additional properties 'replicaCount' not allowed",
+        ),
+        (
+            "unknown key in a tool (toolgate would reject it too)",
+            "'/config/tools/0': additional properties 'protocl' not allowed",
+        ),
+        (
+            "shutdown timeout set twice",
+            "'shutdown_timeout' not allowed",
+        ),
+    ] {
+        let message = rejected[case].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{case}: {message:?}");
+    }
+    assert_eq!(report["accepted"], serde_json::json!([]), "{report:#}");
+    assert_eq!(report["render_refused"], true);
+    let refused = report["render_failures"]
+        ["agent running as toolgate's uid under transparent capture"]
+        .as_str()
+        .unwrap();
+    assert!(refused.contains("must not be 1337"), "{refused}");
+}
+
+#[test]
+fn default_values_render_a_config_that_toolgate_check_accepts() {
+    let (code, text) = check_rendered_config("-", &[]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("ok — 1 tools, 2 actions"), "{text}");
+}
+
+#[test]
+fn explicit_and_classic_values_render_configs_that_toolgate_check_accepts() {
+    let (code, text) = check_rendered_config(&ci_values("explicit"), &[("JIRA_TOKEN", "t0k3n")]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("ok — 1 tools, 2 actions, 1 routes"), "{text}");
+    let (code, text) = check_rendered_config(&ci_values("classic"), &[]);
+    assert_eq!(code, 0, "{text}");
+}
+
+/// The transparent case renders keys from features landing separately (`listen.transparent`,
+/// `tls.ca`: HTTPS interception; `telemetry.otlp`: tracing). Until they land, those keys — and
+/// nothing else — are what `toolgate check` refuses.
+#[test]
+fn transparent_config_is_accepted_or_refused_only_for_keys_still_to_land() {
+    let (code, text) = check_rendered_config(&ci_values("transparent"), &[]);
+    if code == 0 {
+        return;
+    }
+    assert_eq!(code, 2, "{text}");
+    for line in text.lines() {
+        assert!(
+            [
+                "listen.transparent",
+                "tls.ca",
+                "telemetry",
+                "telemetry.otlp"
+            ]
+            .iter()
+            .any(|key| line.ends_with(&format!(": {key}: unknown key"))),
+            "unexpected problem: {line}"
+        );
+    }
+}
+
+#[test]
+fn native_sidecar_is_ready_before_the_agent_runs_least_privileged_and_outlives_it() {
+    let objects = objects("default");
+    let pod = pod(&objects);
+    let toolgate = named(&pod["initContainers"], "toolgate");
+    assert_eq!(toolgate["restartPolicy"], "Always");
+    assert_eq!(names(&pod["containers"]), ["agent"]);
+
+    for (probe, path) in [
+        ("startupProbe", "/readyz"),
+        ("readinessProbe", "/readyz"),
+        ("livenessProbe", "/healthz"),
+    ] {
+        assert_eq!(toolgate[probe]["httpGet"]["path"], path, "{probe}");
+        assert_eq!(toolgate[probe]["httpGet"]["port"], "tg-admin", "{probe}");
+    }
+    assert_eq!(
+        named(&toolgate["ports"], "tg-admin")["containerPort"],
+        15000
+    );
+
+    let sc = &toolgate["securityContext"];
+    assert_eq!(sc["runAsUser"], 1337);
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert!(sc["capabilities"]["add"].is_null());
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert!(toolgate["resources"]["requests"]["memory"].is_string());
+
+    // The ConfigMap is mounted as a directory: updates propagate (a subPath mount never does).
+    let mount = named(&toolgate["volumeMounts"], "toolgate-config");
+    assert_eq!(mount["mountPath"], "/etc/toolgate/config");
+    assert!(mount["subPath"].is_null());
+    assert_eq!(
+        named(&pod["volumes"], "toolgate-config")["configMap"]["name"],
+        "demo-toolgate-config"
+    );
+    assert_eq!(
+        toolgate["args"],
+        serde_json::json!(["run", "-c", "/etc/toolgate/config/toolgate.yaml"])
+    );
+
+    // Agent 30 s + toolgate's drain (limits.shutdown_timeout: 5s) + 2 s margin.
+    assert_eq!(pod["terminationGracePeriodSeconds"], 37);
+    let config = find(&objects, "ConfigMap")["data"]["toolgate.yaml"]
+        .as_str()
+        .unwrap();
+    assert!(config.contains("shutdown_timeout: 5s"), "{config}");
+    assert!(
+        config.contains("id: spiffe://cluster.local/ns/agents/sa/demo-toolgate"),
+        "{config}"
+    );
+
+    // Explicit capture by default: the agent's clients are pointed at the sidecar.
+    let agent = named(&pod["containers"], "agent");
+    for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+        assert_eq!(env(agent, var), Some("http://127.0.0.1:15001"), "{var}");
+    }
+    assert_eq!(env(agent, "NO_PROXY"), Some("localhost,127.0.0.1,::1"));
+}
+
+#[test]
+fn transparent_capture_runs_init_iptables_with_only_net_admin_and_net_raw() {
+    let objects = objects("transparent");
+    let pod = pod(&objects);
+    assert_eq!(
+        names(&pod["initContainers"]),
+        ["toolgate-init", "toolgate-trust", "toolgate"]
+    );
+    let init = named(&pod["initContainers"], "toolgate-init");
+    let sc = &init["securityContext"];
+    assert_eq!(
+        sc["capabilities"]["add"],
+        serde_json::json!(["NET_ADMIN", "NET_RAW"])
+    );
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert!(init["restartPolicy"].is_null(), "a one-shot init step");
+    // Nothing else in the pod gets capabilities.
+    for c in pod["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(pod["containers"].as_array().unwrap())
+    {
+        if c["name"] != "toolgate-init" {
+            assert!(
+                c["securityContext"]["capabilities"]["add"].is_null(),
+                "{}",
+                c["name"]
+            );
+        }
+    }
+
+    // The rendered arguments are ones the real binary accepts.
+    let args: Vec<&str> = init["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[0], "init-iptables");
+    let out = Command::new(BINARY)
+        .args(&args)
+        .arg("--dry-run")
+        .output()
+        .unwrap();
+    let rules = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for rule in [
+        "-A TOOLGATE_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+        "-A TOOLGATE_OUTPUT -d 10.96.0.0/12 -j RETURN",
+        "-A TOOLGATE_OUTPUT -p tcp --dport 5432 -j RETURN",
+        "-A TOOLGATE_OUTPUT -p tcp --dport 8443 -j REDIRECT --to-ports 15006",
+    ] {
+        assert!(rules.lines().any(|l| l == rule), "missing {rule}:\n{rules}");
+    }
+
+    // No proxy variables, but the agent trusts toolgate's CA — and never sees its key.
+    let agent = named(&pod["containers"], "agent");
+    assert_eq!(env(agent, "HTTP_PROXY"), None);
+    assert_eq!(
+        env(agent, "SSL_CERT_FILE"),
+        Some("/etc/toolgate/trust/ca-bundle.crt")
+    );
+    assert_eq!(
+        env(agent, "REQUESTS_CA_BUNDLE"),
+        Some("/etc/toolgate/trust/ca-bundle.crt")
+    );
+    assert_eq!(
+        env(agent, "NODE_EXTRA_CA_CERTS"),
+        Some("/etc/toolgate/ca-cert/ca.crt")
+    );
+    assert_eq!(
+        names(&agent["volumeMounts"]),
+        ["toolgate-ca-cert", "toolgate-trust"]
+    );
+    let cert_only = &named(&pod["volumes"], "toolgate-ca-cert")["secret"]["items"];
+    assert_eq!(
+        cert_only,
+        &serde_json::json!([{ "key": "tls.crt", "path": "ca.crt" }])
+    );
+    let toolgate = named(&pod["initContainers"], "toolgate");
+    assert_eq!(
+        named(&toolgate["volumeMounts"], "toolgate-ca")["mountPath"],
+        "/etc/toolgate/ca"
+    );
+
+    let config = find(&objects, "ConfigMap")["data"]["toolgate.yaml"]
+        .as_str()
+        .unwrap();
+    for key in [
+        "transparent: 127.0.0.1:15006",
+        "cert: /etc/toolgate/ca/tls.crt",
+        "endpoint: http://jaeger-collector.observability:4318",
+    ] {
+        assert!(config.contains(key), "{key}: {config}");
+    }
+    // Generated CA and signing key, kept across upgrades and uninstalls.
+    for o in objects.iter().filter(|o| o["kind"] == "Secret") {
+        assert_eq!(
+            o["metadata"]["annotations"]["helm.sh/resource-policy"],
+            "keep"
+        );
+    }
+}
+
+#[test]
+fn classic_sidecar_is_a_second_container_with_credentials_only_it_mounts() {
+    let objects = objects("classic");
+    let pod = pod(&objects);
+    assert_eq!(names(&pod["containers"]), ["agent", "toolgate"]);
+    assert!(pod["initContainers"].is_null());
+    let toolgate = named(&pod["containers"], "toolgate");
+    assert!(toolgate["restartPolicy"].is_null());
+    assert_eq!(
+        named(&toolgate["volumeMounts"], "cred-jira-token")["mountPath"],
+        "/var/run/secrets/jira"
+    );
+    assert_eq!(
+        named(&toolgate["volumeMounts"], "cred-payments-key")["mountPath"],
+        "/var/run/secrets/toolgate/payments-key"
+    );
+    let agent = named(&pod["containers"], "agent");
+    assert!(agent["volumeMounts"].is_null(), "{agent}");
+    let annotations = &find(&objects, "Deployment")["spec"]["template"]["metadata"]["annotations"];
+    assert!(annotations["checksum/config"].is_string(), "{annotations}");
+}
+
+#[test]
+fn an_existing_configmap_and_secrets_are_mounted_not_rendered() {
+    let objects = objects("existing-configmap");
+    assert!(objects
+        .iter()
+        .all(|o| o["kind"] != "ConfigMap" && o["kind"] != "Secret"));
+    let pod = pod(&objects);
+    assert_eq!(
+        named(&pod["volumes"], "toolgate-config")["configMap"]["name"],
+        "support-agent-toolgate"
+    );
+    assert_eq!(
+        named(&pod["volumes"], "toolgate-ca-cert")["secret"]["items"][0]["key"],
+        "ca.pem"
+    );
+    assert_eq!(
+        named(&pod["volumes"], "toolgate-signing-key")["secret"]["secretName"],
+        "support-agent-signing-key"
+    );
+    assert_eq!(pod["serviceAccountName"], "support-agent");
+}
+
+#[test]
+fn network_policy_allows_only_dns_and_tool_networks_and_metrics_are_scraped() {
+    let objects = objects("explicit");
+    let policy = find(&objects, "NetworkPolicy");
+    assert_eq!(policy["spec"]["policyTypes"], serde_json::json!(["Egress"]));
+    let egress = policy["spec"]["egress"].as_array().unwrap();
+    assert_eq!(egress.len(), 3, "DNS, tools, the extra rule: {egress:#?}");
+    assert_eq!(
+        egress[0]["ports"],
+        serde_json::json!([{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}])
+    );
+    assert_eq!(
+        egress[1]["to"],
+        serde_json::json!([{"ipBlock": {"cidr": "203.0.113.0/24"}}, {"ipBlock": {"cidr": "2001:db8::/32"}}])
+    );
+    assert_eq!(
+        egress[1]["ports"],
+        serde_json::json!([{"protocol": "TCP", "port": 443}])
+    );
+
+    let monitor = find(&objects, "ServiceMonitor");
+    let service = find(&objects, "Service");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "tg-admin");
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+    assert_eq!(service["spec"]["ports"][0]["name"], "tg-admin");
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(&service["metadata"]["labels"][k], v, "{k}");
+    }
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+}
+
+#[test]
+fn named_templates_compose_toolgate_into_another_charts_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, report) = validate(&[
+        "parent",
+        chart().to_str().unwrap(),
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{report:#}");
+    let text = std::fs::read_to_string(dir.path().join("parent.yaml")).unwrap();
+    let objects = objects_in(&text);
+    let set = find(&objects, "StatefulSet");
+    let pod = &set["spec"]["template"]["spec"];
+    assert_eq!(
+        names(&pod["initContainers"]),
+        ["toolgate-init", "toolgate-trust", "toolgate"]
+    );
+    let triage = named(&pod["containers"], "triage");
+    assert_eq!(env(triage, "MODEL"), Some("small"));
+    assert_eq!(
+        env(triage, "SSL_CERT_FILE"),
+        Some("/etc/toolgate/trust/ca-bundle.crt")
+    );
+    assert_eq!(pod["securityContext"]["fsGroup"], 1337);
+    assert!(objects.iter().all(|o| o["kind"] != "Deployment"));
+}
