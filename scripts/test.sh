@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Run every check CI runs, on a fresh machine: formatting, clippy, and the whole test suite
+# (unit, golden, end-to-end against the real binary on 127.0.0.1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+
+# The Helm chart's offline checks (tests/helm.rs): Helm's Go SDK and Kubernetes' schemas.
+python3 -c 'import helm_python, kubernetes_validate' 2>/dev/null ||
+  python3 -m pip install -q 'helm-python-sdk>=0.2,<0.3' 'kubernetes-validate>=1.37,<2'
+
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked --workspace --all-targets
