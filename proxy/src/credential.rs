@@ -16,6 +16,8 @@ pub struct Injection {
     /// Name of the credential in config (for logs; never the value).
     pub name: String,
     pub kind: &'static str,
+    /// The issued credential's own id (a minted token's `jti`); `None` for static secrets.
+    pub id: Option<String>,
     pub header: HeaderName,
     value: HeaderValue,
 }
@@ -51,6 +53,7 @@ pub fn select(
         Some(CredentialSpec::Secret(s)) => Ok(Some(Injection {
             name: name.to_string(),
             kind: "secret",
+            id: None,
             header: s.header.clone(),
             value: s.value.header_value().clone(),
         })),

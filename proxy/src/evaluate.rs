@@ -125,7 +125,7 @@ pub fn log_decision(gw: &Gateway, snapshot: &Snapshot, prepared: &Prepared, x: &
         credential: x.injection.as_ref().map(|i| decision_log::Credential {
             name: &i.name,
             kind: i.kind,
-            id: None,
+            id: i.id.as_deref(),
         }),
         trace_id: &x.trace_id,
         span_id: &span_id,
