@@ -19,6 +19,12 @@ pub enum Via {
     AbsoluteForm,
     /// `GET /path` with `Host: host`.
     Host,
+    /// Inside a CONNECT tunnel whose TLS toolgate terminated: the CONNECT target is the
+    /// authority.
+    Tunnel,
+    /// Redirected to the transparent listener by iptables: the original destination (and,
+    /// for TLS, the SNI) is the authority.
+    Transparent,
 }
 
 impl Via {
@@ -28,6 +34,8 @@ impl Via {
             Via::Route => "route",
             Via::AbsoluteForm => "forward",
             Via::Host => "host",
+            Via::Tunnel => "connect",
+            Via::Transparent => "transparent",
         }
     }
 }
@@ -45,6 +53,77 @@ pub struct Accepted {
     pub port: u16,
     /// The canonical request line (route prefix removed).
     pub request: Normalised,
+}
+
+/// A destination fixed by the connection rather than by the request: the CONNECT target of
+/// an intercepted tunnel, or the original destination of a transparently captured connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub via: Via,
+    /// Canonical host name or IP literal (no brackets).
+    pub host: String,
+    pub port: u16,
+    /// Whether the agent's connection is TLS (terminated by toolgate).
+    pub tls: bool,
+}
+
+/// Read a request that arrived on a connection whose destination is already known. The
+/// connection decides the authority, never the request: a `Host` header or an absolute-form
+/// authority that names anything else is refused, and named routes do not apply.
+pub fn accept_at(
+    config: &Config,
+    destination: &Destination,
+    method: &str,
+    raw: &[u8],
+    headers: &HeaderMap,
+) -> Result<Accepted, Rejection> {
+    let default_port = if destination.tls { 443 } else { 80 };
+    let agrees = |authority: &str| -> Result<(), Rejection> {
+        let (host, port) = normalise::authority(authority)?;
+        if host != destination.host || port.unwrap_or(default_port) != destination.port {
+            return Err(Rejection::HostMismatch(
+                authority.chars().take(64).collect(),
+            ));
+        }
+        Ok(())
+    };
+    let target = match strip_scheme(raw) {
+        Some((tls, rest)) => {
+            let end = rest
+                .iter()
+                .position(|b| *b == b'/' || *b == b'?')
+                .unwrap_or(rest.len());
+            let (authority, target) = rest.split_at(end);
+            let authority = std::str::from_utf8(authority)
+                .map_err(|_| Rejection::BadHost(String::from_utf8_lossy(authority).into_owned()))?;
+            if tls != destination.tls {
+                return Err(Rejection::HostMismatch(
+                    authority.chars().take(64).collect(),
+                ));
+            }
+            agrees(authority)?;
+            match target.first() {
+                Some(b'/') => target.to_vec(),
+                _ => [b"/", target].concat(),
+            }
+        }
+        None if raw.starts_with(b"/") => raw.to_vec(),
+        None => return Err(Rejection::BadTarget),
+    };
+    if let Some(h) = host_header(headers)? {
+        agrees(h)?;
+    }
+    let request = normalise::request(method, &target)?;
+    Ok(Accepted {
+        via: destination.via,
+        tool: config
+            .catalog
+            .tool_for_host(&destination.host, destination.port),
+        tls: destination.tls,
+        host: destination.host.clone(),
+        port: destination.port,
+        request,
+    })
 }
 
 /// Read the destination of a request (`method`, raw request `target`, `headers`) against
@@ -155,7 +234,8 @@ fn strip_scheme(raw: &[u8]) -> Option<(bool, &[u8])> {
     None
 }
 
-fn host_header(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
+/// The request's single `Host` header, if any.
+pub fn host_header(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
     let mut values = headers.get_all(http::header::HOST).iter();
     let Some(first) = values.next() else {
         return Ok(None);

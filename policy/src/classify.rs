@@ -20,6 +20,9 @@ use crate::normalise::Normalised;
 /// Name of the action for requests no catalog entry matches.
 pub const UNKNOWN: &str = "unknown";
 
+/// Suffix of the action a non-intercepted CONNECT to a tool becomes (`<tool>.connect`).
+pub const CONNECT_SUFFIX: &str = "connect";
+
 /// The compiled tool catalog.
 #[derive(Debug, Default)]
 pub struct Catalog {
@@ -37,6 +40,9 @@ pub struct Tool {
     pub upstream: Option<Upstream>,
     /// Credential used for allowed actions unless the decision names another.
     pub credential: Option<String>,
+    /// Whether CONNECT tunnels to this tool are TLS-intercepted (`false`: host-only decision,
+    /// bytes spliced).
+    pub intercept: bool,
     actions: Vec<Action>,
     by_method: HashMap<Method, Trie>,
     any_method: Trie,
@@ -133,6 +139,7 @@ impl Catalog {
             hosts: tool.hosts,
             upstream: tool.upstream,
             credential: tool.credential,
+            intercept: tool.intercept,
             actions: tool.actions,
             by_method,
             any_method,
@@ -268,6 +275,7 @@ pub struct ToolSpec {
     pub hosts: Vec<String>,
     pub upstream: Option<Upstream>,
     pub credential: Option<String>,
+    pub intercept: bool,
     pub actions: Vec<Action>,
 }
 

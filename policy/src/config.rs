@@ -5,6 +5,7 @@ mod files;
 mod raw;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -44,6 +45,8 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Listen {
     pub proxy: SocketAddr,
+    /// The transparent listener, for connections iptables redirected (`listen.transparent`).
+    pub transparent: Option<SocketAddr>,
     pub admin: SocketAddr,
 }
 
@@ -167,7 +170,11 @@ pub struct ChainSettings {
 pub struct TlsSettings {
     /// Extra roots (PEM) trusted for upstream connections, on top of the system's.
     pub upstream_ca: Option<PathBuf>,
+    /// The CA that signs interception certificates (`tls.ca`), read at load time.
+    pub ca: Option<CaSource>,
 }
+
+pub use tls::{CaSource, DEFAULT_LEAF_CACHE};
 
 /// Limits on what a client controls.
 #[derive(Debug, Clone)]

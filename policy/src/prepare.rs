@@ -4,7 +4,7 @@
 
 use http::HeaderMap;
 
-use crate::accept::{self, Accepted};
+use crate::accept::{self, Accepted, Destination};
 use crate::classify::{Classification, ClassifyError};
 use crate::config::Config;
 use crate::normalise::{self, Rejection};
@@ -33,6 +33,23 @@ pub fn prepare(
     headers: &HeaderMap,
 ) -> Result<Prepared, Refused> {
     let accepted = accept::accept(config, method, target, headers)?;
+    classify(config, accepted, headers)
+}
+
+/// Accept, normalise and classify one request that arrived on a connection whose destination
+/// is fixed (an intercepted CONNECT tunnel, a transparently captured connection).
+pub fn prepare_at(
+    config: &Config,
+    destination: &Destination,
+    method: &str,
+    target: &[u8],
+    headers: &HeaderMap,
+) -> Result<Prepared, Refused> {
+    let accepted = accept::accept_at(config, destination, method, target, headers)?;
+    classify(config, accepted, headers)
+}
+
+fn classify(config: &Config, accepted: Accepted, headers: &HeaderMap) -> Result<Prepared, Refused> {
     normalise::headers(headers, accepted.tool.is_some())?;
     let classification = config
         .catalog

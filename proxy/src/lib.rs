@@ -3,6 +3,7 @@
 //! `forward` → `record`, sequenced by `pipeline`; `problem` turns refusals into responses.
 
 pub mod admin;
+pub mod ca;
 pub mod capture;
 pub mod credential;
 pub mod evaluate;

@@ -25,6 +25,7 @@ fn jira() -> Catalog {
         hosts: vec!["jira.example.com".into(), "*.atlassian.net".into()],
         upstream: None,
         credential: None,
+        intercept: true,
         actions: vec![
             action(
                 "ticket.read",
@@ -59,6 +60,7 @@ fn jira() -> Catalog {
         hosts: vec!["127.0.0.1:9000".into(), "127.0.0.1".into()],
         upstream: None,
         credential: None,
+        intercept: true,
         actions: vec![],
     });
     c

@@ -36,6 +36,7 @@ pub struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawListen {
     pub proxy: Option<String>,
+    pub transparent: Option<String>,
     pub admin: Option<String>,
 }
 
@@ -52,6 +53,8 @@ pub struct RawTool {
     pub hosts: Vec<String>,
     pub upstream: Option<String>,
     pub credential: Option<String>,
+    /// `false`: CONNECT to this tool is decided by host alone and spliced, not intercepted.
+    pub intercept: Option<bool>,
     #[serde(default)]
     pub actions: Vec<RawAction>,
 }
@@ -118,6 +121,16 @@ pub struct RawAdmin {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawTls {
     pub upstream_ca: Option<String>,
+    pub ca: Option<RawCa>,
+}
+
+/// `tls.ca`: the CA toolgate mints interception certificates with.
+#[derive(Debug, Deserialize)]
+pub struct RawCa {
+    pub cert: String,
+    pub key: String,
+    /// Most leaf certificates kept minted at once.
+    pub cache_entries: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

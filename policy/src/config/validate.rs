@@ -28,12 +28,12 @@ pub const DEFAULT_MAX_TASKS: usize = 256;
 pub const DEFAULT_QUERY: &str = "data.toolgate.decision";
 
 #[derive(Default)]
-struct Collector {
+pub(super) struct Collector {
     errors: Vec<ConfigError>,
 }
 
 impl Collector {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ConfigError {
             path: path.into(),
             message: message.into(),
@@ -54,12 +54,18 @@ pub(super) fn compile(
             "listen.proxy",
             raw.listen.proxy.as_deref().unwrap_or(DEFAULT_PROXY),
         ),
+        transparent: raw
+            .listen
+            .transparent
+            .as_deref()
+            .map(|a| addr(&mut c, "listen.transparent", a)),
         admin: addr(
             &mut c,
             "listen.admin",
             raw.listen.admin.as_deref().unwrap_or(DEFAULT_ADMIN),
         ),
     };
+    super::tls::distinct_listeners(&mut c, &listen);
     let workers = positive(&mut c, "workers", raw.workers.unwrap_or(2));
     let agent = agent(&mut c, &raw, vars);
     let credentials = credentials(&mut c, &raw.credentials, files, vars);
@@ -120,6 +126,11 @@ pub(super) fn compile(
             .upstream_ca
             .as_deref()
             .map(|p| files.locate(Path::new(p))),
+        ca: raw
+            .tls
+            .ca
+            .as_ref()
+            .and_then(|ca| super::tls::ca(&mut c, ca, files)),
     };
     let limits = Limits {
         max_body_bytes: raw.limits.max_body_bytes.unwrap_or(65_536),
@@ -392,6 +403,7 @@ fn catalog(
             hosts,
             upstream,
             credential: tool.credential.clone(),
+            intercept: tool.intercept.unwrap_or(true),
             actions,
         });
         names.entry(tool.name.clone()).or_insert(id);
