@@ -47,6 +47,34 @@ enum Command {
     /// Pod init step for transparent capture: redirect the agent's outbound TCP to toolgate's
     /// transparent listener with iptables `nat` rules (needs NET_ADMIN and NET_RAW).
     InitIptables(InitIptables),
+    /// The CA toolgate intercepts HTTPS with (`tls.ca`).
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+/// `toolgate ca …`
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Create a CA for `tls.ca`: an ECDSA P-256 certificate (agents trust it) and its PKCS#8
+    /// private key (toolgate only; written with mode 0600). Existing files are kept unless
+    /// --force.
+    Init {
+        /// Where to write the certificate (PEM).
+        #[arg(long, default_value = "ca.pem")]
+        cert: PathBuf,
+        /// Where to write the private key (PEM).
+        #[arg(long, default_value = "ca-key.pem")]
+        key: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "toolgate interception CA")]
+        common_name: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// `toolgate init-iptables` arguments; lists are comma-separated.
@@ -258,9 +286,61 @@ fn init_iptables(args: InitIptables) -> ExitCode {
     }
 }
 
+fn ca(command: CaCommand) -> ExitCode {
+    let CaCommand::Init {
+        cert,
+        key,
+        common_name,
+        days,
+        force,
+    } = command;
+    if days == 0 {
+        eprintln!("toolgate ca init: --days must be at least 1");
+        return ExitCode::from(CONFIG_ERROR);
+    }
+    for path in [&cert, &key] {
+        if path.exists() && !force {
+            eprintln!(
+                "toolgate ca init: {} exists; pass --force to replace it",
+                path.display()
+            );
+            return ExitCode::from(CONFIG_ERROR);
+        }
+    }
+    let (cert_pem, key_pem) = match toolgate_proxy::ca::generate(&common_name, days) {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("toolgate ca init: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let write = |path: &Path, text: &str, mode: u32| -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(path)?;
+        file.write_all(text.as_bytes())
+    };
+    if let Err(e) = write(&key, &key_pem, 0o600).and_then(|()| write(&cert, &cert_pem, 0o644)) {
+        eprintln!("toolgate ca init: {e}");
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "toolgate ca init: wrote {} (the certificate agents trust) and {} (the private key, for toolgate only); valid {days} days",
+        cert.display(),
+        key.display()
+    );
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Ca(command) => ca(command),
         Command::InitIptables(args) => init_iptables(args),
         Command::Check { config } => {
             let Some(s) = snapshot(Some(&config)) else {

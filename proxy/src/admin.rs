@@ -1,4 +1,5 @@
-//! The admin listener: health and readiness for probes, metrics for Prometheus, and the
+//! The admin listener: health and readiness for probes, metrics for Prometheus, the
+//! interception CA's certificate (`/ca.pem`, for agents' trust bundles), and the
 //! operator API (`/v1/…`: revocations, task chains). The operator API answers loopback peers,
 //! or any peer presenting the bearer token from `admin.token_file`.
 
@@ -127,6 +128,17 @@ impl Admin {
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
                 body: self.gateway.metrics.render().into_bytes(),
             },
+            (Method::GET, "/ca.pem") => match &self.gateway.snapshot().authority {
+                Some(ca) => Reply {
+                    status: StatusCode::OK,
+                    content_type: "application/x-pem-file",
+                    body: ca.cert_pem().to_vec(),
+                },
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    "no interception CA is configured (tls.ca)\n",
+                ),
+            },
             (Method::GET, "/v1/revoke") => json(
                 StatusCode::OK,
                 &json!({ "revocations": self.gateway.revocations.list() }),
@@ -145,7 +157,7 @@ impl Admin {
                 let chain = serde_json::to_value(&chain).unwrap_or_default();
                 json(StatusCode::OK, &json!({ "task": task, "chain": chain }))
             }
-            (_, "/healthz" | "/readyz" | "/metrics" | "/v1/revoke" | "/v1/tasks") => {
+            (_, "/healthz" | "/readyz" | "/metrics" | "/ca.pem" | "/v1/revoke" | "/v1/tasks") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),

@@ -98,7 +98,7 @@ pub async fn peer(
 }
 
 /// Resolve `host:port` asynchronously, through a small cache of recent answers.
-async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ForwardError> {
+pub(crate) async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ForwardError> {
     let key = (host.to_string(), port);
     if let Ok(cache) = DNS.lock() {
         if let Some((addr, at)) = cache.get(&key) {

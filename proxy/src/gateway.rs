@@ -25,6 +25,8 @@ pub enum LoadError {
     Policy(#[from] PolicyError),
     #[error("tls.upstream_ca: {0}")]
     UpstreamCa(String),
+    #[error(transparent)]
+    Ca(#[from] crate::ca::CaError),
 }
 
 /// Everything derived from one configuration version.
@@ -34,6 +36,8 @@ pub struct Snapshot {
     pub policy: Policy,
     /// System roots plus `tls.upstream_ca`, when extra roots are configured.
     pub upstream_roots: Option<Arc<CaType>>,
+    /// The interception CA (`tls.ca`), with its leaf cache.
+    pub authority: Option<Arc<crate::ca::Authority>>,
 }
 
 impl Snapshot {
@@ -44,10 +48,15 @@ impl Snapshot {
             Some(path) => Some(upstream_roots(path)?),
             None => None,
         };
+        let authority = match &config.tls.ca {
+            Some(source) => Some(Arc::new(crate::ca::Authority::load(source)?)),
+            None => None,
+        };
         Ok(Snapshot {
             config,
             policy,
             upstream_roots,
+            authority,
         })
     }
 }

@@ -2,6 +2,7 @@
 //! `identify` → accept/normalise/classify/evaluate (the policy crate) → `credential` →
 //! `forward` → `record`, sequenced by `pipeline`; `problem` turns refusals into responses.
 
+pub mod accept;
 pub mod admin;
 pub mod ca;
 pub mod capture;

@@ -11,12 +11,13 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
-use toolgate_policy::accept::Via;
+use toolgate_policy::accept::{Destination, Via};
 use toolgate_policy::classify::UNKNOWN;
 use toolgate_policy::evaluate::Effect;
 use toolgate_policy::normalise;
-use toolgate_policy::prepare::{prepare, Refused};
+use toolgate_policy::prepare::{prepare, prepare_at, Refused};
 
+use crate::accept::{self, Inbound};
 use crate::credential::{self, Injection};
 use crate::evaluate;
 use crate::forward::{self, Plan};
@@ -56,10 +57,12 @@ pub struct Exchange {
     /// The problem detail toolgate answered with, when it refused.
     pub failure: Option<String>,
     forward_error: Option<forward::ForwardError>,
+    /// The connection's fixed destination (tunnel, transparent redirect), if any.
+    pub inbound: Option<Arc<Inbound>>,
 }
 
 impl Exchange {
-    fn new() -> Exchange {
+    pub(crate) fn new() -> Exchange {
         Exchange {
             snapshot: None,
             started: Instant::now(),
@@ -82,6 +85,7 @@ impl Exchange {
             upstream_sent: None,
             failure: None,
             forward_error: None,
+            inbound: None,
         }
     }
 
@@ -143,6 +147,7 @@ fn admit(
     gw: &Gateway,
     snapshot: &Snapshot,
     req: &RequestHeader,
+    destination: Option<&Destination>,
     x: &mut Exchange,
 ) -> Result<(), Refusal> {
     let config = &snapshot.config;
@@ -152,7 +157,10 @@ fn admit(
         .unwrap_or_else(|| gw.default_task.current(config.chain.idle_ttl));
     x.trace_id = hex::encode(identity.trace_id);
 
-    let prepared = prepare(config, req.method.as_str(), req.raw_path(), &req.headers)?;
+    let prepared = match destination {
+        Some(d) => prepare_at(config, d, req.method.as_str(), req.raw_path(), &req.headers)?,
+        None => prepare(config, req.method.as_str(), req.raw_path(), &req.headers)?,
+    };
     let tool = prepared.accepted.tool.and_then(|t| config.catalog.tool(t));
     x.via = Some(prepared.accepted.via);
     x.tool = tool.map(|t| t.name.clone());
@@ -207,7 +215,12 @@ impl ProxyHttp for Pipeline {
     async fn request_filter(&self, session: &mut Session, x: &mut Exchange) -> Result<bool> {
         let snapshot = self.gateway.snapshot();
         x.decision_id = uuid::Uuid::now_v7().to_string();
-        let admitted = admit(&self.gateway, &snapshot, session.req_header(), x);
+        let timeout = snapshot.config.limits.connect_timeout;
+        let req = session.req_header();
+        let admitted = match accept::destination(x.inbound.as_deref(), req, timeout).await {
+            Ok(destination) => admit(&self.gateway, &snapshot, req, destination.as_ref(), x),
+            Err(refusal) => Err(refusal),
+        };
         x.snapshot = Some(snapshot);
         match admitted {
             Ok(()) => Ok(false),
@@ -318,6 +331,28 @@ impl ProxyHttp for Pipeline {
             self.gateway.metrics.policy_eval.observe(t);
         }
         record::exchange(session, e, x, &self.gateway.metrics);
+    }
+
+    /// Runs before a request on a connection with a fixed destination (the first request
+    /// too): the tunnel's or redirect's destination becomes the request's.
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        x: &mut Exchange,
+        previous: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        if let Ok(inbound) = previous.downcast::<Inbound>() {
+            x.inbound = Some(Arc::new(*inbound));
+        }
+    }
+
+    /// Runs when a kept-alive connection is reused: its destination carries over.
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        x: &Exchange,
+    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        x.inbound.as_deref().map(|i| Box::new(i.clone()) as Box<_>)
     }
 
     fn suppress_error_log(&self, _session: &Session, _x: &Exchange, _e: &pingora::Error) -> bool {

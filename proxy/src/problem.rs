@@ -37,6 +37,14 @@ pub enum Refusal {
     UpstreamTimeout,
     #[error("the tool could not be reached: {0}")]
     UpstreamUnreachable(String),
+    #[error("no tool in the catalog serves {0}: toolgate opens tunnels only to catalogued hosts")]
+    NotCatalogued(String),
+    #[error("bad CONNECT request: {0}")]
+    BadConnect(String),
+    #[error("{0}")]
+    InterceptionUnavailable(String),
+    #[error("{0}")]
+    Misdirected(String),
 }
 
 /// The parts of a problem document that depend on the refusal.
@@ -72,6 +80,14 @@ pub fn problem(refusal: &Refusal) -> Problem {
         }
         Refusal::UpstreamUnreachable(_) => (502, "upstream-unreachable", "tool unreachable"),
         Refusal::UpstreamTimeout => (504, "upstream-timeout", "tool timed out"),
+        Refusal::NotCatalogued(_) => (403, "denied", "action denied"),
+        Refusal::BadConnect(_) => (400, "rejected", "request rejected"),
+        Refusal::Misdirected(_) => (400, "rejected", "request rejected"),
+        Refusal::InterceptionUnavailable(_) => (
+            502,
+            "interception-unavailable",
+            "HTTPS interception unavailable",
+        ),
     };
     Problem {
         status,

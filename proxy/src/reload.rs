@@ -61,6 +61,7 @@ fn attempt(gateway: &Gateway, path: &Path, forced: bool, last_failure: &mut Opti
     }
     if config.listen.proxy != current.config.listen.proxy
         || config.listen.admin != current.config.listen.admin
+        || config.listen.transparent != current.config.listen.transparent
         || config.workers != current.config.workers
     {
         tracing::warn!(target: "toolgate::reload", "listen addresses and workers change only on restart");

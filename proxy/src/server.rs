@@ -4,11 +4,12 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 
+use crate::accept::{ProxyListener, TransparentListener};
 use crate::admin::Admin;
 use crate::gateway::{Gateway, LoadError, Snapshot};
 use crate::pipeline::Pipeline;
@@ -51,6 +52,9 @@ pub fn serve(snapshot: Snapshot, watch: Option<PathBuf>) -> Result<(), ServeErro
     let listen = snapshot.config.listen.clone();
     probe("listen.proxy", listen.proxy)?;
     probe("listen.admin", listen.admin)?;
+    if let Some(addr) = listen.transparent {
+        probe("listen.transparent", addr)?;
+    }
 
     let drain = snapshot.config.limits.shutdown_timeout.as_secs().max(1);
     let conf = ServerConf {
@@ -71,12 +75,25 @@ pub fn serve(snapshot: Snapshot, watch: Option<PathBuf>) -> Result<(), ServeErro
 
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = http_proxy_service_with_name(
+    // One pipeline for every listener; the proxy listener answers CONNECT itself and hands
+    // everything else (and the decrypted requests of tunnels) to it.
+    let http = Arc::new(http_proxy(
         &server.configuration,
         Pipeline::new(gateway.clone()),
-        "toolgate proxy",
+    ));
+    let mut proxy = Service::new(
+        "toolgate proxy".to_string(),
+        ProxyListener::new(http.clone(), gateway.clone()),
     );
     proxy.add_tcp(&listen.proxy.to_string());
+    if let Some(addr) = listen.transparent {
+        let mut transparent = Service::new(
+            "toolgate transparent".to_string(),
+            TransparentListener::new(http.clone(), gateway.clone()),
+        );
+        transparent.add_tcp(&addr.to_string());
+        server.add_service(transparent);
+    }
     let mut admin = Service::new("toolgate admin".to_string(), Admin::new(gateway.clone()));
     admin.threads = Some(1);
     admin.add_tcp(&listen.admin.to_string());
@@ -84,7 +101,8 @@ pub fn serve(snapshot: Snapshot, watch: Option<PathBuf>) -> Result<(), ServeErro
     server.add_service(admin);
 
     gateway.set_ready(true);
-    tracing::info!(proxy = %listen.proxy, admin = %listen.admin, policy = gateway.snapshot().policy.revision(), "toolgate serving");
+    let transparent = listen.transparent.map(|a| a.to_string());
+    tracing::info!(proxy = %listen.proxy, transparent = transparent.as_deref().unwrap_or("-"), admin = %listen.admin, policy = gateway.snapshot().policy.revision(), "toolgate serving");
     server.run(RunArgs::default());
     tracing::info!("toolgate stopped");
     Ok(())
