@@ -156,6 +156,11 @@ pub struct TestCa {
 
 impl TestCa {
     pub fn new() -> TestCa {
+        TestCa::for_names(&["localhost", "127.0.0.1"])
+    }
+
+    /// A CA with a leaf for `names` (DNS names or IP addresses).
+    pub fn for_names(names: &[&str]) -> TestCa {
         use rcgen::{
             BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
             KeyUsagePurpose,
@@ -173,7 +178,8 @@ impl TestCa {
         ];
         let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
         let leaf_key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let leaf = CertificateParams::new(names)
             .unwrap()
             .signed_by(&leaf_key, &ca)
             .unwrap();
@@ -185,6 +191,16 @@ impl TestCa {
         }
     }
 
+    /// The leaf certificate, PEM.
+    pub fn leaf_pem(&self) -> String {
+        pem("CERTIFICATE", &self.leaf_der)
+    }
+
+    /// The leaf's private key, PKCS#8 PEM.
+    pub fn leaf_key_pem(&self) -> String {
+        pem("PRIVATE KEY", &self.leaf_key_der)
+    }
+
     fn server_config(&self) -> Arc<rustls::ServerConfig> {
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(self.leaf_key_der.clone().into());
         let config = rustls::ServerConfig::builder()
@@ -193,6 +209,35 @@ impl TestCa {
             .unwrap();
         Arc::new(config)
     }
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for chunk in der.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|l| std::str::from_utf8(l).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
 }
 
 /// A free port on 127.0.0.1 (bound and released; the OS does not hand it out again at once).

@@ -142,9 +142,12 @@ pub(super) async fn serve(
 
 /// Where the agent connected before iptables redirected it here.
 fn original_destination(stream: &L4Stream) -> Result<SocketAddr, String> {
+    let unknown = || {
+        "the connection was not redirected by iptables (SO_ORIGINAL_DST knows no original destination); the transparent listener serves only redirected traffic".to_string()
+    };
     let original = get_original_dest(stream.as_raw_fd())
-        .map_err(|e| format!("no original destination (SO_ORIGINAL_DST): {e}"))?
-        .ok_or("no original destination (SO_ORIGINAL_DST)")?;
+        .map_err(|_| unknown())?
+        .ok_or_else(unknown)?;
     let local = stream
         .get_socket_digest()
         .and_then(|d| d.local_addr().and_then(|a| a.as_inet().copied()));

@@ -1,0 +1,444 @@
+//! Transparent capture end to end, in network namespaces this test creates and removes (needs
+//! root, as CI has): the real toolgate runs in the agent's namespace as uid 1337 with
+//! `listen.transparent`, `toolgate init-iptables` redirects the agent's TCP 80/443 to it, and
+//! plain curl — with no proxy settings — reaches a tool in another namespace only through
+//! toolgate: classified, decided, the credential injected.
+//!
+//! Topology: namespace `agent` (192.0.2.1) ── veth ── namespace `tool` (192.0.2.2, HTTP :80 and
+//! HTTPS :443, tests/netns/tool.py). `jira.test` resolves to 192.0.2.2 in the agent namespace
+//! through /etc/netns/<agent>/hosts, which `ip netns exec` mounts over /etc/hosts.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use support::TestCa;
+
+const TOOL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/netns/tool.py");
+const TOOL_IP: &str = "192.0.2.2";
+const SECRET: &str = "jira-secret-value-7f3a";
+const PROXY_UID: u32 = 1337;
+const AGENT_UID: u32 = 1000;
+
+const POLICY: &str = r#"
+package toolgate
+import rego.v1
+
+default decision := {"allow": false, "reason": "no rule allows this action"}
+
+decision := {"allow": true, "reason": "reading tickets is allowed"} if input.action.name == "ticket.read"
+
+decision := {"allow": false, "reason": "deleting tickets needs a human"} if input.action.name == "ticket.delete"
+"#;
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn ip(args: &[&str]) {
+    run(Command::new("ip").args(args));
+}
+
+/// Two namespaces joined by a veth pair, with the agent's hosts file; removed on drop.
+struct Pod {
+    agent: String,
+    tool: String,
+    children: Vec<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Pod {
+    fn create() -> Pod {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        assert!(
+            Command::new("id")
+                .arg("-u")
+                .output()
+                .is_ok_and(|o| o.stdout == b"0\n"),
+            "this test creates network namespaces and needs root (CI runs as root)"
+        );
+        let tag = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let pod = Pod {
+            agent: format!("tgt-agent-{tag}"),
+            tool: format!("tgt-tool-{tag}"),
+            children: Vec::new(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        // Before anything runs in the namespace: `ip netns exec` mounts it over /etc/hosts.
+        let etc = pod.etc();
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(
+            etc.join("hosts"),
+            format!("127.0.0.1 localhost\n{TOOL_IP} jira.test\n"),
+        )
+        .unwrap();
+        ip(&["netns", "add", &pod.agent]);
+        ip(&["netns", "add", &pod.tool]);
+        ip(&[
+            "link",
+            "add",
+            "veth-agent",
+            "netns",
+            &pod.agent,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "veth-tool",
+            "netns",
+            &pod.tool,
+        ]);
+        for (n, dev, addr) in [
+            (&pod.agent, "veth-agent", "192.0.2.1/24"),
+            (&pod.tool, "veth-tool", "192.0.2.2/24"),
+        ] {
+            ip(&["-n", n, "addr", "add", addr, "dev", dev]);
+            ip(&["-n", n, "link", "set", dev, "up"]);
+            ip(&["-n", n, "link", "set", "lo", "up"]);
+        }
+        pod
+    }
+
+    fn etc(&self) -> PathBuf {
+        Path::new("/etc/netns").join(&self.agent)
+    }
+
+    fn exec(ns: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]);
+        cmd
+    }
+
+    /// Write `contents` under the pod's directory, readable by toolgate's uid.
+    fn file(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    fn start_tool(&mut self, ca: &TestCa) {
+        let cert = self.file("tool/cert.pem", &ca.leaf_pem());
+        let key = self.file("tool/key.pem", &ca.leaf_key_pem());
+        let mut child = Pod::exec(&self.tool)
+            .args(["python3", TOOL, "0.0.0.0", "80", "443"])
+            .arg(cert)
+            .arg(key)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        self.children.push(child);
+        assert_eq!(line.trim(), "ready", "the tool did not start");
+    }
+
+    /// Start toolgate in the agent namespace as uid 1337 and wait until it is ready.
+    fn start_toolgate(&mut self, config: &Path) -> PathBuf {
+        let log = self.dir.path().join("toolgate.log");
+        let uid = PROXY_UID.to_string();
+        let child = Pod::exec(&self.agent)
+            .args([
+                "setpriv",
+                "--reuid",
+                &uid,
+                "--regid",
+                &uid,
+                "--clear-groups",
+            ])
+            .args([support::binary(), "run", "-c"])
+            .arg(config)
+            .env("TOOLGATE_LOG", "info")
+            .stdout(Stdio::from(
+                std::fs::File::create(self.dir.path().join("decisions.log")).unwrap(),
+            ))
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Pod::exec(&self.agent)
+                .args(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}"])
+                .arg("http://127.0.0.1:15000/readyz")
+                .output()
+                .unwrap();
+            if out.stdout == b"200" {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "toolgate did not become ready:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// curl from the agent namespace as `uid` (no proxy settings); returns status and body.
+    fn curl_as(&self, uid: u32, args: &[&str]) -> (u16, String) {
+        let uid = uid.to_string();
+        let out = Pod::exec(&self.agent)
+            .args([
+                "setpriv",
+                "--reuid",
+                &uid,
+                "--regid",
+                &uid,
+                "--clear-groups",
+            ])
+            .args(["curl", "-sS", "--max-time", "10", "--noproxy", "*"])
+            .args(["-w", "\n%{http_code}"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", "0"));
+        let status = status.trim().parse().unwrap_or(0);
+        if status == 0 {
+            return (0, String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        (status, body.to_string())
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in [&self.agent, &self.tool] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(self.etc());
+    }
+}
+
+/// Give the pod's files to toolgate's uid (it runs unprivileged, as in the chart).
+fn chown_all(dir: &Path) {
+    std::os::unix::fs::chown(dir, Some(PROXY_UID), Some(PROXY_UID)).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            chown_all(&path);
+        } else {
+            std::os::unix::fs::chown(&path, Some(PROXY_UID), Some(PROXY_UID)).unwrap();
+        }
+    }
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[test]
+fn redirected_http_and_https_are_classified_decided_and_injected_and_the_proxy_uid_is_exempt() {
+    let mut pod = Pod::create();
+    let tool_ca = TestCa::for_names(&[TOOL_IP, "jira.test"]);
+    pod.start_tool(&tool_ca);
+
+    let dir = pod.dir.path().to_path_buf();
+    run(Command::new(support::binary())
+        .args(["ca", "init", "--cert"])
+        .arg(dir.join("ca.pem"))
+        .arg("--key")
+        .arg(dir.join("ca-key.pem")));
+    pod.file("tool-ca.pem", &tool_ca.ca_pem);
+    pod.file("policy/main.rego", POLICY);
+    pod.file("secrets/jira", &format!("{SECRET}\n"));
+    let config = pod.file(
+        "toolgate.yaml",
+        &format!(
+            r#"
+listen: {{ proxy: 127.0.0.1:15001, transparent: 127.0.0.1:15006, admin: 127.0.0.1:15000 }}
+agent: {{ id: spiffe://test/ns/a/sa/agent }}
+tools:
+  - name: jira
+    hosts: [{TOOL_IP}, jira.test]
+    credential: jira-token
+    actions:
+      - name: ticket.read
+        match: {{ method: GET, path: "/rest/api/3/issue/{{issue}}" }}
+      - name: ticket.delete
+        match: {{ method: DELETE, path: "/rest/api/3/issue/{{issue}}" }}
+policy: {{ files: [policy/*.rego] }}
+credentials:
+  jira-token: {{ kind: secret, file: secrets/jira, header: Authorization, format: "Bearer {{}}" }}
+limits: {{ connect_timeout: 2s, upstream_timeout: 5s, shutdown_timeout: 1s }}
+tls: {{ ca: {{ cert: ca.pem, key: ca-key.pem }}, upstream_ca: tool-ca.pem }}
+"#
+        ),
+    );
+    chown_all(&dir);
+    let log = pod.start_toolgate(&config);
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    run(Pod::exec(&pod.agent).args([support::binary(), "init-iptables"]));
+
+    let ca = dir.join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let agent_auth = "authorization: Bearer agent-own-token";
+
+    // Plain HTTP to the tool's address: redirected, classified by Host, credential injected.
+    let (status, body) = pod.curl_as(
+        AGENT_UID,
+        &[
+            "-H",
+            agent_auth,
+            &format!("http://{TOOL_IP}/rest/api/3/issue/SUP-1"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}\n{}", logs());
+    let got = json(&body);
+    assert_eq!(got["target"], "/rest/api/3/issue/SUP-1");
+    assert_eq!(got["tls"], false);
+    assert_eq!(got["headers"]["authorization"], format!("Bearer {SECRET}"));
+
+    // A denied action never leaves the namespace.
+    let (status, body) = pod.curl_as(
+        AGENT_UID,
+        &[
+            "-X",
+            "DELETE",
+            &format!("http://{TOOL_IP}/rest/api/3/issue/SUP-1"),
+        ],
+    );
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(json(&body)["action"], "ticket.delete");
+
+    // HTTPS to the address (no SNI): intercepted with an IP-SAN leaf, re-encrypted upstream.
+    let (status, body) = pod.curl_as(
+        AGENT_UID,
+        &[
+            "--cacert",
+            ca,
+            "-H",
+            agent_auth,
+            &format!("https://{TOOL_IP}/rest/api/3/issue/SUP-2"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}\n{}", logs());
+    let got = json(&body);
+    assert_eq!(got["tls"], true);
+    assert_eq!(got["headers"]["authorization"], format!("Bearer {SECRET}"));
+
+    // HTTPS by name: the SNI names the tool and resolves to the address connected to.
+    let (status, body) = pod.curl_as(
+        AGENT_UID,
+        &["--cacert", ca, "https://jira.test/rest/api/3/issue/SUP-3"],
+    );
+    assert_eq!(status, 200, "{body}\n{}", logs());
+    assert_eq!(
+        json(&body)["headers"]["authorization"],
+        format!("Bearer {SECRET}")
+    );
+    let (status, body) = pod.curl_as(
+        AGENT_UID,
+        &[
+            "--cacert",
+            ca,
+            "-X",
+            "DELETE",
+            "https://jira.test/rest/api/3/issue/SUP-3",
+        ],
+    );
+    assert_eq!(status, 403, "{body}");
+
+    // A Host that does not name the address connected to is refused.
+    let (status, body) = pod.curl_as(
+        AGENT_UID,
+        &[
+            "-H",
+            "Host: jira.evil",
+            &format!("http://{TOOL_IP}/rest/api/3/issue/SUP-1"),
+        ],
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("does not name") || body.contains("cannot resolve"),
+        "{body}"
+    );
+
+    // toolgate's own uid is not redirected: it reaches the tool as it is, nothing injected.
+    let (status, body) = pod.curl_as(
+        PROXY_UID,
+        &[
+            "-H",
+            agent_auth,
+            &format!("http://{TOOL_IP}/rest/api/3/issue/SUP-1"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json(&body)["headers"]["authorization"],
+        "Bearer agent-own-token"
+    );
+
+    let decisions = std::fs::read_to_string(dir.join("decisions.log")).unwrap();
+    assert_eq!(
+        decisions.matches(r#""action":"ticket.read""#).count(),
+        3,
+        "{decisions}"
+    );
+    assert!(
+        logs().contains("via=\"transparent\"") || logs().contains("via=transparent"),
+        "{}",
+        logs()
+    );
+}
+
+#[test]
+fn a_connection_made_straight_to_the_transparent_listener_is_refused() {
+    let mut pod = Pod::create();
+    let dir = pod.dir.path().to_path_buf();
+    pod.file("policy/main.rego", POLICY);
+    let config = pod.file(
+        "toolgate.yaml",
+        r#"
+listen: { proxy: 127.0.0.1:15001, transparent: 127.0.0.1:15006, admin: 127.0.0.1:15000 }
+agent: { id: spiffe://test/ns/a/sa/agent }
+tools: [ { name: jira, hosts: [jira.test] } ]
+policy: { files: [policy/*.rego] }
+"#,
+    );
+    chown_all(&dir);
+    let log = pod.start_toolgate(&config);
+    let (status, body) = pod.curl_as(AGENT_UID, &["http://127.0.0.1:15006/"]);
+    assert_eq!(status, 0, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("not redirected")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
