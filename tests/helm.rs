@@ -217,29 +217,64 @@ fn explicit_and_classic_values_render_configs_that_toolgate_check_accepts() {
     assert_eq!(code, 0, "{text}");
 }
 
-/// The transparent case renders keys from features landing separately (`listen.transparent`,
-/// `tls.ca`: HTTPS interception; `telemetry.otlp`: tracing). Until they land, those keys — and
-/// nothing else — are what `toolgate check` refuses.
+/// The transparent case: `listen.transparent` and `tls.ca` are accepted, with the CA the chart
+/// generates (an ECDSA key in SEC1 form, as Helm writes it) in place of the Secret the pod
+/// mounts at /etc/toolgate/ca. `telemetry.otlp` lands separately: until it does, that key — and
+/// nothing else — is what `toolgate check` refuses.
 #[test]
 fn transparent_config_is_accepted_or_refused_only_for_keys_still_to_land() {
-    let (code, text) = check_rendered_config(&ci_values("transparent"), &[]);
-    if code == 0 {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, files) = validate(&[
+        "config",
+        chart().to_str().unwrap(),
+        &ci_values("transparent"),
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{files}");
+    let secret = dir.path().join("secrets/demo-toolgate-ca");
+    assert!(secret.join("tls.key").exists(), "no generated CA: {files}");
+    let yaml = dir.path().join("toolgate.yaml");
+    let rendered = std::fs::read_to_string(&yaml).unwrap();
+    assert!(
+        rendered.contains("transparent: 127.0.0.1:15006"),
+        "{rendered}"
+    );
+    assert!(rendered.contains("/etc/toolgate/ca/tls.crt"), "{rendered}");
+    let local = rendered.replace("/etc/toolgate/ca/", &format!("{}/", secret.display()));
+    std::fs::write(&yaml, local).unwrap();
+    let out = Command::new(BINARY)
+        .args(["check", "-c"])
+        .arg(&yaml)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.code() == Some(0) {
         return;
     }
-    assert_eq!(code, 2, "{text}");
+    assert_eq!(out.status.code(), Some(2), "{text}");
     for line in text.lines() {
         assert!(
-            [
-                "listen.transparent",
-                "tls.ca",
-                "telemetry",
-                "telemetry.otlp"
-            ]
-            .iter()
-            .any(|key| line.ends_with(&format!(": {key}: unknown key"))),
+            ["telemetry", "telemetry.otlp"]
+                .iter()
+                .any(|key| line.ends_with(&format!(": {key}: unknown key"))),
             "unexpected problem: {line}"
         );
     }
+    // Unknown keys stop `check` before the CA is loaded: without them, it must load.
+    let mut config: serde_json::Map<String, Value> =
+        serde_yaml::from_str(&std::fs::read_to_string(&yaml).unwrap()).unwrap();
+    config.remove("telemetry");
+    std::fs::write(&yaml, serde_yaml::to_string(&config).unwrap()).unwrap();
+    let out = Command::new(BINARY)
+        .args(["check", "-c"])
+        .arg(&yaml)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
 }
 
 #[test]

@@ -3,11 +3,13 @@ Kubernetes OpenAPI schemas bundled in PyPI kubernetes-validate. Driven by tests/
 
     validate.py render CHART OUT          lint, render every values case, validate manifests
     validate.py reject CHART              bad values must fail the chart's schema
-    validate.py config CHART VALUES OUT   write the rendered ConfigMap's files to OUT
+    validate.py config CHART VALUES OUT   write the rendered ConfigMap's files to OUT, and
+                                          generated TLS Secrets to OUT/secrets/NAME/KEY
     validate.py parent CHART OUT          render a parent chart that includes the named templates
 
 Each command prints one JSON document and exits non-zero when a check fails.
 """
+import base64
 import json
 import os
 import pathlib
@@ -230,7 +232,17 @@ def cmd_config(chart, values_file, out):
         return 1
     for key, text in maps[0]["data"].items():
         pathlib.Path(out, key).write_text(text)
-    print(json.dumps({"files": sorted(maps[0]["data"])}))
+    # The chart-generated CA (what toolgate reads at /etc/toolgate/ca in the pod).
+    secrets = {}
+    for _, doc in documents(manifests):
+        if doc["kind"] == "Secret" and doc.get("type") == "kubernetes.io/tls":
+            name = doc["metadata"]["name"]
+            where = pathlib.Path(out, "secrets", name)
+            where.mkdir(parents=True, exist_ok=True)
+            for key, encoded in doc.get("data", {}).items():
+                (where / key).write_bytes(base64.b64decode(encoded))
+            secrets[name] = sorted(doc.get("data", {}))
+    print(json.dumps({"files": sorted(maps[0]["data"]), "secrets": secrets}))
     return 0
 
 

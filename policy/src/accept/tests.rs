@@ -112,3 +112,56 @@ fn origin_form_uses_host() {
         Rejection::NoHost
     );
 }
+
+fn tunnel(host: &str, port: u16) -> Destination {
+    Destination {
+        via: Via::Tunnel,
+        host: host.to_string(),
+        port,
+        tls: true,
+    }
+}
+
+fn accept_in(d: &Destination, r: &Req) -> Result<Accepted, Rejection> {
+    accept_at(&config(), d, r.0, r.1.as_bytes(), &r.2)
+}
+
+#[test]
+fn inside_a_tunnel_the_connect_target_is_the_authority() {
+    let d = tunnel("jira.example.com", 443);
+    let a = accept_in(&d, &req("GET", "/rest/x", Some("Jira.Example.com"))).unwrap();
+    assert_eq!(
+        (a.via, a.tool, a.tls, a.host.as_str(), a.port),
+        (Via::Tunnel, Some(0), true, "jira.example.com", 443)
+    );
+    // A Host naming anything else — another host, another port — is refused.
+    for host in ["pay.example.com", "jira.example.com:8443"] {
+        let e = accept_in(&d, &req("GET", "/rest/x", Some(host))).unwrap_err();
+        assert!(matches!(e, Rejection::HostMismatch(_)), "{host}: {e:?}");
+    }
+    // No Host at all: the target still decides.
+    assert_eq!(
+        accept_in(&d, &req("GET", "/x", None)).unwrap().tool,
+        Some(0)
+    );
+}
+
+#[test]
+fn inside_a_tunnel_routes_do_not_apply_and_absolute_form_must_name_the_target() {
+    let d = tunnel("jira.example.com", 443);
+    let a = accept_in(&d, &req("GET", "/pay/v1/charges", None)).unwrap();
+    assert_eq!(
+        (a.tool, a.request.path.as_str()),
+        (Some(0), "/pay/v1/charges")
+    );
+    let a = accept_in(&d, &req("GET", "https://jira.example.com/x", None)).unwrap();
+    assert_eq!(a.request.target(), "/x");
+    for target in ["https://pay.example.com/x", "http://jira.example.com/x"] {
+        let e = accept_in(&d, &req("GET", target, None)).unwrap_err();
+        assert!(matches!(e, Rejection::HostMismatch(_)), "{target}: {e:?}");
+    }
+    assert_eq!(
+        accept_in(&d, &req("GET", "*", None)).unwrap_err(),
+        Rejection::BadTarget
+    );
+}

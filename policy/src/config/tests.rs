@@ -185,3 +185,77 @@ fn policy_is_required() {
         vec!["policy: required: at least `files` with the Rego modules".to_string()]
     );
 }
+
+#[test]
+fn https_keys_are_read_and_checked() {
+    let yaml = r#"
+listen: { proxy: 127.0.0.1:15001, transparent: 127.0.0.1:15006 }
+agent: { id: a }
+tools:
+  - { name: jira, hosts: [jira.example.com] }
+  - { name: vault, hosts: [vault.example.com], intercept: false }
+policy: { files: [policy/*.rego] }
+tls: { ca: { cert: ca.pem, key: ca-key.pem, cache_entries: 16 } }
+"#;
+    let files = EmbeddedFiles::new(&[
+        ("toolgate.yaml", yaml.as_bytes()),
+        ("policy/main.rego", POLICY),
+        (
+            "ca.pem",
+            b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        ),
+        (
+            "ca-key.pem",
+            b"-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n",
+        ),
+    ]);
+    let config =
+        Config::load_from(Path::new("toolgate.yaml"), &files, &StaticEnv::default()).unwrap();
+    assert_eq!(
+        config.listen.transparent,
+        Some("127.0.0.1:15006".parse().unwrap())
+    );
+    let intercept: Vec<bool> = config.catalog.tools().iter().map(|t| t.intercept).collect();
+    assert_eq!(intercept, [true, false]);
+    let ca = config.tls.ca.as_ref().unwrap();
+    assert_eq!(ca.cache_entries, 16);
+    assert!(
+        !format!("{ca:?}").contains("PRIVATE KEY"),
+        "the key must never print"
+    );
+}
+
+#[test]
+fn https_key_errors_name_their_fields() {
+    let e = load(
+        r#"
+listen: { proxy: 127.0.0.1:15001, transparent: 127.0.0.1:15001 }
+agent: { id: a }
+tools: [ { name: jira, hosts: [jira.example.com], intercept: maybe } ]
+policy: { files: [policy/*.rego] }
+tls: { ca: { cert: policy/data.yaml, key: missing.pem, cache_entries: 0 } }
+"#,
+    )
+    .unwrap_err();
+    let all = messages(&e).join("\n");
+    assert!(all.contains("tools[0].intercept"), "{all}");
+    let e = load(
+        r#"
+listen: { proxy: 127.0.0.1:15001, transparent: 127.0.0.1:15001 }
+agent: { id: a }
+policy: { files: [policy/*.rego] }
+tls: { ca: { cert: policy/data.yaml, key: missing.pem, cache_entries: 0 } }
+"#,
+    )
+    .unwrap_err();
+    let all = messages(&e).join("\n");
+    for says in [
+        "listen.transparent: 127.0.0.1:15001 is also listen.proxy",
+        "tls.ca.cert: ",
+        "holds no PEM certificate",
+        "tls.ca.key: cannot read",
+        "tls.ca.cache_entries: must be at least 1",
+    ] {
+        assert!(all.contains(says), "missing {says:?} in:\n{all}");
+    }
+}
