@@ -39,6 +39,8 @@ default decision := {"allow": false, "reason": "no rule allows this action"}
 decision := {"allow": true, "reason": "reading tickets is allowed"} if input.action.name == "ticket.read"
 
 decision := {"allow": false, "reason": "deleting tickets needs a human"} if input.action.name == "ticket.delete"
+
+decision := {"allow": true, "reason": "vault is spliced"} if input.action.name == "vault.connect"
 "#;
 
 fn run(cmd: &mut Command) -> Output {
@@ -117,6 +119,16 @@ impl Pod {
             ip(&["-n", n, "link", "set", dev, "up"]);
             ip(&["-n", n, "link", "set", "lo", "up"]);
         }
+        // A second tool address, for the tool that is spliced rather than intercepted.
+        ip(&[
+            "-n",
+            &pod.tool,
+            "addr",
+            "add",
+            "192.0.2.3/24",
+            "dev",
+            "veth-tool",
+        ]);
         pod
     }
 
@@ -259,7 +271,7 @@ fn json(body: &str) -> serde_json::Value {
 #[test]
 fn redirected_http_and_https_are_classified_decided_and_injected_and_the_proxy_uid_is_exempt() {
     let mut pod = Pod::create();
-    let tool_ca = TestCa::for_names(&[TOOL_IP, "jira.test"]);
+    let tool_ca = TestCa::for_names(&[TOOL_IP, "jira.test", "192.0.2.3"]);
     pod.start_tool(&tool_ca);
 
     let dir = pod.dir.path().to_path_buf();
@@ -286,6 +298,10 @@ tools:
         match: {{ method: GET, path: "/rest/api/3/issue/{{issue}}" }}
       - name: ticket.delete
         match: {{ method: DELETE, path: "/rest/api/3/issue/{{issue}}" }}
+  - name: vault
+    hosts: [192.0.2.3]
+    intercept: false
+    credential: jira-token
 policy: {{ files: [policy/*.rego] }}
 credentials:
   jira-token: {{ kind: secret, file: secrets/jira, header: Authorization, format: "Bearer {{}}" }}
@@ -367,6 +383,27 @@ tls: {{ ca: {{ cert: ca.pem, key: ca-key.pem }}, upstream_ca: tool-ca.pem }}
         ],
     );
     assert_eq!(status, 403, "{body}");
+
+    // `intercept: false`: decided by host (vault.connect), spliced to the original address;
+    // the agent verifies the tool's own certificate and its own credential arrives.
+    let tool_ca_pem = dir.join("tool-ca.pem");
+    let (status, body) = pod.curl_as(
+        AGENT_UID,
+        &[
+            "--cacert",
+            tool_ca_pem.to_str().unwrap(),
+            "-H",
+            agent_auth,
+            "https://192.0.2.3/v1/secret",
+        ],
+    );
+    assert_eq!(status, 200, "{body}\n{}", logs());
+    let got = json(&body);
+    assert_eq!(
+        (got["tls"].as_bool(), got["target"].as_str()),
+        (Some(true), Some("/v1/secret"))
+    );
+    assert_eq!(got["headers"]["authorization"], "Bearer agent-own-token");
 
     // A Host that does not name the address connected to is refused.
     let (status, body) = pod.curl_as(
