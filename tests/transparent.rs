@@ -442,6 +442,10 @@ tls: {{ ca: {{ cert: ca.pem, key: ca-key.pem }}, upstream_ca: tool-ca.pem }}
         "{decisions}"
     );
     assert!(
+        decisions.contains(r#""action":"vault.connect""#),
+        "{decisions}"
+    );
+    assert!(
         logs().contains("via=\"transparent\"") || logs().contains("via=transparent"),
         "{}",
         logs()
