@@ -70,6 +70,24 @@ pub enum Rejection {
     ContentLengthAndTransferEncoding,
     #[error("request carries method-override header {0:?}")]
     MethodOverride(String),
+    #[error("body has Content-Encoding {0:?}; a body toolgate classifies must be sent uncompressed (identity)")]
+    ContentEncoding(String),
+    #[error(
+        "body has Transfer-Encoding {0:?}; only chunked is accepted on a body toolgate classifies"
+    )]
+    TransferCoding(String),
+    #[error("body content type {0:?}: this route classifies requests by their body, which must be JSON (UTF-8) or form-urlencoded")]
+    BodyType(String),
+    #[error("body is not valid UTF-8")]
+    BodyNotUtf8,
+    #[error("body has the key {0:?} more than once; tools disagree on which one counts")]
+    DuplicateKey(String),
+    #[error("body is not valid JSON: {0}")]
+    BadJson(String),
+    #[error("form body has a malformed percent-encoding")]
+    BadForm,
+    #[error("not a valid JSON-RPC 2.0 request: {0}")]
+    BadRpc(String),
 }
 
 /// Canonicalise a method and an origin-form target (`/path?query`).

@@ -3,12 +3,14 @@
 //! `forward` → `record`, sequenced by `pipeline`; `problem` turns refusals into responses.
 
 pub mod admin;
+pub mod body;
 pub mod capture;
 pub mod credential;
 pub mod evaluate;
 pub mod forward;
 pub mod gateway;
 pub mod identify;
+pub mod mcp;
 pub mod pipeline;
 pub mod problem;
 pub mod record;

@@ -8,6 +8,7 @@ use serde::Serialize;
 use toolgate_policy::classify::ClassifyError;
 use toolgate_policy::normalise::Rejection;
 
+use crate::body::BodyError;
 use crate::credential::UnknownCredential;
 use crate::forward::ForwardError;
 use crate::identify::BadTask;
@@ -37,6 +38,10 @@ pub enum Refusal {
     UpstreamTimeout,
     #[error("the tool could not be reached: {0}")]
     UpstreamUnreachable(String),
+    #[error("the body is larger than {0} bytes, the most toolgate reads to classify a request (limits.max_body_bytes, at most 65536)")]
+    BodyTooLarge(usize),
+    #[error(transparent)]
+    Body(#[from] BodyError),
 }
 
 /// The parts of a problem document that depend on the refusal.
@@ -72,6 +77,12 @@ pub fn problem(refusal: &Refusal) -> Problem {
         }
         Refusal::UpstreamUnreachable(_) => (502, "upstream-unreachable", "tool unreachable"),
         Refusal::UpstreamTimeout => (504, "upstream-timeout", "tool timed out"),
+        Refusal::BodyTooLarge(_) => (413, "body-too-large", "request body too large"),
+        Refusal::Body(BodyError::NotReplayable) => {
+            (413, "body-too-large", "request body too large")
+        }
+        Refusal::Body(BodyError::Timeout(_)) => (408, "body-timeout", "request body too slow"),
+        Refusal::Body(BodyError::Read(_)) => (400, "rejected", "request rejected"),
     };
     Problem {
         status,

@@ -52,6 +52,8 @@ pub struct RawTool {
     pub hosts: Vec<String>,
     pub upstream: Option<String>,
     pub credential: Option<String>,
+    /// `mcp`: classify as JSON-RPC (DESIGN.md §4); default: by the actions below.
+    pub protocol: Option<String>,
     #[serde(default)]
     pub actions: Vec<RawAction>,
 }
@@ -69,6 +71,8 @@ pub struct RawAction {
 pub struct RawMatch {
     pub method: Option<String>,
     pub path: Option<String>,
+    /// JSON pointer → expected value (a scalar, or `{in: [...]}`); checked in `config::matching`.
+    pub body: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
