@@ -118,10 +118,12 @@ impl Exchange {
         if has_body || status >= 500 {
             session.set_keepalive(None);
         }
-        self.refused = Some(status);
         self.failure = Some(refusal.to_string());
+        // The chain records the refusal's status, also when MCP gets it as HTTP 200.
         self.complete(gw, status);
-        let written = if mcp::answers(self, refusal) {
+        let answered = mcp::answers(self, refusal);
+        self.refused = Some(if answered { 200 } else { status });
+        let written = if answered {
             mcp::respond(session, self, refusal).await
         } else {
             problem::respond(session, refusal, self.ids()).await
