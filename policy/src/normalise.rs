@@ -319,3 +319,28 @@ pub fn headers(headers: &HeaderMap, classified: bool) -> Result<(), Rejection> {
     }
     Ok(())
 }
+
+/// Refuse framing that the HTTP parser already resolved one way, as the tool might resolve it
+/// another: `raw` is the request head as received (pingora drops `Content-Length` when
+/// `Transfer-Encoding` is present, so the parsed headers no longer show the conflict).
+pub fn raw_framing(raw: &[u8]) -> Result<(), Rejection> {
+    let mut lengths = 0;
+    let mut codings = 0;
+    // The first line is the request line; header lines follow, each `name: value`.
+    for line in raw.split(|b| *b == b'\n').skip(1) {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let name = line.get(..colon).unwrap_or_default();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            lengths += 1;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            codings += 1;
+        }
+    }
+    match (lengths, codings) {
+        (n, _) if n > 1 => Err(Rejection::DuplicateHeader("Content-Length")),
+        (1, c) if c > 0 => Err(Rejection::ContentLengthAndTransferEncoding),
+        _ => Ok(()),
+    }
+}

@@ -161,15 +161,19 @@ impl From<Refused> for Refusal {
 fn head(
     gw: &Gateway,
     snapshot: &Snapshot,
-    req: &RequestHeader,
+    session: &Session,
     x: &mut Exchange,
 ) -> Result<Head, Refusal> {
     let config = &snapshot.config;
+    let req = session.req_header();
     let identity = identify::identify(&req.headers, &config.chain)?;
     x.task_id = identity
         .task_id
         .unwrap_or_else(|| gw.default_task.current(config.chain.idle_ttl));
     x.trace_id = hex::encode(identity.trace_id);
+    if let Some(h1) = session.as_downstream().as_http1() {
+        normalise::raw_framing(&h1.get_headers_raw_bytes())?;
+    }
     let head = prepare::head(config, req.method.as_str(), req.raw_path(), &req.headers)?;
     x.via = Some(head.accepted.via);
     x.tool = head
@@ -264,7 +268,7 @@ impl ProxyHttp for Pipeline {
         x.decision_id = uuid::Uuid::now_v7().to_string();
         let gw = &self.gateway;
         let admitted = async {
-            let head = head(gw, &snapshot, session.req_header(), x)?;
+            let head = head(gw, &snapshot, session, x)?;
             let body = body::read(session, &head, &snapshot.config.limits).await?;
             admit(gw, &snapshot, session.req_header(), head, body, x)
         }

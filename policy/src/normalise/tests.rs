@@ -139,3 +139,24 @@ fn framing_headers_must_be_unambiguous() {
     ));
     assert_eq!(headers(&h, false), Ok(()));
 }
+
+#[test]
+fn raw_framing_sees_what_the_parser_dropped() {
+    let head = |h: &str| format!("POST /x HTTP/1.1\r\nHost: a\r\n{h}\r\n");
+    assert_eq!(
+        raw_framing(head("Content-Length: 3\r\n").as_bytes()),
+        Ok(())
+    );
+    assert_eq!(
+        raw_framing(head("content-length: 3\r\nTransfer-Encoding: chunked\r\n").as_bytes()),
+        Err(Rejection::ContentLengthAndTransferEncoding)
+    );
+    assert_eq!(
+        raw_framing(head("Content-Length: 3\r\nCONTENT-LENGTH: 3\r\n").as_bytes()),
+        Err(Rejection::DuplicateHeader("Content-Length"))
+    );
+    assert_eq!(
+        raw_framing(head("Transfer-Encoding: chunked\r\n").as_bytes()),
+        Ok(())
+    );
+}
