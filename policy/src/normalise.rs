@@ -101,19 +101,13 @@ pub fn request(method: &str, target: &[u8]) -> Result<Normalised, Rejection> {
         None => (target, None),
     };
     let (path, segments) = canonical_path(raw_path)?;
-    let query = match raw_query {
+    let (query, params) = match raw_query {
         Some(q) => {
-            if q.iter().any(|b| b.is_ascii_control()) {
-                return Err(Rejection::ControlCharacter);
-            }
-            Some(String::from_utf8(q.to_vec()).map_err(|_| Rejection::NotUtf8)?)
+            let (query, params) = canonical_query(q)?;
+            (Some(query), params)
         }
-        None => None,
+        None => (None, Vec::new()),
     };
-    let params = query
-        .as_deref()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
     Ok(Normalised {
         method,
         path,
@@ -254,6 +248,47 @@ fn canonical_path(raw: &[u8]) -> Result<(String, Vec<String>), Rejection> {
         segments.push(String::from_utf8(decoded).map_err(|_| Rejection::NotUtf8)?);
     }
     Ok((path, segments))
+}
+
+/// The query as forwarded and its decoded parameters. Escapes must be well formed and decode
+/// to UTF-8; bytes a URI may not hold raw (space, quotes, `{`, non-ASCII…) are
+/// percent-encoded, which changes nothing for a form decoder and makes every tool's URI parser
+/// accept the same string. Everything else is kept exactly as received.
+fn canonical_query(raw: &[u8]) -> Result<(String, Vec<(String, String)>), Rejection> {
+    let mut query = String::with_capacity(raw.len());
+    let mut bytes = raw.iter().copied();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let (Some(h), Some(l)) = (bytes.next(), bytes.next()) else {
+                    return Err(Rejection::BadEscape);
+                };
+                if hex(h).is_none() || hex(l).is_none() {
+                    return Err(Rejection::BadEscape);
+                }
+                query.push('%');
+                query.push(char::from(h));
+                query.push(char::from(l));
+            }
+            b if b.is_ascii_control() => return Err(Rejection::ControlCharacter),
+            b if is_plain(b) || matches!(b, b'/' | b'?' | b';') => query.push(char::from(b)),
+            b => push_escaped(&mut query, b),
+        }
+    }
+    let mut params = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        params.push((decode_query(k)?, decode_query(v)?));
+    }
+    Ok((query, params))
+}
+
+fn decode_query(s: &str) -> Result<String, Rejection> {
+    let plus = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| Rejection::NotUtf8)
 }
 
 /// Canonicalise an authority (`Host` header or absolute-form): lower-case host without a

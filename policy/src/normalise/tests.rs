@@ -160,3 +160,32 @@ fn raw_framing_sees_what_the_parser_dropped() {
         Ok(())
     );
 }
+
+#[test]
+fn queries_are_strict_and_uri_safe() {
+    let n = request("GET", "/p?q=a b&n=\"x\"&u=é".as_bytes()).unwrap();
+    assert_eq!(n.query.as_deref(), Some("q=a%20b&n=%22x%22&u=%C3%A9"));
+    assert_eq!(
+        n.params,
+        vec![
+            ("q".into(), "a b".into()),
+            ("n".into(), "\"x\"".into()),
+            ("u".into(), "é".into())
+        ]
+    );
+    assert_eq!(
+        request("GET", b"/p?a=%zz").map(|_| ()),
+        Err(Rejection::BadEscape)
+    );
+    assert_eq!(
+        request("GET", b"/p?a=%ff").map(|_| ()),
+        Err(Rejection::NotUtf8)
+    );
+    assert_eq!(
+        request("GET", b"/p?a=\x01").map(|_| ()),
+        Err(Rejection::ControlCharacter)
+    );
+    let n = request("GET", b"/p?a=1;b=%2B+").unwrap();
+    assert_eq!(n.query.as_deref(), Some("a=1;b=%2B+"));
+    assert_eq!(n.params, vec![("a".into(), "1;b=+ ".into())]);
+}
