@@ -291,6 +291,37 @@ async fn a_batch_with_one_denied_member_reaches_nothing() {
         "each member is its own decision"
     );
     assert!(server.bodies().is_empty(), "{:?}", server.bodies());
+    // The exchange is recorded as the refusing member's; the chain holds every member, each
+    // with the refusal's status, so no chain rule counts the withheld search as done.
+    assert!(
+        tg.wait_for_log(r#"action=crm.delete_customer decision="deny""#),
+        "{}",
+        tg.logs()
+    );
+    let (status, chain) = support::http_get(tg.admin, "/v1/tasks/T-mcp").unwrap();
+    assert_eq!(status, 200, "{chain}");
+    let chain: Value = serde_json::from_str(&chain).unwrap();
+    let entries = chain["chain"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{chain}"));
+    let seen: Vec<(&str, &str, u64)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["decision"].as_str().unwrap(),
+                e["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("crm.search", "allow", 403),
+            ("crm.delete_customer", "deny", 403),
+            ("crm.mcp.notifications_progress", "allow", 403)
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

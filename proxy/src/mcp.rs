@@ -81,7 +81,7 @@ pub fn decide_batch(
     let Some(rpc) = prepared.rpc.as_ref() else {
         return decide(prepared, x);
     };
-    let mut first_refusal: Option<(Refusal, Arc<str>, String)> = None;
+    let mut first_refusal: Option<(Refusal, Refuser)> = None;
     let mut credential: Option<String> = None;
     for (i, member) in rpc.members.iter().enumerate() {
         if i > 0 {
@@ -106,19 +106,35 @@ pub fn decide_batch(
         }
         if let Err(refusal) = outcome {
             if first_refusal.is_none() {
-                first_refusal = Some((refusal, x.action.clone(), x.decision_id.clone()));
+                let refuser = Refuser {
+                    action: x.action.clone(),
+                    decision_id: x.decision_id.clone(),
+                    effect: x.effect,
+                    reason: x.reason.clone(),
+                };
+                first_refusal = Some((refusal, refuser));
             }
         }
     }
     match first_refusal {
         None => Ok(()),
-        Some((refusal, action, decision_id)) => {
+        Some((refusal, refuser)) => {
             // The exchange is logged under the member that refused it.
-            x.action = action;
-            x.decision_id = decision_id;
+            x.action = refuser.action;
+            x.decision_id = refuser.decision_id;
+            x.effect = refuser.effect;
+            x.reason = refuser.reason;
             Err(refusal)
         }
     }
+}
+
+/// The member whose refusal refuses the batch, as the exchange's record shows it.
+struct Refuser {
+    action: Arc<str>,
+    decision_id: String,
+    effect: Option<toolgate_policy::evaluate::Effect>,
+    reason: String,
 }
 
 /// Whether `refusal` of this exchange is answered in JSON-RPC rather than as a problem: a
