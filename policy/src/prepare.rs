@@ -30,6 +30,7 @@ pub struct Prepared {
 /// A request whose head has been read: where it goes and whether its body is needed.
 #[derive(Debug, Clone)]
 pub struct Head {
+    /// Destination and canonical request line.
     pub accepted: Accepted,
     /// Classification reads the body: the proxy buffers it (up to the cap) first.
     pub needs_body: bool,

@@ -261,8 +261,9 @@ impl ProxyHttp for Pipeline {
         Exchange::new()
     }
 
-    /// Runs once the request head is read. Decides the request; `Ok(true)` means toolgate
-    /// answered with a problem and the tool receives nothing.
+    /// Runs once the request head is read. Reads the body if classification needs it, then
+    /// decides the request; `Ok(true)` means toolgate answered itself (a problem, or a
+    /// JSON-RPC error for MCP) and the tool receives nothing.
     async fn request_filter(&self, session: &mut Session, x: &mut Exchange) -> Result<bool> {
         let snapshot = self.gateway.snapshot();
         x.decision_id = uuid::Uuid::now_v7().to_string();

@@ -162,7 +162,9 @@ impl Expect {
 /// One `match.body` entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BodyRule {
+    /// The field the rule reads.
     pub pointer: JsonPointer,
+    /// What the field must be.
     pub expect: Expect,
 }
 

@@ -21,6 +21,7 @@ pub const MAX_BATCH: usize = 64;
 pub struct Rpc {
     /// Whether the body was a JSON array (a batch), even of one message.
     pub batch: bool,
+    /// The messages, in order.
     pub members: Vec<Member>,
 }
 
@@ -29,6 +30,7 @@ pub struct Rpc {
 pub struct Member {
     /// The request id; `None` for a notification (or a response, which has no method).
     pub id: Option<Json>,
+    /// The message's action and attributes.
     pub classification: Classification,
     /// The message as sent: what policy sees as `input.request.body`.
     pub message: Json,
