@@ -29,11 +29,11 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("pipeline");
     g.bench_function("prepare", |b| {
-        b.iter(|| prepare(&config, "GET", read, &headers).unwrap())
+        b.iter(|| prepare(&config, "GET", read, &headers, None).unwrap())
     });
     g.bench_function("request_to_credential", |b| {
         b.iter(|| {
-            let prepared = prepare(&config, "GET", read, &headers).unwrap();
+            let prepared = prepare(&config, "GET", read, &headers, None).unwrap();
             let class = &prepared.classification;
             let tool = class.tool.and_then(|t| config.catalog.tool(t));
             let accepted = &prepared.accepted;

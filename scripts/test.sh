@@ -10,6 +10,10 @@ python3 -c 'import helm_python, kubernetes_validate' 2>/dev/null ||
   python3 -m pip install -q 'helm-python-sdk>=0.2,<0.3' 'kubernetes-validate>=1.37,<2'
 # HTTPS through the proxy with a real Python client (tests/https.rs).
 python3 -c 'import requests' 2>/dev/null || python3 -m pip install -q 'requests>=2.31,<3'
+# The official MCP Python SDK, both sides of toolgate in tests/mcp.rs (server class
+# mcp.server.mcpserver.MCPServer and mcp.Client exist from 2.x on).
+python3 -c 'from mcp import Client; import mcp.server.mcpserver' 2>/dev/null ||
+  python3 -m pip install -q 'mcp>=2.3,<3'
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -35,6 +35,9 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Classify and decide one request offline, printing the action, attributes, policy
+    /// input and decision as JSON. No network; the task's history starts empty.
+    Eval(Eval),
     /// Run Rego `test_*` rules and YAML request fixtures against a configuration.
     Test {
         /// Configuration file.
@@ -75,6 +78,29 @@ enum CaCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// `toolgate eval` arguments.
+#[derive(Debug, clap::Args)]
+struct Eval {
+    /// Configuration file.
+    #[arg(short, long)]
+    config: PathBuf,
+    /// Request method (upper case, as the agent sends it).
+    #[arg(long)]
+    method: String,
+    /// Request URL: absolute (http://host/path) or a path with a Host header.
+    #[arg(long)]
+    url: String,
+    /// A request header `Name: value`; repeatable.
+    #[arg(long = "header", value_name = "K:V")]
+    headers: Vec<String>,
+    /// The request body: a file, or `-` for standard input.
+    #[arg(long)]
+    body: Option<PathBuf>,
+    /// The task the request belongs to.
+    #[arg(long, default_value = "eval")]
+    task: String,
 }
 
 /// `toolgate init-iptables` arguments; lists are comma-separated.
@@ -232,6 +258,71 @@ fn test(config_path: &Path, mut paths: Vec<PathBuf>) -> ExitCode {
     }
 }
 
+/// `toolgate eval`: exit 0 with the JSON report, 2 when the configuration or the request
+/// cannot be used.
+fn eval(args: Eval) -> ExitCode {
+    use std::io::Read;
+    use toolgate_policy::{chain::Ledger, offline};
+    let Some(s) = snapshot(Some(&args.config)) else {
+        return ExitCode::from(CONFIG_ERROR);
+    };
+    let fail = |message: String| {
+        eprintln!("toolgate eval: {message}");
+        ExitCode::from(CONFIG_ERROR)
+    };
+    let request = offline::Request {
+        method: args.method,
+        url: args.url,
+        ..Default::default()
+    };
+    let mut headers = http::HeaderMap::new();
+    for h in &args.headers {
+        let Some((k, v)) = h.split_once(':') else {
+            return fail(format!("--header {h:?} must be `Name: value`"));
+        };
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(k.trim().as_bytes()),
+            http::HeaderValue::from_str(v.trim()),
+        ) else {
+            return fail(format!("--header {h:?} is not a valid header"));
+        };
+        headers.append(name, value);
+    }
+    let body = match args.body.as_deref() {
+        None => None,
+        Some(p) if p == Path::new("-") => {
+            let mut bytes = Vec::new();
+            if let Err(e) = std::io::stdin().read_to_end(&mut bytes) {
+                return fail(format!("cannot read the body from standard input: {e}"));
+            }
+            Some(bytes)
+        }
+        Some(p) => match std::fs::read(p) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => return fail(format!("cannot read {}: {e}", p.display())),
+        },
+    };
+    let ledger = Ledger::new(&s.config.chain);
+    let decided = offline::decide(
+        &s.config,
+        &s.policy,
+        &request,
+        &headers,
+        body.as_deref(),
+        &args.task,
+        &ledger,
+    );
+    let report = match decided {
+        Ok(outcome) => offline::report(&s.config, &outcome),
+        Err(refused) => offline::refused_report(&refused),
+    };
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap_or_default()
+    );
+    ExitCode::SUCCESS
+}
+
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("TOOLGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -368,6 +459,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Test { config, paths } => test(&config, paths),
+        Command::Eval(args) => eval(args),
         Command::Run { config } => {
             init_logging();
             let Some(s) = snapshot(config.as_deref()) else {

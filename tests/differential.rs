@@ -88,15 +88,19 @@ fn rvm_and_interpreter_agree_on_every_policy_and_input_in_the_repository() {
             .enumerate()
         {
             let Ok(outcome) = outcome else { continue };
-            let rvm = policy.evaluate(outcome.input.clone(), Evaluator::Rvm);
-            let interpreter = policy.evaluate(outcome.input.clone(), Evaluator::Interpreter);
-            assert_eq!(
-                rvm,
-                interpreter,
-                "{name} step {}: evaluators disagree",
-                i + 1
-            );
-            compared += 1;
+            // One input per action: a JSON-RPC batch is evaluated member by member.
+            for e in &outcome.evaluations {
+                let rvm = policy.evaluate(e.input.clone(), Evaluator::Rvm);
+                let interpreter = policy.evaluate(e.input.clone(), Evaluator::Interpreter);
+                assert_eq!(
+                    rvm,
+                    interpreter,
+                    "{name} step {} ({}): evaluators disagree",
+                    i + 1,
+                    e.classification.action
+                );
+                compared += 1;
+            }
         }
     }
     assert!(compared >= 10, "only {compared} inputs compared");

@@ -3,6 +3,8 @@
 //! The catalog is compiled once from config. Hosts are a hash lookup, methods a hash lookup,
 //! paths a trie walk, so cost stays flat as the catalog grows. No match is action `unknown`.
 
+mod body;
+pub mod mcp;
 mod template;
 #[cfg(test)]
 mod tests;
@@ -13,6 +15,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, Method};
 use serde_json::Value as Json;
 
+pub use body::{BodyRule, Expect, JsonPointer, PointerError, Scalar, MAX_POINTER_TOKENS};
 pub use template::{PathTemplate, Segment, TemplateError, Trie, MAX_SEGMENTS};
 
 use crate::normalise::Normalised;
@@ -43,9 +46,22 @@ pub struct Tool {
     /// Whether CONNECT tunnels to this tool are TLS-intercepted (`false`: host-only decision,
     /// bytes spliced).
     pub intercept: bool,
+    pub protocol: Protocol,
     actions: Vec<Action>,
+    /// Per method: that method's actions and the any-method ones, in precedence order.
     by_method: HashMap<Method, Trie>,
+    /// Any-method actions, for methods no action names.
     any_method: Trie,
+}
+
+/// How a tool's requests are classified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// By method, path template and body rules of its actions.
+    #[default]
+    Http,
+    /// As MCP over streamable HTTP: JSON-RPC methods (DESIGN.md §4).
+    Mcp,
 }
 
 /// Where a tool's requests are sent when its config names an upstream.
@@ -64,7 +80,20 @@ pub struct Action {
     pub name: Arc<str>,
     pub method: Option<Method>,
     pub template: PathTemplate,
+    /// `match.body`: every rule must hold on the parsed body.
+    pub body: Vec<BodyRule>,
     pub attributes: Vec<(Arc<str>, AttributeSource)>,
+}
+
+impl Action {
+    /// Whether classifying or describing this action reads the request body.
+    pub fn reads_body(&self) -> bool {
+        !self.body.is_empty()
+            || self
+                .attributes
+                .iter()
+                .any(|(_, s)| matches!(s, AttributeSource::Body(_)))
+    }
 }
 
 /// Where an attribute's value is taken from.
@@ -76,6 +105,8 @@ pub enum AttributeSource {
     Query(String),
     /// A request header.
     Header(HeaderName),
+    /// A field of the JSON or form body (the JSON value as sent).
+    Body(JsonPointer),
 }
 
 /// The result of classifying one request.
@@ -134,12 +165,35 @@ impl Catalog {
                 None => any_method.insert(&action.template, i),
             }
         }
+        // A method's trie also holds the any-method actions, so one walk finds every candidate.
+        for (i, action) in tool.actions.iter().enumerate() {
+            if action.method.is_none() {
+                for trie in by_method.values_mut() {
+                    trie.insert(&action.template, i);
+                }
+            }
+        }
+        // At one template: actions with body rules are tried first, then method-specific
+        // before any-method, then file order.
+        let key = |i: usize| {
+            let a = tool.actions.get(i);
+            (
+                a.is_none_or(|a| a.body.is_empty()),
+                a.is_none_or(|a| a.method.is_none()),
+                i,
+            )
+        };
+        for trie in by_method.values_mut() {
+            trie.order(&key);
+        }
+        any_method.order(&key);
         self.tools.push(Tool {
             name: tool.name,
             hosts: tool.hosts,
             upstream: tool.upstream,
             credential: tool.credential,
             intercept: tool.intercept,
+            protocol: tool.protocol,
             actions: tool.actions,
             by_method,
             any_method,
@@ -184,12 +238,51 @@ impl Catalog {
         pick(&mut wild)
     }
 
-    /// Classify a normalised request for `tool` (or for no known tool).
+    /// Whether classifying this request for `tool` needs its body: an MCP POST, or a
+    /// candidate action (one that could win, by method and path) with body rules or
+    /// `body:` attributes. Other requests stream through unread.
+    pub fn needs_body(&self, tool: Option<usize>, request: &Normalised) -> bool {
+        let Some(t) = tool.and_then(|id| self.tools.get(id)) else {
+            return false;
+        };
+        if t.protocol == Protocol::Mcp {
+            return request.method == Method::POST;
+        }
+        // Candidates are tried in order until one without body rules, which always wins.
+        t.trie(&request.method)
+            .find(&request.segments, &mut |_, entries| {
+                for action in entries.iter().filter_map(|&e| t.actions.get(e)) {
+                    if action.reads_body() {
+                        return Some(true);
+                    }
+                    if action.body.is_empty() {
+                        return Some(false);
+                    }
+                }
+                None
+            })
+            .unwrap_or(false)
+    }
+
+    /// Classify a normalised request for `tool` (or for no known tool), without a body.
     pub fn classify(
         &self,
         tool: Option<usize>,
         request: &Normalised,
         headers: &HeaderMap,
+    ) -> Result<Classification, ClassifyError> {
+        self.classify_body(tool, request, headers, None)
+    }
+
+    /// Classify a normalised request whose parsed body (JSON, or a form as an object of
+    /// strings) is `body`. The most specific template wins; at one template, the first
+    /// action whose body rules all hold.
+    pub fn classify_body(
+        &self,
+        tool: Option<usize>,
+        request: &Normalised,
+        headers: &HeaderMap,
+        body: Option<&Json>,
     ) -> Result<Classification, ClassifyError> {
         let unknown = |tool| Classification {
             tool,
@@ -199,23 +292,36 @@ impl Catalog {
         let Some(t) = tool.and_then(|id| self.tools.get(id)) else {
             return Ok(unknown(None));
         };
-        let specific = t
-            .by_method
-            .get(&request.method)
-            .and_then(|trie| trie.lookup(&request.segments));
-        let any = t.any_method.lookup(&request.segments);
-        let best = match (specific, any) {
-            (Some(s), Some(a)) if a.specificity > s.specificity => Some(a),
-            (Some(s), _) => Some(s),
-            (None, a) => a,
+        if t.protocol == Protocol::Mcp {
+            return Ok(match mcp::http_action(&t.name, &request.method) {
+                Some(action) => Classification {
+                    tool,
+                    action,
+                    attributes: Vec::new(),
+                },
+                None => unknown(tool),
+            });
+        }
+        let holds = |a: &Action| {
+            a.body
+                .iter()
+                .all(|rule| body.is_some_and(|b| rule.holds(b)))
         };
-        let Some(action) = best.and_then(|m| t.actions.get(m.entry)) else {
+        let best = t
+            .trie(&request.method)
+            .find(&request.segments, &mut |_, entries| {
+                entries
+                    .iter()
+                    .filter_map(|&e| t.actions.get(e))
+                    .find(|a| holds(a))
+            });
+        let Some(action) = best else {
             return Ok(unknown(tool));
         };
         let mut attributes = Vec::with_capacity(action.attributes.len());
         for (name, source) in &action.attributes {
-            if let Some(value) = attribute(action, source, request, headers)? {
-                attributes.push((name.clone(), Json::String(value)));
+            if let Some(value) = attribute(action, source, request, headers, body)? {
+                attributes.push((name.clone(), value));
             }
         }
         Ok(Classification {
@@ -226,12 +332,19 @@ impl Catalog {
     }
 }
 
+impl Tool {
+    fn trie(&self, method: &Method) -> &Trie {
+        self.by_method.get(method).unwrap_or(&self.any_method)
+    }
+}
+
 fn attribute(
     action: &Action,
     source: &AttributeSource,
     request: &Normalised,
     headers: &HeaderMap,
-) -> Result<Option<String>, ClassifyError> {
+    body: Option<&Json>,
+) -> Result<Option<Json>, ClassifyError> {
     match source {
         AttributeSource::Path(n) => {
             let captured = action
@@ -241,12 +354,12 @@ fn attribute(
                 .zip(&request.segments)
                 .filter(|(t, _)| matches!(t, Segment::Capture(_)))
                 .nth(*n)
-                .map(|(_, value)| value.clone());
+                .map(|(_, value)| Json::String(value.clone()));
             Ok(captured)
         }
         AttributeSource::Query(key) => {
             let mut values = request.params.iter().filter(|(k, _)| k == key);
-            let first = values.next().map(|(_, v)| v.clone());
+            let first = values.next().map(|(_, v)| Json::String(v.clone()));
             if values.next().is_some() {
                 return Err(ClassifyError::AmbiguousQuery(key.clone()));
             }
@@ -263,8 +376,9 @@ fn attribute(
             let value = first
                 .to_str()
                 .map_err(|_| ClassifyError::HeaderNotUtf8(name.to_string()))?;
-            Ok(Some(value.to_string()))
+            Ok(Some(Json::String(value.to_string())))
         }
+        AttributeSource::Body(pointer) => Ok(body.and_then(|b| pointer.lookup(b)).cloned()),
     }
 }
 
@@ -276,6 +390,7 @@ pub struct ToolSpec {
     pub upstream: Option<Upstream>,
     pub credential: Option<String>,
     pub intercept: bool,
+    pub protocol: Protocol,
     pub actions: Vec<Action>,
 }
 

@@ -2,6 +2,7 @@
 //! the typed values the pipeline uses. Nothing on the request path parses config text.
 
 mod files;
+mod matching;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use files::{DiskFiles, EmbeddedFiles, Files, ProcessEnv, StaticEnv, Vars};
+pub use matching::{body_cap, MAX_BODY_BYTES};
 
 use crate::classify::Catalog;
 

@@ -70,6 +70,24 @@ pub enum Rejection {
     ContentLengthAndTransferEncoding,
     #[error("request carries method-override header {0:?}")]
     MethodOverride(String),
+    #[error("body has Content-Encoding {0:?}; a body toolgate classifies must be sent uncompressed (identity)")]
+    ContentEncoding(String),
+    #[error(
+        "body has Transfer-Encoding {0:?}; only chunked is accepted on a body toolgate classifies"
+    )]
+    TransferCoding(String),
+    #[error("body content type {0:?}: this route classifies requests by their body, which must be JSON (UTF-8) or form-urlencoded")]
+    BodyType(String),
+    #[error("body is not valid UTF-8")]
+    BodyNotUtf8,
+    #[error("body has the key {0:?} more than once; tools disagree on which one counts")]
+    DuplicateKey(String),
+    #[error("body is not valid JSON: {0}")]
+    BadJson(String),
+    #[error("form body has a malformed percent-encoding")]
+    BadForm,
+    #[error("not a valid JSON-RPC 2.0 request: {0}")]
+    BadRpc(String),
 }
 
 /// Canonicalise a method and an origin-form target (`/path?query`).
@@ -83,19 +101,13 @@ pub fn request(method: &str, target: &[u8]) -> Result<Normalised, Rejection> {
         None => (target, None),
     };
     let (path, segments) = canonical_path(raw_path)?;
-    let query = match raw_query {
+    let (query, params) = match raw_query {
         Some(q) => {
-            if q.iter().any(|b| b.is_ascii_control()) {
-                return Err(Rejection::ControlCharacter);
-            }
-            Some(String::from_utf8(q.to_vec()).map_err(|_| Rejection::NotUtf8)?)
+            let (query, params) = canonical_query(q)?;
+            (Some(query), params)
         }
-        None => None,
+        None => (None, Vec::new()),
     };
-    let params = query
-        .as_deref()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
     Ok(Normalised {
         method,
         path,
@@ -238,6 +250,47 @@ fn canonical_path(raw: &[u8]) -> Result<(String, Vec<String>), Rejection> {
     Ok((path, segments))
 }
 
+/// The query as forwarded and its decoded parameters. Escapes must be well formed and decode
+/// to UTF-8; bytes a URI may not hold raw (space, quotes, `{`, non-ASCII…) are
+/// percent-encoded, which changes nothing for a form decoder and makes every tool's URI parser
+/// accept the same string. Everything else is kept exactly as received.
+fn canonical_query(raw: &[u8]) -> Result<(String, Vec<(String, String)>), Rejection> {
+    let mut query = String::with_capacity(raw.len());
+    let mut bytes = raw.iter().copied();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let (Some(h), Some(l)) = (bytes.next(), bytes.next()) else {
+                    return Err(Rejection::BadEscape);
+                };
+                if hex(h).is_none() || hex(l).is_none() {
+                    return Err(Rejection::BadEscape);
+                }
+                query.push('%');
+                query.push(char::from(h));
+                query.push(char::from(l));
+            }
+            b if b.is_ascii_control() => return Err(Rejection::ControlCharacter),
+            b if is_plain(b) || matches!(b, b'/' | b'?' | b';') => query.push(char::from(b)),
+            b => push_escaped(&mut query, b),
+        }
+    }
+    let mut params = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        params.push((decode_query(k)?, decode_query(v)?));
+    }
+    Ok((query, params))
+}
+
+fn decode_query(s: &str) -> Result<String, Rejection> {
+    let plus = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| Rejection::NotUtf8)
+}
+
 /// Canonicalise an authority (`Host` header or absolute-form): lower-case host without a
 /// trailing dot, and the port if one is given.
 pub fn authority(raw: &str) -> Result<(String, Option<u16>), Rejection> {
@@ -300,4 +353,29 @@ pub fn headers(headers: &HeaderMap, classified: bool) -> Result<(), Rejection> {
         }
     }
     Ok(())
+}
+
+/// Refuse framing that the HTTP parser already resolved one way, as the tool might resolve it
+/// another: `raw` is the request head as received (pingora drops `Content-Length` when
+/// `Transfer-Encoding` is present, so the parsed headers no longer show the conflict).
+pub fn raw_framing(raw: &[u8]) -> Result<(), Rejection> {
+    let mut lengths = 0;
+    let mut codings = 0;
+    // The first line is the request line; header lines follow, each `name: value`.
+    for line in raw.split(|b| *b == b'\n').skip(1) {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let name = line.get(..colon).unwrap_or_default();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            lengths += 1;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            codings += 1;
+        }
+    }
+    match (lengths, codings) {
+        (n, _) if n > 1 => Err(Rejection::DuplicateHeader("Content-Length")),
+        (1, c) if c > 0 => Err(Rejection::ContentLengthAndTransferEncoding),
+        _ => Ok(()),
+    }
 }

@@ -1,14 +1,16 @@
 //! The pipeline without sockets: what `toolgate eval` and `toolgate test` run. It calls the
-//! same stages as the proxy (prepare → input → policy), so an offline result is the decision
-//! the proxy would make for the same request, task history and configuration.
+//! same stages as the proxy (prepare → input → policy → chain), so an offline result is the
+//! decision the proxy would make for the same request, task history and configuration.
 
 use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use regorus::Value;
 
+use crate::chain::{self, Ledger};
+use crate::classify::Classification;
 use crate::config::Config;
-use crate::evaluate::{Decision, Input, Policy, RequestView};
+use crate::evaluate::{Decision, Effect, Input, Policy, RequestView};
 use crate::prepare::{prepare, Prepared, Refused};
 
 /// A request described as data (a fixture, a golden case, command-line flags).
@@ -20,16 +22,29 @@ pub struct Request {
     pub url: String,
     #[serde(default)]
     pub headers: std::collections::BTreeMap<String, String>,
+    /// The body as text.
     pub body: Option<String>,
+    /// The body as hex, for bytes that are not UTF-8 text.
+    pub body_hex: Option<String>,
 }
 
 /// What the proxy would do with a request.
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub prepared: Prepared,
+    /// One evaluation per action: one, or one per member of a JSON-RPC batch, in order.
+    pub evaluations: Vec<Evaluation>,
+}
+
+/// One policy evaluation and its record in the task's chain.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub classification: Classification,
     /// The policy input document.
     pub input: Value,
     pub decision: Decision,
+    /// The action's sequence number in the chain.
+    pub seq: u64,
 }
 
 /// A request that cannot be described as HTTP.
@@ -37,6 +52,10 @@ pub struct Outcome {
 pub enum RequestError {
     #[error("header {0:?} is not a valid header")]
     Header(String),
+    #[error("body_hex is not an even number of hex digits")]
+    BodyHex,
+    #[error("set one of body and body_hex, not both")]
+    TwoBodies,
 }
 
 impl Request {
@@ -51,18 +70,88 @@ impl Request {
         }
         Ok(map)
     }
+
+    /// The body bytes, if the request has a body.
+    pub fn body_bytes(&self) -> Result<Option<Vec<u8>>, RequestError> {
+        match (&self.body, &self.body_hex) {
+            (Some(_), Some(_)) => Err(RequestError::TwoBodies),
+            (Some(text), None) => Ok(Some(text.as_bytes().to_vec())),
+            (None, Some(hex)) => {
+                let digits: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+                digits
+                    .chunks(2)
+                    .map(|pair| match pair {
+                        [h, l] => std::str::from_utf8(&[*h, *l])
+                            .ok()
+                            .and_then(|s| u8::from_str_radix(s, 16).ok()),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<u8>>>()
+                    .map(Some)
+                    .ok_or(RequestError::BodyHex)
+            }
+            (None, None) => Ok(None),
+        }
+    }
 }
 
-/// Decide `request` in task `task_id` with the task's history `chain` (an `input.chain` value).
+impl Outcome {
+    /// Whether the proxy would forward the request: every evaluation allowed it.
+    pub fn forwarded(&self) -> bool {
+        self.evaluations
+            .iter()
+            .all(|e| e.decision.effect == Effect::Allow)
+    }
+
+    /// The evaluation that decides the request: the first that did not allow, else the first.
+    pub fn decisive(&self) -> Option<&Evaluation> {
+        self.evaluations
+            .iter()
+            .find(|e| e.decision.effect != Effect::Allow)
+            .or_else(|| self.evaluations.first())
+    }
+}
+
+/// Decide `request` (with `body`) in task `task_id`, whose history is in `ledger`; each
+/// evaluated action is recorded there, as the proxy records it, and awaits its status.
 pub fn decide(
     config: &Config,
     policy: &Policy,
     request: &Request,
     headers: &HeaderMap,
+    body: Option<&[u8]>,
     task_id: &str,
-    chain: Value,
+    ledger: &Ledger,
 ) -> Result<Outcome, Refused> {
-    let prepared = prepare(config, &request.method, request.url.as_bytes(), headers)?;
+    let prepared = prepare(
+        config,
+        &request.method,
+        request.url.as_bytes(),
+        headers,
+        body,
+    )?;
+    let members: Vec<Prepared> = match prepared.rpc.as_ref().filter(|r| r.batch) {
+        Some(rpc) => rpc.members.iter().map(|m| prepared.member(m)).collect(),
+        None => vec![prepared.clone()],
+    };
+    let evaluations = members
+        .iter()
+        .map(|p| evaluate(config, policy, p, headers, task_id, ledger))
+        .collect();
+    Ok(Outcome {
+        prepared,
+        evaluations,
+    })
+}
+
+fn evaluate(
+    config: &Config,
+    policy: &Policy,
+    prepared: &Prepared,
+    headers: &HeaderMap,
+    task_id: &str,
+    ledger: &Ledger,
+) -> Evaluation {
     let tool = prepared.accepted.tool.and_then(|t| config.catalog.tool(t));
     let hidden: Vec<HeaderName> = tool
         .and_then(|t| t.credential.as_deref())
@@ -70,14 +159,16 @@ pub fn decide(
         .map(|c| vec![c.header().clone()])
         .unwrap_or_default();
     let accepted = &prepared.accepted;
+    let class = &prepared.classification;
+    let now = SystemTime::now();
     let input = Input {
         agent_id: &config.agent.id,
         agent_claims: None,
         task_id,
         task_claims: None,
-        action: &prepared.classification.action,
+        action: &class.action,
         tool: tool.map(|t| &*t.name),
-        attributes: &prepared.classification.attributes,
+        attributes: &class.attributes,
         request: RequestView {
             method: accepted.request.method.as_str(),
             scheme: if accepted.tls { "https" } else { "http" },
@@ -87,16 +178,91 @@ pub fn decide(
             params: &accepted.request.params,
             headers,
             hidden: &hidden,
-            body: None,
+            body: prepared.body.as_ref(),
         },
-        chain,
-        now: SystemTime::now(),
+        chain: ledger.history(task_id),
+        now,
     }
     .to_value();
     let decision = policy.decide(input.clone());
-    Ok(Outcome {
-        prepared,
+    let seq = ledger.record(
+        task_id,
+        &chain::Action {
+            action: &class.action,
+            tool: tool.map(|t| &*t.name),
+            decision: decision.effect.as_str(),
+            dry_run: false,
+            attributes: &class.attributes,
+            at: now,
+        },
+    );
+    Evaluation {
+        classification: class.clone(),
         input,
         decision,
+        seq,
+    }
+}
+
+/// `toolgate eval`'s JSON: the tool, the action with its attributes, the input document and
+/// the decision; for a JSON-RPC batch, also each member's. `credential` is the name of the
+/// credential the decision asks for (the tool's default when it names none).
+pub fn report(config: &Config, outcome: &Outcome) -> serde_json::Value {
+    use serde_json::json;
+    let tool = outcome
+        .prepared
+        .accepted
+        .tool
+        .and_then(|t| config.catalog.tool(t));
+    let one = |e: &Evaluation| {
+        let attributes: serde_json::Map<String, serde_json::Value> = e
+            .classification
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let credential = e
+            .decision
+            .credential
+            .name
+            .as_deref()
+            .or(tool.and_then(|t| t.credential.as_deref()))
+            .filter(|_| e.decision.allowed());
+        json!({
+            "action": &*e.classification.action,
+            "attributes": attributes,
+            "input": serde_json::to_value(&e.input).unwrap_or_default(),
+            "decision": {
+                "allow": e.decision.allowed(),
+                "effect": e.decision.effect.as_str(),
+                "reason": e.decision.reason,
+                "credential": credential,
+                "approval_required": e.decision.approval_required,
+            },
+        })
+    };
+    let mut doc = outcome.decisive().map(one).unwrap_or_else(|| json!({}));
+    if let Some(map) = doc.as_object_mut() {
+        map.insert("tool".to_string(), json!(tool.map(|t| t.name.to_string())));
+        map.insert("forwarded".to_string(), json!(outcome.forwarded()));
+        if outcome.evaluations.len() > 1 {
+            let members = outcome.evaluations.iter().map(one).collect();
+            map.insert("members".to_string(), serde_json::Value::Array(members));
+        }
+    }
+    doc
+}
+
+/// `toolgate eval`'s JSON for a request refused before policy, with the status the proxy
+/// would answer.
+pub fn refused_report(refused: &Refused) -> serde_json::Value {
+    let status = match refused {
+        Refused::BodyTooLarge { .. } => 413,
+        Refused::Rejected(_) | Refused::Ambiguous(_) => 400,
+    };
+    serde_json::json!({
+        "action": null,
+        "forwarded": false,
+        "refused": { "status": status, "reason": refused.to_string() },
     })
 }

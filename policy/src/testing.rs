@@ -3,13 +3,12 @@
 //! run through the offline pipeline with a real chain ledger, so chain rules are exercised.
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use serde::Deserialize;
 
-use crate::chain::{self, Ledger};
+use crate::chain::Ledger;
 use crate::config::Config;
-use crate::evaluate::{Effect, Policy};
+use crate::evaluate::Policy;
 use crate::offline::{self, Request};
 
 /// One fixture file: a task's requests in order.
@@ -73,9 +72,12 @@ pub struct Want {
     /// Attributes that must be present with these values (others may exist).
     #[serde(default)]
     pub attributes: std::collections::BTreeMap<String, serde_json::Value>,
-    /// `allow`, `deny`, `error` or `reject` (refused with 400 before policy).
+    /// `allow`, `deny`, `error` or `reject` (refused before policy, with 400 or 413).
     pub decision: String,
     pub reason: Option<String>,
+    /// For a JSON-RPC batch: what each member must get, in order.
+    #[serde(default)]
+    pub members: Vec<Want>,
 }
 
 /// The result of one test.
@@ -113,7 +115,31 @@ pub fn check(want: &Want, got: &Result<offline::Outcome, String>) -> Option<Stri
         }
         Ok(o) => o,
     };
-    let class = &outcome.prepared.classification;
+    let Some(decisive) = outcome.decisive() else {
+        return Some("no evaluation".to_string());
+    };
+    let mut problems = evaluation(want, decisive);
+    if !want.members.is_empty() {
+        if want.members.len() != outcome.evaluations.len() {
+            problems.push(format!(
+                "{} members evaluated, want {}",
+                outcome.evaluations.len(),
+                want.members.len()
+            ));
+        }
+        for (i, (w, e)) in want.members.iter().zip(&outcome.evaluations).enumerate() {
+            problems.extend(
+                evaluation(w, e)
+                    .into_iter()
+                    .map(|p| format!("member {}: {p}", i + 1)),
+            );
+        }
+    }
+    (!problems.is_empty()).then(|| problems.join("; "))
+}
+
+fn evaluation(want: &Want, got: &offline::Evaluation) -> Vec<String> {
+    let class = &got.classification;
     let mut problems = Vec::new();
     if let Some(a) = &want.action {
         if **a != *class.action {
@@ -130,19 +156,19 @@ pub fn check(want: &Want, got: &Result<offline::Outcome, String>) -> Option<Stri
             problems.push(format!("attribute {k} = {found:?}, want {v}"));
         }
     }
-    let effect = outcome.decision.effect.as_str();
+    let effect = got.decision.effect.as_str();
     if effect != want.decision {
         problems.push(format!(
             "decision {effect} ({:?}), want {}",
-            outcome.decision.reason, want.decision
+            got.decision.reason, want.decision
         ));
     }
     if let Some(r) = &want.reason {
-        if *r != outcome.decision.reason {
-            problems.push(format!("reason {:?}, want {r:?}", outcome.decision.reason));
+        if *r != got.decision.reason {
+            problems.push(format!("reason {:?}, want {r:?}", got.decision.reason));
         }
     }
-    (!problems.is_empty()).then(|| problems.join("; "))
+    problems
 }
 
 /// Replay the steps of `fixture` in order, as the proxy would see them: each step's outcome
@@ -156,8 +182,12 @@ pub fn replay(
     let task = fixture.task.as_deref().unwrap_or("test");
     let mut outcomes = Vec::new();
     for step in &fixture.steps {
-        let headers = match step.request.header_map() {
-            Ok(h) => h,
+        let prepared = step
+            .request
+            .header_map()
+            .and_then(|h| step.request.body_bytes().map(|b| (h, b)));
+        let (headers, body) = match prepared {
+            Ok(found) => found,
             Err(e) => {
                 outcomes.push(Err(e.to_string()));
                 continue;
@@ -168,32 +198,16 @@ pub fn replay(
             policy,
             &step.request,
             &headers,
+            body.as_deref(),
             task,
-            ledger.history(task),
+            &ledger,
         );
         if let Ok(o) = &got {
-            let class = &o.prepared.classification;
-            let tool = class
-                .tool
-                .and_then(|t| config.catalog.tool(t))
-                .map(|t| &*t.name);
-            let seq = ledger.record(
-                task,
-                &chain::Action {
-                    action: &class.action,
-                    tool,
-                    decision: o.decision.effect.as_str(),
-                    dry_run: false,
-                    attributes: &class.attributes,
-                    at: SystemTime::now(),
-                },
-            );
-            let forwarded = o.decision.effect == Effect::Allow;
-            ledger.complete(
-                task,
-                seq,
-                step.status.unwrap_or(if forwarded { 200 } else { 403 }),
-            );
+            // A refused batch reaches the tool with none of its members: all get 403.
+            let status = step.status.unwrap_or(if o.forwarded() { 200 } else { 403 });
+            for e in &o.evaluations {
+                ledger.complete(task, e.seq, status);
+            }
         }
         outcomes.push(got.map_err(|refused| refused.to_string()));
     }

@@ -57,7 +57,7 @@ pub fn evaluate(
                 params: &accepted.request.params,
                 headers,
                 hidden,
-                body: None,
+                body: prepared.body.as_ref(),
             },
             chain: gw.ledger.history(&x.task_id),
             now,

@@ -4,6 +4,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod body;
 pub mod ca;
 pub mod capture;
 pub mod credential;
@@ -11,6 +12,7 @@ pub mod evaluate;
 pub mod forward;
 pub mod gateway;
 pub mod identify;
+pub mod mcp;
 pub mod pipeline;
 pub mod problem;
 pub mod record;

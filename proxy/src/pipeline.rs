@@ -15,14 +15,16 @@ use toolgate_policy::accept::{Destination, Via};
 use toolgate_policy::classify::UNKNOWN;
 use toolgate_policy::evaluate::Effect;
 use toolgate_policy::normalise;
-use toolgate_policy::prepare::{prepare, prepare_at, Refused};
+use toolgate_policy::prepare::{self, Head, Prepared, Refused};
 
 use crate::accept::{self, Inbound};
+use crate::body;
 use crate::credential::{self, Injection};
 use crate::evaluate;
 use crate::forward::{self, Plan};
 use crate::gateway::{Gateway, Snapshot};
 use crate::identify;
+use crate::mcp;
 use crate::problem::{self, Ids, Refusal};
 use crate::record;
 
@@ -59,6 +61,8 @@ pub struct Exchange {
     forward_error: Option<forward::ForwardError>,
     /// The connection's fixed destination (tunnel, transparent redirect), if any.
     pub inbound: Option<Arc<Inbound>>,
+    /// For an MCP POST: its JSON-RPC messages, answered in JSON-RPC when refused.
+    pub rpc: Option<mcp::Reply>,
 }
 
 impl Exchange {
@@ -86,6 +90,15 @@ impl Exchange {
             failure: None,
             forward_error: None,
             inbound: None,
+            rpc: None,
+        }
+    }
+
+    /// Record `status` as the outcome of every action of this exchange in the task's chain.
+    fn complete(&self, gw: &Gateway, status: u16) {
+        let members = self.rpc.iter().flat_map(mcp::Reply::seqs);
+        for seq in self.seq.into_iter().chain(members) {
+            gw.ledger.complete(&self.task_id, seq, status);
         }
     }
 
@@ -109,12 +122,17 @@ impl Exchange {
         if has_body || status >= 500 {
             session.set_keepalive(None);
         }
-        self.refused = Some(status);
         self.failure = Some(refusal.to_string());
-        if let Some(seq) = self.seq {
-            gw.ledger.complete(&self.task_id, seq, status);
-        }
-        if let Err(e) = problem::respond(session, refusal, self.ids()).await {
+        // The chain records the refusal's status, also when MCP gets it as HTTP 200.
+        self.complete(gw, status);
+        let answered = mcp::answers(self, refusal);
+        self.refused = Some(if answered { 200 } else { status });
+        let written = if answered {
+            mcp::respond(session, self, refusal).await
+        } else {
+            problem::respond(session, refusal, self.ids()).await
+        };
+        if let Err(e) = written {
             tracing::debug!(error = %e, "could not write the refusal to the agent");
         }
     }
@@ -138,40 +156,85 @@ impl From<Refused> for Refusal {
         match r {
             Refused::Rejected(e) => Refusal::Rejected(e),
             Refused::Ambiguous(e) => Refusal::Ambiguous(e),
+            Refused::BodyTooLarge { limit } => Refusal::BodyTooLarge(limit),
         }
     }
 }
 
-/// identify → accept/normalise/classify → evaluate → credential → forward plan.
-fn admit(
+/// identify → accept/normalise: who is asking, where to, and whether the body is needed.
+fn head(
     gw: &Gateway,
     snapshot: &Snapshot,
-    req: &RequestHeader,
+    session: &Session,
     destination: Option<&Destination>,
     x: &mut Exchange,
-) -> Result<(), Refusal> {
+) -> Result<Head, Refusal> {
     let config = &snapshot.config;
+    let req = session.req_header();
     let identity = identify::identify(&req.headers, &config.chain)?;
     x.task_id = identity
         .task_id
         .unwrap_or_else(|| gw.default_task.current(config.chain.idle_ttl));
     x.trace_id = hex::encode(identity.trace_id);
+    if let Some(h1) = session.as_downstream().as_http1() {
+        normalise::raw_framing(&h1.get_headers_raw_bytes())?;
+    }
+    let head = prepare::head(
+        config,
+        destination,
+        req.method.as_str(),
+        req.raw_path(),
+        &req.headers,
+    )?;
+    x.via = Some(head.accepted.via);
+    x.tool = head
+        .accepted
+        .tool
+        .and_then(|t| config.catalog.tool(t))
+        .map(|t| t.name.clone());
+    Ok(head)
+}
 
-    let prepared = match destination {
-        Some(d) => prepare_at(config, d, req.method.as_str(), req.raw_path(), &req.headers)?,
-        None => prepare(config, req.method.as_str(), req.raw_path(), &req.headers)?,
-    };
+/// classify (with the body, when it was read) → decide → forward plan.
+fn admit(
+    gw: &Gateway,
+    snapshot: &Snapshot,
+    req: &RequestHeader,
+    head: Head,
+    body: Option<bytes::Bytes>,
+    x: &mut Exchange,
+) -> Result<(), Refusal> {
+    let config = &snapshot.config;
+    let prepared = prepare::finish(config, head, &req.headers, body.as_deref())?;
     let tool = prepared.accepted.tool.and_then(|t| config.catalog.tool(t));
-    x.via = Some(prepared.accepted.via);
-    x.tool = tool.map(|t| t.name.clone());
     x.action = prepared.classification.action.clone();
-
+    x.rpc = mcp::reply(&prepared);
     let strip = credential::stripped_headers(config, tool);
-    let outcome = evaluate::evaluate(gw, snapshot, &prepared, tool, &req.headers, &strip, x);
+    let decide = |p: &Prepared, x: &mut Exchange| decide(gw, snapshot, p, &req.headers, &strip, x);
+    match prepared.rpc.as_ref().filter(|r| r.batch) {
+        Some(_) => mcp::decide_batch(&prepared, x, decide)?,
+        None => decide(&prepared, x)?,
+    }
+    x.plan = Some(forward::plan(&prepared.accepted, tool));
+    Ok(())
+}
+
+/// evaluate → credential, for one action; writes its decision-log line.
+fn decide(
+    gw: &Gateway,
+    snapshot: &Snapshot,
+    prepared: &Prepared,
+    headers: &http::HeaderMap,
+    strip: &[HeaderName],
+    x: &mut Exchange,
+) -> Result<(), Refusal> {
+    let config = &snapshot.config;
+    let tool = prepared.accepted.tool.and_then(|t| config.catalog.tool(t));
+    let outcome = evaluate::evaluate(gw, snapshot, prepared, tool, headers, strip, x);
     let decision = match outcome {
         Ok(d) => d,
         Err(refusal) => {
-            evaluate::log_decision(gw, snapshot, &prepared, x);
+            evaluate::log_decision(gw, snapshot, prepared, x);
             return Err(refusal);
         }
     };
@@ -182,10 +245,9 @@ fn admit(
         x.injection = credential::select(config, tool, &decision.credential).inspect_err(|_| {
             x.effect = Some(Effect::Error);
         })?;
-        x.strip = strip;
+        x.strip = strip.to_vec();
     }
-    evaluate::log_decision(gw, snapshot, &prepared, x);
-    x.plan = Some(forward::plan(&prepared.accepted, tool));
+    evaluate::log_decision(gw, snapshot, prepared, x);
     Ok(())
 }
 
@@ -210,17 +272,23 @@ impl ProxyHttp for Pipeline {
         Exchange::new()
     }
 
-    /// Runs once the request head is read. Decides the request; `Ok(true)` means toolgate
-    /// answered with a problem and the tool receives nothing.
+    /// Runs once the request head is read. Reads the body if classification needs it, then
+    /// decides the request; `Ok(true)` means toolgate answered itself (a problem, or a
+    /// JSON-RPC error for MCP) and the tool receives nothing.
     async fn request_filter(&self, session: &mut Session, x: &mut Exchange) -> Result<bool> {
         let snapshot = self.gateway.snapshot();
         x.decision_id = uuid::Uuid::now_v7().to_string();
+        let gw = &self.gateway;
         let timeout = snapshot.config.limits.connect_timeout;
-        let req = session.req_header();
-        let admitted = match accept::destination(x.inbound.as_deref(), req, timeout).await {
-            Ok(destination) => admit(&self.gateway, &snapshot, req, destination.as_ref(), x),
-            Err(refusal) => Err(refusal),
-        };
+        let admitted = async {
+            let inbound = x.inbound.clone();
+            let destination =
+                accept::destination(inbound.as_deref(), session.req_header(), timeout).await?;
+            let head = head(gw, &snapshot, session, destination.as_ref(), x)?;
+            let body = body::read(session, &head, &snapshot.config.limits).await?;
+            admit(gw, &snapshot, session.req_header(), head, body, x)
+        }
+        .await;
         x.snapshot = Some(snapshot);
         match admitted {
             Ok(()) => Ok(false),
@@ -288,11 +356,7 @@ impl ProxyHttp for Pipeline {
                 .upstream_duration
                 .observe(sent.elapsed());
         }
-        if let Some(seq) = x.seq {
-            self.gateway
-                .ledger
-                .complete(&x.task_id, seq, response.status.as_u16());
-        }
+        x.complete(&self.gateway, response.status.as_u16());
         Ok(())
     }
 

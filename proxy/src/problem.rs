@@ -8,6 +8,7 @@ use serde::Serialize;
 use toolgate_policy::classify::ClassifyError;
 use toolgate_policy::normalise::Rejection;
 
+use crate::body::BodyError;
 use crate::credential::UnknownCredential;
 use crate::forward::ForwardError;
 use crate::identify::BadTask;
@@ -45,6 +46,10 @@ pub enum Refusal {
     InterceptionUnavailable(String),
     #[error("{0}")]
     Misdirected(String),
+    #[error("the body is larger than {0} bytes, the most toolgate reads to classify a request (limits.max_body_bytes, at most 65536)")]
+    BodyTooLarge(usize),
+    #[error(transparent)]
+    Body(#[from] BodyError),
 }
 
 /// The parts of a problem document that depend on the refusal.
@@ -88,6 +93,12 @@ pub fn problem(refusal: &Refusal) -> Problem {
             "interception-unavailable",
             "HTTPS interception unavailable",
         ),
+        Refusal::BodyTooLarge(_) => (413, "body-too-large", "request body too large"),
+        Refusal::Body(BodyError::NotReplayable) => {
+            (413, "body-too-large", "request body too large")
+        }
+        Refusal::Body(BodyError::Timeout(_)) => (408, "body-timeout", "request body too slow"),
+        Refusal::Body(BodyError::Read(_)) => (400, "rejected", "request rejected"),
     };
     Problem {
         status,

@@ -45,6 +45,32 @@ fn probe(field: &'static str, addr: SocketAddr) -> Result<(), ServeError> {
         })
 }
 
+/// Mark the gateway ready once the proxy listener accepts connections: pingora binds its
+/// listeners inside `run`, and an agent started on `/readyz` must not find the port closed.
+fn ready_when_listening(gateway: Arc<Gateway>, proxy: SocketAddr) {
+    let target = match proxy.ip() {
+        ip if ip.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], proxy.port())),
+        _ => proxy,
+    };
+    let spawned = std::thread::Builder::new()
+        .name("toolgate-ready".into())
+        .spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while std::time::Instant::now() < deadline {
+                let probe = std::time::Duration::from_millis(200);
+                if std::net::TcpStream::connect_timeout(&target, probe).is_ok() {
+                    gateway.set_ready(true);
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            tracing::error!(%proxy, "the proxy listener did not start; staying unready");
+        });
+    if spawned.is_err() {
+        tracing::error!("cannot start the readiness probe; staying unready");
+    }
+}
+
 /// Serve `snapshot` until SIGTERM (graceful: stop accepting, drain for
 /// `limits.shutdown_timeout`) or SIGINT (immediate). With `watch`, the configuration file it
 /// came from is reloaded when it or anything it references changes, and on SIGHUP.
@@ -100,7 +126,7 @@ pub fn serve(snapshot: Snapshot, watch: Option<PathBuf>) -> Result<(), ServeErro
     server.add_service(proxy);
     server.add_service(admin);
 
-    gateway.set_ready(true);
+    ready_when_listening(gateway.clone(), listen.proxy);
     let transparent = listen.transparent.map(|a| a.to_string());
     tracing::info!(proxy = %listen.proxy, transparent = transparent.as_deref().unwrap_or("-"), admin = %listen.admin, policy = gateway.snapshot().policy.revision(), "toolgate serving");
     server.run(RunArgs::default());

@@ -126,7 +126,8 @@ pub struct Match {
     pub specificity: u64,
 }
 
-/// A trie of path templates; each terminal holds the first entry inserted for that template.
+/// A trie of path templates; each terminal holds every entry inserted for that template, in
+/// the order [`Trie::order`] gives them.
 #[derive(Debug, Default)]
 pub struct Trie {
     root: Node,
@@ -136,11 +137,11 @@ pub struct Trie {
 struct Node {
     literals: HashMap<Box<str>, Node>,
     capture: Option<Box<Node>>,
-    terminal: Option<usize>,
+    terminal: Vec<usize>,
 }
 
 impl Trie {
-    /// Add a template for `entry`; an identical earlier template keeps precedence.
+    /// Add a template for `entry`; entries sharing a template keep insertion order.
     pub fn insert(&mut self, template: &PathTemplate, entry: usize) {
         let mut node = &mut self.root;
         for segment in &template.segments {
@@ -149,35 +150,68 @@ impl Trie {
                 Segment::Capture(_) => node.capture.get_or_insert_with(Box::default),
             };
         }
-        node.terminal.get_or_insert(entry);
+        node.terminal.push(entry);
     }
 
-    /// The most specific template matching `segments` (decoded path segments).
+    /// Sort the entries of every template by `key` (stable: equal keys keep insertion order).
+    pub fn order<K: Ord>(&mut self, key: &impl Fn(usize) -> K) {
+        fn walk<K: Ord>(node: &mut Node, key: &impl Fn(usize) -> K) {
+            node.terminal.sort_by_key(|e| key(*e));
+            for child in node.literals.values_mut() {
+                walk(child, key);
+            }
+            if let Some(child) = node.capture.as_deref_mut() {
+                walk(child, key);
+            }
+        }
+        walk(&mut self.root, key);
+    }
+
+    /// The most specific template matching `segments` (decoded path segments): its first entry.
     pub fn lookup<S: AsRef<str>>(&self, segments: &[S]) -> Option<Match> {
+        self.find(segments, &mut |specificity, entries| {
+            entries.first().map(|&entry| Match { entry, specificity })
+        })
+    }
+
+    /// Visit the templates matching `segments`, most specific first, with their entries,
+    /// until `visit` returns `Some`. Cost depends on the request's depth and the templates
+    /// that match it, not on the number of templates.
+    pub fn find<S: AsRef<str>, T>(
+        &self,
+        segments: &[S],
+        visit: &mut impl FnMut(u64, &[usize]) -> Option<T>,
+    ) -> Option<T> {
         if segments.len() > MAX_SEGMENTS {
             return None;
         }
-        lookup(&self.root, segments, 0, 0)
+        find(&self.root, segments, 0, 0, visit)
     }
 }
 
-fn lookup<S: AsRef<str>>(node: &Node, segments: &[S], depth: usize, mask: u64) -> Option<Match> {
+fn find<S: AsRef<str>, T>(
+    node: &Node,
+    segments: &[S],
+    depth: usize,
+    mask: u64,
+    visit: &mut impl FnMut(u64, &[usize]) -> Option<T>,
+) -> Option<T> {
     let Some((first, rest)) = segments.split_first() else {
-        return node.terminal.map(|entry| Match {
-            entry,
-            specificity: mask,
-        });
+        if node.terminal.is_empty() {
+            return None;
+        }
+        return visit(mask, &node.terminal);
     };
-    // Depth-first, literal before capture: the first complete match is the most specific.
+    // Depth-first, literal before capture: matches come in order of decreasing specificity.
     if let Some(child) = node.literals.get(first.as_ref()) {
         let bit = 1u64
             .checked_shl(63u32.saturating_sub(depth as u32))
             .unwrap_or(0);
-        if let Some(m) = lookup(child, rest, depth + 1, mask | bit) {
+        if let Some(m) = find(child, rest, depth + 1, mask | bit, visit) {
             return Some(m);
         }
     }
     node.capture
         .as_deref()
-        .and_then(|child| lookup(child, rest, depth + 1, mask))
+        .and_then(|child| find(child, rest, depth + 1, mask, visit))
 }

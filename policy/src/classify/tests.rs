@@ -11,6 +11,7 @@ fn action(
         name: name.into(),
         method: method.map(|m| m.parse().unwrap()),
         template: path.parse().unwrap(),
+        body: Vec::new(),
         attributes: attrs
             .iter()
             .map(|(n, s)| (Arc::from(*n), s.clone()))
@@ -26,6 +27,7 @@ fn jira() -> Catalog {
         upstream: None,
         credential: None,
         intercept: true,
+        protocol: Protocol::Http,
         actions: vec![
             action(
                 "ticket.read",
@@ -61,6 +63,7 @@ fn jira() -> Catalog {
         upstream: None,
         credential: None,
         intercept: true,
+        protocol: Protocol::Http,
         actions: vec![],
     });
     c
@@ -196,4 +199,278 @@ fn split_host_port_handles_ipv6() {
     assert_eq!(split_host_port("[::1]:8080"), ("::1", Some(8080)));
     assert_eq!(split_host_port("a.b:1"), ("a.b", Some(1)));
     assert_eq!(split_host_port("a.b"), ("a.b", None));
+}
+
+fn rule(pointer: &str, expect: Expect) -> BodyRule {
+    BodyRule {
+        pointer: pointer.parse().unwrap(),
+        expect,
+    }
+}
+
+fn s(v: &str) -> Scalar {
+    Scalar::String(v.into())
+}
+
+/// Jira transitions: the same URL is a close or another transition depending on the body.
+fn transitions() -> Catalog {
+    let mut close = action(
+        "ticket.close",
+        Some("POST"),
+        "/issue/{issue}/transitions",
+        &[("issue", AttributeSource::Path(0))],
+    );
+    close.body = vec![rule("/transition/id", Expect::One(s("31")))];
+    let mut reopen = action(
+        "ticket.reopen",
+        Some("POST"),
+        "/issue/{issue}/transitions",
+        &[],
+    );
+    reopen.body = vec![rule(
+        "/transition/id",
+        Expect::In(vec![s("41"), Scalar::Number(42.0)]),
+    )];
+    let mut pay = action(
+        "payment.create",
+        Some("POST"),
+        "/payments",
+        &[("amount", AttributeSource::Body("/amount".parse().unwrap()))],
+    );
+    pay.body = Vec::new();
+    let mut c = Catalog::new();
+    c.push(ToolSpec {
+        name: "jira".into(),
+        hosts: vec!["jira.test".into()],
+        upstream: None,
+        credential: None,
+        intercept: true,
+        protocol: Protocol::Http,
+        actions: vec![
+            // Listed first, yet tried after the actions with body rules at its template.
+            action(
+                "ticket.transition",
+                Some("POST"),
+                "/issue/{issue}/transitions",
+                &[],
+            ),
+            close,
+            reopen,
+            pay,
+            action("ticket.read", Some("GET"), "/issue/{issue}", &[]),
+        ],
+    });
+    c
+}
+
+fn classify_body(c: &Catalog, method: &str, target: &str, body: Option<Json>) -> Classification {
+    let n = normalise::request(method, target.as_bytes()).unwrap();
+    c.classify_body(Some(0), &n, &HeaderMap::new(), body.as_ref())
+        .unwrap()
+}
+
+#[test]
+fn body_rules_pick_the_action_at_one_url() {
+    let c = transitions();
+    let url = "/issue/SUP-1/transitions";
+    let got = classify_body(
+        &c,
+        "POST",
+        url,
+        Some(serde_json::json!({"transition": {"id": "31"}})),
+    );
+    assert_eq!(&*got.action, "ticket.close");
+    assert_eq!(
+        got.attributes,
+        vec![(Arc::from("issue"), Json::String("SUP-1".into()))]
+    );
+    let other = classify_body(
+        &c,
+        "POST",
+        url,
+        Some(serde_json::json!({"transition": {"id": "11"}})),
+    );
+    assert_eq!(&*other.action, "ticket.transition");
+    assert_eq!(
+        &*classify_body(&c, "POST", url, None).action,
+        "ticket.transition"
+    );
+    for reopen in [
+        serde_json::json!({"transition": {"id": 42}}),
+        serde_json::json!({"transition": {"id": "41"}}),
+    ] {
+        assert_eq!(
+            &*classify_body(&c, "POST", url, Some(reopen)).action,
+            "ticket.reopen"
+        );
+    }
+}
+
+#[test]
+fn body_values_match_across_json_types() {
+    let c = transitions();
+    let url = "/issue/SUP-1/transitions";
+    for close in [
+        serde_json::json!({"transition": {"id": 31}}),
+        serde_json::json!({"transition": {"id": 31.0}}),
+        serde_json::json!({"transition": {"id": "31.0"}}),
+    ] {
+        assert_eq!(
+            &*classify_body(&c, "POST", url, Some(close.clone())).action,
+            "ticket.close",
+            "{close}"
+        );
+    }
+    assert!(Scalar::Bool(true).matches(&Json::String("true".into())));
+    assert!(s("true").matches(&Json::Bool(true)));
+    assert!(!s("31").matches(&Json::Null));
+    assert!(!s("31").matches(&serde_json::json!(["31"])));
+}
+
+#[test]
+fn body_attributes_keep_the_json_value() {
+    let c = transitions();
+    let got = classify_body(
+        &c,
+        "POST",
+        "/payments",
+        Some(serde_json::json!({"amount": 500})),
+    );
+    assert_eq!(
+        got.attributes,
+        vec![(Arc::from("amount"), serde_json::json!(500))]
+    );
+    let form = classify_body(
+        &c,
+        "POST",
+        "/payments",
+        Some(serde_json::json!({"amount": "500"})),
+    );
+    assert_eq!(
+        form.attributes,
+        vec![(Arc::from("amount"), serde_json::json!("500"))]
+    );
+}
+
+#[test]
+fn the_body_is_needed_only_where_a_candidate_reads_it() {
+    let c = transitions();
+    let needs = |method: &str, target: &str| {
+        c.needs_body(
+            Some(0),
+            &normalise::request(method, target.as_bytes()).unwrap(),
+        )
+    };
+    assert!(needs("POST", "/issue/A/transitions"));
+    assert!(needs("POST", "/payments"));
+    assert!(!needs("GET", "/issue/A"));
+    assert!(!needs("POST", "/elsewhere"));
+    assert!(!c.needs_body(None, &normalise::request("POST", b"/payments").unwrap()));
+}
+
+#[test]
+fn json_pointers_follow_rfc_6901() {
+    let doc = serde_json::json!({"a/b": {"m~n": [10, 20]}, "": 1});
+    let at = |p: &str| p.parse::<JsonPointer>().unwrap().lookup(&doc).cloned();
+    assert_eq!(at("/a~1b/m~0n/1"), Some(serde_json::json!(20)));
+    assert_eq!(at("/a~1b/m~0n/01"), None);
+    assert_eq!(at("/a~1b/m~0n/-"), None);
+    assert_eq!(at("/"), Some(serde_json::json!(1)));
+    assert!("a".parse::<JsonPointer>().is_err());
+    assert!("/a~2".parse::<JsonPointer>().is_err());
+    assert_eq!(
+        "/a~1b/m~0n".parse::<JsonPointer>().unwrap().to_string(),
+        "/a~1b/m~0n"
+    );
+}
+
+fn mcp_catalog() -> Catalog {
+    let mut c = Catalog::new();
+    c.push(ToolSpec {
+        name: "crm".into(),
+        hosts: vec!["crm.test".into()],
+        upstream: None,
+        credential: None,
+        intercept: true,
+        protocol: Protocol::Mcp,
+        actions: vec![],
+    });
+    c
+}
+
+#[test]
+fn mcp_methods_become_actions() {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "search", "arguments": {"q": "acme", "limit": 5}}});
+    let rpc = mcp::classify(0, "crm", &body).unwrap();
+    assert!(!rpc.batch);
+    let m = &rpc.members[0];
+    assert_eq!(m.id, Some(serde_json::json!(7)));
+    assert_eq!(&*m.classification.action, "crm.search");
+    assert_eq!(
+        m.classification.attributes,
+        vec![
+            (Arc::from("limit"), serde_json::json!(5)),
+            (Arc::from("q"), serde_json::json!("acme"))
+        ]
+    );
+    let list = serde_json::json!([{"jsonrpc": "2.0", "id": "a", "method": "tools/list"},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 3, "result": {}}]);
+    let rpc = mcp::classify(0, "crm", &list).unwrap();
+    assert!(rpc.batch);
+    let actions: Vec<_> = rpc
+        .members
+        .iter()
+        .map(|m| (&*m.classification.action, m.id.clone()))
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            ("crm.mcp.tools_list", Some(serde_json::json!("a"))),
+            ("crm.mcp.notifications_initialized", None),
+            ("crm.mcp.response", None)
+        ]
+    );
+}
+
+#[test]
+fn malformed_json_rpc_is_refused() {
+    for bad in [
+        serde_json::json!([]),
+        serde_json::json!({"id": 1, "method": "x"}),
+        serde_json::json!({"jsonrpc": "2.0", "id": {}, "method": "x"}),
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {}}),
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "a", "arguments": [1]}}),
+        serde_json::json!({"jsonrpc": "2.0", "id": 1}),
+        serde_json::json!("hello"),
+        Json::Array(vec![
+            serde_json::json!({"jsonrpc": "2.0", "method": "ping"});
+            mcp::MAX_BATCH + 1
+        ]),
+    ] {
+        assert!(
+            matches!(
+                mcp::classify(0, "crm", &bad),
+                Err(crate::normalise::Rejection::BadRpc(_))
+            ),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn mcp_tools_read_posts_and_name_streams() {
+    let c = mcp_catalog();
+    let req = |m: &str| normalise::request(m, b"/mcp").unwrap();
+    assert!(c.needs_body(Some(0), &req("POST")));
+    assert!(!c.needs_body(Some(0), &req("GET")));
+    let action = |m: &str| {
+        c.classify(Some(0), &req(m), &HeaderMap::new())
+            .unwrap()
+            .action
+    };
+    assert_eq!(&*action("GET"), "crm.mcp.stream");
+    assert_eq!(&*action("DELETE"), "crm.mcp.terminate");
+    assert_eq!(&*action("PUT"), UNKNOWN);
 }

@@ -55,6 +55,8 @@ pub struct RawTool {
     pub credential: Option<String>,
     /// `false`: CONNECT to this tool is decided by host alone and spliced, not intercepted.
     pub intercept: Option<bool>,
+    /// `mcp`: classify as JSON-RPC (DESIGN.md §4); default: by the actions below.
+    pub protocol: Option<String>,
     #[serde(default)]
     pub actions: Vec<RawAction>,
 }
@@ -72,6 +74,8 @@ pub struct RawAction {
 pub struct RawMatch {
     pub method: Option<String>,
     pub path: Option<String>,
+    /// JSON pointer → expected value (a scalar, or `{in: [...]}`); checked in `config::matching`.
+    pub body: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Deserialize)]

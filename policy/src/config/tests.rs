@@ -70,6 +70,12 @@ fn loads_a_good_config() {
     assert_eq!(c.chain.idle_ttl, Duration::from_secs(120));
     assert_eq!(c.limits.upstream_timeout, Duration::from_secs(2));
     assert_eq!(c.limits.max_body_bytes, 65_536);
+    let big = load("agent: { id: a }\npolicy: { files: [policy/main.rego] }\nlimits: { max_body_bytes: 1048576 }\n").unwrap();
+    assert_eq!(
+        crate::config::body_cap(&big.limits),
+        65_536,
+        "pingora replays at most 64 KiB"
+    );
     let CredentialSpec::Secret(s) = &c.credentials["jira-token"];
     assert_eq!(s.header, "authorization");
     assert_eq!(s.value.header_value(), "Bearer s3cret");
@@ -121,7 +127,7 @@ tools:
     actions:
       - name: ticket.read
         match: { method: get, path: "/issue/{issue}" }
-        attributes: { id: "path:id", x: "body:/a" }
+        attributes: { id: "path:id", x: "cookie:/a", y: "body:a" }
   - name: jira
     hosts: [jira.example.com]
 routes:
@@ -144,6 +150,7 @@ chain: { idle_ttl: soon }
         "tools[0].actions[0].match.method:",
         "tools[0].actions[0].attributes.id: unknown placeholder {id}",
         "tools[0].actions[0].attributes.x:",
+        "tools[0].actions[0].attributes.y: a JSON pointer starts with '/'",
         "tools[1].name: tool \"jira\" is defined twice",
         "tools[1].hosts[0]: host \"jira.example.com\" is listed by another tool",
         "routes[0].prefix:",
@@ -257,5 +264,75 @@ tls: { ca: { cert: policy/data.yaml, key: missing.pem, cache_entries: 0 } }
         "tls.ca.cache_entries: must be at least 1",
     ] {
         assert!(all.contains(says), "missing {says:?} in:\n{all}");
+    }
+}
+
+#[test]
+fn body_rules_and_protocols_are_compiled_and_checked() {
+    let c = load(
+        r#"
+agent: { id: a }
+tools:
+  - name: jira
+    hosts: [jira.example.com]
+    actions:
+      - name: ticket.close
+        match: { method: POST, path: "/issue/{i}/transitions", body: { "/transition/id": "31", "/x": { in: [1, true] } } }
+        attributes: { amount: "body:/amount" }
+  - name: crm
+    hosts: [crm.example.com]
+    protocol: mcp
+policy: { files: [policy/main.rego] }
+"#,
+    )
+    .unwrap();
+    let jira = c.catalog.tool(0).unwrap();
+    let close = &jira.actions()[0];
+    assert_eq!(close.body.len(), 2);
+    assert!(close.reads_body());
+    assert_eq!(
+        c.catalog.tool(1).unwrap().protocol,
+        crate::classify::Protocol::Mcp
+    );
+    assert_eq!(c.limits.max_body_bytes, 65_536);
+    let big = load("agent: { id: a }\npolicy: { files: [policy/main.rego] }\nlimits: { max_body_bytes: 1048576 }\n").unwrap();
+    assert_eq!(
+        crate::config::body_cap(&big.limits),
+        65_536,
+        "pingora replays at most 64 KiB"
+    );
+
+    let e = load(
+        r#"
+agent: { id: a }
+tools:
+  - name: jira
+    hosts: [jira.example.com]
+    actions:
+      - name: a
+        match: { path: /a, body: { "transition": "31", "/b": [1], "/c": { in: [] }, "/d": { in: [1], also: 2 }, "/e~": 1 } }
+  - name: crm
+    hosts: [crm.example.com]
+    protocol: mcp
+    actions:
+      - { name: x, match: { path: /x } }
+  - name: other
+    hosts: [other.example.com]
+    protocol: grpc
+policy: { files: [policy/main.rego] }
+"#,
+    )
+    .unwrap_err();
+    let m = messages(&e).join("\n");
+    for want in [
+        "tools[0].actions[0].match.body.\"transition\": a JSON pointer starts with '/'",
+        "tools[0].actions[0].match.body.\"/b\": must be a string, a number, a boolean or {in: [...]}",
+        "tools[0].actions[0].match.body.\"/c\".in: must list 1 to 64 values",
+        "tools[0].actions[0].match.body.\"/d\".also: unknown key",
+        "tools[0].actions[0].match.body.\"/e~\": \"/e~\": '~' must be followed by 0",
+        "tools[1].actions: an MCP tool's actions are its JSON-RPC methods",
+        "tools[2].protocol: \"grpc\" must be `mcp` or `http`",
+    ] {
+        assert!(m.contains(want), "missing {want:?} in:\n{m}");
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 
+use super::matching;
 use super::raw::{RawAction, RawConfig, RawCredential, RawPolicy, RawRoute, RawTool};
 use super::{
     AdminSettings, Agent, ChainSettings, Config, ConfigError, ConfigErrors, CredentialSpec,
@@ -133,7 +134,7 @@ pub(super) fn compile(
             .and_then(|ca| super::tls::ca(&mut c, ca, files)),
     };
     let limits = Limits {
-        max_body_bytes: raw.limits.max_body_bytes.unwrap_or(65_536),
+        max_body_bytes: matching::max_body_bytes(raw.limits.max_body_bytes),
         upstream_timeout: duration(
             &mut c,
             "limits.upstream_timeout",
@@ -398,12 +399,19 @@ fn catalog(
             .enumerate()
             .filter_map(|(j, a)| action(c, &format!("{path}.actions[{j}]"), a))
             .collect();
+        let protocol = matching::protocol(
+            &mut c.errors,
+            &path,
+            tool.protocol.as_deref(),
+            tool.actions.len(),
+        );
         let id = catalog.push(ToolSpec {
             name: Arc::from(tool.name.as_str()),
             hosts,
             upstream,
             credential: tool.credential.clone(),
             intercept: tool.intercept.unwrap_or(true),
+            protocol,
             actions,
         });
         names.entry(tool.name.clone()).or_insert(id);
@@ -529,10 +537,11 @@ fn action(c: &mut Collector, path: &str, raw: &RawAction) -> Option<Action> {
             },
             Some(("query", q)) if !q.is_empty() => Some(AttributeSource::Query(q.to_string())),
             Some(("header", h)) => Some(AttributeSource::Header(header_name(c, &apath, h))),
+            Some(("body", p)) => matching::body_attribute(&mut c.errors, &apath, p),
             _ => {
                 c.push(
                     &apath,
-                    format!("{source:?} must be path:<placeholder>, query:<name> or header:<name>"),
+                    format!("{source:?} must be path:<placeholder>, query:<name>, header:<name> or body:/<pointer>"),
                 );
                 None
             }
@@ -541,10 +550,12 @@ fn action(c: &mut Collector, path: &str, raw: &RawAction) -> Option<Action> {
             attributes.push((Arc::from(name.as_str()), p));
         }
     }
+    let body = matching::body_rules(&mut c.errors, path, raw.matcher.body.as_ref());
     Some(Action {
         name: Arc::from(raw.name.as_str()),
         method,
         template,
+        body,
         attributes,
     })
 }

@@ -139,3 +139,53 @@ fn framing_headers_must_be_unambiguous() {
     ));
     assert_eq!(headers(&h, false), Ok(()));
 }
+
+#[test]
+fn raw_framing_sees_what_the_parser_dropped() {
+    let head = |h: &str| format!("POST /x HTTP/1.1\r\nHost: a\r\n{h}\r\n");
+    assert_eq!(
+        raw_framing(head("Content-Length: 3\r\n").as_bytes()),
+        Ok(())
+    );
+    assert_eq!(
+        raw_framing(head("content-length: 3\r\nTransfer-Encoding: chunked\r\n").as_bytes()),
+        Err(Rejection::ContentLengthAndTransferEncoding)
+    );
+    assert_eq!(
+        raw_framing(head("Content-Length: 3\r\nCONTENT-LENGTH: 3\r\n").as_bytes()),
+        Err(Rejection::DuplicateHeader("Content-Length"))
+    );
+    assert_eq!(
+        raw_framing(head("Transfer-Encoding: chunked\r\n").as_bytes()),
+        Ok(())
+    );
+}
+
+#[test]
+fn queries_are_strict_and_uri_safe() {
+    let n = request("GET", "/p?q=a b&n=\"x\"&u=é".as_bytes()).unwrap();
+    assert_eq!(n.query.as_deref(), Some("q=a%20b&n=%22x%22&u=%C3%A9"));
+    assert_eq!(
+        n.params,
+        vec![
+            ("q".into(), "a b".into()),
+            ("n".into(), "\"x\"".into()),
+            ("u".into(), "é".into())
+        ]
+    );
+    assert_eq!(
+        request("GET", b"/p?a=%zz").map(|_| ()),
+        Err(Rejection::BadEscape)
+    );
+    assert_eq!(
+        request("GET", b"/p?a=%ff").map(|_| ()),
+        Err(Rejection::NotUtf8)
+    );
+    assert_eq!(
+        request("GET", b"/p?a=\x01").map(|_| ()),
+        Err(Rejection::ControlCharacter)
+    );
+    let n = request("GET", b"/p?a=1;b=%2B+").unwrap();
+    assert_eq!(n.query.as_deref(), Some("a=1;b=%2B+"));
+    assert_eq!(n.params, vec![("a".into(), "1;b=+ ".into())]);
+}

@@ -155,6 +155,8 @@ async fn decide(
             action: x.action.clone(),
             attributes: Vec::new(),
         },
+        body: None,
+        rpc: None,
     };
     let hidden = credential::stripped_headers(config, tool);
     let decided = evaluate::evaluate(gw, snapshot, &prepared, tool, headers, &hidden, x);

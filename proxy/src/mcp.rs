@@ -1,0 +1,200 @@
+//! MCP on the data path. A JSON-RPC batch is decided member by member, in order, each member
+//! its own action, decision and chain entry (so a later member sees the earlier ones, as if
+//! they had been sent one by one); it is forwarded only if every member is allowed. A refused
+//! request is answered as MCP clients expect: HTTP 200 with a JSON-RPC error for each request
+//! id (`message` = the reason, `data` = decision id, action, trace id). A refused message with
+//! no id (a notification, or a response to the server) has nobody to answer in JSON-RPC: it
+//! gets the usual 403 problem, as streamable HTTP specifies an HTTP error status for it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use serde_json::{json, Value as Json};
+use toolgate_policy::prepare::Prepared;
+
+use crate::pipeline::Exchange;
+use crate::problem::{self, Refusal};
+
+/// JSON-RPC error code for a call toolgate refused (implementation-defined server range).
+pub const REFUSED: i64 = -32001;
+/// JSON-RPC error code for an allowed batch member not forwarded because another was refused.
+pub const WITHHELD: i64 = -32002;
+
+/// How a refused MCP request is answered: one entry per JSON-RPC message.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    batch: bool,
+    members: Vec<Answer>,
+}
+
+#[derive(Debug, Clone)]
+struct Answer {
+    id: Option<Json>,
+    action: Arc<str>,
+    decision_id: String,
+    /// The member's chain entry, once decided.
+    seq: Option<u64>,
+    /// Why this member was refused, once decided.
+    refused: Option<String>,
+}
+
+/// The reply skeleton for an MCP POST (`None` for any other request).
+pub fn reply(prepared: &Prepared) -> Option<Reply> {
+    let rpc = prepared.rpc.as_ref()?;
+    Some(Reply {
+        batch: rpc.batch,
+        members: rpc
+            .members
+            .iter()
+            .map(|m| Answer {
+                id: m.id.clone(),
+                action: m.classification.action.clone(),
+                decision_id: String::new(),
+                seq: None,
+                refused: None,
+            })
+            .collect(),
+    })
+}
+
+impl Reply {
+    /// The chain entries of the members decided so far.
+    pub fn seqs(&self) -> impl Iterator<Item = u64> + '_ {
+        self.members.iter().filter_map(|a| a.seq)
+    }
+
+    /// Whether any message has an id to answer.
+    fn answerable(&self) -> bool {
+        self.members.iter().any(|a| a.id.is_some())
+    }
+}
+
+/// Decide every member of a batch with `decide` (evaluate, credential, decision log), in
+/// order. All allowed: `Ok`, and the request is forwarded whole. Otherwise the first refusal.
+pub fn decide_batch(
+    prepared: &Prepared,
+    x: &mut Exchange,
+    mut decide: impl FnMut(&Prepared, &mut Exchange) -> Result<(), Refusal>,
+) -> Result<(), Refusal> {
+    let Some(rpc) = prepared.rpc.as_ref() else {
+        return decide(prepared, x);
+    };
+    let mut first_refusal: Option<(Refusal, Refuser)> = None;
+    let mut credential: Option<String> = None;
+    for (i, member) in rpc.members.iter().enumerate() {
+        if i > 0 {
+            x.decision_id = uuid::Uuid::now_v7().to_string();
+        }
+        x.action = member.classification.action.clone();
+        let mut outcome = decide(&prepared.member(member), x);
+        let name = x.injection.as_ref().map(|inj| inj.name.clone());
+        if outcome.is_ok() && i > 0 && name != credential {
+            // One request carries one credential: members must agree on it.
+            outcome = Err(Refusal::PolicyError(
+                "members of one batch were granted different credentials".to_string(),
+            ));
+        }
+        if i == 0 {
+            credential = name;
+        }
+        if let Some(answer) = x.rpc.as_mut().and_then(|r| r.members.get_mut(i)) {
+            answer.decision_id.clone_from(&x.decision_id);
+            answer.seq = x.seq;
+            answer.refused = outcome.as_ref().err().map(ToString::to_string);
+        }
+        if let Err(refusal) = outcome {
+            if first_refusal.is_none() {
+                let refuser = Refuser {
+                    action: x.action.clone(),
+                    decision_id: x.decision_id.clone(),
+                    effect: x.effect,
+                    reason: x.reason.clone(),
+                };
+                first_refusal = Some((refusal, refuser));
+            }
+        }
+    }
+    match first_refusal {
+        None => Ok(()),
+        Some((refusal, refuser)) => {
+            // The exchange is logged under the member that refused it.
+            x.action = refuser.action;
+            x.decision_id = refuser.decision_id;
+            x.effect = refuser.effect;
+            x.reason = refuser.reason;
+            Err(refusal)
+        }
+    }
+}
+
+/// The member whose refusal refuses the batch, as the exchange's record shows it.
+struct Refuser {
+    action: Arc<str>,
+    decision_id: String,
+    effect: Option<toolgate_policy::evaluate::Effect>,
+    reason: String,
+}
+
+/// Whether `refusal` of this exchange is answered in JSON-RPC rather than as a problem: a
+/// decision (403) on an MCP request with an id to answer.
+pub fn answers(x: &Exchange, refusal: &Refusal) -> bool {
+    x.rpc.as_ref().is_some_and(Reply::answerable) && problem::problem(refusal).status == 403
+}
+
+/// Write the JSON-RPC error response for a refused MCP request; returns the status written.
+pub async fn respond(
+    session: &mut Session,
+    x: &Exchange,
+    refusal: &Refusal,
+) -> pingora::Result<u16> {
+    let body = Bytes::from(serde_json::to_vec(&errors(x, refusal)).unwrap_or_default());
+    let mut header = ResponseHeader::build(200, Some(3))?;
+    header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(200)
+}
+
+/// The JSON-RPC error document: one error object, or an array for a batch.
+pub fn errors(x: &Exchange, refusal: &Refusal) -> Json {
+    let Some(reply) = x.rpc.as_ref() else {
+        return Json::Null;
+    };
+    let detail = problem::problem(refusal).detail;
+    let one = |a: &Answer| {
+        let decision_id = if a.decision_id.is_empty() {
+            &x.decision_id
+        } else {
+            &a.decision_id
+        };
+        let (code, message) = match (&a.refused, reply.batch) {
+            (Some(reason), _) => (REFUSED, reason.clone()),
+            (None, true) => (
+                WITHHELD,
+                "not forwarded: another member of this batch was refused".to_string(),
+            ),
+            (None, false) => (REFUSED, detail.clone()),
+        };
+        json!({
+            "jsonrpc": "2.0",
+            "id": a.id,
+            "error": {
+                "code": code,
+                "message": message,
+                "data": { "decision_id": decision_id, "action": &*a.action, "trace_id": &x.trace_id },
+            },
+        })
+    };
+    let mut answers = reply.members.iter().filter(|a| a.id.is_some()).map(one);
+    if reply.batch {
+        Json::Array(answers.collect())
+    } else {
+        answers.next().unwrap_or(Json::Null)
+    }
+}
