@@ -34,6 +34,8 @@ pub struct Exchange {
     pub trace_id: String,
     /// The id of this action's span.
     pub span_id: [u8; 8],
+    /// The action's place in its task's trace.
+    pub trace: record::trace::Context,
     pub task_id: String,
     /// The action's sequence number in its task's chain, once recorded.
     pub seq: Option<u64>,
@@ -59,13 +61,15 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    fn new() -> Exchange {
+    pub(crate) fn new() -> Exchange {
+        let trace = record::trace::Context::default();
         Exchange {
             snapshot: None,
             started: Instant::now(),
             decision_id: String::new(),
-            trace_id: String::new(),
+            trace_id: hex::encode(trace.trace_id),
             span_id: rand::random(),
+            trace,
             task_id: String::new(),
             seq: None,
             via: None,
@@ -147,14 +151,16 @@ fn admit(
 ) -> Result<(), Refusal> {
     let config = &snapshot.config;
     let identity = identify::identify(&req.headers, &config.chain)?;
+    let named = identity.task_id.is_some();
     x.task_id = identity
         .task_id
         .unwrap_or_else(|| gw.default_task.current(config.chain.idle_ttl));
-    x.trace_id = hex::encode(identity.trace_id);
+    record::trace::join(x, identity.parent, &config.agent.id, named);
 
     let prepared = prepare(config, req.method.as_str(), req.raw_path(), &req.headers)?;
     let tool = prepared.accepted.tool.and_then(|t| config.catalog.tool(t));
     x.via = Some(prepared.accepted.via);
+    x.trace.target = Some(record::trace::Target::of(&prepared.accepted));
     x.tool = tool.map(|t| t.name.clone());
     x.action = prepared.classification.action.clone();
 
@@ -258,6 +264,7 @@ impl ProxyHttp for Pipeline {
                 .map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
         }
         credential::apply(req, &x.strip, x.injection.as_ref());
+        record::trace::propagate(req, x, self.gateway.spans.is_some());
         x.upstream_sent = Some(Instant::now());
         Ok(())
     }
@@ -317,7 +324,7 @@ impl ProxyHttp for Pipeline {
         if let Some(t) = x.eval_time {
             self.gateway.metrics.policy_eval.observe(t);
         }
-        record::exchange(session, e, x, &self.gateway.metrics);
+        record::exchange(session, e, x, &self.gateway);
     }
 
     fn suppress_error_log(&self, _session: &Session, _x: &Exchange, _e: &pingora::Error) -> bool {
