@@ -218,8 +218,8 @@ fn explicit_and_classic_values_render_configs_that_toolgate_check_accepts() {
 }
 
 /// The transparent case renders keys from features landing separately (`listen.transparent`,
-/// `tls.ca`: HTTPS interception; `telemetry.otlp`: tracing). Until they land, those keys — and
-/// nothing else — are what `toolgate check` refuses.
+/// `tls.ca`: HTTPS interception). Until they land, those keys — and nothing else — are what
+/// `toolgate check` refuses; its `telemetry.otlp` is accepted.
 #[test]
 fn transparent_config_is_accepted_or_refused_only_for_keys_still_to_land() {
     let (code, text) = check_rendered_config(&ci_values("transparent"), &[]);
@@ -229,15 +229,36 @@ fn transparent_config_is_accepted_or_refused_only_for_keys_still_to_land() {
     assert_eq!(code, 2, "{text}");
     for line in text.lines() {
         assert!(
-            [
-                "listen.transparent",
-                "tls.ca",
-                "telemetry",
-                "telemetry.otlp"
-            ]
-            .iter()
-            .any(|key| line.ends_with(&format!(": {key}: unknown key"))),
+            ["listen.transparent", "tls.ca"]
+                .iter()
+                .any(|key| line.ends_with(&format!(": {key}: unknown key"))),
             "unexpected problem: {line}"
+        );
+    }
+}
+
+#[test]
+fn telemetry_values_render_an_otlp_config_that_toolgate_check_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("values.yaml");
+    std::fs::write(
+        &values,
+        "telemetry: { otlp: { endpoint: \"http://tempo.observability:4317\", protocol: grpc } }\n",
+    )
+    .unwrap();
+    let (code, text) = check_rendered_config(values.to_str().unwrap(), &[]);
+    assert_eq!(code, 0, "{text}");
+    // The pod's identity reaches toolgate for its spans' resource.
+    let objects = objects("default");
+    let toolgate = named(&pod(&objects)["initContainers"], "toolgate");
+    for (var, field) in [
+        ("K8S_POD_NAME", "metadata.name"),
+        ("K8S_NAMESPACE_NAME", "metadata.namespace"),
+        ("K8S_NODE_NAME", "spec.nodeName"),
+    ] {
+        assert_eq!(
+            named(&toolgate["env"], var)["valueFrom"]["fieldRef"]["fieldPath"],
+            field
         );
     }
 }
