@@ -329,7 +329,8 @@ async fn demo(files: &[(&str, &'static [u8])], forward: Option<http::Uri>) -> an
     if let Some(uri) = &forward {
         match receiver.forwarded() {
             (n, errors) if errors.is_empty() => {
-                println!("Also sent to {uri} ({n} export requests): look for task {task}.\n")
+                let requests = if n == 1 { "request" } else { "requests" };
+                println!("Also sent to {uri} ({n} OTLP {requests}): look for task {task}.\n")
             }
             (_, errors) => eprintln!("could not pass spans on: {}", errors.join("; ")),
         }

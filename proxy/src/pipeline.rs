@@ -60,8 +60,15 @@ pub struct Exchange {
     forward_error: Option<forward::ForwardError>,
 }
 
+impl Default for Exchange {
+    fn default() -> Self {
+        Exchange::new()
+    }
+}
+
 impl Exchange {
-    pub(crate) fn new() -> Exchange {
+    /// A fresh exchange, as pingora's `new_ctx` makes one for each request.
+    pub fn new() -> Exchange {
         let trace = record::trace::Context::default();
         Exchange {
             snapshot: None,

@@ -33,7 +33,8 @@ pub fn exchange(session: &Session, e: Option<&pingora::Error>, x: &Exchange, gw:
     });
     // The span goes first: once the request is counted, its span is queued (the demo and
     // tests wait on the counter).
-    if let Some(spans) = &gw.spans {
+    // No decision id: the request never reached the pipeline, so there is no action.
+    if let Some(spans) = gw.spans.as_ref().filter(|_| !x.decision_id.is_empty()) {
         let snapshot = x.snapshot.clone().unwrap_or_else(|| gw.snapshot());
         let end = span::End {
             // From the monotonic clock, like the events: a wall-clock step cannot reorder them.
