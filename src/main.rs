@@ -1,4 +1,6 @@
-//! The `toolgate` command line: serve, check a configuration, and the pod init step.
+//! The `toolgate` command line: serve, check a configuration, the demo, and the pod init step.
+
+mod demo;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -46,6 +48,14 @@ enum Command {
         /// Fixture files (.yaml), Rego test files (.rego) or directories holding them;
         /// default: the `tests` directory beside the configuration.
         paths: Vec<PathBuf>,
+    },
+    /// The quickstart end to end: fake tools, a scripted agent task, its decisions and its
+    /// chain of spans as exported over OTLP; exits 0 when the chain is one linked trace.
+    Demo {
+        /// Also send the spans to this OTLP/HTTP endpoint (Jaeger, Tempo, Arize Phoenix),
+        /// e.g. http://127.0.0.1:4318/v1/traces.
+        #[arg(long, value_name = "URL")]
+        otlp: Option<String>,
     },
     /// Pod init step for transparent capture: redirect the agent's outbound TCP to toolgate's
     /// transparent listener with iptables `nat` rules (needs NET_ADMIN and NET_RAW).
@@ -145,29 +155,31 @@ struct InitIptables {
 const CONFIG_ERROR: u8 = 2;
 
 /// The quickstart (examples/quickstart), compiled in.
+const QUICKSTART: &[(&str, &[u8])] = &[
+    (
+        "toolgate.yaml",
+        include_bytes!("../examples/quickstart/toolgate.yaml"),
+    ),
+    (
+        "policy/toolgate.rego",
+        include_bytes!("../examples/quickstart/policy/toolgate.rego"),
+    ),
+    (
+        "policy/data.yaml",
+        include_bytes!("../examples/quickstart/policy/data.yaml"),
+    ),
+    (
+        "secrets/jira-token",
+        include_bytes!("../examples/quickstart/secrets/jira-token"),
+    ),
+    (
+        "secrets/payments-key",
+        include_bytes!("../examples/quickstart/secrets/payments-key"),
+    ),
+];
+
 fn quickstart() -> EmbeddedFiles {
-    EmbeddedFiles::new(&[
-        (
-            "toolgate.yaml",
-            include_bytes!("../examples/quickstart/toolgate.yaml"),
-        ),
-        (
-            "policy/toolgate.rego",
-            include_bytes!("../examples/quickstart/policy/toolgate.rego"),
-        ),
-        (
-            "policy/data.yaml",
-            include_bytes!("../examples/quickstart/policy/data.yaml"),
-        ),
-        (
-            "secrets/jira-token",
-            include_bytes!("../examples/quickstart/secrets/jira-token"),
-        ),
-        (
-            "secrets/payments-key",
-            include_bytes!("../examples/quickstart/secrets/payments-key"),
-        ),
-    ])
+    EmbeddedFiles::new(QUICKSTART)
 }
 
 fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
@@ -323,9 +335,10 @@ fn eval(args: Eval) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("TOOLGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("TOOLGATE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -460,8 +473,19 @@ fn main() -> ExitCode {
         }
         Command::Test { config, paths } => test(&config, paths),
         Command::Eval(args) => eval(args),
+        Command::Demo { otlp } => {
+            init_logging("warn");
+            match demo::run(QUICKSTART, otlp.as_deref()) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("toolgate demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => {
-            init_logging();
+            init_logging("info");
             let Some(s) = snapshot(config.as_deref()) else {
                 return ExitCode::from(CONFIG_ERROR);
             };

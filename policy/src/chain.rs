@@ -75,10 +75,27 @@ pub struct Stats {
     pub entries: usize,
 }
 
+/// The identity of an action's span, kept per task so the next action's span links to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanRef {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+}
+
+/// What [`Ledger::record_linked`] assigned: the action's sequence number and the span of the
+/// task's previous action (the one with `seq - 1`), if it recorded one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    pub seq: u64,
+    pub previous: Option<SpanRef>,
+}
+
 #[derive(Debug)]
 struct Task {
     entries: VecDeque<(u64, Value)>,
     next_seq: u64,
+    /// The span of the last recorded action.
+    last_span: Option<SpanRef>,
     last_used: Instant,
     /// Shard-local use counter: the smallest is the least recently used.
     touched: u64,
@@ -157,9 +174,22 @@ impl Ledger {
 
     /// Append an action to `task`'s history; returns its sequence number (1, 2, …).
     pub fn record(&self, task: &str, action: &Action<'_>) -> u64 {
+        self.append(task, action, None).seq
+    }
+
+    /// Append an action whose span is `span`; returns its sequence number and the previous
+    /// action's span, assigned together so concurrent actions of one task link in seq order.
+    pub fn record_linked(&self, task: &str, action: &Action<'_>, span: SpanRef) -> Recorded {
+        self.append(task, action, Some(span))
+    }
+
+    fn append(&self, task: &str, action: &Action<'_>, span: Option<SpanRef>) -> Recorded {
         let now = Instant::now();
         let Some(mut shard) = self.shard(task) else {
-            return 0;
+            return Recorded {
+                seq: 0,
+                previous: None,
+            };
         };
         shard.clock += 1;
         let clock = shard.clock;
@@ -170,6 +200,7 @@ impl Ledger {
         let entry = shard.tasks.entry(Arc::from(task)).or_insert_with(|| Task {
             entries: VecDeque::new(),
             next_seq: 1,
+            last_span: None,
             last_used: now,
             touched: clock,
         });
@@ -177,8 +208,13 @@ impl Ledger {
         if now.duration_since(entry.last_used) >= idle_ttl {
             entry.entries.clear();
             entry.next_seq = 1;
+            entry.last_span = None;
         }
         let seq = entry.next_seq;
+        let previous = match span {
+            Some(span) => entry.last_span.replace(span),
+            None => entry.last_span.take(),
+        };
         entry.next_seq += 1;
         entry.last_used = now;
         entry.touched = clock;
@@ -201,7 +237,7 @@ impl Ledger {
         while entry.entries.len() > self.max_actions {
             entry.entries.pop_front();
         }
-        seq
+        Recorded { seq, previous }
     }
 
     /// Record the tool's (or toolgate's) response status for entry `seq` of `task`.

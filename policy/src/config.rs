@@ -4,6 +4,7 @@
 mod files;
 mod matching;
 mod raw;
+mod telemetry;
 #[cfg(test)]
 mod tests;
 mod tls;
@@ -90,6 +91,27 @@ pub enum PolicyMode {
 #[derive(Debug, Clone)]
 pub struct Telemetry {
     pub decision_log: DecisionLogSink,
+    /// Where spans are exported; `None`: only the standard `OTEL_EXPORTER_OTLP_*` environment
+    /// can enable export.
+    pub otlp: Option<Otlp>,
+}
+
+/// An OTLP trace exporter's destination (`telemetry.otlp`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Otlp {
+    /// The complete URL spans are sent to (for HTTP, including `/v1/traces`).
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+}
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OtlpProtocol {
+    /// OTLP/HTTP with protobuf bodies (port 4318 by convention).
+    #[default]
+    Http,
+    /// OTLP/gRPC (port 4317 by convention).
+    Grpc,
 }
 
 /// Where decision-log lines go.

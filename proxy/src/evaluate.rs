@@ -64,7 +64,9 @@ pub fn evaluate(
         };
         let started = Instant::now();
         let decision = snapshot.policy.decide(input.to_value());
-        x.eval_time = Some(started.elapsed());
+        let finished = Instant::now();
+        x.eval_time = Some(finished.duration_since(started));
+        x.trace.evaluated_at = Some(finished);
         decision
     };
     if let Some(detail) = &decision.error {
@@ -73,7 +75,7 @@ pub fn evaluate(
     x.effect = Some(decision.effect);
     x.reason.clone_from(&decision.reason);
     x.dry_run = !decision.allowed() && !revoked && config.policy.mode == PolicyMode::DryRun;
-    x.seq = Some(gw.ledger.record(
+    let recorded = gw.ledger.record_linked(
         &x.task_id,
         &chain::Action {
             action: &class.action,
@@ -83,7 +85,13 @@ pub fn evaluate(
             attributes: &class.attributes,
             at: now,
         },
-    ));
+        chain::SpanRef {
+            trace_id: x.trace.trace_id,
+            span_id: x.span_id,
+        },
+    );
+    x.seq = Some(recorded.seq);
+    x.trace.previous = recorded.previous;
     match decision.effect {
         _ if x.dry_run => Ok(decision),
         Effect::Allow => Ok(decision),

@@ -15,7 +15,7 @@ use x509_parser::prelude::FromDer;
 use toolgate_policy::chain::Ledger;
 
 use crate::identify::DefaultTask;
-use crate::record::{DecisionLog, Metrics};
+use crate::record::{DecisionLog, Metrics, Spans};
 use crate::revocation::Revocations;
 
 /// Why a configuration could not become the serving one.
@@ -100,6 +100,8 @@ pub struct Gateway {
     pub revocations: Revocations,
     pub decision_log: DecisionLog,
     pub default_task: DefaultTask,
+    /// Where action spans are exported; `None` when export is off.
+    pub spans: Option<Spans>,
 }
 
 impl Gateway {
@@ -115,6 +117,7 @@ impl Gateway {
             revocations: Revocations::default(),
             decision_log,
             default_task: DefaultTask::default(),
+            spans: None,
         }
     }
 

@@ -29,10 +29,8 @@ pub struct TraceParent {
 pub struct Identity {
     /// The task the agent named (header or traceparent); `None` means the default task.
     pub task_id: Option<String>,
-    /// The agent's trace context, when it sent a valid one.
+    /// The agent's trace context, when it sent a valid one (the trace the action joins).
     pub parent: Option<TraceParent>,
-    /// The trace this request's action belongs to.
-    pub trace_id: [u8; 16],
 }
 
 /// A task header that cannot name a task.
@@ -63,17 +61,12 @@ pub fn identify(headers: &HeaderMap, chain: &ChainSettings) -> Result<Identity, 
         }
         None => None,
     };
-    let trace_id = parent.map(|p| p.trace_id).unwrap_or_else(rand::random);
     let task_id = match (task, parent) {
         (Some(t), _) => Some(t),
         (None, Some(p)) => Some(hex::encode(p.trace_id)),
         (None, None) => None,
     };
-    Ok(Identity {
-        task_id,
-        parent,
-        trace_id,
-    })
+    Ok(Identity { task_id, parent })
 }
 
 /// The agent's default task: requests that name no task belong to it until the agent has
@@ -161,7 +154,10 @@ mod tests {
             id.task_id.as_deref(),
             Some("4bf92f3577b34da6a3ce929d0e0e4736")
         );
-        assert_eq!(hex::encode(id.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            id.parent.map(|p| hex::encode(p.trace_id)).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
         h.insert("x-toolgate-task", "T-42".parse().unwrap());
         assert_eq!(
             identify(&h, &chain()).unwrap().task_id.as_deref(),

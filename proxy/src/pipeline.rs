@@ -37,6 +37,8 @@ pub struct Exchange {
     pub trace_id: String,
     /// The id of this action's span.
     pub span_id: [u8; 8],
+    /// The action's place in its task's trace.
+    pub trace: record::trace::Context,
     pub task_id: String,
     /// The action's sequence number in its task's chain, once recorded.
     pub seq: Option<u64>,
@@ -65,14 +67,23 @@ pub struct Exchange {
     pub rpc: Option<mcp::Reply>,
 }
 
+impl Default for Exchange {
+    fn default() -> Self {
+        Exchange::new()
+    }
+}
+
 impl Exchange {
-    pub(crate) fn new() -> Exchange {
+    /// A fresh exchange, as pingora's `new_ctx` makes one for each request.
+    pub fn new() -> Exchange {
+        let trace = record::trace::Context::default();
         Exchange {
             snapshot: None,
             started: Instant::now(),
             decision_id: String::new(),
-            trace_id: String::new(),
+            trace_id: hex::encode(trace.trace_id),
             span_id: rand::random(),
+            trace,
             task_id: String::new(),
             seq: None,
             via: None,
@@ -172,10 +183,11 @@ fn head(
     let config = &snapshot.config;
     let req = session.req_header();
     let identity = identify::identify(&req.headers, &config.chain)?;
+    let named = identity.task_id.is_some();
     x.task_id = identity
         .task_id
         .unwrap_or_else(|| gw.default_task.current(config.chain.idle_ttl));
-    x.trace_id = hex::encode(identity.trace_id);
+    record::trace::join(x, identity.parent, &config.agent.id, named);
     if let Some(h1) = session.as_downstream().as_http1() {
         normalise::raw_framing(&h1.get_headers_raw_bytes())?;
     }
@@ -187,6 +199,7 @@ fn head(
         &req.headers,
     )?;
     x.via = Some(head.accepted.via);
+    x.trace.target = Some(record::trace::Target::of(&head.accepted));
     x.tool = head
         .accepted
         .tool
@@ -339,6 +352,7 @@ impl ProxyHttp for Pipeline {
                 .map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
         }
         credential::apply(req, &x.strip, x.injection.as_ref());
+        record::trace::propagate(req, x, self.gateway.spans.is_some());
         x.upstream_sent = Some(Instant::now());
         Ok(())
     }
@@ -394,7 +408,7 @@ impl ProxyHttp for Pipeline {
         if let Some(t) = x.eval_time {
             self.gateway.metrics.policy_eval.observe(t);
         }
-        record::exchange(session, e, x, &self.gateway.metrics);
+        record::exchange(session, e, x, &self.gateway);
     }
 
     /// Runs before a request on a connection with a fixed destination (the first request

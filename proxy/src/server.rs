@@ -3,18 +3,27 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
 
 use pingora::proxy::http_proxy;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
+use toolgate_policy::config::{ProcessEnv, Vars};
 
 use crate::accept::{ProxyListener, TransparentListener};
 use crate::admin::Admin;
 use crate::gateway::{Gateway, LoadError, Snapshot};
 use crate::pipeline::Pipeline;
+use crate::record::export::{otlp, StartError};
 use crate::record::DecisionLog;
 use crate::reload;
+
+/// How long pending spans may take to export once the server has stopped. Kubernetes'
+/// termination grace period (the Helm chart's) leaves 2 s beyond toolgate's drain.
+pub const SPAN_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why toolgate could not start serving.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +41,30 @@ pub enum ServeError {
     DecisionLog(#[source] std::io::Error),
     #[error("cannot start the reloader: {0}")]
     Reload(#[source] std::io::Error),
+    #[error("telemetry.otlp: {0}")]
+    Telemetry(#[from] StartError),
+}
+
+/// Stops a server started with [`serve_with`] (as SIGINT would), from any thread.
+#[derive(Debug, Clone, Default)]
+pub struct Stopper(Arc<tokio::sync::Notify>);
+
+impl Stopper {
+    /// Ask the server to stop; it may not have started waiting yet (the request is kept).
+    pub fn stop(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// pingora's shutdown signal for a [`Stopper`].
+struct StopWatch(Arc<tokio::sync::Notify>);
+
+#[async_trait]
+impl ShutdownSignalWatch for StopWatch {
+    async fn recv(&self) -> ShutdownSignal {
+        self.0.notified().await;
+        ShutdownSignal::FastShutdown
+    }
 }
 
 /// Check that `addr` can be bound, so a taken port fails with a clear message before start.
@@ -75,6 +108,17 @@ fn ready_when_listening(gateway: Arc<Gateway>, proxy: SocketAddr) {
 /// `limits.shutdown_timeout`) or SIGINT (immediate). With `watch`, the configuration file it
 /// came from is reloaded when it or anything it references changes, and on SIGHUP.
 pub fn serve(snapshot: Snapshot, watch: Option<PathBuf>) -> Result<(), ServeError> {
+    serve_with(snapshot, watch, None, &ProcessEnv)
+}
+
+/// [`serve`], stopped by `stopper` instead of signals when given, reading the standard
+/// OpenTelemetry environment (`OTEL_*`) through `vars`.
+pub fn serve_with(
+    snapshot: Snapshot,
+    watch: Option<PathBuf>,
+    stopper: Option<Stopper>,
+    vars: &dyn Vars,
+) -> Result<(), ServeError> {
     let listen = snapshot.config.listen.clone();
     probe("listen.proxy", listen.proxy)?;
     probe("listen.admin", listen.admin)?;
@@ -94,7 +138,15 @@ pub fn serve(snapshot: Snapshot, watch: Option<PathBuf>) -> Result<(), ServeErro
     };
     let decision_log = DecisionLog::start(&snapshot.config.telemetry.decision_log)
         .map_err(ServeError::DecisionLog)?;
-    let gateway = Arc::new(Gateway::new(snapshot, decision_log));
+    let export = otlp::settings(snapshot.config.telemetry.otlp.as_ref(), vars)?;
+    let resource = otlp::resource(&snapshot.config.agent.id, vars);
+    let mut gateway = Gateway::new(snapshot, decision_log);
+    if let Some(settings) = &export {
+        let spans = otlp::start(settings, resource, gateway.metrics.spans_dropped())?;
+        tracing::info!(destination = %spans.destination, "exporting spans");
+        gateway.spans = Some(spans);
+    }
+    let gateway = Arc::new(gateway);
     if let Some(path) = watch {
         reload::spawn(gateway.clone(), path).map_err(ServeError::Reload)?;
     }
@@ -129,7 +181,26 @@ pub fn serve(snapshot: Snapshot, watch: Option<PathBuf>) -> Result<(), ServeErro
     ready_when_listening(gateway.clone(), listen.proxy);
     let transparent = listen.transparent.map(|a| a.to_string());
     tracing::info!(proxy = %listen.proxy, transparent = transparent.as_deref().unwrap_or("-"), admin = %listen.admin, policy = gateway.snapshot().policy.revision(), "toolgate serving");
-    server.run(RunArgs::default());
+    let args = match stopper {
+        Some(s) => RunArgs {
+            shutdown_signal: Box::new(StopWatch(s.0)),
+        },
+        None => RunArgs::default(),
+    };
+    server.run(args);
+    gateway.set_ready(false);
+    if let Some(spans) = &gateway.spans {
+        // pingora's runtimes are gone; the exporter's own runtime sends what is left.
+        let before = spans.dropped();
+        let finished = spans.shutdown(SPAN_FLUSH_TIMEOUT);
+        let lost = spans.dropped().saturating_sub(before);
+        if !finished || lost > 0 {
+            tracing::warn!(
+                lost,
+                "spans still pending at shutdown were not all exported"
+            );
+        }
+    }
     tracing::info!("toolgate stopped");
     Ok(())
 }

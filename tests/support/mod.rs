@@ -267,6 +267,11 @@ impl Toolgate {
     /// Write `files` (relative path → contents) and a `toolgate.yaml` made of a `listen`
     /// section on free ports followed by `config`, then start toolgate and wait until ready.
     pub fn start(config: &str, files: &[(&str, &str)]) -> Toolgate {
+        Toolgate::start_with_env(config, files, &[])
+    }
+
+    /// [`Toolgate::start`] with extra environment variables for the process.
+    pub fn start_with_env(config: &str, files: &[(&str, &str)], env: &[(&str, &str)]) -> Toolgate {
         let dir = tempfile::tempdir().unwrap();
         for (path, contents) in files {
             write(dir.path(), path, contents);
@@ -280,6 +285,7 @@ impl Toolgate {
             .args(["run", "-c"])
             .arg(dir.path().join("toolgate.yaml"))
             .env("TOOLGATE_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::from(
                 std::fs::File::create(dir.path().join("stdout.log")).unwrap(),
             ))
@@ -315,6 +321,11 @@ impl Toolgate {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("toolgate did not become ready:\n{}", self.logs());
+    }
+
+    /// What toolgate wrote to stdout so far (the decision log, by default).
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
     }
 
     /// What toolgate wrote to stderr so far.

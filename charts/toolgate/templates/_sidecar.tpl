@@ -39,6 +39,13 @@ seccompProfile:
   env:
     - name: TOOLGATE_LOG
       value: {{ .Values.sidecar.logLevel | quote }}
+    # The pod's identity for the resource of toolgate's spans (k8s.pod.name, …).
+    - name: K8S_POD_NAME
+      valueFrom: { fieldRef: { fieldPath: metadata.name } }
+    - name: K8S_NAMESPACE_NAME
+      valueFrom: { fieldRef: { fieldPath: metadata.namespace } }
+    - name: K8S_NODE_NAME
+      valueFrom: { fieldRef: { fieldPath: spec.nodeName } }
     {{- with .Values.sidecar.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}

@@ -156,3 +156,40 @@ fn long_names_are_cut() {
     let stored = l.history("T")[0]["action"].as_string().unwrap().to_string();
     assert!(stored.len() <= MAX_NAME_BYTES && name.starts_with(&stored));
 }
+
+#[test]
+fn each_action_learns_the_span_of_the_previous_action_of_its_task() {
+    let l = Ledger::new(&settings(2, 100, Duration::from_secs(60)));
+    let span = |n: u8| SpanRef {
+        trace_id: [n; 16],
+        span_id: [n; 8],
+    };
+    let first = l.record_linked("T-1", &act("a", &[]), span(1));
+    assert_eq!((first.seq, first.previous), (1, None));
+    let other = l.record_linked("T-2", &act("a", &[]), span(9));
+    assert_eq!((other.seq, other.previous), (1, None));
+    let second = l.record_linked("T-1", &act("b", &[]), span(2));
+    assert_eq!((second.seq, second.previous), (2, Some(span(1))));
+    // The link survives the entry itself falling out of the bounded history.
+    let third = l.record_linked("T-1", &act("c", &[]), span(3));
+    assert_eq!((third.seq, third.previous), (3, Some(span(2))));
+    // An action recorded without a span breaks the link rather than skipping over it.
+    assert_eq!(l.record("T-1", &act("d", &[])), 4);
+    assert_eq!(
+        l.record_linked("T-1", &act("e", &[]), span(5)).previous,
+        None
+    );
+}
+
+#[test]
+fn a_task_that_starts_over_forgets_its_last_span() {
+    let l = Ledger::new(&settings(8, 100, Duration::from_millis(1)));
+    let span = SpanRef {
+        trace_id: [1; 16],
+        span_id: [1; 8],
+    };
+    l.record_linked("T-1", &act("a", &[]), span);
+    std::thread::sleep(Duration::from_millis(5));
+    let again = l.record_linked("T-1", &act("a", &[]), span);
+    assert_eq!((again.seq, again.previous), (1, None));
+}

@@ -114,6 +114,13 @@ pub struct RawChain {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawTelemetry {
     pub decision_log: Option<String>,
+    pub otlp: Option<RawOtlp>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawOtlp {
+    pub endpoint: Option<String>,
+    pub protocol: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

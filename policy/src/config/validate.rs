@@ -107,6 +107,7 @@ pub(super) fn compile(
     };
     let telemetry = Telemetry {
         decision_log: decision_log(raw.telemetry.decision_log.as_deref(), files),
+        otlp: super::telemetry::otlp(raw.telemetry.otlp.as_ref(), &mut c.errors),
     };
     let admin = AdminSettings {
         token: raw

@@ -61,9 +61,12 @@ pub(super) async fn serve(
     };
     let target = super::authority(&head.host, head.port);
     let snapshot = gw.snapshot();
+    // Refusals here happen before any action exists: the agent's trace if it sent one.
     let trace_id = identify::identify(&head.headers, &snapshot.config.chain)
-        .map(|i| hex::encode(i.trace_id))
-        .unwrap_or_default();
+        .ok()
+        .and_then(|i| i.parent)
+        .map(|p| hex::encode(p.trace_id))
+        .unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>()));
     let ids = Ids {
         action: UNKNOWN,
         decision_id: &decision_id,

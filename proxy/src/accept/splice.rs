@@ -22,6 +22,7 @@ use crate::gateway::{Gateway, Snapshot};
 use crate::identify;
 use crate::pipeline::Exchange;
 use crate::problem::{self, Refusal};
+use crate::record;
 
 /// How a refusal reaches the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,10 +134,11 @@ async fn decide(
     let config = &snapshot.config;
     let tool = config.catalog.tool(tool_id);
     let identity = identify::identify(headers, &config.chain)?;
+    let named = identity.task_id.is_some();
     x.task_id = identity
         .task_id
         .unwrap_or_else(|| gw.default_task.current(config.chain.idle_ttl));
-    x.trace_id = hex::encode(identity.trace_id);
+    record::trace::join(x, identity.parent, &config.agent.id, named);
     let name = tool.map(|t| t.name.clone()).unwrap_or_default();
     x.tool = Some(name.clone());
     x.action = Arc::from(format!("{name}.{CONNECT_SUFFIX}"));

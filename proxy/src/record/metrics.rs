@@ -75,7 +75,7 @@ pub struct Metrics {
     pub upstream_duration: Histogram,
     credentials_issued: Mutex<BTreeMap<&'static str, u64>>,
     policy_reloads: Mutex<BTreeMap<&'static str, u64>>,
-    spans_dropped: AtomicU64,
+    spans_dropped: Arc<AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -86,7 +86,7 @@ impl Default for Metrics {
             upstream_duration: Histogram::new(&UPSTREAM_BUCKETS),
             credentials_issued: Mutex::default(),
             policy_reloads: Mutex::default(),
-            spans_dropped: AtomicU64::new(0),
+            spans_dropped: Arc::default(),
         }
     }
 }
@@ -129,9 +129,10 @@ impl Metrics {
         bump(&self.policy_reloads, result, 1);
     }
 
-    /// Count spans dropped by the exporter (full queue, endpoint down).
-    pub fn spans_dropped(&self, n: u64) {
-        self.spans_dropped.fetch_add(n, Ordering::Relaxed);
+    /// The counter of spans dropped before export (full queue, endpoint down), shared with
+    /// the exporter.
+    pub fn spans_dropped(&self) -> Arc<AtomicU64> {
+        self.spans_dropped.clone()
     }
 
     /// The Prometheus text exposition.

@@ -1,0 +1,262 @@
+//! Span export, off the request path: a request hands its finished span to a bounded queue
+//! and returns; a dedicated thread with its own small Tokio runtime batches spans and sends
+//! them with the OTLP exporter. That runtime outlives pingora's, so spans still pending when
+//! the server stops are flushed afterwards, within a deadline.
+//!
+//! Nothing here ever blocks a request: a full queue drops the span, an export that fails or
+//! times out drops its batch, and both are counted in `toolgate_spans_dropped_total`.
+
+pub mod otlp;
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// Batching and queueing limits (the standard `OTEL_BSP_*` settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Most spans waiting for export; beyond it new spans are dropped.
+    pub max_queue: usize,
+    /// Most spans in one export request.
+    pub max_batch: usize,
+    /// Longest a span waits before its batch is sent.
+    pub delay: Duration,
+    /// Longest one export may take before its batch is given up.
+    pub export_timeout: Duration,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        // The OpenTelemetry specification's defaults for the batch span processor.
+        Batching {
+            max_queue: 2048,
+            max_batch: 512,
+            delay: Duration::from_millis(5000),
+            export_timeout: Duration::from_millis(30_000),
+        }
+    }
+}
+
+/// Why span export could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot start the span export thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("cannot build the OTLP exporter: {0}")]
+    Exporter(String),
+    #[error("{var}={value:?}: {why}")]
+    Env {
+        var: &'static str,
+        value: String,
+        why: &'static str,
+    },
+}
+
+struct Control {
+    stop: oneshot::Sender<Instant>,
+    done: std_mpsc::Receiver<()>,
+}
+
+/// The handle requests submit spans to.
+pub struct Spans {
+    tx: mpsc::Sender<SpanData>,
+    dropped: Arc<AtomicU64>,
+    control: Mutex<Option<Control>>,
+    /// Where spans go, for logs.
+    pub destination: String,
+}
+
+impl std::fmt::Debug for Spans {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spans")
+            .field("destination", &self.destination)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Spans {
+    /// Start exporting with the exporter `build` makes (called on the export thread, inside
+    /// its runtime, as the tonic exporter needs). Dropped spans are added to `dropped`.
+    pub fn start<E, F>(
+        build: F,
+        batching: Batching,
+        destination: String,
+        dropped: Arc<AtomicU64>,
+    ) -> Result<Spans, StartError>
+    where
+        E: SpanExporter + 'static,
+        F: FnOnce() -> Result<E, String> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(batching.max_queue.max(1));
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (done_tx, done_rx) = std_mpsc::channel();
+        let (ready_tx, ready_rx) = std_mpsc::channel::<Result<(), String>>();
+        let counter = dropped.clone();
+        let label = destination.clone();
+        std::thread::Builder::new()
+            .name("toolgate-otlp".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let exporter = match build() {
+                        Ok(e) => e,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    let export = Export {
+                        exporter,
+                        batching,
+                        dropped: counter,
+                        destination: label,
+                        failing: false,
+                    };
+                    export.run(rx, stop_rx).await;
+                });
+                let _ = done_tx.send(());
+            })
+            .map_err(StartError::Thread)?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Spans {
+                tx,
+                dropped,
+                control: Mutex::new(Some(Control {
+                    stop: stop_tx,
+                    done: done_rx,
+                })),
+                destination,
+            }),
+            Ok(Err(e)) => Err(StartError::Exporter(e)),
+            Err(_) => Err(StartError::Exporter(
+                "the export thread ended while starting".into(),
+            )),
+        }
+    }
+
+    /// Queue a finished span; never blocks. A full queue drops it (and counts it).
+    pub fn submit(&self, span: SpanData) {
+        if self.tx.try_send(span).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Spans dropped so far (queue full, export failed or timed out, shutdown deadline).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Export what is queued, taking at most `budget`; what is left then is dropped. Spans
+    /// submitted afterwards are dropped. Returns whether the export thread finished in time.
+    pub fn shutdown(&self, budget: Duration) -> bool {
+        let Some(control) = self.control.lock().ok().and_then(|mut c| c.take()) else {
+            return true;
+        };
+        if control.stop.send(Instant::now() + budget).is_err() {
+            return true;
+        }
+        // A little beyond the budget: the thread gives up at the deadline itself.
+        control
+            .done
+            .recv_timeout(budget + Duration::from_millis(250))
+            .is_ok()
+    }
+}
+
+/// The export loop's state.
+struct Export<E> {
+    exporter: E,
+    batching: Batching,
+    dropped: Arc<AtomicU64>,
+    destination: String,
+    /// Whether the last export failed (failures are logged on change, and counted always).
+    failing: bool,
+}
+
+impl<E: SpanExporter> Export<E> {
+    async fn run(mut self, mut rx: mpsc::Receiver<SpanData>, mut stop: oneshot::Receiver<Instant>) {
+        let max_batch = self.batching.max_batch.max(1);
+        let mut batch: Vec<SpanData> = Vec::with_capacity(max_batch.min(1024));
+        let mut tick = tokio::time::interval(self.batching.delay.max(Duration::from_millis(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let deadline = loop {
+            tokio::select! {
+                biased;
+                deadline = &mut stop => break deadline.unwrap_or_else(|_| Instant::now()),
+                span = rx.recv() => match span {
+                    Some(span) => {
+                        batch.push(span);
+                        if batch.len() >= max_batch {
+                            self.export(std::mem::take(&mut batch), None).await;
+                        }
+                    }
+                    None => break Instant::now() + self.batching.export_timeout,
+                },
+                _ = tick.tick() => {
+                    if !batch.is_empty() {
+                        self.export(std::mem::take(&mut batch), None).await;
+                    }
+                }
+            }
+        };
+        // Flush: nothing new is accepted; what is queued goes out until the deadline.
+        rx.close();
+        while let Ok(span) = rx.try_recv() {
+            batch.push(span);
+            if batch.len() >= max_batch {
+                self.export(std::mem::take(&mut batch), Some(deadline))
+                    .await;
+            }
+        }
+        if !batch.is_empty() {
+            self.export(batch, Some(deadline)).await;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ = self.exporter.shutdown_with_timeout(left);
+    }
+
+    /// Send one batch; a failure, a timeout or a passed `deadline` drops it (counted).
+    async fn export(&mut self, batch: Vec<SpanData>, deadline: Option<Instant>) {
+        let n = batch.len() as u64;
+        let mut until = Instant::now() + self.batching.export_timeout;
+        if let Some(d) = deadline {
+            until = until.min(d);
+        }
+        let outcome = match tokio::time::timeout_at(until, self.exporter.export(batch)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".to_string()),
+        };
+        match outcome {
+            Ok(()) => {
+                if self.failing {
+                    tracing::info!(target: "toolgate::telemetry", destination = %self.destination, "span export recovered");
+                    self.failing = false;
+                }
+            }
+            Err(error) => {
+                self.dropped.fetch_add(n, Ordering::Relaxed);
+                if !self.failing {
+                    tracing::warn!(target: "toolgate::telemetry", destination = %self.destination, %error, spans = n, "span export failed; spans are dropped and counted in toolgate_spans_dropped_total until it recovers");
+                    self.failing = true;
+                }
+            }
+        }
+    }
+}

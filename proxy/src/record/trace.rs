@@ -1,0 +1,179 @@
+//! Trace context: which trace an action's span joins, and the W3C headers the tool receives.
+//!
+//! One trace per task. When the agent sends `traceparent`, toolgate's span is a child of the
+//! agent's span in the agent's trace. Otherwise the trace id is derived from the agent and the
+//! task id, so every action of a task lands in the same trace across requests and restarts.
+//! The agent's default task (`default-N`, which restarts numbering with the process) is salted
+//! with a per-process value, so two runs' default tasks never merge into one trace.
+
+use std::sync::LazyLock;
+use std::time::{Instant, SystemTime};
+
+use pingora::http::RequestHeader;
+use sha2::{Digest, Sha256};
+use toolgate_policy::accept::Accepted;
+use toolgate_policy::chain::SpanRef;
+
+use crate::identify::TraceParent;
+use crate::pipeline::Exchange;
+
+/// The W3C trace context request headers.
+pub const TRACEPARENT: &str = "traceparent";
+/// The vendor-specific companion of `traceparent`, passed through unchanged.
+pub const TRACESTATE: &str = "tracestate";
+
+/// Salt for default-task trace ids: unique to this process.
+static PROCESS_SALT: LazyLock<[u8; 16]> = LazyLock::new(rand::random);
+
+/// Where an exchange sits in its task's trace, and what its span reports.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// Wall-clock start of the exchange: the span's start time.
+    pub started_at: SystemTime,
+    /// The trace the action's span belongs to.
+    pub trace_id: [u8; 16],
+    /// The agent's span, when it sent a valid `traceparent`.
+    pub parent: Option<TraceParent>,
+    /// The span of the task's previous action: the link that chains the task.
+    pub previous: Option<SpanRef>,
+    /// When policy evaluation finished (the "policy evaluated" event).
+    pub evaluated_at: Option<Instant>,
+    /// The destination as classified (never the query, which may carry secrets).
+    pub target: Option<Target>,
+}
+
+/// The HTTP destination an action addressed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub scheme: &'static str,
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+impl Target {
+    /// The destination of an accepted request, in canonical form.
+    pub fn of(accepted: &Accepted) -> Target {
+        Target {
+            scheme: if accepted.tls { "https" } else { "http" },
+            host: accepted.host.clone(),
+            port: accepted.port,
+            path: accepted.request.path.clone(),
+        }
+    }
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Context {
+            started_at: SystemTime::now(),
+            // Until the task is known (and for requests refused before it is), a fresh trace.
+            trace_id: rand::random(),
+            parent: None,
+            previous: None,
+            evaluated_at: None,
+            target: None,
+        }
+    }
+}
+
+impl Context {
+    /// The wall-clock time of `at`, an instant during this exchange.
+    pub fn wall_clock(&self, started: Instant, at: Instant) -> SystemTime {
+        self.started_at + at.saturating_duration_since(started)
+    }
+}
+
+/// The trace id of `task` for `agent` when the agent sent no trace context. A task the agent
+/// did not name (`named` false) gets a per-process salt.
+pub fn task_trace_id(agent: &str, task: &str, named: bool) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(b"toolgate task trace\0");
+    h.update(agent.as_bytes());
+    h.update([0]);
+    h.update(task.as_bytes());
+    if !named {
+        h.update(*PROCESS_SALT);
+    }
+    let digest = h.finalize();
+    let mut id = [0u8; 16];
+    for (to, from) in id.iter_mut().zip(digest.iter()) {
+        *to = *from;
+    }
+    if id == [0; 16] {
+        // All zeros is the invalid trace id; a digest that hits it still needs a trace.
+        id[15] = 1;
+    }
+    id
+}
+
+/// Put `x` (whose task id is set) into its trace: the agent's, else its task's.
+pub fn join(x: &mut Exchange, parent: Option<TraceParent>, agent: &str, named_task: bool) {
+    x.trace.parent = parent;
+    x.trace.trace_id = match parent {
+        Some(p) => p.trace_id,
+        None => task_trace_id(agent, &x.task_id, named_task),
+    };
+    x.trace_id = hex::encode(x.trace.trace_id);
+}
+
+/// `00-<trace>-<span>-<flags>`.
+pub fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> String {
+    format!(
+        "00-{}-{}-{}",
+        hex::encode(trace_id),
+        hex::encode(span_id),
+        if sampled { "01" } else { "00" }
+    )
+}
+
+/// Send the tool toolgate's span as its parent. `exporting` says whether toolgate records the
+/// span (then it is sampled); otherwise the agent's sampling decision is passed on. The agent's
+/// `tracestate` travels with its own trace and is dropped when toolgate started the trace.
+pub fn propagate(req: &mut RequestHeader, x: &Exchange, exporting: bool) {
+    let sampled = exporting || x.trace.parent.is_some_and(|p| p.flags & 1 == 1);
+    let header = traceparent(&x.trace.trace_id, &x.span_id, sampled);
+    // Only fails on invalid header bytes, which hex digits and dashes are not.
+    let _ = req.insert_header(TRACEPARENT, header);
+    if x.trace.parent.is_none() {
+        req.remove_header(TRACESTATE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_trace_id_is_stable_and_distinct_per_agent_and_task() {
+        let a = task_trace_id("spiffe://a", "T-1", true);
+        assert_eq!(a, task_trace_id("spiffe://a", "T-1", true));
+        assert_ne!(a, task_trace_id("spiffe://a", "T-2", true));
+        assert_ne!(a, task_trace_id("spiffe://b", "T-1", true));
+        // The separator keeps ("ab", "c") and ("a", "bc") apart.
+        assert_ne!(
+            task_trace_id("ab", "c", true),
+            task_trace_id("a", "bc", true)
+        );
+    }
+
+    #[test]
+    fn default_tasks_are_salted_per_process() {
+        let named = task_trace_id("spiffe://a", "default-1", true);
+        let default = task_trace_id("spiffe://a", "default-1", false);
+        assert_ne!(named, default);
+        assert_eq!(default, task_trace_id("spiffe://a", "default-1", false));
+    }
+
+    #[test]
+    fn traceparent_is_w3c_formatted() {
+        assert_eq!(
+            traceparent(&[0xab; 16], &[0x01; 8], true),
+            "00-abababababababababababababababab-0101010101010101-01"
+        );
+        assert_eq!(
+            traceparent(&[0xab; 16], &[0x01; 8], false),
+            "00-abababababababababababababababab-0101010101010101-00"
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! `toolgate demo`, run as a user would: the real binary, its own fake tools and receiver.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+#[path = "support/otlp.rs"]
+mod otlp;
+mod support;
+
+use std::process::{Command, Output, Stdio};
+
+fn demo(args: &[&str]) -> Output {
+    Command::new(support::binary())
+        .arg("demo")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn demo_prints_the_decisions_and_the_linked_timeline_and_exits_0() {
+    let out = demo(&[]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for row in [
+        "1  reads ticket SUP-12  ticket.read        allow     200     reading tickets is allowed",
+        "2  closes SUP-12        ticket.transition  allow     200     SUP-12 was read earlier in this task",
+        "3  pays out 5000 EUR    payment.create     deny      403     payment of 5000 exceeds the limit of 100",
+    ] {
+        assert!(stdout.contains(row), "missing row {row:?} in\n{stdout}");
+    }
+    assert!(
+        stdout.contains("rebuilt from the 3 spans received (trace "),
+        "{stdout}"
+    );
+    // The timeline: each action one level under the one it links to.
+    let lines: Vec<&str> = stdout.lines().collect();
+    let at = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(&format!(" {name} [seq")))
+            .unwrap_or_else(|| panic!("no timeline line for {name} in\n{stdout}"))
+    };
+    let column = |line: &str| line.find(['●', '└']).unwrap();
+    let (read, close, pay) = (
+        at("ticket.read"),
+        at("ticket.transition"),
+        at("payment.create"),
+    );
+    assert!(read.contains("● +"), "{read}");
+    assert!(
+        column(read) < column(close) && column(close) < column(pay),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("credential issued: jira-token (secret)"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("links to span ").count(), 2, "{stdout}");
+    assert!(!stderr.contains("demo check failed"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_also_sends_its_spans_to_a_given_otlp_endpoint() {
+    let store = otlp::Receiver::http().await;
+    let url = format!("{}/v1/traces", store.endpoint());
+    let out = tokio::task::spawn_blocking(move || demo(&["--otlp", &url]))
+        .await
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let spans = store.wait_for(3).await;
+    let mut names: Vec<&str> = spans.iter().map(|s| s.span.name.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["payment.create", "ticket.read", "ticket.transition"]
+    );
+    assert!(stdout.contains("Also sent to http://"), "{stdout}");
+}
+
+#[test]
+fn demo_refuses_an_endpoint_it_cannot_send_to() {
+    let out = demo(&["--otlp", "https://collector.example.com/v1/traces"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("give an OTLP/HTTP endpoint like"),
+        "{stderr}"
+    );
+}

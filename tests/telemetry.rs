@@ -1,0 +1,509 @@
+//! Telemetry end to end: the real toolgate binary exporting to a real OTLP receiver (HTTP and
+//! gRPC), one trace per task with a linked span per action, W3C propagation to the tool, and
+//! metrics, also when the collector is down.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+#[path = "support/otlp.rs"]
+mod otlp;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use otlp::{int, string, Receiver};
+use support::{free_port, http_get, problem, ToolServer, Toolgate};
+
+const JIRA_SECRET: &str = "jira-secret-value-7f3a";
+const PAYMENTS_SECRET: &str = "payments-secret-value-91c2";
+const AGENT: &str = "spiffe://test/ns/a/sa/agent";
+
+const POLICY: &str = r#"
+package toolgate
+import rego.v1
+
+default decision := {"allow": false, "reason": "no rule allows this action"}
+
+decision := {"allow": true, "reason": "reading tickets is allowed"} if input.action.name == "ticket.read"
+
+decision := {"allow": true, "reason": concat("", [input.action.attributes.issue, " was read earlier in this task"])} if {
+	input.action.name == "ticket.transition"
+	some entry in input.chain
+	entry.action == "ticket.read"
+	entry.attributes.issue == input.action.attributes.issue
+}
+
+decision := {"allow": false, "reason": sprintf("payment of %v exceeds the limit of 100", [input.action.attributes.amount])} if {
+	input.action.name == "payment.create"
+	to_number(input.action.attributes.amount) > 100
+}
+"#;
+
+fn config(tool: &str, telemetry: &str) -> String {
+    format!(
+        r#"
+agent: {{ id: "{AGENT}" }}
+tools:
+  - name: jira
+    hosts: [jira.test]
+    upstream: {tool}
+    credential: jira-token
+    actions:
+      - name: ticket.read
+        match: {{ method: GET, path: "/rest/api/3/issue/{{issue}}" }}
+        attributes: {{ issue: "path:issue" }}
+      - name: ticket.transition
+        match: {{ method: POST, path: "/rest/api/3/issue/{{issue}}/transitions" }}
+        attributes: {{ issue: "path:issue" }}
+  - name: payments
+    hosts: [payments.test]
+    upstream: {tool}
+    credential: payments-key
+    actions:
+      - name: payment.create
+        match: {{ method: POST, path: /v1/payments }}
+        attributes: {{ amount: "query:amount" }}
+policy: {{ files: [policy/*.rego] }}
+credentials:
+  jira-token: {{ kind: secret, file: secrets/jira, header: Authorization, format: "Bearer {{}}" }}
+  payments-key: {{ kind: secret, file: secrets/payments, header: Authorization, format: "Bearer {{}}" }}
+telemetry: {telemetry}
+limits: {{ connect_timeout: 2s, upstream_timeout: 5s, shutdown_timeout: 1s }}
+"#
+    )
+}
+
+/// toolgate exporting to `endpoint` over `protocol`, with the extra `env`.
+fn start(tool: &ToolServer, endpoint: &str, protocol: &str, env: &[(&str, &str)]) -> Toolgate {
+    let telemetry = format!("{{ otlp: {{ endpoint: \"{endpoint}\", protocol: {protocol} }} }}");
+    Toolgate::start_with_env(
+        &config(&tool.url(), &telemetry),
+        &[
+            ("policy/main.rego", POLICY),
+            ("secrets/jira", &format!("{JIRA_SECRET}\n")),
+            ("secrets/payments", PAYMENTS_SECRET),
+        ],
+        env,
+    )
+}
+
+/// Export soon after each action, so tests need not wait for the 5 s default.
+const QUICK: &[(&str, &str)] = &[("OTEL_BSP_SCHEDULE_DELAY", "50")];
+
+fn metrics(tg: &Toolgate) -> String {
+    let (status, body) = http_get(tg.admin, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    body
+}
+
+/// Poll `/metrics` (up to 30 s) until `line`'s counter reaches at least `n`; returns the value.
+fn wait_for_counter(tg: &Toolgate, name: &str, n: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = metrics(tg);
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if value >= n || Instant::now() > deadline {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn by_seq(mut spans: Vec<Span>) -> Vec<Span> {
+    spans.sort_by_key(|s| int(&s.attributes, "toolgate.chain.seq"));
+    spans
+}
+
+/// Read a ticket, transition it, try an over-limit payment: allow, allow, deny, one task.
+async fn three_actions(tg: &Toolgate) -> serde_json::Value {
+    let client = tg.forward_client();
+    let task = |rb: reqwest::RequestBuilder| {
+        rb.header("x-toolgate-task", "T-42")
+            .header("authorization", "Bearer agent-own-token")
+    };
+    let read = task(client.get("http://jira.test/rest/api/3/issue/SUP-12"));
+    assert_eq!(read.send().await.unwrap().status(), 200);
+    let close = task(client.post("http://jira.test/rest/api/3/issue/SUP-12/transitions"))
+        .body(r#"{"transition":{"id":"31"}}"#);
+    assert_eq!(close.send().await.unwrap().status(), 200);
+    let pay = task(client.post("http://payments.test/v1/payments?amount=5000"));
+    let (status, body) = problem(pay.send().await.unwrap()).await;
+    assert_eq!(status, 403);
+    body
+}
+
+/// Acceptance 1 and 5 over either transport: three spans named by action in one trace, seq
+/// 1..3, each linked to the one before, decisions and reasons right, credentials named but
+/// never their values, ids matching the problem and the decision log, and the counters.
+async fn a_task_is_one_linked_trace(protocol: &str, receiver: Receiver) {
+    let tool = ToolServer::http().await;
+    let tg = start(&tool, &receiver.endpoint(), protocol, QUICK);
+    let denied = three_actions(&tg).await;
+
+    let received = receiver.wait_for(3).await;
+    assert_eq!(received.len(), 3, "one span per action: {received:#?}");
+    let resource = &received[0].resource.attributes;
+    assert_eq!(string(resource, "service.name"), Some("toolgate"));
+    assert_eq!(string(resource, "toolgate.agent.id"), Some(AGENT));
+    assert!(string(resource, "service.version").is_some());
+    let spans = by_seq(received.into_iter().map(|r| r.span).collect());
+
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["ticket.read", "ticket.transition", "payment.create"]
+    );
+    let trace = hex(&spans[0].trace_id);
+    assert!(spans.iter().all(|s| hex(&s.trace_id) == trace), "one trace");
+    assert_eq!(
+        denied["trace_id"],
+        trace.as_str(),
+        "the problem names the trace"
+    );
+    for (i, span) in spans.iter().enumerate() {
+        let a = &span.attributes;
+        assert_eq!(span.kind, SpanKind::Client as i32, "{}", span.name);
+        assert_eq!(int(a, "toolgate.chain.seq"), Some(i as i64 + 1));
+        assert_eq!(string(a, "toolgate.task.id"), Some("T-42"));
+        assert_eq!(string(a, "toolgate.agent.id"), Some(AGENT));
+        assert_eq!(string(a, "toolgate.action"), Some(span.name.as_str()));
+        assert!(span.parent_span_id.is_empty(), "no agent span: a root");
+        match i {
+            0 => assert!(span.links.is_empty(), "the first action links nowhere"),
+            _ => {
+                assert_eq!(span.links.len(), 1, "{}", span.name);
+                assert_eq!(span.links[0].span_id, spans[i - 1].span_id);
+                assert_eq!(span.links[0].trace_id, spans[i - 1].trace_id);
+            }
+        }
+        let events: Vec<&str> = span.events.iter().map(|e| e.name.as_str()).collect();
+        let evaluated = span.events.iter().find(|e| e.name == "policy evaluated");
+        assert!(
+            evaluated
+                .is_some_and(|e| int(&e.attributes, "toolgate.policy.eval_duration_us").is_some()),
+            "{events:?}"
+        );
+    }
+
+    let [read, close, pay] = &spans[..] else {
+        unreachable!()
+    };
+    for (span, tool_name, reason) in [
+        (read, "jira", "reading tickets is allowed"),
+        (close, "jira", "SUP-12 was read earlier in this task"),
+    ] {
+        let a = &span.attributes;
+        assert_eq!(string(a, "toolgate.decision"), Some("allow"));
+        assert_eq!(string(a, "toolgate.reason"), Some(reason));
+        assert_eq!(string(a, "toolgate.tool"), Some(tool_name));
+        assert_eq!(string(a, "toolgate.credential.name"), Some("jira-token"));
+        assert_eq!(string(a, "toolgate.credential.kind"), Some("secret"));
+        assert_eq!(int(a, "http.response.status_code"), Some(200));
+        assert_eq!(int(a, "server.port"), Some(80));
+        assert_eq!(string(a, "server.address"), Some("jira.test"));
+        assert_eq!(
+            span.status.clone().unwrap_or_default().code,
+            StatusCode::Unset as i32
+        );
+        assert!(span.events.iter().any(|e| e.name == "credential issued"));
+    }
+    assert_eq!(string(&read.attributes, "http.request.method"), Some("GET"));
+    assert_eq!(
+        string(&read.attributes, "url.path"),
+        Some("/rest/api/3/issue/SUP-12")
+    );
+    assert_eq!(
+        string(&close.attributes, "http.request.method"),
+        Some("POST")
+    );
+
+    let a = &pay.attributes;
+    assert_eq!(string(a, "toolgate.decision"), Some("deny"));
+    let reason = "payment of 5000 exceeds the limit of 100";
+    assert_eq!(string(a, "toolgate.reason"), Some(reason));
+    assert_eq!(denied["detail"], reason);
+    assert_eq!(int(a, "http.response.status_code"), Some(403));
+    assert_eq!(string(a, "toolgate.credential.name"), None);
+    let status = pay.status.clone().unwrap();
+    assert_eq!(
+        (status.code, status.message.as_str()),
+        (StatusCode::Error as i32, reason)
+    );
+    assert!(!pay.events.iter().any(|e| e.name == "credential issued"));
+
+    // No credential value anywhere in what was exported.
+    let bodies = receiver.bodies();
+    assert!(!bodies.is_empty());
+    for body in &bodies {
+        for secret in [JIRA_SECRET, PAYMENTS_SECRET, "agent-own-token"] {
+            assert!(
+                !body.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} was exported"
+            );
+        }
+    }
+
+    // The decision log names the same trace and span as the exported spans.
+    let log = tg.stdout();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{log}");
+    for span in &spans {
+        let id = string(&span.attributes, "toolgate.decision_id").unwrap();
+        let line = lines.iter().find(|l| l["decision_id"] == id).unwrap();
+        assert_eq!(line["trace_id"], hex(&span.trace_id));
+        assert_eq!(line["span_id"], hex(&span.span_id));
+        assert_eq!(
+            line["credential"]["id"].as_str(),
+            string(&span.attributes, "toolgate.credential.id"),
+            "the span carries the credential id the decision log has"
+        );
+    }
+    assert_eq!(
+        denied["decision_id"],
+        string(a, "toolgate.decision_id").unwrap()
+    );
+
+    // Acceptance 5: the counters, with action labels.
+    let text = metrics(&tg);
+    for want in [
+        "toolgate_requests_total{action=\"ticket.read\",decision=\"allow\"} 1\n",
+        "toolgate_requests_total{action=\"ticket.transition\",decision=\"allow\"} 1\n",
+        "toolgate_requests_total{action=\"payment.create\",decision=\"deny\"} 1\n",
+        "toolgate_credentials_issued_total{kind=\"secret\"} 2\n",
+        "toolgate_policy_eval_seconds_count 3\n",
+        "toolgate_upstream_duration_seconds_count 2\n",
+        "toolgate_spans_dropped_total 0\n",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_is_one_linked_trace_over_otlp_http() {
+    a_task_is_one_linked_trace("http", Receiver::http().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_is_one_linked_trace_over_otlp_grpc() {
+    a_task_is_one_linked_trace("grpc", Receiver::grpc().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_traceparent_makes_the_action_a_child_and_the_tool_gets_toolgates_span() {
+    let receiver = Receiver::http().await;
+    let tool = ToolServer::http().await;
+    let tg = start(&tool, &receiver.endpoint(), "http", QUICK);
+    let client = tg.forward_client();
+    let agent_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let agent_span = "00f067aa0ba902b7";
+    let resp = client
+        .get("http://jira.test/rest/api/3/issue/SUP-1")
+        .header("traceparent", format!("00-{agent_trace}-{agent_span}-01"))
+        .header("tracestate", "vendor=opaque")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // A malformed traceparent is ignored: toolgate starts the trace, and drops tracestate.
+    let resp = client
+        .get("http://jira.test/rest/api/3/issue/SUP-2")
+        .header("x-toolgate-task", "T-7")
+        .header("traceparent", "00-zz-00f067aa0ba902b7-01")
+        .header("tracestate", "vendor=opaque")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let spans: Vec<Span> = receiver
+        .wait_for(2)
+        .await
+        .into_iter()
+        .map(|r| r.span)
+        .collect();
+    let child = spans
+        .iter()
+        .find(|s| s.name == "ticket.read" && hex(&s.trace_id) == agent_trace);
+    let child = child.unwrap_or_else(|| panic!("no span in the agent's trace: {spans:#?}"));
+    assert_eq!(
+        hex(&child.parent_span_id),
+        agent_span,
+        "child of the agent's span"
+    );
+    assert_eq!(
+        string(&child.attributes, "toolgate.task.id"),
+        Some(agent_trace),
+        "the agent's trace names the task"
+    );
+    let own = spans
+        .iter()
+        .find(|s| string(&s.attributes, "toolgate.task.id") == Some("T-7"))
+        .unwrap();
+    assert_ne!(hex(&own.trace_id), agent_trace);
+    assert!(own.parent_span_id.is_empty());
+
+    let got = tool.received();
+    assert_eq!(got.len(), 2);
+    let first = got.iter().find(|r| r.target.ends_with("SUP-1")).unwrap();
+    assert_eq!(
+        first.headers["traceparent"],
+        format!("00-{agent_trace}-{}-01", hex(&child.span_id)),
+        "the tool's parent is toolgate's span"
+    );
+    assert_eq!(first.headers["tracestate"], "vendor=opaque");
+    let second = got.iter().find(|r| r.target.ends_with("SUP-2")).unwrap();
+    assert_eq!(
+        second.headers["traceparent"],
+        format!("00-{}-{}-01", hex(&own.trace_id), hex(&own.span_id))
+    );
+    assert!(!second.headers.contains_key("tracestate"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_task_trace_is_derived_from_the_task_so_it_survives_a_restart() {
+    let receiver = Receiver::http().await;
+    let tool = ToolServer::http().await;
+    let mut traces = Vec::new();
+    for _ in 0..2 {
+        let mut tg = start(&tool, &receiver.endpoint(), "http", QUICK);
+        let resp = tg
+            .forward_client()
+            .get("http://jira.test/rest/api/3/issue/SUP-3")
+            .header("x-toolgate-task", "T-long-running")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let n = traces.len() + 1;
+        let spans = receiver.wait_for(n).await;
+        traces.push(hex(&spans[n - 1].span.trace_id));
+        assert!(tg.terminate(Duration::from_secs(30)).is_some());
+    }
+    assert_eq!(traces[0], traces[1]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn collector_down_leaves_traffic_unaffected_and_counts_dropped_spans() {
+    let tool = ToolServer::http().await;
+    // Nothing listens there.
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let tg = start(
+        &tool,
+        &endpoint,
+        "http",
+        &[
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000"),
+        ],
+    );
+    let client = tg.forward_client();
+    for i in 0..5 {
+        let resp = client
+            .get(format!("http://jira.test/rest/api/3/issue/SUP-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(tool.received().len(), 5);
+    let dropped = wait_for_counter(&tg, "toolgate_spans_dropped_total", 5);
+    assert_eq!(dropped, 5, "{}", metrics(&tg));
+    assert!(tg.wait_for_log("span export failed"), "{}", tg.logs());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collector_that_never_answers_fills_the_queue_and_spans_are_dropped_not_waited_for() {
+    // Accepts connections and never answers: every export hangs until its timeout.
+    let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", black_hole.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = black_hole.accept().await {
+            open.push(stream);
+        }
+    });
+    let tool = ToolServer::http().await;
+    let tg = start(
+        &tool,
+        &endpoint,
+        "http",
+        &[
+            ("OTEL_BSP_SCHEDULE_DELAY", "10"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "2"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "120000"),
+            ("OTEL_BSP_EXPORT_TIMEOUT", "120000"),
+        ],
+    );
+    let client = tg.forward_client();
+    for i in 0..10 {
+        let resp = client
+            .get(format!("http://jira.test/rest/api/3/issue/SUP-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+    }
+    assert_eq!(tool.received().len(), 10);
+    // One span hangs in export, two wait in the queue, the other seven are dropped.
+    let dropped = wait_for_counter(&tg, "toolgate_spans_dropped_total", 7);
+    assert!(dropped >= 7, "{}", metrics(&tg));
+    held.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_flushes_spans_still_waiting_for_their_batch() {
+    let receiver = Receiver::grpc().await;
+    let tool = ToolServer::http().await;
+    let mut tg = start(
+        &tool,
+        &receiver.endpoint(),
+        "grpc",
+        &[("OTEL_BSP_SCHEDULE_DELAY", "600000")],
+    );
+    for issue in ["SUP-1", "SUP-2"] {
+        let resp = tg
+            .forward_client()
+            .get(format!("http://jira.test/rest/api/3/issue/{issue}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    // Both spans are queued once both requests are counted.
+    assert_eq!(
+        wait_for_counter(
+            &tg,
+            "toolgate_requests_total{action=\"ticket.read\",decision=\"allow\"}",
+            2
+        ),
+        2
+    );
+    assert!(
+        receiver.spans().is_empty(),
+        "exported before the batch delay"
+    );
+    let status = tg
+        .terminate(Duration::from_secs(30))
+        .expect("toolgate did not stop");
+    assert!(status.success(), "{status}");
+    let spans = receiver.spans();
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+}
