@@ -67,7 +67,8 @@ pub fn decide(
     let hidden: Vec<HeaderName> = tool
         .and_then(|t| t.credential.as_deref())
         .and_then(|c| config.credentials.get(c))
-        .map(|c| vec![c.header().clone()])
+        .and_then(|c| c.header())
+        .map(|h| vec![h.clone()])
         .unwrap_or_default();
     let accepted = &prepared.accepted;
     let input = Input {

@@ -1,5 +1,5 @@
-//! The admin listener: health and readiness for probes, metrics for Prometheus, and the
-//! operator API (`/v1/…`: revocations, task chains). The operator API answers loopback peers,
+//! The admin listener: health and readiness for probes, metrics for Prometheus, the public
+//! keys of minted credentials (`/.well-known/jwks.json`, for tools), and the operator API (`/v1/…`: revocations, task chains). The operator API answers loopback peers,
 //! or any peer presenting the bearer token from `admin.token_file`.
 
 use std::sync::Arc;
@@ -127,6 +127,11 @@ impl Admin {
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
                 body: self.gateway.metrics.render().into_bytes(),
             },
+            (Method::GET, "/.well-known/jwks.json") => Reply {
+                status: StatusCode::OK,
+                content_type: "application/jwk-set+json",
+                body: serde_json::to_vec(&self.gateway.keys.jwks()).unwrap_or_default(),
+            },
             (Method::GET, "/v1/revoke") => json(
                 StatusCode::OK,
                 &json!({ "revocations": self.gateway.revocations.list() }),
@@ -145,9 +150,15 @@ impl Admin {
                 let chain = serde_json::to_value(&chain).unwrap_or_default();
                 json(StatusCode::OK, &json!({ "task": task, "chain": chain }))
             }
-            (_, "/healthz" | "/readyz" | "/metrics" | "/v1/revoke" | "/v1/tasks") => {
-                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-            }
+            (
+                _,
+                "/healthz"
+                | "/readyz"
+                | "/metrics"
+                | "/.well-known/jwks.json"
+                | "/v1/revoke"
+                | "/v1/tasks",
+            ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }

@@ -14,6 +14,7 @@ use x509_parser::prelude::FromDer;
 
 use toolgate_policy::chain::Ledger;
 
+use crate::credential::{self, Exchanges, KeyRing};
 use crate::identify::DefaultTask;
 use crate::record::{DecisionLog, Metrics};
 use crate::revocation::Revocations;
@@ -25,6 +26,8 @@ pub enum LoadError {
     Policy(#[from] PolicyError),
     #[error("tls.upstream_ca: {0}")]
     UpstreamCa(String),
+    #[error("token exchange client: {0}")]
+    Sts(String),
 }
 
 /// Everything derived from one configuration version.
@@ -34,6 +37,8 @@ pub struct Snapshot {
     pub policy: Policy,
     /// System roots plus `tls.upstream_ca`, when extra roots are configured.
     pub upstream_roots: Option<Arc<CaType>>,
+    /// The HTTP client of token exchanges, when a credential needs one.
+    pub sts: Option<reqwest::Client>,
 }
 
 impl Snapshot {
@@ -44,10 +49,12 @@ impl Snapshot {
             Some(path) => Some(upstream_roots(path)?),
             None => None,
         };
+        let sts = credential::exchange::client(&config).map_err(LoadError::Sts)?;
         Ok(Snapshot {
             config,
             policy,
             upstream_roots,
+            sts,
         })
     }
 }
@@ -91,6 +98,10 @@ pub struct Gateway {
     pub revocations: Revocations,
     pub decision_log: DecisionLog,
     pub default_task: DefaultTask,
+    /// Public keys of minted credentials, current and recently rotated out.
+    pub keys: KeyRing,
+    /// Tokens obtained by token exchange, cached across requests and reloads.
+    pub exchanges: Exchanges,
 }
 
 impl Gateway {
@@ -98,6 +109,8 @@ impl Gateway {
     /// from this first snapshot and change only on restart.
     pub fn new(snapshot: Snapshot, decision_log: DecisionLog) -> Gateway {
         let ledger = Ledger::new(&snapshot.config.chain);
+        let keys = KeyRing::default();
+        keys.publish(&snapshot.config);
         Gateway {
             current: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
@@ -106,6 +119,8 @@ impl Gateway {
             revocations: Revocations::default(),
             decision_log,
             default_task: DefaultTask::default(),
+            keys,
+            exchanges: Exchanges::default(),
         }
     }
 
@@ -116,6 +131,7 @@ impl Gateway {
 
     /// Serve `snapshot` from the next request on.
     pub fn replace(&self, snapshot: Snapshot) {
+        self.keys.publish(&snapshot.config);
         self.current.store(Arc::new(snapshot));
     }
 

@@ -1,14 +1,20 @@
 //! Identify: who is calling (the agent this sidecar serves) and in which task.
 //!
-//! The task is named by the agent with `x-toolgate-task` (or the configured header); failing
-//! that, the trace id of an incoming `traceparent` groups the agent's requests; failing that,
-//! they fall into the agent's default task.
+//! A verified task token (`x-toolgate-task-token`) names the task; otherwise the agent names
+//! it with `x-toolgate-task` (or the configured header); failing that, the trace id of an
+//! incoming `traceparent` groups the agent's requests; failing that, they fall into the
+//! agent's default task. The agent's own identity token (`agent.id_file`) must be current.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+pub mod task_token;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderMap;
-use toolgate_policy::config::ChainSettings;
+use serde_json::Value as Json;
+use toolgate_policy::config::{Agent, ChainSettings, Config};
+
+pub use task_token::{TaskToken, TaskTokenError};
 
 /// The longest task id accepted.
 pub const MAX_TASK_ID: usize = 128;
@@ -25,14 +31,69 @@ pub struct TraceParent {
 }
 
 /// Who and what a request is part of.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
-    /// The task the agent named (header or traceparent); `None` means the default task.
+    /// The task the agent named (task token, header or traceparent); `None` means the
+    /// default task.
     pub task_id: Option<String>,
     /// The agent's trace context, when it sent a valid one.
     pub parent: Option<TraceParent>,
     /// The trace this request's action belongs to.
     pub trace_id: [u8; 16],
+    /// The verified task token's claims (`input.task.claims`).
+    pub task_claims: Option<Arc<Json>>,
+}
+
+/// The agent's identity token has expired: nothing is decided until it is rotated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the agent's identity token (agent.id_file) expired at {0}; requests are refused until it is renewed")]
+pub struct AgentExpired(pub String);
+
+/// Why a request's identity was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentifyError {
+    #[error(transparent)]
+    BadTask(#[from] BadTask),
+    #[error(transparent)]
+    TaskToken(#[from] TaskTokenError),
+    #[error(transparent)]
+    AgentExpired(#[from] AgentExpired),
+}
+
+/// The identify stage: the agent's identity is current, the task token (if sent) verifies,
+/// and the task it names agrees with the task header.
+pub fn request(
+    headers: &HeaderMap,
+    config: &Config,
+    now: SystemTime,
+) -> Result<Identity, IdentifyError> {
+    agent_current(&config.agent, now)?;
+    let mut identity = identify(headers, &config.chain)?;
+    if let Some(token) = task_token::verify(headers, config.task_tokens.as_ref())? {
+        if let Some(given) = headers.get(&config.chain.task_header) {
+            if given.as_bytes() != token.task.as_bytes() {
+                return Err(TaskTokenError::Conflict {
+                    header: config.chain.task_header.to_string(),
+                    given: String::from_utf8_lossy(given.as_bytes()).into_owned(),
+                    token: token.task,
+                }
+                .into());
+            }
+        }
+        identity.task_id = Some(token.task);
+        identity.task_claims = Some(token.claims);
+    }
+    Ok(identity)
+}
+
+/// Refuse once the agent's identity token has expired (a rotated one is loaded by reload).
+pub fn agent_current(agent: &Agent, now: SystemTime) -> Result<(), AgentExpired> {
+    match agent.expires {
+        Some(exp) if exp <= now => Err(AgentExpired(
+            humantime::format_rfc3339_seconds(exp).to_string(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A task header that cannot name a task.
@@ -73,6 +134,7 @@ pub fn identify(headers: &HeaderMap, chain: &ChainSettings) -> Result<Identity, 
         task_id,
         parent,
         trace_id,
+        task_claims: None,
     })
 }
 

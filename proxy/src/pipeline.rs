@@ -3,7 +3,7 @@
 //! No policy logic lives in the phase bodies.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use http::HeaderName;
@@ -35,6 +35,8 @@ pub struct Exchange {
     /// The id of this action's span.
     pub span_id: [u8; 8],
     pub task_id: String,
+    /// The verified task token's claims (`input.task.claims`).
+    pub task_claims: Option<Arc<serde_json::Value>>,
     /// The action's sequence number in its task's chain, once recorded.
     pub seq: Option<u64>,
     pub via: Option<Via>,
@@ -67,6 +69,7 @@ impl Exchange {
             trace_id: String::new(),
             span_id: rand::random(),
             task_id: String::new(),
+            task_claims: None,
             seq: None,
             via: None,
             tool: None,
@@ -139,18 +142,19 @@ impl From<Refused> for Refusal {
 }
 
 /// identify → accept/normalise/classify → evaluate → credential → forward plan.
-fn admit(
+async fn admit(
     gw: &Gateway,
     snapshot: &Snapshot,
     req: &RequestHeader,
     x: &mut Exchange,
 ) -> Result<(), Refusal> {
     let config = &snapshot.config;
-    let identity = identify::identify(&req.headers, &config.chain)?;
+    let identity = identify::request(&req.headers, config, SystemTime::now())?;
     x.task_id = identity
         .task_id
         .unwrap_or_else(|| gw.default_task.current(config.chain.idle_ttl));
     x.trace_id = hex::encode(identity.trace_id);
+    x.task_claims = identity.task_claims;
 
     let prepared = prepare(config, req.method.as_str(), req.raw_path(), &req.headers)?;
     let tool = prepared.accepted.tool.and_then(|t| config.catalog.tool(t));
@@ -171,7 +175,9 @@ fn admit(
         // Forwarded as it came: the agent's credentials stay, nothing is injected.
         x.strip = Vec::new();
     } else {
-        x.injection = credential::select(config, tool, &decision.credential).inspect_err(|_| {
+        let subject = credential::subject(config, x);
+        let issued = credential::issue(gw, snapshot, tool, &decision.credential, &subject).await;
+        x.injection = issued.inspect_err(|_| {
             x.effect = Some(Effect::Error);
         })?;
         x.strip = strip;
@@ -207,7 +213,7 @@ impl ProxyHttp for Pipeline {
     async fn request_filter(&self, session: &mut Session, x: &mut Exchange) -> Result<bool> {
         let snapshot = self.gateway.snapshot();
         x.decision_id = uuid::Uuid::now_v7().to_string();
-        let admitted = admit(&self.gateway, &snapshot, session.req_header(), x);
+        let admitted = admit(&self.gateway, &snapshot, session.req_header(), x).await;
         x.snapshot = Some(snapshot);
         match admitted {
             Ok(()) => Ok(false),
@@ -262,13 +268,15 @@ impl ProxyHttp for Pipeline {
         Ok(())
     }
 
-    /// Runs when the tool's response head arrives: its status joins the task's chain.
+    /// Runs when the tool's response head arrives: its status joins the task's chain, and the
+    /// injected credential is scrubbed from its headers before the agent sees them.
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
         response: &mut ResponseHeader,
         x: &mut Exchange,
     ) -> Result<()> {
+        credential::scrub(response, x.injection.as_ref());
         if let Some(sent) = x.upstream_sent {
             self.gateway
                 .metrics
