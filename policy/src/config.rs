@@ -20,7 +20,7 @@ use std::time::Duration;
 
 pub use credentials::{is_scope, ExchangeSpec, Format, JwtSpec, Placement, SecretText};
 pub use files::{DiskFiles, EmbeddedFiles, Files, ProcessEnv, StaticEnv, Vars};
-pub use identity::{TaskTokens, TokenIssuer};
+pub use identity::{TaskTokens, TokenIssuer, AGENT_LEEWAY};
 pub use jwks::{unverified_claims, KeySet, TokenError, MAX_TOKEN_BYTES};
 pub use signing::{generate_ed25519_pem, SigningKey};
 

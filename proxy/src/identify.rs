@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderMap;
 use serde_json::Value as Json;
-use toolgate_policy::config::{Agent, ChainSettings, Config};
+use toolgate_policy::config::{Agent, ChainSettings, Config, AGENT_LEEWAY};
 
 pub use task_token::{TaskToken, TaskTokenError};
 
@@ -86,10 +86,11 @@ pub fn request(
     Ok(identity)
 }
 
-/// Refuse once the agent's identity token has expired (a rotated one is loaded by reload).
+/// Refuse once the agent's identity token has expired — with the clock-skew allowance its
+/// load applied (`AGENT_LEEWAY`); a rotated token is picked up by hot reload.
 pub fn agent_current(agent: &Agent, now: SystemTime) -> Result<(), AgentExpired> {
     match agent.expires {
-        Some(exp) if exp <= now => Err(AgentExpired(
+        Some(exp) if exp + AGENT_LEEWAY <= now => Err(AgentExpired(
             humantime::format_rfc3339_seconds(exp).to_string(),
         )),
         _ => Ok(()),
@@ -247,6 +248,61 @@ mod tests {
             h.insert("x-toolgate-task", bad.parse().unwrap());
             assert!(identify(&h, &chain()).is_err(), "{bad:?}");
         }
+    }
+
+    fn config(extra: &str) -> Config {
+        let yaml = format!("agent: {{ id: a }}\npolicy: {{ files: [p.rego] }}\n{extra}");
+        let yaml: &'static str = Box::leak(yaml.into_boxed_str());
+        let files = toolgate_policy::config::EmbeddedFiles::new(&[
+            ("toolgate.yaml", yaml.as_bytes()),
+            ("p.rego", b"package toolgate\ndefault decision := false\n"),
+            ("o.json", br#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#),
+        ]);
+        let env = toolgate_policy::config::StaticEnv::default();
+        Config::load_from(std::path::Path::new("toolgate.yaml"), &files, &env).unwrap()
+    }
+
+    #[test]
+    fn task_tokens_are_refused_unless_issuers_are_configured() {
+        let mut h = HeaderMap::new();
+        h.insert("x-toolgate-task-token", "a.b.c".parse().unwrap());
+        let now = SystemTime::now();
+        assert_eq!(
+            request(&h, &config(""), now),
+            Err(IdentifyError::TaskToken(TaskTokenError::NotAccepted))
+        );
+        let with = config("task_tokens: { issuers: [{ issuer: o, jwks_file: o.json }] }\n");
+        assert_eq!(
+            request(&h, &with, now),
+            Err(IdentifyError::TaskToken(TaskTokenError::Invalid(
+                toolgate_policy::config::TokenError::Malformed
+            )))
+        );
+        h.append("x-toolgate-task-token", "d.e.f".parse().unwrap());
+        assert_eq!(
+            request(&h, &with, now),
+            Err(IdentifyError::TaskToken(TaskTokenError::Repeated))
+        );
+    }
+
+    #[test]
+    fn an_expired_agent_identity_refuses_every_request() {
+        let exp = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let agent = Agent {
+            id: "a".into(),
+            expires: Some(exp),
+            ..Agent::default()
+        };
+        assert_eq!(agent_current(&agent, exp), Ok(()));
+        assert_eq!(
+            agent_current(&agent, exp + AGENT_LEEWAY - Duration::from_secs(1)),
+            Ok(())
+        );
+        let err = agent_current(&agent, exp + AGENT_LEEWAY).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the agent's identity token (agent.id_file) expired at 2027-01-15T08:00:00Z; requests are refused until it is renewed"
+        );
     }
 
     #[test]

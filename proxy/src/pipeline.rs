@@ -177,9 +177,15 @@ async fn admit(
     } else {
         let subject = credential::subject(config, x);
         let issued = credential::issue(gw, snapshot, tool, &decision.credential, &subject).await;
-        x.injection = issued.inspect_err(|_| {
-            x.effect = Some(Effect::Error);
-        })?;
+        match issued {
+            Ok(injection) => x.injection = injection,
+            Err(e) => {
+                // Allowed, but not forwardable: logged as an error, like a policy failure.
+                x.effect = Some(Effect::Error);
+                evaluate::log_decision(gw, snapshot, &prepared, x);
+                return Err(e.into());
+            }
+        }
         x.strip = strip;
     }
     evaluate::log_decision(gw, snapshot, &prepared, x);

@@ -560,3 +560,6 @@ fn exchange(
         format: format?,
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -252,3 +252,6 @@ pub(super) fn task_tokens(
         task_claim,
     })
 }
+
+#[cfg(test)]
+mod tests;
