@@ -8,6 +8,9 @@ source scripts/setup.sh
 # The Helm chart's offline checks (tests/helm.rs): Helm's Go SDK and Kubernetes' schemas.
 python3 -c 'import helm_python, kubernetes_validate' 2>/dev/null ||
   python3 -m pip install -q 'helm-python-sdk>=0.2,<0.3' 'kubernetes-validate>=1.37,<2'
+# Minted credentials are verified by an independent JWT implementation (tests/credentials).
+python3 -c 'import jwt, cryptography' 2>/dev/null ||
+  python3 -m pip install -q 'pyjwt[crypto]>=2.8,<3'
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings

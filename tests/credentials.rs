@@ -13,8 +13,14 @@ mod support;
 #[path = "credentials/servers.rs"]
 mod servers;
 
-#[path = "credentials/scenarios.rs"]
-mod scenarios;
+#[path = "credentials/exchange.rs"]
+mod exchange;
+#[path = "credentials/identity.rs"]
+mod identity;
+#[path = "credentials/minting.rs"]
+mod minting;
+#[path = "credentials/redaction.rs"]
+mod redaction;
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};

@@ -8,14 +8,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use http::HeaderName;
 use jsonwebtoken::Algorithm;
 
 use super::raw::RawCredential;
 use super::signing::{SigningKey, SIGNING_ALGORITHMS};
 use super::validate::{duration, header_name, is_name, Collector};
-use super::{Agent, CredentialSpec, Files, SecretSpec, SecretValue, Vars};
+use super::{Agent, CredentialSpec, Files, Vars};
 
 /// A secret string (a token, a password): never printed, never serialised.
 #[derive(Clone)]
@@ -201,9 +200,9 @@ pub(super) fn compile(
             }
         }
         let spec = match cred.kind.as_str() {
-            "secret" => secret(c, &path, cred, files, vars).map(CredentialSpec::Secret),
+            "secret" => secret::compile(c, &path, cred, files, vars).map(CredentialSpec::Secret),
             "jwt" => jwt(c, &path, cred, files).map(CredentialSpec::Jwt),
-            _ => exchange(c, &path, cred, agent, files).map(CredentialSpec::TokenExchange),
+            _ => exchange::compile(c, &path, cred, agent, files).map(CredentialSpec::TokenExchange),
         };
         if let Some(spec) = spec {
             out.insert(name.clone(), spec);
@@ -212,7 +211,12 @@ pub(super) fn compile(
     out
 }
 
-fn read_secret(c: &mut Collector, path: &str, file: &str, files: &dyn Files) -> Option<String> {
+pub(super) fn read_secret(
+    c: &mut Collector,
+    path: &str,
+    file: &str,
+    files: &dyn Files,
+) -> Option<String> {
     let bytes = files
         .read(Path::new(file))
         .map_err(|e| {
@@ -232,7 +236,12 @@ fn read_secret(c: &mut Collector, path: &str, file: &str, files: &dyn Files) -> 
     Some(text.trim_end_matches(['\n', '\r']).to_string())
 }
 
-fn format(c: &mut Collector, path: &str, raw: Option<&str>, default: &str) -> Option<Format> {
+pub(super) fn format(
+    c: &mut Collector,
+    path: &str,
+    raw: Option<&str>,
+    default: &str,
+) -> Option<Format> {
     let f = raw.unwrap_or(default);
     let Some((prefix, suffix)) = f.split_once("{}").filter(|(_, s)| !s.contains("{}")) else {
         c.push(
@@ -254,132 +263,7 @@ fn format(c: &mut Collector, path: &str, raw: Option<&str>, default: &str) -> Op
     })
 }
 
-const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-fn secret(
-    c: &mut Collector,
-    path: &str,
-    cred: &RawCredential,
-    files: &dyn Files,
-    vars: &dyn Vars,
-) -> Option<SecretSpec> {
-    let secret = match (&cred.file, &cred.env) {
-        (Some(f), None) => read_secret(c, &format!("{path}.file"), f, files),
-        (None, Some(e)) => {
-            let value = vars.var(e);
-            if value.is_none() {
-                c.push(
-                    format!("{path}.env"),
-                    format!("environment variable {e} is not set"),
-                );
-            }
-            value
-        }
-        _ => {
-            c.push(path, "a secret needs exactly one of `file` and `env`");
-            None
-        }
-    };
-    // A trailing newline in a secret is an editor's (or `echo`'s), not the secret's.
-    let secret = secret.map(|s| s.trim_end_matches(['\n', '\r']).to_string());
-    let basic = cred.format.as_deref() == Some("basic");
-    let placement = match (&cred.query, &cred.header) {
-        (Some(_), Some(_)) => {
-            c.push(path, "set one of `header` and `query`, not both");
-            return None;
-        }
-        (Some(q), None) if basic => {
-            c.push(
-                format!("{path}.query"),
-                format!("format: basic goes in a header, not query parameter {q:?}"),
-            );
-            return None;
-        }
-        (Some(q), None) => {
-            if q.is_empty()
-                || percent_encoding::utf8_percent_encode(q, UNRESERVED).to_string() != *q
-            {
-                c.push(
-                    format!("{path}.query"),
-                    format!(
-                        "{q:?} must be a parameter name of letters, digits, '-', '.', '_', '~'"
-                    ),
-                );
-                return None;
-            }
-            Placement::Query(q.clone())
-        }
-        (None, h) => Placement::Header(header_name(
-            c,
-            &format!("{path}.header"),
-            h.as_deref().unwrap_or("authorization"),
-        )),
-    };
-    if cred.username.is_some() && !basic {
-        c.push(
-            format!("{path}.username"),
-            "applies to `format: basic` only",
-        );
-    }
-    let format = if basic {
-        None
-    } else {
-        Some(format(c, path, cred.format.as_deref(), "{}")?)
-    };
-    let secret = secret?;
-    if secret.is_empty() {
-        c.push(path, "the secret is empty");
-        return None;
-    }
-    let mut needles = vec![SecretText::new(&secret)];
-    let wire = match (&placement, &format) {
-        (Placement::Query(_), Some(f)) => {
-            let encoded =
-                percent_encoding::utf8_percent_encode(&f.apply(&secret), UNRESERVED).to_string();
-            needles.push(SecretText::new(&encoded));
-            encoded
-        }
-        (_, Some(f)) => f.apply(&secret),
-        (_, None) => {
-            // RFC 7617: base64 of `user:password`; without `username` the secret is that pair.
-            let pair = match &cred.username {
-                Some(user) => format!("{user}:{secret}"),
-                None if secret.contains(':') => secret.clone(),
-                None => {
-                    c.push(
-                        path,
-                        "format: basic needs `username`, or a secret of the form user:password",
-                    );
-                    return None;
-                }
-            };
-            let encoded = base64::engine::general_purpose::STANDARD.encode(pair.as_bytes());
-            needles.push(SecretText::new(&encoded));
-            format!("Basic {encoded}")
-        }
-    };
-    match http::HeaderValue::from_str(&wire) {
-        Ok(v) => Some(SecretSpec {
-            placement,
-            value: SecretValue::new(v),
-            needles,
-        }),
-        // Never echo the secret itself.
-        Err(_) => {
-            c.push(
-                path,
-                "the secret holds characters not allowed in a header value",
-            );
-            None
-        }
-    }
-}
-
-fn required<'a>(
+pub(super) fn required<'a>(
     c: &mut Collector,
     path: &str,
     key: &str,
@@ -474,92 +358,7 @@ fn jwt(c: &mut Collector, path: &str, cred: &RawCredential, files: &dyn Files) -
     })
 }
 
-fn exchange(
-    c: &mut Collector,
-    path: &str,
-    cred: &RawCredential,
-    agent: &Agent,
-    files: &dyn Files,
-) -> Option<ExchangeSpec> {
-    let endpoint = required(
-        c,
-        path,
-        "endpoint",
-        cred.endpoint.as_ref(),
-        "the STS token endpoint, e.g. https://sts.example.com/token",
-    )
-    .and_then(|e| match e.parse::<http::Uri>() {
-        Ok(uri)
-            if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() =>
-        {
-            Some(uri)
-        }
-        _ => {
-            c.push(
-                format!("{path}.endpoint"),
-                format!("{e:?} must be an http:// or https:// URL"),
-            );
-            None
-        }
-    });
-    let audience = required(
-        c,
-        path,
-        "audience",
-        cred.audience.as_ref(),
-        "the audience to exchange the agent's token for",
-    );
-    let scopes = cred.scopes.clone().unwrap_or_default();
-    for (i, s) in scopes.iter().enumerate() {
-        if !is_scope(s) {
-            c.push(
-                format!("{path}.scopes[{i}]"),
-                format!("{s:?} is not a scope token (no spaces or quotes)"),
-            );
-        }
-    }
-    if agent.token.is_none() {
-        c.push(
-            path,
-            "token_exchange needs `agent.id_file`: the agent's identity token is the subject token",
-        );
-    }
-    let client = match (&cred.client_id, &cred.client_secret_file) {
-        (Some(id), Some(file)) => {
-            read_secret(c, &format!("{path}.client_secret_file"), file, files)
-                .map(|s| (id.clone(), SecretText::new(s.trim())))
-        }
-        (None, None) => None,
-        _ => {
-            c.push(
-                path,
-                "set both `client_id` and `client_secret_file`, or neither",
-            );
-            None
-        }
-    };
-    let timeout = duration(c, &format!("{path}.timeout"), cred.timeout.as_deref(), "5s");
-    let header = header_name(
-        c,
-        &format!("{path}.header"),
-        cred.header.as_deref().unwrap_or("authorization"),
-    );
-    let format = format(c, path, cred.format.as_deref(), "Bearer {}");
-    Some(ExchangeSpec {
-        endpoint: endpoint?,
-        audience: audience?.to_string(),
-        scopes,
-        subject_token_type: cred
-            .subject_token_type
-            .clone()
-            .unwrap_or_else(|| JWT_TOKEN_TYPE.to_string()),
-        requested_token_type: cred.requested_token_type.clone(),
-        client,
-        timeout,
-        header,
-        format: format?,
-    })
-}
-
+mod exchange;
+mod secret;
 #[cfg(test)]
 mod tests;

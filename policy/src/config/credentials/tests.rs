@@ -166,7 +166,7 @@ fn jwt_needs_audience_and_a_usable_key() {
 #[test]
 fn token_exchange_needs_the_agents_identity_token() {
     let e = load(
-        "  gh: { kind: token_exchange, endpoint: \"ftp://sts\", audience: github, scopes: [\"a b\"] }\n",
+        "  gh: { kind: token_exchange, endpoint: \"ftp://sts\", audience: github, scopes: [\"a b\"] }\n  gl: { kind: token_exchange, endpoint: \"https://u:p@sts/t\", audience: gitlab }\n",
         &[],
     )
     .unwrap_err();
@@ -175,6 +175,7 @@ fn token_exchange_needs_the_agents_identity_token() {
         "credentials.gh.endpoint: \"ftp://sts\" must be an http:// or https:// URL",
         "credentials.gh.scopes[0]: \"a b\" is not a scope token",
         "credentials.gh: token_exchange needs `agent.id_file`",
+        "credentials.gl.endpoint: must not hold credentials",
     ] {
         assert!(m.contains(want), "missing {want:?} in:\n{m}");
     }
