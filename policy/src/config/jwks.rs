@@ -103,6 +103,7 @@ impl KeySet {
     /// Parse a JWKS document (`{"keys": [...]}`); keys for encryption, symmetric keys and
     /// keys of unsupported types are skipped. At least one usable key is required.
     pub fn parse(bytes: &[u8]) -> Result<KeySet, String> {
+        super::signing::install_provider();
         let doc: Json = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
         let Some(items) = doc.get("keys").and_then(Json::as_array) else {
             return Err("not a JWKS document: no \"keys\" array".to_string());

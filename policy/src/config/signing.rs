@@ -1,6 +1,11 @@
 //! The signing key of minted credentials (`kind: jwt`): parsed once at load into a
 //! jsonwebtoken `EncodingKey`, with its public JWK and key id, and checked by signing and
 //! verifying a probe token, so a key that cannot sign fails `toolgate check`, not a request.
+//!
+//! jsonwebtoken's RustCrypto backend turns the `EncodingKey` into an Ed25519 signing key on
+//! every `encode`, re-deriving the public key — half the cost of a signature. toolgate
+//! installs a `CryptoProvider` that is the RustCrypto one except that Ed25519 signing keys,
+//! once parsed, are kept (per thread, by their DER bytes), so a mint only signs.
 
 use std::fmt;
 
@@ -37,6 +42,7 @@ impl fmt::Debug for SigningKey {
 impl SigningKey {
     /// Parse a PEM private key for `algorithm` (PKCS#8; PKCS#1 also for RSA).
     pub fn from_pem(pem: &[u8], algorithm: Algorithm) -> Result<SigningKey, String> {
+        install_provider();
         let encoding = match algorithm {
             Algorithm::EdDSA => EncodingKey::from_ed_pem(pem),
             Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(pem),
@@ -128,3 +134,75 @@ pub fn generate_ed25519_pem() -> Result<String, String> {
     pem.push_str("-----END PRIVATE KEY-----\n");
     Ok(pem)
 }
+
+/// Install toolgate's jsonwebtoken `CryptoProvider`, before the first use of jsonwebtoken. If
+/// another was installed first (a program using jsonwebtoken before toolgate's config), that
+/// one stays: tokens are the same, signing is only slower.
+pub fn install_provider() {
+    use jsonwebtoken::crypto::{rust_crypto, CryptoProvider};
+    static PROVIDER: std::sync::OnceLock<CryptoProvider> = std::sync::OnceLock::new();
+    let provider = PROVIDER.get_or_init(|| CryptoProvider {
+        signer_factory: cached_signer,
+        ..rust_crypto::DEFAULT_PROVIDER.clone()
+    });
+    let _ = provider.install_default();
+}
+
+/// Most Ed25519 keys one thread keeps parsed (keys change only on rotation).
+const CACHED_KEYS: usize = 8;
+
+thread_local! {
+    static ED25519: std::cell::RefCell<Vec<(Vec<u8>, ed25519_dalek::SigningKey)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+struct Ed25519Signer(ed25519_dalek::SigningKey);
+
+impl jsonwebtoken::signature::Signer<Vec<u8>> for Ed25519Signer {
+    fn try_sign(&self, msg: &[u8]) -> Result<Vec<u8>, jsonwebtoken::signature::Error> {
+        Ok(self.0.sign(msg).to_bytes().to_vec())
+    }
+}
+
+impl jsonwebtoken::crypto::JwtSigner for Ed25519Signer {
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::EdDSA
+    }
+}
+
+fn cached_signer(
+    alg: &Algorithm,
+    key: &EncodingKey,
+) -> jsonwebtoken::errors::Result<Box<dyn jsonwebtoken::crypto::JwtSigner>> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+    use jsonwebtoken::AlgorithmFamily;
+    if *alg != Algorithm::EdDSA || key.family() != AlgorithmFamily::Ed {
+        return (jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.signer_factory)(alg, key);
+    }
+    let der = key.as_bytes();
+    let cached = ED25519.with(|c| {
+        c.borrow()
+            .iter()
+            .find(|(k, _)| k.as_slice() == der)
+            .map(|(_, s)| s.clone())
+    });
+    let signing = match cached {
+        Some(s) => s,
+        None => {
+            let parsed = ed25519_dalek::SigningKey::from_pkcs8_der(der)
+                .map_err(|_| jsonwebtoken::errors::ErrorKind::InvalidEddsaKey)?;
+            ED25519.with(|c| {
+                let mut c = c.borrow_mut();
+                if c.len() >= CACHED_KEYS {
+                    c.clear();
+                }
+                c.push((der.to_vec(), parsed.clone()));
+            });
+            parsed
+        }
+    };
+    Ok(Box::new(Ed25519Signer(signing)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -43,8 +43,6 @@ type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
 #[derive(Debug, Default)]
 pub struct Exchanges {
     slots: Mutex<HashMap<Key, Slot>>,
-    /// Exchanges performed (not cache hits).
-    performed: std::sync::atomic::AtomicU64,
 }
 
 /// Why an exchange failed; shown to the agent, so it never holds a token.
@@ -88,11 +86,6 @@ fn margin(lifetime: Duration) -> Duration {
 }
 
 impl Exchanges {
-    /// How many exchanges were performed (cache misses).
-    pub fn performed(&self) -> u64 {
-        self.performed.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     fn slot(&self, key: Key) -> Slot {
         let Ok(mut slots) = self.slots.lock() else {
             return Slot::default();
@@ -125,8 +118,6 @@ impl Exchanges {
         if let Some(c) = cached.as_ref().filter(|c| now < c.refresh_at) {
             return Ok(c.token.clone());
         }
-        self.performed
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match exchange(client, &endpoint, spec, subject, scope).await {
             Ok((token, Some(lifetime))) if lifetime > Duration::from_secs(1) => {
                 let at = Instant::now();
