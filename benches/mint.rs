@@ -1,25 +1,60 @@
-//! Interception certificate cost: minting a leaf for a new host (one ECDSA P-256 signature by
-//! the CA), and a cache hit for a host already seen (what every later tunnel pays).
+//! Minting one credential (DESIGN.md §9: JWT mint < 30 µs median): the claims of an allowed
+//! action signed with the EdDSA key parsed once at load — what the credential stage does per
+//! request for a `kind: jwt` credential.
 //!
 //! cargo bench --bench mint
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use toolgate_proxy::ca::{generate, Authority};
+use toolgate_policy::config::{Config, CredentialSpec, EmbeddedFiles, StaticEnv};
+use toolgate_policy::evaluate::CredentialGrant;
+use toolgate_proxy::credential::mint::{mint, Subject};
+
+const CONFIG: &str = "agent: { id: spiffe://example.org/ns/support/sa/triage-agent }
+policy: { files: [p.rego] }
+credentials:
+  payments: { kind: jwt, audience: payments.example.com, key_file: mint-key.pem, max_ttl: 60s }
+";
 
 fn bench(c: &mut Criterion) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let (cert, key) = generate("bench CA", 1).unwrap();
-    let ca = Authority::from_pem(cert.as_bytes(), key.as_bytes(), 1024).unwrap();
-    c.bench_function("mint leaf (dns name)", |b| {
-        b.iter(|| ca.mint("jira.example.com").unwrap())
-    });
-    c.bench_function("mint leaf (ip address)", |b| {
-        b.iter(|| ca.mint("192.0.2.7").unwrap())
-    });
-    ca.leaf("jira.example.com").unwrap();
-    c.bench_function("leaf cache hit", |b| {
-        b.iter(|| ca.leaf("jira.example.com").unwrap())
+    // A fresh key per run: no private key is kept in the repository.
+    let key: &'static [u8] = Box::leak(
+        toolgate_policy::config::generate_ed25519_pem()
+            .unwrap()
+            .into_bytes()
+            .into_boxed_slice(),
+    );
+    let files = EmbeddedFiles::new(&[
+        ("toolgate.yaml", CONFIG.as_bytes()),
+        ("p.rego", b"package toolgate\ndefault decision := false\n"),
+        ("mint-key.pem", key),
+    ]);
+    let config =
+        Config::load_from(Path::new("toolgate.yaml"), &files, &StaticEnv::default()).unwrap();
+    let CredentialSpec::Jwt(spec) = &config.credentials["payments"] else {
+        panic!("payments is a jwt credential")
+    };
+    let grant = CredentialGrant {
+        name: Some("payments".into()),
+        scopes: vec!["payments:write".into()],
+        ttl: Some(Duration::from_secs(30)),
+    };
+    let subject = Subject {
+        agent: &config.agent.id,
+        task: "T-42",
+        action: "payment.create",
+        act: None,
+    };
+    c.bench_function("mint/eddsa", |b| {
+        b.iter(|| mint(spec, &grant, &subject, SystemTime::now()).unwrap())
     });
 }
 

@@ -14,6 +14,9 @@ python3 -c 'import requests' 2>/dev/null || python3 -m pip install -q 'requests>
 # mcp.server.mcpserver.MCPServer and mcp.Client exist from 2.x on).
 python3 -c 'from mcp import Client; import mcp.server.mcpserver' 2>/dev/null ||
   python3 -m pip install -q 'mcp>=2.3,<3'
+# Minted credentials are verified by an independent JWT implementation (tests/credentials).
+python3 -c 'import jwt, cryptography' 2>/dev/null ||
+  python3 -m pip install -q 'pyjwt[crypto]>=2.8,<3'
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -63,6 +63,9 @@ enum Command {
     /// The CA toolgate intercepts HTTPS with (`tls.ca`).
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Signing keys for minted credentials.
+    #[command(subcommand)]
+    Keys(Keys),
 }
 
 /// `toolgate ca …`
@@ -111,6 +114,20 @@ struct Eval {
     /// The task the request belongs to.
     #[arg(long, default_value = "eval")]
     task: String,
+}
+
+/// `toolgate keys …`
+#[derive(Debug, Subcommand)]
+enum Keys {
+    /// Write a new Ed25519 signing key (PKCS#8 PEM, mode 0600) for `kind: jwt` credentials.
+    Init {
+        /// Where to write it; without it, the key is printed to standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replace an existing file (rotation: the new key signs from the next reload on).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// `toolgate init-iptables` arguments; lists are comma-separated.
@@ -441,10 +458,72 @@ fn ca(command: CaCommand) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `toolgate keys init`: a new key, written so that only its owner can read it. The file is
+/// written beside its destination and renamed over it, so a running toolgate reloading it
+/// never reads half a key.
+fn keys_init(out: Option<&Path>, force: bool) -> ExitCode {
+    let pem = match toolgate_policy::config::generate_ed25519_pem() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("toolgate keys init: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(out) = out else {
+        print!("{pem}");
+        return ExitCode::SUCCESS;
+    };
+    if out.exists() && !force {
+        eprintln!(
+            "toolgate keys init: {} exists; pass --force to replace it",
+            out.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    match write_private(out, pem.as_bytes()) {
+        Ok(()) => {
+            println!(
+                "toolgate keys init: wrote an Ed25519 signing key to {}",
+                out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("toolgate keys init: {}: {e}", out.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn write_private(out: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = out.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    drop(file);
+    match written.and_then(|()| std::fs::rename(&tmp, out)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Ca(command) => ca(command),
+        Command::Keys(Keys::Init { out, force }) => keys_init(out.as_deref(), force),
         Command::InitIptables(args) => init_iptables(args),
         Command::Check { config } => {
             let Some(s) = snapshot(Some(&config)) else {

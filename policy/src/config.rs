@@ -1,9 +1,13 @@
 //! Configuration: parsed once from YAML, validated with every error collected, compiled into
 //! the typed values the pipeline uses. Nothing on the request path parses config text.
 
+mod credentials;
 mod files;
+mod identity;
+mod jwks;
 mod matching;
 mod raw;
+mod signing;
 mod telemetry;
 #[cfg(test)]
 mod tests;
@@ -17,8 +21,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use credentials::{is_scope, ExchangeSpec, Format, JwtSpec, Placement, SecretText};
 pub use files::{DiskFiles, EmbeddedFiles, Files, ProcessEnv, StaticEnv, Vars};
+pub use identity::{TaskTokens, TokenIssuer, AGENT_LEEWAY};
+pub use jwks::{unverified_claims, KeySet, TokenError, MAX_TOKEN_BYTES};
 pub use matching::{body_cap, MAX_BODY_BYTES};
+pub use signing::{generate_ed25519_pem, SigningKey};
 
 use crate::classify::Catalog;
 
@@ -40,6 +48,8 @@ pub struct Config {
     pub chain: ChainSettings,
     pub tls: TlsSettings,
     pub limits: Limits,
+    /// Issuers whose task tokens (`x-toolgate-task-token`) are accepted; `None`: none are.
+    pub task_tokens: Option<TaskTokens>,
     /// Hash of every file read to build this config: equal fingerprints, equal configs.
     pub fingerprint: u64,
 }
@@ -54,9 +64,15 @@ pub struct Listen {
 }
 
 /// Who the agent behind this sidecar is.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Agent {
     pub id: String,
+    /// The claims of the `agent.id_file` token (`input.agent.claims`).
+    pub claims: Option<serde_json::Value>,
+    /// The `agent.id_file` token itself: the subject token of token exchanges.
+    pub token: Option<SecretText>,
+    /// When that token expires: from then on every request is refused until a new one arrives.
+    pub expires: Option<std::time::SystemTime>,
 }
 
 /// A path prefix on the proxy listener that names a tool directly (`/jira/…` → `jira`).
@@ -136,15 +152,22 @@ pub struct AdminSettings {
 pub enum CredentialSpec {
     /// A static secret read from a file or an environment variable.
     Secret(SecretSpec),
+    /// A JWT minted per allowed action, signed with toolgate's key.
+    Jwt(JwtSpec),
+    /// A token obtained from an STS by RFC 8693 token exchange.
+    TokenExchange(ExchangeSpec),
 }
 
 /// A `kind: secret` credential, read at load time.
 #[derive(Debug, Clone)]
 pub struct SecretSpec {
-    /// Lower-case header name the value is written to.
-    pub header: http::HeaderName,
-    /// The complete header value (`format` applied to the secret).
+    /// Where the value goes: a header, or a query parameter.
+    pub placement: Placement,
+    /// The value on the wire: the header value (`format` applied), or the query parameter's
+    /// value, percent-encoded.
     pub value: SecretValue,
+    /// The secret in every form it is sent in, scrubbed from the tool's response headers.
+    pub needles: Vec<SecretText>,
 }
 
 /// A credential value: marked sensitive, never printed, never serialised.
@@ -171,10 +194,25 @@ impl fmt::Debug for SecretValue {
 }
 
 impl CredentialSpec {
-    /// The header this credential is written to, which must also be stripped from the agent.
-    pub fn header(&self) -> &http::HeaderName {
+    /// The header this credential is written to, which must also be stripped from the agent
+    /// (`None` for a secret sent as a query parameter).
+    pub fn header(&self) -> Option<&http::HeaderName> {
         match self {
-            CredentialSpec::Secret(s) => &s.header,
+            CredentialSpec::Secret(s) => match &s.placement {
+                Placement::Header(h) => Some(h),
+                Placement::Query(_) => None,
+            },
+            CredentialSpec::Jwt(j) => Some(&j.header),
+            CredentialSpec::TokenExchange(e) => Some(&e.header),
+        }
+    }
+
+    /// The kind as configured and as metrics and logs name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CredentialSpec::Secret(_) => "secret",
+            CredentialSpec::Jwt(_) => "jwt",
+            CredentialSpec::TokenExchange(_) => "token_exchange",
         }
     }
 }

@@ -156,7 +156,8 @@ fn evaluate(
     let hidden: Vec<HeaderName> = tool
         .and_then(|t| t.credential.as_deref())
         .and_then(|c| config.credentials.get(c))
-        .map(|c| vec![c.header().clone()])
+        .and_then(|c| c.header())
+        .map(|h| vec![h.clone()])
         .unwrap_or_default();
     let accepted = &prepared.accepted;
     let class = &prepared.classification;

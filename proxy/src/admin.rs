@@ -1,6 +1,7 @@
-//! The admin listener: health and readiness for probes, metrics for Prometheus, the
-//! interception CA's certificate (`/ca.pem`, for agents' trust bundles), and the
-//! operator API (`/v1/…`: revocations, task chains). The operator API answers loopback peers,
+//! The admin listener: health and readiness for probes, metrics for Prometheus, the public
+//! keys of minted credentials (`/.well-known/jwks.json`, for tools), the interception CA's
+//! certificate (`/ca.pem`, for agents' trust bundles), and the operator API (`/v1/…`:
+//! revocations, task chains). The operator API answers loopback peers,
 //! or any peer presenting the bearer token from `admin.token_file`.
 
 use std::sync::Arc;
@@ -139,6 +140,11 @@ impl Admin {
                     "no interception CA is configured (tls.ca)\n",
                 ),
             },
+            (Method::GET, "/.well-known/jwks.json") => Reply {
+                status: StatusCode::OK,
+                content_type: "application/jwk-set+json",
+                body: serde_json::to_vec(&self.gateway.keys.jwks()).unwrap_or_default(),
+            },
             (Method::GET, "/v1/revoke") => json(
                 StatusCode::OK,
                 &json!({ "revocations": self.gateway.revocations.list() }),
@@ -157,9 +163,16 @@ impl Admin {
                 let chain = serde_json::to_value(&chain).unwrap_or_default();
                 json(StatusCode::OK, &json!({ "task": task, "chain": chain }))
             }
-            (_, "/healthz" | "/readyz" | "/metrics" | "/ca.pem" | "/v1/revoke" | "/v1/tasks") => {
-                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-            }
+            (
+                _,
+                "/healthz"
+                | "/readyz"
+                | "/metrics"
+                | "/.well-known/jwks.json"
+                | "/ca.pem"
+                | "/v1/revoke"
+                | "/v1/tasks",
+            ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }

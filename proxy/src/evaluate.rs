@@ -11,6 +11,7 @@ use toolgate_policy::config::PolicyMode;
 use toolgate_policy::evaluate::{Decision, Effect, Input, RequestView};
 use toolgate_policy::prepare::Prepared;
 
+use crate::credential;
 use crate::gateway::{Gateway, Snapshot};
 use crate::pipeline::Exchange;
 use crate::problem::Refusal;
@@ -40,11 +41,12 @@ pub fn evaluate(
         Decision::deny(REVOKED)
     } else {
         let accepted = &prepared.accepted;
+        let params = credential::visible_params(config, tool, &accepted.request.params);
         let input = Input {
             agent_id: &config.agent.id,
-            agent_claims: None,
+            agent_claims: config.agent.claims.as_ref(),
             task_id: &x.task_id,
-            task_claims: None,
+            task_claims: x.task_claims.as_deref(),
             action: &class.action,
             tool: tool.map(|t| &*t.name),
             attributes: &class.attributes,
@@ -54,7 +56,7 @@ pub fn evaluate(
                 host: &accepted.host,
                 port: accepted.port,
                 path: &accepted.request.path,
-                params: &accepted.request.params,
+                params: &params,
                 headers,
                 hidden,
                 body: prepared.body.as_ref(),

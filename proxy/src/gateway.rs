@@ -14,6 +14,7 @@ use x509_parser::prelude::FromDer;
 
 use toolgate_policy::chain::Ledger;
 
+use crate::credential::{self, Exchanges, KeyRing};
 use crate::identify::DefaultTask;
 use crate::record::{DecisionLog, Metrics, Spans};
 use crate::revocation::Revocations;
@@ -27,6 +28,8 @@ pub enum LoadError {
     UpstreamCa(String),
     #[error(transparent)]
     Ca(#[from] crate::ca::CaError),
+    #[error("token exchange client: {0}")]
+    Sts(String),
 }
 
 /// Everything derived from one configuration version.
@@ -38,6 +41,8 @@ pub struct Snapshot {
     pub upstream_roots: Option<Arc<CaType>>,
     /// The interception CA (`tls.ca`), with its leaf cache.
     pub authority: Option<Arc<crate::ca::Authority>>,
+    /// The HTTP client of token exchanges, when a credential needs one.
+    pub sts: Option<reqwest::Client>,
 }
 
 impl Snapshot {
@@ -52,11 +57,13 @@ impl Snapshot {
             Some(source) => Some(Arc::new(crate::ca::Authority::load(source)?)),
             None => None,
         };
+        let sts = credential::exchange::client(&config).map_err(LoadError::Sts)?;
         Ok(Snapshot {
             config,
             policy,
             upstream_roots,
             authority,
+            sts,
         })
     }
 }
@@ -102,6 +109,10 @@ pub struct Gateway {
     pub default_task: DefaultTask,
     /// Where action spans are exported; `None` when export is off.
     pub spans: Option<Spans>,
+    /// Public keys of minted credentials, current and recently rotated out.
+    pub keys: KeyRing,
+    /// Tokens obtained by token exchange, cached across requests and reloads.
+    pub exchanges: Exchanges,
 }
 
 impl Gateway {
@@ -109,6 +120,8 @@ impl Gateway {
     /// from this first snapshot and change only on restart.
     pub fn new(snapshot: Snapshot, decision_log: DecisionLog) -> Gateway {
         let ledger = Ledger::new(&snapshot.config.chain);
+        let keys = KeyRing::default();
+        keys.publish(&snapshot.config);
         Gateway {
             current: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
@@ -118,6 +131,8 @@ impl Gateway {
             decision_log,
             default_task: DefaultTask::default(),
             spans: None,
+            keys,
+            exchanges: Exchanges::default(),
         }
     }
 
@@ -128,6 +143,7 @@ impl Gateway {
 
     /// Serve `snapshot` from the next request on.
     pub fn replace(&self, snapshot: Snapshot) {
+        self.keys.publish(&snapshot.config);
         self.current.store(Arc::new(snapshot));
     }
 

@@ -1,14 +1,20 @@
 //! Identify: who is calling (the agent this sidecar serves) and in which task.
 //!
-//! The task is named by the agent with `x-toolgate-task` (or the configured header); failing
-//! that, the trace id of an incoming `traceparent` groups the agent's requests; failing that,
-//! they fall into the agent's default task.
+//! A verified task token (`x-toolgate-task-token`) names the task; otherwise the agent names
+//! it with `x-toolgate-task` (or the configured header); failing that, the trace id of an
+//! incoming `traceparent` groups the agent's requests; failing that, they fall into the
+//! agent's default task. The agent's own identity token (`agent.id_file`) must be current.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+pub mod task_token;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderMap;
-use toolgate_policy::config::ChainSettings;
+use serde_json::Value as Json;
+use toolgate_policy::config::{Agent, ChainSettings, Config, AGENT_LEEWAY};
+
+pub use task_token::{TaskToken, TaskTokenError};
 
 /// The longest task id accepted.
 pub const MAX_TASK_ID: usize = 128;
@@ -25,12 +31,68 @@ pub struct TraceParent {
 }
 
 /// Who and what a request is part of.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
-    /// The task the agent named (header or traceparent); `None` means the default task.
+    /// The task the agent named (task token, header or traceparent); `None` means the
+    /// default task.
     pub task_id: Option<String>,
     /// The agent's trace context, when it sent a valid one (the trace the action joins).
     pub parent: Option<TraceParent>,
+    /// The verified task token's claims (`input.task.claims`).
+    pub task_claims: Option<Arc<Json>>,
+}
+
+/// The agent's identity token has expired: nothing is decided until it is rotated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the agent's identity token (agent.id_file) expired at {0}; requests are refused until it is renewed")]
+pub struct AgentExpired(pub String);
+
+/// Why a request's identity was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentifyError {
+    #[error(transparent)]
+    BadTask(#[from] BadTask),
+    #[error(transparent)]
+    TaskToken(#[from] TaskTokenError),
+    #[error(transparent)]
+    AgentExpired(#[from] AgentExpired),
+}
+
+/// The identify stage: the agent's identity is current, the task token (if sent) verifies,
+/// and the task it names agrees with the task header.
+pub fn request(
+    headers: &HeaderMap,
+    config: &Config,
+    now: SystemTime,
+) -> Result<Identity, IdentifyError> {
+    agent_current(&config.agent, now)?;
+    let mut identity = identify(headers, &config.chain)?;
+    if let Some(token) = task_token::verify(headers, config.task_tokens.as_ref())? {
+        if let Some(given) = headers.get(&config.chain.task_header) {
+            if given.as_bytes() != token.task.as_bytes() {
+                return Err(TaskTokenError::Conflict {
+                    header: config.chain.task_header.to_string(),
+                    given: String::from_utf8_lossy(given.as_bytes()).into_owned(),
+                    token: token.task,
+                }
+                .into());
+            }
+        }
+        identity.task_id = Some(token.task);
+        identity.task_claims = Some(token.claims);
+    }
+    Ok(identity)
+}
+
+/// Refuse once the agent's identity token has expired — with the clock-skew allowance its
+/// load applied (`AGENT_LEEWAY`); a rotated token is picked up by hot reload.
+pub fn agent_current(agent: &Agent, now: SystemTime) -> Result<(), AgentExpired> {
+    match agent.expires {
+        Some(exp) if exp + AGENT_LEEWAY <= now => Err(AgentExpired(
+            humantime::format_rfc3339_seconds(exp).to_string(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A task header that cannot name a task.
@@ -66,7 +128,11 @@ pub fn identify(headers: &HeaderMap, chain: &ChainSettings) -> Result<Identity, 
         (None, Some(p)) => Some(hex::encode(p.trace_id)),
         (None, None) => None,
     };
-    Ok(Identity { task_id, parent })
+    Ok(Identity {
+        task_id,
+        parent,
+        task_claims: None,
+    })
 }
 
 /// The agent's default task: requests that name no task belong to it until the agent has
@@ -181,6 +247,61 @@ mod tests {
             h.insert("x-toolgate-task", bad.parse().unwrap());
             assert!(identify(&h, &chain()).is_err(), "{bad:?}");
         }
+    }
+
+    fn config(extra: &str) -> Config {
+        let yaml = format!("agent: {{ id: a }}\npolicy: {{ files: [p.rego] }}\n{extra}");
+        let yaml: &'static str = Box::leak(yaml.into_boxed_str());
+        let files = toolgate_policy::config::EmbeddedFiles::new(&[
+            ("toolgate.yaml", yaml.as_bytes()),
+            ("p.rego", b"package toolgate\ndefault decision := false\n"),
+            ("o.json", br#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#),
+        ]);
+        let env = toolgate_policy::config::StaticEnv::default();
+        Config::load_from(std::path::Path::new("toolgate.yaml"), &files, &env).unwrap()
+    }
+
+    #[test]
+    fn task_tokens_are_refused_unless_issuers_are_configured() {
+        let mut h = HeaderMap::new();
+        h.insert("x-toolgate-task-token", "a.b.c".parse().unwrap());
+        let now = SystemTime::now();
+        assert_eq!(
+            request(&h, &config(""), now),
+            Err(IdentifyError::TaskToken(TaskTokenError::NotAccepted))
+        );
+        let with = config("task_tokens: { issuers: [{ issuer: o, jwks_file: o.json }] }\n");
+        assert_eq!(
+            request(&h, &with, now),
+            Err(IdentifyError::TaskToken(TaskTokenError::Invalid(
+                toolgate_policy::config::TokenError::Malformed
+            )))
+        );
+        h.append("x-toolgate-task-token", "d.e.f".parse().unwrap());
+        assert_eq!(
+            request(&h, &with, now),
+            Err(IdentifyError::TaskToken(TaskTokenError::Repeated))
+        );
+    }
+
+    #[test]
+    fn an_expired_agent_identity_refuses_every_request() {
+        let exp = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let agent = Agent {
+            id: "a".into(),
+            expires: Some(exp),
+            ..Agent::default()
+        };
+        assert_eq!(agent_current(&agent, exp), Ok(()));
+        assert_eq!(
+            agent_current(&agent, exp + AGENT_LEEWAY - Duration::from_secs(1)),
+            Ok(())
+        );
+        let err = agent_current(&agent, exp + AGENT_LEEWAY).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the agent's identity token (agent.id_file) expired at 2027-01-15T08:00:00Z; requests are refused until it is renewed"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! No policy logic lives in the phase bodies.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use http::HeaderName;
@@ -13,7 +13,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 use toolgate_policy::accept::{Destination, Via};
 use toolgate_policy::classify::UNKNOWN;
-use toolgate_policy::evaluate::Effect;
+use toolgate_policy::evaluate::{CredentialGrant, Effect};
 use toolgate_policy::normalise;
 use toolgate_policy::prepare::{self, Head, Prepared, Refused};
 
@@ -40,6 +40,8 @@ pub struct Exchange {
     /// The action's place in its task's trace.
     pub trace: record::trace::Context,
     pub task_id: String,
+    /// The verified task token's claims (`input.task.claims`).
+    pub task_claims: Option<Arc<serde_json::Value>>,
     /// The action's sequence number in its task's chain, once recorded.
     pub seq: Option<u64>,
     pub via: Option<Via>,
@@ -51,6 +53,8 @@ pub struct Exchange {
     pub dry_run: bool,
     pub plan: Option<Plan>,
     pub injection: Option<Injection>,
+    /// The credential an allowing decision selected (name, grant), until it is issued.
+    pub grant: Option<(String, CredentialGrant)>,
     strip: Vec<HeaderName>,
     /// Status of a response toolgate wrote itself (a refusal).
     pub refused: Option<u16>,
@@ -85,6 +89,7 @@ impl Exchange {
             span_id: rand::random(),
             trace,
             task_id: String::new(),
+            task_claims: None,
             seq: None,
             via: None,
             tool: None,
@@ -94,6 +99,7 @@ impl Exchange {
             dry_run: false,
             plan: None,
             injection: None,
+            grant: None,
             strip: Vec::new(),
             refused: None,
             eval_time: None,
@@ -182,12 +188,13 @@ fn head(
 ) -> Result<Head, Refusal> {
     let config = &snapshot.config;
     let req = session.req_header();
-    let identity = identify::identify(&req.headers, &config.chain)?;
+    let identity = identify::request(&req.headers, config, SystemTime::now())?;
     let named = identity.task_id.is_some();
     x.task_id = identity
         .task_id
         .unwrap_or_else(|| gw.default_task.current(config.chain.idle_ttl));
     record::trace::join(x, identity.parent, &config.agent.id, named);
+    x.task_claims = identity.task_claims;
     if let Some(h1) = session.as_downstream().as_http1() {
         normalise::raw_framing(&h1.get_headers_raw_bytes())?;
     }
@@ -208,8 +215,8 @@ fn head(
     Ok(head)
 }
 
-/// classify (with the body, when it was read) → decide → forward plan.
-fn admit(
+/// classify (with the body, when it was read) → decide → credential → forward plan.
+async fn admit(
     gw: &Gateway,
     snapshot: &Snapshot,
     req: &RequestHeader,
@@ -223,22 +230,29 @@ fn admit(
     x.action = prepared.classification.action.clone();
     x.rpc = mcp::reply(&prepared);
     let strip = credential::stripped_headers(config, tool);
-    let decide = |p: &Prepared, x: &mut Exchange| decide(gw, snapshot, p, &req.headers, &strip, x);
-    match prepared.rpc.as_ref().filter(|r| r.batch) {
-        Some(_) => mcp::decide_batch(&prepared, x, decide)?,
-        None => decide(&prepared, x)?,
+    let batch = prepared.rpc.as_ref().is_some_and(|r| r.batch);
+    let decide =
+        |p: &Prepared, x: &mut Exchange| decide(gw, snapshot, p, &req.headers, &strip, batch, x);
+    if batch {
+        mcp::decide_batch(&prepared, x, decide)?;
+    } else {
+        decide(&prepared, x)?;
     }
+    issue(gw, snapshot, &prepared, tool, batch, x).await?;
     x.plan = Some(forward::plan(&prepared.accepted, tool));
     Ok(())
 }
 
-/// evaluate → credential, for one action; writes its decision-log line.
+/// evaluate, and select the credential, for one action. Its decision-log line is written
+/// here, unless a credential is still to be issued (then `issue` writes it, with the
+/// credential's id); a batch member's line is always written here.
 fn decide(
     gw: &Gateway,
     snapshot: &Snapshot,
     prepared: &Prepared,
     headers: &http::HeaderMap,
     strip: &[HeaderName],
+    batch: bool,
     x: &mut Exchange,
 ) -> Result<(), Refusal> {
     let config = &snapshot.config;
@@ -255,13 +269,61 @@ fn decide(
         // Forwarded as it came: the agent's credentials stay, nothing is injected.
         x.strip = Vec::new();
     } else {
-        x.injection = credential::select(config, tool, &decision.credential).inspect_err(|_| {
-            x.effect = Some(Effect::Error);
-        })?;
+        let selected = credential::select(config, tool, &decision.credential);
+        match selected {
+            Ok(selected) => {
+                x.grant = selected.map(|s| (s.name.to_string(), decision.credential));
+            }
+            Err(e) => {
+                x.effect = Some(Effect::Error);
+                evaluate::log_decision(gw, snapshot, prepared, x);
+                return Err(e.into());
+            }
+        }
         x.strip = strip.to_vec();
+        if x.grant.is_some() && !batch {
+            return Ok(());
+        }
     }
     evaluate::log_decision(gw, snapshot, prepared, x);
     Ok(())
+}
+
+/// credential: issue the credential the decision selected (mint, exchange, or a secret) and
+/// write the decision-log line with its id. A batch carries one credential, scoped to every
+/// member's action.
+async fn issue(
+    gw: &Gateway,
+    snapshot: &Snapshot,
+    prepared: &Prepared,
+    tool: Option<&toolgate_policy::classify::Tool>,
+    batch: bool,
+    x: &mut Exchange,
+) -> Result<(), Refusal> {
+    let Some((_, grant)) = x.grant.take() else {
+        return Ok(());
+    };
+    let actions = mcp::actions(prepared);
+    let mut subject = credential::subject(&snapshot.config, x);
+    if batch {
+        subject.action = &actions;
+    }
+    let issued = credential::issue(gw, snapshot, tool, &grant, &subject).await;
+    let outcome = match issued {
+        Ok(injection) => {
+            x.injection = injection;
+            Ok(())
+        }
+        Err(e) => {
+            // Allowed, but not forwardable: logged as an error, like a policy failure.
+            x.effect = Some(Effect::Error);
+            Err(e.into())
+        }
+    };
+    if !batch {
+        evaluate::log_decision(gw, snapshot, prepared, x);
+    }
+    outcome
 }
 
 /// Map a pingora failure while proxying to the refusal the agent sees.
@@ -299,7 +361,7 @@ impl ProxyHttp for Pipeline {
                 accept::destination(inbound.as_deref(), session.req_header(), timeout).await?;
             let head = head(gw, &snapshot, session, destination.as_ref(), x)?;
             let body = body::read(session, &head, &snapshot.config.limits).await?;
-            admit(gw, &snapshot, session.req_header(), head, body, x)
+            admit(gw, &snapshot, session.req_header(), head, body, x).await
         }
         .await;
         x.snapshot = Some(snapshot);
@@ -357,13 +419,15 @@ impl ProxyHttp for Pipeline {
         Ok(())
     }
 
-    /// Runs when the tool's response head arrives: its status joins the task's chain.
+    /// Runs when the tool's response head arrives: its status joins the task's chain, and the
+    /// injected credential is scrubbed from its headers before the agent sees them.
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
         response: &mut ResponseHeader,
         x: &mut Exchange,
     ) -> Result<()> {
+        credential::scrub(response, x.injection.as_ref());
         if let Some(sent) = x.upstream_sent {
             self.gateway
                 .metrics

@@ -9,9 +9,9 @@ use toolgate_policy::classify::ClassifyError;
 use toolgate_policy::normalise::Rejection;
 
 use crate::body::BodyError;
-use crate::credential::UnknownCredential;
+use crate::credential::{CredentialError, Unavailable, UnknownCredential};
 use crate::forward::ForwardError;
-use crate::identify::BadTask;
+use crate::identify::{AgentExpired, BadTask, IdentifyError, TaskTokenError};
 
 /// Every reason toolgate answers a request itself instead of the tool.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,12 @@ pub enum Refusal {
     #[error(transparent)]
     UnknownCredential(#[from] UnknownCredential),
     #[error(transparent)]
+    TaskToken(#[from] TaskTokenError),
+    #[error(transparent)]
+    AgentExpired(#[from] AgentExpired),
+    #[error(transparent)]
+    CredentialUnavailable(#[from] Unavailable),
+    #[error(transparent)]
     Forward(#[from] ForwardError),
     #[error("the tool did not answer in time")]
     UpstreamTimeout,
@@ -50,6 +56,25 @@ pub enum Refusal {
     BodyTooLarge(usize),
     #[error(transparent)]
     Body(#[from] BodyError),
+}
+
+impl From<IdentifyError> for Refusal {
+    fn from(e: IdentifyError) -> Refusal {
+        match e {
+            IdentifyError::BadTask(e) => Refusal::BadTask(e),
+            IdentifyError::TaskToken(e) => Refusal::TaskToken(e),
+            IdentifyError::AgentExpired(e) => Refusal::AgentExpired(e),
+        }
+    }
+}
+
+impl From<CredentialError> for Refusal {
+    fn from(e: CredentialError) -> Refusal {
+        match e {
+            CredentialError::Unknown(e) => Refusal::UnknownCredential(e),
+            CredentialError::Unavailable(e) => Refusal::CredentialUnavailable(e),
+        }
+    }
 }
 
 /// The parts of a problem document that depend on the refusal.
@@ -74,6 +99,11 @@ pub fn problem(refusal: &Refusal) -> Problem {
         Refusal::PolicyError(_) => (403, "policy-error", "policy error"),
         Refusal::Revoked => (403, "revoked", "revoked"),
         Refusal::UnknownCredential(_) => (403, "policy-error", "policy error"),
+        Refusal::TaskToken(_) => (403, "task-token", "task token rejected"),
+        Refusal::AgentExpired(_) => (403, "agent-identity", "agent identity expired"),
+        Refusal::CredentialUnavailable(_) => {
+            (503, "credential-unavailable", "credential unavailable")
+        }
         Refusal::Rejected(_) => (400, "rejected", "request rejected"),
         Refusal::Ambiguous(_) => (400, "rejected", "request rejected"),
         Refusal::BadTask(_) => (400, "rejected", "request rejected"),

@@ -31,6 +31,7 @@ pub struct RawConfig {
     pub tls: RawTls,
     #[serde(default)]
     pub limits: RawLimits,
+    pub task_tokens: Option<RawTaskTokens>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,6 +45,10 @@ pub struct RawListen {
 pub struct RawAgent {
     pub id: Option<String>,
     pub id_env: Option<String>,
+    /// A JWT-SVID or projected service-account token; its `sub` is the id unless `id` is set.
+    pub id_file: Option<String>,
+    /// Public keys that must verify the `id_file` token.
+    pub jwks_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,13 +99,43 @@ pub struct RawPolicy {
     pub mode: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Every key any credential kind takes; `config::credentials` rejects the ones a kind does not.
+#[derive(Debug, Default, Deserialize)]
 pub struct RawCredential {
     pub kind: String,
     pub file: Option<String>,
     pub env: Option<String>,
     pub header: Option<String>,
     pub format: Option<String>,
+    pub query: Option<String>,
+    pub username: Option<String>,
+    pub audience: Option<String>,
+    pub key_file: Option<String>,
+    pub issuer: Option<String>,
+    pub max_ttl: Option<String>,
+    pub algorithm: Option<String>,
+    pub endpoint: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub subject_token_type: Option<String>,
+    pub requested_token_type: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret_file: Option<String>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTaskTokens {
+    #[serde(default)]
+    pub issuers: Vec<RawTokenIssuer>,
+    pub leeway: Option<String>,
+    pub task_claim: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawTokenIssuer {
+    pub issuer: String,
+    pub jwks_file: String,
+    pub audience: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

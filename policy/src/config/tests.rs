@@ -76,8 +76,13 @@ fn loads_a_good_config() {
         65_536,
         "pingora replays at most 64 KiB"
     );
-    let CredentialSpec::Secret(s) = &c.credentials["jira-token"];
-    assert_eq!(s.header, "authorization");
+    let CredentialSpec::Secret(s) = &c.credentials["jira-token"] else {
+        panic!("jira-token is a secret")
+    };
+    assert_eq!(
+        s.placement,
+        crate::config::Placement::Header(http::HeaderName::from_static("authorization"))
+    );
     assert_eq!(s.value.header_value(), "Bearer s3cret");
     assert!(
         !format!("{c:?}").contains("s3cret"),
@@ -134,7 +139,7 @@ routes:
   - { prefix: jira, tool: ghost }
 policy: { files: [missing/*.rego], query: toolgate.decision }
 credentials:
-  c1: { kind: jwt }
+  c1: { kind: magic }
   c2: { kind: secret, format: "no placeholder" }
   c3: { kind: secret, file: secrets/none }
 chain: { idle_ttl: soon }
@@ -157,7 +162,7 @@ chain: { idle_ttl: soon }
         "routes[0].tool: no tool named \"ghost\"",
         "policy.files[0]: \"missing/*.rego\" matches no file",
         "policy.query:",
-        "credentials.c1.kind: unsupported kind \"jwt\"",
+        "credentials.c1.kind: unsupported kind \"magic\"",
         "credentials.c2: a secret needs exactly one of `file` and `env`",
         "credentials.c2.format:",
         "credentials.c3.file: cannot read",

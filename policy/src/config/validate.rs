@@ -10,11 +10,12 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::matching;
-use super::raw::{RawAction, RawConfig, RawCredential, RawPolicy, RawRoute, RawTool};
+use super::raw::{RawAction, RawConfig, RawPolicy, RawRoute, RawTool};
+use super::{credentials, identity};
 use super::{
-    AdminSettings, Agent, ChainSettings, Config, ConfigError, ConfigErrors, CredentialSpec,
-    DecisionLogSink, Files, Limits, Listen, PolicyMode, PolicySource, Route, SecretSpec,
-    SecretValue, Telemetry, TlsSettings, Vars,
+    AdminSettings, ChainSettings, Config, ConfigError, ConfigErrors, CredentialSpec,
+    DecisionLogSink, Files, Limits, Listen, PolicyMode, PolicySource, Route, SecretValue,
+    Telemetry, TlsSettings, Vars,
 };
 use crate::classify::{Action, AttributeSource, Catalog, PathTemplate, ToolSpec, Upstream};
 use crate::normalise;
@@ -68,8 +69,9 @@ pub(super) fn compile(
     };
     super::tls::distinct_listeners(&mut c, &listen);
     let workers = positive(&mut c, "workers", raw.workers.unwrap_or(2));
-    let agent = agent(&mut c, &raw, vars);
-    let credentials = credentials(&mut c, &raw.credentials, files, vars);
+    let agent = identity::agent(&mut c, &raw.agent, files, vars);
+    let task_tokens = identity::task_tokens(&mut c, raw.task_tokens.as_ref(), files);
+    let credentials = credentials::compile(&mut c, &raw.credentials, &agent, files, vars);
     let (catalog, tool_names) = catalog(&mut c, &raw.tools, &credentials);
     let routes = routes(&mut c, &raw.routes, &tool_names, &catalog);
     let policy = match &raw.policy {
@@ -170,6 +172,7 @@ pub(super) fn compile(
             chain,
             tls,
             limits,
+            task_tokens,
             fingerprint: 0,
         }),
         _ => Err(ConfigErrors {
@@ -189,7 +192,7 @@ fn addr(c: &mut Collector, path: &str, s: &str) -> SocketAddr {
     })
 }
 
-fn duration(c: &mut Collector, path: &str, s: Option<&str>, default: &str) -> Duration {
+pub(super) fn duration(c: &mut Collector, path: &str, s: Option<&str>, default: &str) -> Duration {
     let s = s.unwrap_or(default);
     match humantime::parse_duration(s) {
         Ok(d) if !d.is_zero() => d,
@@ -214,143 +217,17 @@ fn positive(c: &mut Collector, path: &str, n: usize) -> usize {
     n.max(1)
 }
 
-fn header_name(c: &mut Collector, path: &str, s: &str) -> HeaderName {
+pub(super) fn header_name(c: &mut Collector, path: &str, s: &str) -> HeaderName {
     HeaderName::from_bytes(s.to_ascii_lowercase().as_bytes()).unwrap_or_else(|_| {
         c.push(path, format!("{s:?} is not a valid header name"));
         HeaderName::from_static("x-invalid")
     })
 }
 
-fn is_name(s: &str) -> bool {
+pub(super) fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-}
-
-fn agent(c: &mut Collector, raw: &RawConfig, vars: &dyn Vars) -> Agent {
-    let id = match (&raw.agent.id, &raw.agent.id_env) {
-        (Some(id), None) => Some(id.clone()),
-        (None, Some(var)) => match vars.var(var) {
-            Some(v) if !v.trim().is_empty() => Some(v.trim().to_string()),
-            _ => {
-                c.push(
-                    "agent.id_env",
-                    format!("environment variable {var} is not set"),
-                );
-                None
-            }
-        },
-        (Some(_), Some(_)) => {
-            c.push("agent", "set one of `id` and `id_env`, not both");
-            None
-        }
-        (None, None) => {
-            c.push(
-                "agent.id",
-                "required: the agent's identity, e.g. spiffe://example.org/ns/app/sa/agent",
-            );
-            None
-        }
-    };
-    Agent {
-        id: id.unwrap_or_default(),
-    }
-}
-
-fn credentials(
-    c: &mut Collector,
-    raw: &BTreeMap<String, RawCredential>,
-    files: &dyn Files,
-    vars: &dyn Vars,
-) -> BTreeMap<String, CredentialSpec> {
-    let mut out = BTreeMap::new();
-    for (name, cred) in raw {
-        let path = format!("credentials.{name}");
-        if !is_name(name) {
-            c.push(
-                &path,
-                "name may hold only letters, digits, '_', '-' and '.'",
-            );
-        }
-        match cred.kind.as_str() {
-            "secret" => {
-                let secret = match (&cred.file, &cred.env) {
-                    (Some(f), None) => files
-                        .read(Path::new(f))
-                        .map_err(|e| {
-                            c.push(
-                                format!("{path}.file"),
-                                format!(
-                                    "cannot read {}: {e}",
-                                    files.locate(Path::new(f)).display()
-                                ),
-                            )
-                        })
-                        .ok()
-                        .and_then(|bytes| {
-                            String::from_utf8(bytes)
-                                .map_err(|_| c.push(format!("{path}.file"), "not valid UTF-8"))
-                                .ok()
-                        }),
-                    (None, Some(e)) => {
-                        let value = vars.var(e);
-                        if value.is_none() {
-                            c.push(
-                                format!("{path}.env"),
-                                format!("environment variable {e} is not set"),
-                            );
-                        }
-                        value
-                    }
-                    _ => {
-                        c.push(&path, "a secret needs exactly one of `file` and `env`");
-                        None
-                    }
-                };
-                let header = header_name(
-                    c,
-                    &format!("{path}.header"),
-                    cred.header.as_deref().unwrap_or("authorization"),
-                );
-                let format = cred.format.as_deref().unwrap_or("{}");
-                if format.matches("{}").count() != 1 {
-                    c.push(
-                        format!("{path}.format"),
-                        "must contain `{}` exactly once, where the secret goes",
-                    );
-                    continue;
-                }
-                let Some(secret) = secret else { continue };
-                // A trailing newline in a secret file is an editor's, not the secret's.
-                let secret = secret.trim_end_matches(['\n', '\r']);
-                if secret.is_empty() {
-                    c.push(&path, "the secret is empty");
-                    continue;
-                }
-                match http::HeaderValue::from_str(&format.replacen("{}", secret, 1)) {
-                    Ok(v) => {
-                        out.insert(
-                            name.clone(),
-                            CredentialSpec::Secret(SecretSpec {
-                                header,
-                                value: SecretValue::new(v),
-                            }),
-                        );
-                    }
-                    // Never echo the secret itself.
-                    Err(_) => c.push(
-                        &path,
-                        "the secret holds characters not allowed in a header value",
-                    ),
-                }
-            }
-            other => c.push(
-                format!("{path}.kind"),
-                format!("unsupported kind {other:?}: expected `secret`"),
-            ),
-        }
-    }
-    out
 }
 
 fn catalog(

@@ -172,7 +172,7 @@ fn parse_object(v: &Value) -> Result<Decision, String> {
 
 fn parse_credential(c: &Value) -> Result<CredentialGrant, String> {
     let name = string(&c["name"], "credential.name")?;
-    let scopes = match &c["scopes"] {
+    let scopes: Vec<String> = match &c["scopes"] {
         Value::Undefined | Value::Null => Vec::new(),
         Value::Array(items) => items
             .iter()
@@ -201,6 +201,11 @@ fn parse_credential(c: &Value) -> Result<CredentialGrant, String> {
             ))
         }
     };
+    if let Some(bad) = scopes.iter().find(|s| !crate::config::is_scope(s)) {
+        return Err(format!(
+            "credential.scopes: {bad:?} is not a scope token (no spaces or quotes)"
+        ));
+    }
     let ttl = match string(&c["ttl"], "credential.ttl")? {
         None => None,
         Some(t) => {

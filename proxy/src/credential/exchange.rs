@@ -1,0 +1,277 @@
+//! Token exchange (RFC 8693): the agent's identity token is exchanged at an STS for a token
+//! with the credential's audience and the decision's scopes. Tokens are cached per
+//! (credential, endpoint, audience, scopes) until shortly before they expire; concurrent
+//! requests for the same key wait for one exchange. A failed exchange is an error: the
+//! request is answered 503 and never forwarded without its credential.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde::Deserialize;
+use toolgate_policy::config::{Config, CredentialSpec, ExchangeSpec, SecretText};
+
+/// The RFC 8693 grant type.
+pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// Largest STS response read.
+pub const MAX_RESPONSE: usize = 64 * 1024;
+/// Most cache keys remembered.
+pub const MAX_ENTRIES: usize = 1024;
+/// Longest a token is used before its expiry is near: a tenth of its life, at most this.
+const MAX_REFRESH_MARGIN: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    credential: String,
+    endpoint: String,
+    audience: String,
+    scope: String,
+}
+
+#[derive(Debug, Clone)]
+struct Cached {
+    token: SecretText,
+    /// From here on, a new token is fetched.
+    refresh_at: Instant,
+    expires_at: Instant,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
+
+/// Exchanged tokens, shared by every request and kept across reloads.
+#[derive(Debug, Default)]
+pub struct Exchanges {
+    slots: Mutex<HashMap<Key, Slot>>,
+}
+
+/// Why an exchange failed; shown to the agent, so it never holds a token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("the STS at {endpoint} could not be reached: {reason}")]
+    Unreachable { endpoint: String, reason: String },
+    #[error("the STS at {endpoint} answered {status}{code}")]
+    Refused {
+        endpoint: String,
+        status: u16,
+        /// ` (invalid_target)`: the OAuth error code, when the STS sent a plain one.
+        code: String,
+    },
+    #[error("the STS at {endpoint} sent an unusable answer: {reason}")]
+    BadAnswer { endpoint: String, reason: String },
+}
+
+impl ExchangeError {
+    fn bad(endpoint: &str, reason: impl Into<String>) -> ExchangeError {
+        ExchangeError::BadAnswer {
+            endpoint: endpoint.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ErrorResponse {
+    error: String,
+}
+
+fn margin(lifetime: Duration) -> Duration {
+    (lifetime / 10).clamp(Duration::from_secs(1), MAX_REFRESH_MARGIN)
+}
+
+impl Exchanges {
+    fn slot(&self, key: Key) -> Slot {
+        let Ok(mut slots) = self.slots.lock() else {
+            return Slot::default();
+        };
+        if slots.len() >= MAX_ENTRIES && !slots.contains_key(&key) {
+            // Keep the slots someone is using; forget the rest.
+            slots.retain(|_, slot| Arc::strong_count(slot) > 1);
+        }
+        slots.entry(key).or_default().clone()
+    }
+
+    /// A token for `spec` with `scope`, from the cache or from the STS.
+    pub async fn token(
+        &self,
+        client: &reqwest::Client,
+        name: &str,
+        spec: &ExchangeSpec,
+        subject: &SecretText,
+        scope: &str,
+    ) -> Result<SecretText, ExchangeError> {
+        let endpoint = spec.endpoint.to_string();
+        let slot = self.slot(Key {
+            credential: name.to_string(),
+            endpoint: endpoint.clone(),
+            audience: spec.audience.clone(),
+            scope: scope.to_string(),
+        });
+        let mut cached = slot.lock().await;
+        let now = Instant::now();
+        if let Some(c) = cached.as_ref().filter(|c| now < c.refresh_at) {
+            return Ok(c.token.clone());
+        }
+        match exchange(client, &endpoint, spec, subject, scope).await {
+            Ok((token, Some(lifetime))) if lifetime > Duration::from_secs(1) => {
+                let at = Instant::now();
+                *cached = Some(Cached {
+                    token: token.clone(),
+                    refresh_at: at + lifetime.saturating_sub(margin(lifetime)),
+                    expires_at: at + lifetime,
+                });
+                Ok(token)
+            }
+            // No lifetime given: used for this request only.
+            Ok((token, _)) => {
+                *cached = None;
+                Ok(token)
+            }
+            Err(e) => match cached.as_ref().filter(|c| Instant::now() < c.expires_at) {
+                // Refreshing early failed, but the token in hand is still good.
+                Some(c) => {
+                    tracing::warn!(target: "toolgate::credential", credential = name, error = %e, "token refresh failed; using the cached token until it expires");
+                    Ok(c.token.clone())
+                }
+                None => Err(e),
+            },
+        }
+    }
+}
+
+async fn exchange(
+    client: &reqwest::Client,
+    endpoint: &str,
+    spec: &ExchangeSpec,
+    subject: &SecretText,
+    scope: &str,
+) -> Result<(SecretText, Option<Duration>), ExchangeError> {
+    let body = {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("grant_type", GRANT_TYPE)
+            .append_pair("subject_token", subject.expose())
+            .append_pair("subject_token_type", &spec.subject_token_type)
+            .append_pair("audience", &spec.audience);
+        if !scope.is_empty() {
+            form.append_pair("scope", scope);
+        }
+        if let Some(t) = &spec.requested_token_type {
+            form.append_pair("requested_token_type", t);
+        }
+        form.finish()
+    };
+    let mut request = client
+        .post(endpoint)
+        .timeout(spec.timeout)
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .header(http::header::ACCEPT, "application/json")
+        .body(body);
+    if let Some((id, secret)) = &spec.client {
+        // RFC 6749 §2.3.1: each part form-encoded, then HTTP Basic.
+        let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let pair = format!("{}:{}", enc(id), enc(secret.expose()));
+        let value = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        );
+        let mut value = http::HeaderValue::from_str(&value)
+            .map_err(|_| ExchangeError::bad(endpoint, "client credentials are not header-safe"))?;
+        value.set_sensitive(true);
+        request = request.header(http::header::AUTHORIZATION, value);
+    }
+    let unreachable = |e: reqwest::Error| ExchangeError::Unreachable {
+        endpoint: endpoint.to_string(),
+        // Without the URL (it is in `endpoint`) and never a body.
+        reason: if e.is_timeout() {
+            "timed out".to_string()
+        } else if e.is_connect() {
+            "connection failed".to_string()
+        } else {
+            e.without_url().to_string()
+        },
+    };
+    let mut response = request.send().await.map_err(unreachable)?;
+    let status = response.status();
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+        if body.len() + chunk.len() > MAX_RESPONSE {
+            return Err(ExchangeError::bad(
+                endpoint,
+                format!("more than {MAX_RESPONSE} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if !status.is_success() {
+        let code = serde_json::from_slice::<ErrorResponse>(&body)
+            .ok()
+            .map(|e| e.error)
+            .filter(|e| e.len() <= 64 && e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        return Err(ExchangeError::Refused {
+            endpoint: endpoint.to_string(),
+            status: status.as_u16(),
+            code,
+        });
+    }
+    let answer: TokenResponse = serde_json::from_slice(&body)
+        .map_err(|_| ExchangeError::bad(endpoint, "not a JSON token response with access_token"))?;
+    let token = answer.access_token.trim();
+    if token.is_empty() || http::HeaderValue::from_str(token).is_err() {
+        return Err(ExchangeError::bad(
+            endpoint,
+            "the access_token is empty or not header-safe",
+        ));
+    }
+    Ok((
+        SecretText::new(token),
+        answer.expires_in.map(Duration::from_secs),
+    ))
+}
+
+/// The HTTP client token exchanges use, when `config` has a `token_exchange` credential:
+/// system roots plus `tls.upstream_ca`, no proxy (toolgate is the proxy), no redirects (the
+/// subject token goes to the configured endpoint and nowhere else).
+pub fn client(config: &Config) -> Result<Option<reqwest::Client>, String> {
+    let needed = config
+        .credentials
+        .values()
+        .any(|c| matches!(c, CredentialSpec::TokenExchange(_)));
+    if !needed {
+        return Ok(None);
+    }
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(config.limits.connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tls_built_in_root_certs(false);
+    // System roots that cannot be read are skipped: the extra roots still apply.
+    if let Ok(system) = rustls_native_certs::load_native_certs() {
+        for der in system {
+            if let Ok(cert) = reqwest::Certificate::from_der(&der) {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+    }
+    if let Some(path) = &config.tls.upstream_ca {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map(Some).map_err(|e| e.to_string())
+}
