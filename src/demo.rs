@@ -23,8 +23,8 @@ use toolgate_policy::config::{Config, EmbeddedFiles, Files, ProcessEnv, StaticEn
 use toolgate_proxy::server::{serve_with, Stopper};
 use toolgate_proxy::Snapshot;
 
-/// One request of the scripted agent. Adding a step (an MCP call, say) is one more entry in
-/// [`SCRIPT`]; a tool added to the quickstart gets its own fake tool automatically.
+/// One request of the scripted agent. Adding a step is one more entry in [`SCRIPT`]; a tool
+/// added to the quickstart gets its own fake tool automatically.
 #[derive(Debug)]
 pub struct Step {
     /// What the agent is doing, for the table.
@@ -67,6 +67,15 @@ pub const SCRIPT: &[Step] = &[
         body: "",
         action: "payment.create",
         decision: "deny",
+    },
+    Step {
+        says: "looks up customer ACME (MCP)",
+        method: "POST",
+        url: "http://crm.example.com/mcp",
+        content_type: Some("application/json"),
+        body: r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"lookup_customer","arguments":{"customer":"ACME"}}}"#,
+        action: "crm.lookup_customer",
+        decision: "allow",
     },
 ];
 
@@ -159,8 +168,11 @@ async fn send(proxy: SocketAddr, step: &Step, task: &str) -> anyhow::Result<repo
         req = req.header(http::header::CONTENT_TYPE, ct);
     }
     let req = req.body(Full::new(Bytes::from_static(step.body.as_bytes())))?;
-    let (status, _) = exchange(proxy, req).await?;
-    Ok(report::Outcome { status })
+    let (status, body) = exchange(proxy, req).await?;
+    Ok(report::Outcome {
+        status,
+        body: body.to_vec(),
+    })
 }
 
 /// Poll `what` every 50 ms until it holds, for at most `limit`.
@@ -335,7 +347,7 @@ async fn demo(files: &[(&str, &'static [u8])], forward: Option<http::Uri>) -> an
             (_, errors) => eprintln!("could not pass spans on: {}", errors.join("; ")),
         }
     }
-    let problems = report::problems(SCRIPT, &chain, &seen);
+    let problems = report::problems(SCRIPT, &outcomes, &chain, &seen);
     for p in &problems {
         eprintln!("demo check failed: {p}");
     }

@@ -193,6 +193,10 @@ const QUICKSTART: &[(&str, &[u8])] = &[
         "secrets/payments-key",
         include_bytes!("../examples/quickstart/secrets/payments-key"),
     ),
+    (
+        "secrets/crm-token",
+        include_bytes!("../examples/quickstart/secrets/crm-token"),
+    ),
 ];
 
 fn quickstart() -> EmbeddedFiles {

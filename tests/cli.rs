@@ -36,7 +36,7 @@ fn check(path: &std::path::Path) -> (i32, String) {
 fn check_accepts_the_quickstart() {
     let (code, text) = check(std::path::Path::new(QUICKSTART));
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("ok — 2 tools, 5 actions"), "{text}");
+    assert!(text.contains("ok — 3 tools, 5 actions"), "{text}");
 }
 
 #[test]
@@ -156,6 +156,10 @@ fn test_command_passes_on_the_quickstart_examples() {
     );
     assert!(
         text.contains("ticket_chain.yaml step 3 (now the transition is allowed)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("crm.yaml step 3 (the same URL with another tool name is another action)"),
         "{text}"
     );
     assert!(text.contains(" 0 failed"), "{text}");

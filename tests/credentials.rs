@@ -8,6 +8,8 @@
     clippy::indexing_slicing
 )]
 
+#[path = "support/otlp.rs"]
+mod otlp;
 mod support;
 
 #[path = "credentials/servers.rs"]
@@ -126,11 +128,16 @@ pub(crate) fn keys_init(args: &[&str]) -> String {
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
     pub max_ttl: &'static str,
+    /// An OTLP/HTTP receiver to export spans to (quickly), if any.
+    pub otlp: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_ttl: "60s" }
+        Options {
+            max_ttl: "60s",
+            otlp: None,
+        }
     }
 }
 
@@ -204,11 +211,22 @@ task_tokens:
   issuers:
     - {{ issuer: "{ORCHESTRATOR}", jwks_file: identity/orchestrator.json, audience: toolgate }}
 limits: {{ connect_timeout: 2s, upstream_timeout: 5s, shutdown_timeout: 1s }}
+{telemetry}
 "#,
             max_ttl = options.max_ttl,
             sts = sts.endpoint(),
+            telemetry = options
+                .otlp
+                .as_ref()
+                .map(|e| format!("telemetry: {{ otlp: {{ endpoint: \"{e}\", protocol: http }} }}"))
+                .unwrap_or_default(),
         );
-        let tg = Toolgate::start(
+        // Export soon after each action, so tests need not wait for the 5 s default.
+        let env: &[(&str, &str)] = match options.otlp {
+            Some(_) => &[("OTEL_BSP_SCHEDULE_DELAY", "50")],
+            None => &[],
+        };
+        let tg = Toolgate::start_with_env(
             &config,
             &[
                 ("policy.rego", POLICY),
@@ -221,6 +239,7 @@ limits: {{ connect_timeout: 2s, upstream_timeout: 5s, shutdown_timeout: 1s }}
                 ("secrets/legacy", LEGACY_SECRET),
                 ("secrets/sts-client", STS_CLIENT_SECRET),
             ],
+            env,
         );
         World {
             tg,

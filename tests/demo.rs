@@ -34,14 +34,15 @@ fn demo_prints_the_decisions_and_the_linked_timeline_and_exits_0() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     for row in [
-        "1  reads ticket SUP-12  ticket.read        allow     200     reading tickets is allowed",
-        "2  closes SUP-12        ticket.transition  allow     200     SUP-12 was read earlier in this task",
-        "3  pays out 5000 EUR    payment.create     deny      403     payment of 5000 exceeds the limit of 100",
+        "1  reads ticket SUP-12           ticket.read          allow     200     reading tickets is allowed",
+        "2  closes SUP-12                 ticket.transition    allow     200     SUP-12 was read earlier in this task",
+        "3  pays out 5000 EUR             payment.create       deny      403     payment of 5000 exceeds the limit of 100",
+        "4  looks up customer ACME (MCP)  crm.lookup_customer  allow     200     looking customers up is allowed",
     ] {
         assert!(stdout.contains(row), "missing row {row:?} in\n{stdout}");
     }
     assert!(
-        stdout.contains("rebuilt from the 3 spans received (trace "),
+        stdout.contains("rebuilt from the 4 spans received (trace "),
         "{stdout}"
     );
     // The timeline: each action one level under the one it links to.
@@ -53,21 +54,28 @@ fn demo_prints_the_decisions_and_the_linked_timeline_and_exits_0() {
             .unwrap_or_else(|| panic!("no timeline line for {name} in\n{stdout}"))
     };
     let column = |line: &str| line.find(['●', '└']).unwrap();
-    let (read, close, pay) = (
+    let (read, close, pay, lookup) = (
         at("ticket.read"),
         at("ticket.transition"),
         at("payment.create"),
+        at("crm.lookup_customer"),
     );
     assert!(read.contains("● +"), "{read}");
     assert!(
-        column(read) < column(close) && column(close) < column(pay),
+        column(read) < column(close) && column(close) < column(pay) && column(pay) < column(lookup),
         "{stdout}"
     );
+    for credential in [
+        "credential issued: jira-token (secret)",
+        "credential issued: crm-token (secret)",
+    ] {
+        assert!(stdout.contains(credential), "{stdout}");
+    }
+    assert_eq!(stdout.matches("links to span ").count(), 3, "{stdout}");
     assert!(
-        stdout.contains("credential issued: jira-token (secret)"),
+        stdout.contains("(jira, payments, crm) faked on 127.0.0.1"),
         "{stdout}"
     );
-    assert_eq!(stdout.matches("links to span ").count(), 2, "{stdout}");
     assert!(!stderr.contains("demo check failed"), "{stderr}");
 }
 
@@ -80,12 +88,17 @@ async fn demo_also_sends_its_spans_to_a_given_otlp_endpoint() {
         .unwrap();
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    let spans = store.wait_for(3).await;
+    let spans = store.wait_for(4).await;
     let mut names: Vec<&str> = spans.iter().map(|s| s.span.name.as_str()).collect();
     names.sort();
     assert_eq!(
         names,
-        ["payment.create", "ticket.read", "ticket.transition"]
+        [
+            "crm.lookup_customer",
+            "payment.create",
+            "ticket.read",
+            "ticket.transition"
+        ]
     );
     assert!(stdout.contains("Also sent to http://"), "{stdout}");
 }

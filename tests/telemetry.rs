@@ -39,6 +39,8 @@ decision := {"allow": true, "reason": concat("", [input.action.attributes.issue,
 	entry.attributes.issue == input.action.attributes.issue
 }
 
+decision := {"allow": true, "reason": "ledger entries are allowed"} if input.action.name == "entry.create"
+
 decision := {"allow": false, "reason": sprintf("payment of %v exceeds the limit of 100", [input.action.attributes.amount])} if {
 	input.action.name == "payment.create"
 	to_number(input.action.attributes.amount) > 100
@@ -69,8 +71,16 @@ tools:
       - name: payment.create
         match: {{ method: POST, path: /v1/payments }}
         attributes: {{ amount: "query:amount" }}
+  - name: ledger
+    hosts: [ledger.test]
+    upstream: {tool}
+    credential: ledger-jwt
+    actions:
+      - name: entry.create
+        match: {{ method: POST, path: /v1/entries }}
 policy: {{ files: [policy/*.rego] }}
 credentials:
+  ledger-jwt: {{ kind: jwt, audience: ledger.test, key_file: keys/signing.pem, max_ttl: 60s }}
   jira-token: {{ kind: secret, file: secrets/jira, header: Authorization, format: "Bearer {{}}" }}
   payments-key: {{ kind: secret, file: secrets/payments, header: Authorization, format: "Bearer {{}}" }}
 telemetry: {telemetry}
@@ -82,12 +92,14 @@ limits: {{ connect_timeout: 2s, upstream_timeout: 5s, shutdown_timeout: 1s }}
 /// toolgate exporting to `endpoint` over `protocol`, with the extra `env`.
 fn start(tool: &ToolServer, endpoint: &str, protocol: &str, env: &[(&str, &str)]) -> Toolgate {
     let telemetry = format!("{{ otlp: {{ endpoint: \"{endpoint}\", protocol: {protocol} }} }}");
+    let signing = toolgate_policy::config::generate_ed25519_pem().unwrap();
     Toolgate::start_with_env(
         &config(&tool.url(), &telemetry),
         &[
             ("policy/main.rego", POLICY),
             ("secrets/jira", &format!("{JIRA_SECRET}\n")),
             ("secrets/payments", PAYMENTS_SECRET),
+            ("keys/signing.pem", &signing),
         ],
         env,
     )
@@ -303,6 +315,76 @@ async fn a_task_is_one_linked_trace_over_otlp_http() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_is_one_linked_trace_over_otlp_grpc() {
     a_task_is_one_linked_trace("grpc", Receiver::grpc().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_minted_jwt_is_named_by_its_jti_on_the_span_and_in_the_decision_log() {
+    let receiver = Receiver::http().await;
+    let tool = ToolServer::http().await;
+    let tg = start(&tool, &receiver.endpoint(), "http", QUICK);
+    let resp = tg
+        .forward_client()
+        .post("http://ledger.test/v1/entries")
+        .header("x-toolgate-task", "T-jwt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", tg.logs());
+
+    // The token the tool received, verified against the admin JWKS: its jti.
+    let got = tool.only();
+    let token = got.headers["authorization"]
+        .to_str()
+        .unwrap()
+        .strip_prefix("Bearer ")
+        .unwrap()
+        .to_string();
+    let (status, jwks) = http_get(tg.admin, "/.well-known/jwks.json").unwrap();
+    assert_eq!(status, 200, "{jwks}");
+    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&jwks).unwrap();
+    let key = jsonwebtoken::DecodingKey::from_jwk(&jwks.keys[0]).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&["ledger.test"]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(&token, &key, &validation)
+        .unwrap()
+        .claims;
+    let jti = claims["jti"].as_str().unwrap();
+
+    let spans = receiver.wait_for(1).await;
+    let span = &spans[0].span;
+    assert_eq!(span.name, "entry.create");
+    let a = &span.attributes;
+    assert_eq!(string(a, "toolgate.credential.id"), Some(jti), "{a:?}");
+    assert_eq!(string(a, "toolgate.credential.name"), Some("ledger-jwt"));
+    assert_eq!(string(a, "toolgate.credential.kind"), Some("jwt"));
+    let issued = span
+        .events
+        .iter()
+        .find(|e| e.name == "credential issued")
+        .expect("a credential issued event");
+    assert_eq!(
+        string(&issued.attributes, "toolgate.credential.id"),
+        Some(jti)
+    );
+    assert_eq!(
+        string(&issued.attributes, "toolgate.credential.kind"),
+        Some("jwt")
+    );
+
+    // The decision log is written by its own thread: wait for the line.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tg.stdout().lines().next().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let line: serde_json::Value =
+        serde_json::from_str(tg.stdout().lines().next().unwrap()).unwrap();
+    assert_eq!(line["credential"]["id"], jti, "{line}");
+    assert_eq!(line["span_id"], hex(&span.span_id));
+    // The id travels, never the token.
+    for body in receiver.bodies() {
+        assert!(!body.windows(token.len()).any(|w| w == token.as_bytes()));
+    }
+    assert!(!tg.stdout().contains(&token));
 }
 
 #[tokio::test(flavor = "multi_thread")]

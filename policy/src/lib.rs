@@ -7,6 +7,7 @@ pub mod body;
 pub mod chain;
 pub mod classify;
 pub mod config;
+pub mod credential;
 pub mod evaluate;
 pub mod normalise;
 pub mod offline;

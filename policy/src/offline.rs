@@ -10,6 +10,7 @@ use regorus::Value;
 use crate::chain::{self, Ledger};
 use crate::classify::Classification;
 use crate::config::Config;
+use crate::credential::{self, Subject};
 use crate::evaluate::{Decision, Effect, Input, Policy, RequestView};
 use crate::prepare::{prepare, Prepared, Refused};
 
@@ -32,6 +33,8 @@ pub struct Request {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub prepared: Prepared,
+    /// The task the request was decided in.
+    pub task: String,
     /// One evaluation per action: one, or one per member of a JSON-RPC batch, in order.
     pub evaluations: Vec<Evaluation>,
 }
@@ -42,9 +45,13 @@ pub struct Evaluation {
     pub classification: Classification,
     /// The policy input document.
     pub input: Value,
+    /// The decision; an allow whose credential is not configured is an error, as in the
+    /// proxy (with the reason in `decision.error`).
     pub decision: Decision,
     /// The action's sequence number in the chain.
     pub seq: u64,
+    /// When it was decided (`input.now`).
+    pub at: SystemTime,
 }
 
 /// A request that cannot be described as HTTP.
@@ -140,6 +147,7 @@ pub fn decide(
         .collect();
     Ok(Outcome {
         prepared,
+        task: task_id.to_string(),
         evaluations,
     })
 }
@@ -164,7 +172,7 @@ fn evaluate(
     let now = SystemTime::now();
     let input = Input {
         agent_id: &config.agent.id,
-        agent_claims: None,
+        agent_claims: config.agent.claims.as_ref(),
         task_id,
         task_claims: None,
         action: &class.action,
@@ -185,7 +193,7 @@ fn evaluate(
         now,
     }
     .to_value();
-    let decision = policy.decide(input.clone());
+    let mut decision = policy.decide(input.clone());
     let seq = ledger.record(
         task_id,
         &chain::Action {
@@ -197,17 +205,25 @@ fn evaluate(
             at: now,
         },
     );
+    // As the proxy does: the chain has the allow, then the credential must exist.
+    if decision.allowed() {
+        if let Err(e) = credential::select(config, tool, &decision.credential) {
+            decision.effect = Effect::Error;
+            decision.error = Some(e.to_string());
+        }
+    }
     Evaluation {
         classification: class.clone(),
         input,
         decision,
         seq,
+        at: now,
     }
 }
 
 /// `toolgate eval`'s JSON: the tool, the action with its attributes, the input document and
-/// the decision; for a JSON-RPC batch, also each member's. `credential` is the name of the
-/// credential the decision asks for (the tool's default when it names none).
+/// the decision; for a JSON-RPC batch, also each member's. The decision's `credential` is the
+/// one an allowed request would carry (see [`credential_report`]).
 pub fn report(config: &Config, outcome: &Outcome) -> serde_json::Value {
     use serde_json::json;
     let tool = outcome
@@ -215,6 +231,8 @@ pub fn report(config: &Config, outcome: &Outcome) -> serde_json::Value {
         .accepted
         .tool
         .and_then(|t| config.catalog.tool(t));
+    // One request carries one credential, scoped to all its actions (a batch's members').
+    let actions = credential::actions(&outcome.prepared);
     let one = |e: &Evaluation| {
         let attributes: serde_json::Map<String, serde_json::Value> = e
             .classification
@@ -222,13 +240,7 @@ pub fn report(config: &Config, outcome: &Outcome) -> serde_json::Value {
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
-        let credential = e
-            .decision
-            .credential
-            .name
-            .as_deref()
-            .or(tool.and_then(|t| t.credential.as_deref()))
-            .filter(|_| e.decision.allowed());
+        let subject = Subject::new(config, &outcome.task, &actions, None);
         json!({
             "action": &*e.classification.action,
             "attributes": attributes,
@@ -237,7 +249,7 @@ pub fn report(config: &Config, outcome: &Outcome) -> serde_json::Value {
                 "allow": e.decision.allowed(),
                 "effect": e.decision.effect.as_str(),
                 "reason": e.decision.reason,
-                "credential": credential,
+                "credential": credential_report(config, tool, e, &subject),
                 "approval_required": e.decision.approval_required,
             },
         })
@@ -252,6 +264,27 @@ pub fn report(config: &Config, outcome: &Outcome) -> serde_json::Value {
         }
     }
     doc
+}
+
+/// The credential evaluation `e` selects for `subject`: null when it is not allowed or gets
+/// none; `{name, error}` when the policy names one that is not configured; else
+/// [`credential::preview`] — name, kind and what it would carry, never a value.
+fn credential_report(
+    config: &Config,
+    tool: Option<&crate::classify::Tool>,
+    e: &Evaluation,
+    subject: &Subject<'_>,
+) -> serde_json::Value {
+    let grant = &e.decision.credential;
+    match credential::select(config, tool, grant) {
+        Ok(Some(selected)) if e.decision.allowed() => {
+            credential::preview(&selected, grant, subject, e.at)
+        }
+        Err(unknown) if e.decision.effect == Effect::Error && e.decision.error.is_some() => {
+            serde_json::json!({ "name": unknown.0, "error": unknown.to_string() })
+        }
+        Ok(_) | Err(_) => serde_json::Value::Null,
+    }
 }
 
 /// `toolgate eval`'s JSON for a request refused before policy, with the status the proxy

@@ -14,14 +14,13 @@ use std::time::SystemTime;
 
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
-use serde_json::Value as Json;
 use toolgate_policy::classify::Tool;
 use toolgate_policy::config::{Config, CredentialSpec, Placement, SecretText};
 use toolgate_policy::evaluate::{CredentialGrant, CREDENTIAL_HEADERS};
 
 pub use exchange::Exchanges;
 pub use keys::KeyRing;
-pub use mint::Subject;
+pub use toolgate_policy::credential::{actions, select, Selected, Subject, UnknownCredential};
 
 use crate::gateway::{Gateway, Snapshot};
 use crate::pipeline::Exchange;
@@ -63,11 +62,6 @@ impl std::fmt::Debug for Injection {
     }
 }
 
-/// The decision named a credential that config does not define.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the policy asked for credential {0:?}, which is not configured")]
-pub struct UnknownCredential(pub String);
-
 /// A configured credential could not be issued (the STS failed, minting failed).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("credential {name:?} is unavailable: {reason}")]
@@ -85,43 +79,10 @@ pub enum CredentialError {
     Unavailable(#[from] Unavailable),
 }
 
-/// The credential chosen for an allowed action.
-#[derive(Debug, Clone, Copy)]
-pub struct Selected<'c> {
-    pub name: &'c str,
-    pub spec: &'c CredentialSpec,
-}
-
-/// Choose the credential for an allowed action: the decision's, else the tool's default.
-pub fn select<'c>(
-    config: &'c Config,
-    tool: Option<&Tool>,
-    grant: &CredentialGrant,
-) -> Result<Option<Selected<'c>>, UnknownCredential> {
-    let Some(name) = grant
-        .name
-        .as_deref()
-        .or(tool.and_then(|t| t.credential.as_deref()))
-    else {
-        return Ok(None);
-    };
-    match config.credentials.get_key_value(name) {
-        Some((name, spec)) => Ok(Some(Selected { name, spec })),
-        None => Err(UnknownCredential(name.to_string())),
-    }
-}
-
 /// Who the exchange `x` issues a credential to: the agent, its task and action, and the
 /// delegation chain from the task token (or else the agent's identity token).
 pub fn subject<'a>(config: &'a Config, x: &'a Exchange) -> Subject<'a> {
-    let act =
-        |claims: Option<&'a Json>| claims.and_then(|c| c.get("act")).filter(|a| a.is_object());
-    Subject {
-        agent: &config.agent.id,
-        task: &x.task_id,
-        action: &x.action,
-        act: act(x.task_claims.as_deref()).or(act(config.agent.claims.as_ref())),
-    }
+    Subject::new(config, &x.task_id, &x.action, x.task_claims.as_deref())
 }
 
 /// The credential stage: select the credential an allowed action gets, and issue it.
@@ -194,15 +155,7 @@ async fn issue_selected(
                     "no STS client or agent identity token".to_string(),
                 ));
             };
-            let mut scopes = spec.scopes.clone();
-            scopes.extend(
-                grant
-                    .scopes
-                    .iter()
-                    .filter(|s| !spec.scopes.contains(s))
-                    .cloned(),
-            );
-            let scope = scopes.join(" ");
+            let scope = toolgate_policy::credential::exchange_scope(spec, grant);
             let token = gw
                 .exchanges
                 .token(client, name, spec, subject_token, &scope)

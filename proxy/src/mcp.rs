@@ -71,24 +71,6 @@ impl Reply {
     }
 }
 
-/// The actions a request performs, space-separated: a batch's members', else its own (the
-/// scope of the one credential the request carries).
-pub fn actions(prepared: &Prepared) -> String {
-    match prepared.rpc.as_ref().filter(|r| r.batch) {
-        Some(rpc) => {
-            let mut names: Vec<&str> = Vec::new();
-            for m in &rpc.members {
-                let name = &*m.classification.action;
-                if !names.contains(&name) {
-                    names.push(name);
-                }
-            }
-            names.join(" ")
-        }
-        None => prepared.classification.action.to_string(),
-    }
-}
-
 /// Decide every member of a batch with `decide` (evaluate, credential, decision log), in
 /// order. All allowed: `Ok`, and the request is forwarded whole. Otherwise the first refusal.
 pub fn decide_batch(

@@ -303,7 +303,7 @@ async fn issue(
     let Some((_, grant)) = x.grant.take() else {
         return Ok(());
     };
-    let actions = mcp::actions(prepared);
+    let actions = credential::actions(prepared);
     let mut subject = credential::subject(&snapshot.config, x);
     if batch {
         subject.action = &actions;

@@ -16,6 +16,7 @@ use super::Step;
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub status: u16,
+    pub body: Vec<u8>,
 }
 
 fn attr<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
@@ -176,8 +177,29 @@ pub fn timeline(chain: &[Span]) -> String {
 }
 
 /// Everything that is not as the demo promises; empty when the demo succeeded.
-pub fn problems(script: &[Step], chain: &[Span], seen: &[Seen]) -> Vec<String> {
+pub fn problems(
+    script: &[Step],
+    outcomes: &[Outcome],
+    chain: &[Span],
+    seen: &[Seen],
+) -> Vec<String> {
     let mut problems = Vec::new();
+    // An allowed MCP call is answered by the (fake) server in JSON-RPC, for its request id.
+    for (i, (step, outcome)) in script.iter().zip(outcomes).enumerate() {
+        let Ok(call) = serde_json::from_str::<serde_json::Value>(step.body) else {
+            continue;
+        };
+        if call.get("jsonrpc").is_none() || step.decision != "allow" {
+            continue;
+        }
+        let reply: serde_json::Value = serde_json::from_slice(&outcome.body).unwrap_or_default();
+        if reply.get("id") != call.get("id") || reply.get("result").is_none() {
+            problems.push(format!(
+                "step {}: the MCP call got no JSON-RPC result for its id",
+                i + 1
+            ));
+        }
+    }
     if chain.len() != script.len() {
         problems.push(format!(
             "{} steps but {} spans received for the task",

@@ -77,7 +77,11 @@ async fn allowed_payment_carries_a_minted_jwt_that_verifies_against_the_admin_jw
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_signed_before_and_after_key_rotation_both_verify() {
-    let w = World::start(Options { max_ttl: "6s" }).await;
+    let w = World::start(Options {
+        max_ttl: "6s",
+        ..Options::default()
+    })
+    .await;
     assert_eq!(pay(&w, "T-1").await.status(), 200);
     let old_kid = w.admin_jwks()["keys"][0]["kid"].clone();
 

@@ -41,7 +41,12 @@ async fn secrets_go_in_a_query_parameter_or_as_http_basic() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_secret_or_token_value_reaches_logs_metrics_or_responses() {
-    let w = World::start(Options::default()).await;
+    let receiver = crate::otlp::Receiver::http().await;
+    let w = World::start(Options {
+        otlp: Some(receiver.endpoint()),
+        ..Options::default()
+    })
+    .await;
     let client = w.tg.forward_client();
     let task_token = w.task_token("T-5", json!({ "role": "analyst", "on_behalf_of": "bob" }));
     let mut surfaces = support_surfaces::Surfaces::default();
@@ -124,6 +129,8 @@ async fn no_secret_or_token_value_reaches_logs_metrics_or_responses() {
         ],
     );
     surfaces.logs(&w.tg);
+    // Every exchange that reached the pipeline is one span: all nine requests.
+    surfaces.spans(&receiver, 9).await;
     for (label, text) in surfaces.all() {
         for (name, value) in values {
             assert!(
@@ -163,12 +170,35 @@ mod support_surfaces {
             }
         }
 
-        /// toolgate's log (stderr) and its decision log (stdout). Span attributes join here
-        /// once spans are exported (an OTLP receiver's decoded spans as one more surface).
+        /// toolgate's log (stderr) and its decision log (stdout).
         pub fn logs(&mut self, tg: &support::Toolgate) {
             self.texts.push(("the log".into(), tg.logs()));
             let decisions = std::fs::read_to_string(tg.dir.path().join("stdout.log")).unwrap();
             self.texts.push(("the decision log".into(), decisions));
+        }
+
+        /// The spans toolgate exported over OTLP, once `n` have arrived: each decoded span
+        /// (names, attributes, events, status) and each raw protobuf request body.
+        pub async fn spans(&mut self, receiver: &crate::otlp::Receiver, n: usize) {
+            let spans = receiver.wait_for(n).await;
+            assert!(
+                spans.iter().any(|s| s
+                    .span
+                    .attributes
+                    .iter()
+                    .any(|kv| kv.key == "toolgate.credential.id")),
+                "a minted credential's id is exported: {spans:#?}"
+            );
+            for s in spans {
+                self.texts
+                    .push((format!("span {}", s.span.name), format!("{:?}", s)));
+            }
+            for body in receiver.bodies() {
+                self.texts.push((
+                    "an OTLP request body".into(),
+                    String::from_utf8_lossy(&body).into_owned(),
+                ));
+            }
         }
 
         pub fn all(&self) -> &[(String, String)] {

@@ -201,7 +201,8 @@ impl TestCa {
         pem("PRIVATE KEY", &self.leaf_key_der)
     }
 
-    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+    /// A rustls server configuration presenting the leaf (with the CA in its chain).
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(self.leaf_key_der.clone().into());
         let config = rustls::ServerConfig::builder()
             .with_no_client_auth()

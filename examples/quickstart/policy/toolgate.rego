@@ -1,4 +1,5 @@
-# The quickstart policy: reads are free, state changes need context, money needs limits.
+# The quickstart policy: reads are free, state changes need context, money needs limits,
+# and an MCP server's tools are allowed one by one.
 #
 # One decision rule, written as a first-match `else` chain: the RVM evaluates branches only
 # until one holds, where separate complete rules would all be evaluated to check that they
@@ -34,6 +35,14 @@ decision := {"allow": true, "reason": "reading tickets is allowed"} if {
 	amount > data.limits.payment_max
 } else := {"allow": false, "reason": "payment amount is missing or not a number"} if {
 	input.action.name == "payment.create"
+} else := {"allow": true, "reason": "looking customers up is allowed"} if {
+	input.action.name == "crm.lookup_customer"
+} else := {"allow": false, "reason": "deleting customers needs a human"} if {
+	input.action.name == "crm.delete_customer"
+} else := {"allow": true, "reason": "MCP session housekeeping is allowed"} if {
+	# initialize, tools/list, notifications, the event stream: not tool calls.
+	input.action.tool == "crm"
+	startswith(input.action.name, "crm.mcp.")
 } else := {"allow": false, "reason": concat("", ["no tool in the catalog serves ", input.request.host])} if {
 	input.action.tool == null
 } else := {"allow": false, "reason": sprintf("%s has no catalogued action for %s %s", [input.action.tool, input.request.method, input.request.path])} if {

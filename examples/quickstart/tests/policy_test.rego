@@ -26,3 +26,13 @@ test_payment_limit_comes_from_data if {
 	d := toolgate.decision with input as {"action": {"name": "payment.create", "tool": "payments", "attributes": {"amount": "101"}}, "request": {}, "chain": []}
 	d.reason == "payment of 101 exceeds the limit of 100"
 }
+
+test_deleting_customers_needs_a_human if {
+	d := toolgate.decision with input as {"action": {"name": "crm.delete_customer", "tool": "crm", "attributes": {"customer": "ACME"}}, "request": {}, "chain": []}
+	not d.allow
+	d.reason == "deleting customers needs a human"
+}
+
+test_unlisted_mcp_tools_are_denied if {
+	not toolgate.decision.allow with input as {"action": {"name": "crm.export_everything", "tool": "crm", "attributes": {}}, "request": {}, "chain": []}
+}

@@ -94,26 +94,6 @@ fn minted_tokens_carry_the_action_task_and_policy_ttl() {
 }
 
 #[test]
-fn policy_ttl_is_capped_at_max_ttl_and_defaults_to_it() {
-    let c = config(pem(), pem());
-    let spec = jwt(&c, "a");
-    let long = CredentialGrant {
-        ttl: Some(Duration::from_secs(3600)),
-        ..CredentialGrant::default()
-    };
-    assert_eq!(mint::lifetime(&spec, &long), Duration::from_secs(60));
-    assert_eq!(
-        mint::lifetime(&spec, &CredentialGrant::default()),
-        Duration::from_secs(60)
-    );
-    let tiny = CredentialGrant {
-        ttl: Some(Duration::from_millis(10)),
-        ..CredentialGrant::default()
-    };
-    assert_eq!(mint::lifetime(&spec, &tiny), Duration::from_secs(1));
-}
-
-#[test]
 fn rotated_out_keys_stay_published_for_max_ttl() {
     let (a1, b1, a2) = (pem(), pem(), pem());
     let first = config(a1, b1);
@@ -191,13 +171,4 @@ fn echoed_credentials_are_scrubbed_from_response_headers() {
 fn injections_never_print_their_value() {
     let i = injection(&["tok"]);
     assert!(!format!("{i:?}").contains("tok"));
-}
-
-#[test]
-fn scopes_are_deduplicated_after_the_action() {
-    assert_eq!(mint::scope("a.b", &[]), "a.b");
-    assert_eq!(
-        mint::scope("a.b", &["x".into(), "a.b".into(), "x".into(), "y".into()]),
-        "a.b x y"
-    );
 }
