@@ -172,23 +172,22 @@ import rego.v1
 
 default decision := {"allow": false, "reason": "no rule allows this action"}
 
-# A chain rule: closing needs a read of the same item earlier in the task.
-decision := {"allow": true, "reason": "read before"} if {
+# A chain rule on the benchmarked path: a read is allowed unless this task already deleted the
+# item, so every allowed read scans the task's chain (up to chain.max_actions entries).
+decision := {"allow": true, "reason": "the item was not deleted in this task"} if {
     input.action.name == "item.read"
+    not deleted_in_task
 }
 
 decision := {"allow": false, "reason": "items are never deleted by agents"} if {
     input.action.name == "item.delete"
 }
 
-decision := {"allow": false, "reason": "write needs an earlier read"} if {
-    input.action.name == "item.write"
-    not read_before
-}
-
-read_before if {
+deleted_in_task if {
     some e in input.chain
-    e.action == "item.read"
+    e.action == "item.delete"
+    e.decision == "allow"
+    e.attributes.item == input.action.attributes.item
 }
 """
 
@@ -196,7 +195,7 @@ read_before if {
 def toolgate_config(variant, ports, workers):
     credential = {
         "secret": "  tool-key: { kind: secret, file: secret, header: Authorization, format: \"Bearer {}\" }",
-        "jwt": "  tool-key: { kind: jwt, audience: tool.example, max_ttl: 60s, key: signing-key.pem }",
+        "jwt": "  tool-key: { kind: jwt, audience: tool.example, max_ttl: 60s, key_file: signing-key.pem }",
     }[variant["credential"]]
     telemetry = ""
     if variant.get("otlp"):
@@ -216,6 +215,7 @@ tools:
         attributes: {{ item: "path:item" }}
       - name: item.delete
         match: {{ method: DELETE, path: "/items/{{item}}" }}
+        attributes: {{ item: "path:item" }}
 policy: {{ files: [policy.rego] }}
 credentials:
 {credential}
@@ -325,7 +325,7 @@ def main():
                 with open(os.path.join(d, "secret"), "w") as f:
                     f.write("bench-secret\n")
                 if variant["credential"] == "jwt":
-                    subprocess.run([args.toolgate, "keys", "init", "--out", d], check=True, capture_output=True)
+                    subprocess.run([args.toolgate, "keys", "init", "--out", os.path.join(d, "signing-key.pem")], check=True, capture_output=True)
                 env = dict(os.environ, TOOLGATE_LOG="warn")
                 p = procs.start(key, [args.toolgate, "run", "-c", os.path.join(d, "toolgate.yaml")], env=env)
                 wait_port(variant["port"], p, key)
