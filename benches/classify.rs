@@ -19,6 +19,10 @@ use toolgate_policy::config::{Config, EmbeddedFiles, StaticEnv};
 use toolgate_policy::normalise;
 use toolgate_policy::prepare::prepare;
 
+// The allocator the toolgate binary runs with (src/main.rs), so costs match the request path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SIZES: [usize; 3] = [10, 100, 1_000];
 
 /// The i-th generated action: 10 shapes per resource, resources `res{i/10}`.

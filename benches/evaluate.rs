@@ -1,5 +1,7 @@
 //! Policy evaluation cost on the quickstart policy with a realistic input: a transition whose
 //! chain rule scans four earlier actions. RVM (the request path) and interpreter (fallback).
+//! Then the load bench's policy (`benches/data/load-policy.rego`), whose chain rule scans a
+//! full chain of 16 and 64 earlier actions: what a longer task costs per request.
 //!
 //! cargo bench --bench evaluate
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -13,6 +15,10 @@ use http::HeaderMap;
 use serde_json::json;
 use toolgate_policy::config::Config;
 use toolgate_policy::evaluate::{chain_value, ChainEntry, Evaluator, Input, Policy, RequestView};
+
+// The allocator the toolgate binary runs with (src/main.rs), so costs match the request path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn entry(seq: u64, action: &str, issue: &str) -> ChainEntry {
     ChainEntry {
@@ -112,6 +118,61 @@ fn bench(c: &mut Criterion) {
     g.bench_function("rvm_trivial_policy", |b| {
         b.iter(|| trivial.evaluate(prepared.clone(), Evaluator::Rvm).unwrap())
     });
+    g.finish();
+    chain_scan(c, &headers);
+}
+
+/// The load bench's read: allowed after scanning every earlier action of the task.
+fn chain_scan(c: &mut Criterion, headers: &HeaderMap) {
+    let policy = Policy::compile(&toolgate_policy::config::PolicySource {
+        modules: vec![(
+            "load-policy.rego".into(),
+            include_str!("data/load-policy.rego").into(),
+        )],
+        data: json!({}),
+        query: "data.toolgate.decision".into(),
+        mode: Default::default(),
+    })
+    .unwrap();
+    let attributes = vec![(Arc::from("item"), json!("42"))];
+    let mut g = c.benchmark_group("chain_rule");
+    for n in [16u64, 64] {
+        let entries: Vec<ChainEntry> = (1..=n)
+            .map(|seq| ChainEntry {
+                action: "item.read".into(),
+                tool: Some("tool".into()),
+                attributes: vec![(Arc::from("item"), json!(seq.to_string()))],
+                ..entry(seq, "item.read", "")
+            })
+            .collect();
+        let input = Input {
+            agent_id: "spiffe://bench/agent",
+            agent_claims: None,
+            task_id: "default-1",
+            task_claims: None,
+            action: "item.read",
+            tool: Some("tool"),
+            attributes: &attributes,
+            request: RequestView {
+                method: "GET",
+                scheme: "http",
+                host: "localhost",
+                port: 80,
+                path: "/items/42",
+                params: &[],
+                headers,
+                hidden: &[],
+                body: None,
+            },
+            chain: chain_value(&entries),
+            now: SystemTime::now(),
+        }
+        .to_value();
+        assert!(policy.decide(input.clone()).allowed());
+        g.bench_function(format!("rvm_{n}_earlier_actions"), |b| {
+            b.iter(|| policy.evaluate(input.clone(), Evaluator::Rvm).unwrap())
+        });
+    }
     g.finish();
 }
 

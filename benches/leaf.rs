@@ -7,6 +7,10 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use toolgate_proxy::ca::{generate, Authority};
 
+// The allocator the toolgate binary runs with (src/main.rs), so costs match the request path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn bench(c: &mut Criterion) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (cert, key) = generate("bench CA", 1).unwrap();

@@ -18,6 +18,10 @@ use toolgate_policy::config::{Config, CredentialSpec, EmbeddedFiles, StaticEnv};
 use toolgate_policy::evaluate::CredentialGrant;
 use toolgate_proxy::credential::mint::{mint, Subject};
 
+// The allocator the toolgate binary runs with (src/main.rs), so costs match the request path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const CONFIG: &str = "agent: { id: spiffe://example.org/ns/support/sa/triage-agent }
 policy: { files: [p.rego] }
 credentials:

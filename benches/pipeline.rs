@@ -17,6 +17,10 @@ use toolgate_policy::evaluate::{Input, Policy, RequestView};
 use toolgate_policy::prepare::prepare;
 use toolgate_proxy::credential::mint::{mint, Subject};
 
+// The allocator the toolgate binary runs with (src/main.rs), so costs match the request path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const READ: &[u8] = b"http://jira.example.com/rest/api/3/issue/SUP-12";
 const SECRET: &str =
     "jira-token: { kind: secret, file: secrets/jira-token, header: Authorization, format: \"Bearer {}\" }";

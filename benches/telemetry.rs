@@ -18,6 +18,10 @@ use toolgate_proxy::record::export::{Batching, Spans};
 use toolgate_proxy::record::span::{action_span, End};
 use toolgate_proxy::record::trace::Target;
 
+// The allocator the toolgate binary runs with (src/main.rs), so costs match the request path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug)]
 struct Discard;
 

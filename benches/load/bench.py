@@ -65,6 +65,22 @@ def rss_kib(pid, field="VmRSS"):
     return total
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of pid and its children (nginx/envoy workers), in seconds."""
+    pids = [pid]
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    pids += [int(p) for p in out.split()]
+    ticks = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        except (FileNotFoundError, IndexError, ValueError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 class Procs:
     def __init__(self):
         self.procs = []
@@ -166,30 +182,9 @@ ENVOY_AUTHZ_FILTER = """          - name: envoy.filters.http.ext_authz
                   allowed_upstream_headers:
                     patterns: [{{ exact: authorization, ignore_case: true }}]"""
 
-TOOLGATE_POLICY = """
-package toolgate
-import rego.v1
-
-default decision := {"allow": false, "reason": "no rule allows this action"}
-
-# A chain rule on the benchmarked path: a read is allowed unless this task already deleted the
-# item, so every allowed read scans the task's chain (up to chain.max_actions entries).
-decision := {"allow": true, "reason": "the item was not deleted in this task"} if {
-    input.action.name == "item.read"
-    not deleted_in_task
-}
-
-decision := {"allow": false, "reason": "items are never deleted by agents"} if {
-    input.action.name == "item.delete"
-}
-
-deleted_in_task if {
-    some e in input.chain
-    e.action == "item.delete"
-    e.decision == "allow"
-    e.attributes.item == input.action.attributes.item
-}
-"""
+# The policy every toolgate row runs: a chain rule on the benchmarked path (a fixture shared
+# with `cargo bench --bench evaluate`).
+TOOLGATE_POLICY_FILE = os.path.join(HERE, "..", "data", "load-policy.rego")
 
 
 def toolgate_config(variant, ports, workers):
@@ -203,6 +198,7 @@ def toolgate_config(variant, ports, workers):
     return f"""
 listen: {{ proxy: "127.0.0.1:{variant['port']}", admin: "127.0.0.1:{variant['admin']}" }}
 workers: {workers}
+chain: {{ max_actions: {variant['chain']} }}
 agent: {{ id: spiffe://bench/agent }}
 tools:
   - name: tool
@@ -233,12 +229,15 @@ def wrk(url_path, port, duration, connections, method="GET"):
     ).stdout
     rps = 0.0
     non2xx = 0
+    requests = 0
     for line in out.splitlines():
+        if " requests in " in line:
+            requests = int(line.split()[0])
         if line.startswith("Requests/sec:"):
             rps = float(line.split()[1])
         if "Non-2xx or 3xx responses:" in line:
             non2xx = int(line.split(":")[1])
-    return rps, non2xx, out
+    return rps, non2xx, requests, out
 
 
 def oha_latency(url, proxy, rate, duration, method="GET"):
@@ -267,7 +266,11 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--rate", type=int, default=5000)
+    ap.add_argument("--rate", type=int, default=5000,
+                    help="open-loop rate; lowered to half the slowest proxied row's throughput, "
+                         "so that no row is measured saturated")
+    ap.add_argument("--chain", type=int, default=16,
+                    help="earlier actions the chain rule scans on the typical toolgate rows")
     ap.add_argument("--latency-duration", type=int, default=8)
     ap.add_argument("--only", default="", help="comma-separated row keys to run")
     ap.add_argument("--features", default="jwt,otlp",
@@ -301,10 +304,14 @@ def main():
             wait_port(port, p, key)
             rows.append((key, label, port, p.pid, path, "GET", True))
 
+        # wrk names no task, so every request joins the agent's default task and its chain is
+        # always full: the chain rule scans `chain` earlier actions on every allowed read.
+        # A task of 16 actions is the typical row; the default cap (64) is the worst case.
         variants = [
-            ("toolgate_jwt", "toolgate: classify + Rego chain rule + minted EdDSA JWT + OTLP spans", {"credential": "jwt", "otlp": True}, "GET", path),
-            ("toolgate_secret", "toolgate: same pipeline, secret credential", {"credential": "secret", "otlp": True}, "GET", path),
-            ("toolgate_deny", "toolgate: deny path (403 problem+json)", {"credential": "secret", "otlp": True}, "DELETE", path),
+            ("toolgate_jwt", f"toolgate: classify + Rego chain rule ({args.chain} earlier actions) + minted EdDSA JWT + OTLP spans", {"credential": "jwt", "otlp": True, "chain": args.chain}, "GET", path),
+            ("toolgate_secret", "toolgate: same pipeline, secret credential", {"credential": "secret", "otlp": True, "chain": args.chain}, "GET", path),
+            ("toolgate_deny", "toolgate: deny path (403 problem+json)", {"credential": "secret", "otlp": True, "chain": args.chain}, "DELETE", path),
+            ("toolgate_chain64", "toolgate: secret credential, worst-case chain (64 earlier actions scanned)", {"credential": "secret", "otlp": True, "chain": 64}, "GET", path),
         ]
         features = set(filter(None, args.features.split(",")))
         if "jwt" not in features:
@@ -313,15 +320,14 @@ def main():
             variants = [(k, l.replace(" + OTLP spans", ""), dict(v, otlp=False), m, p) for k, l, v, m, p in variants]
         started = {}
         for key, label, variant, method, vpath in variants:
-            cfg_key = (variant["credential"], variant.get("otlp"))
+            cfg_key = (variant["credential"], variant.get("otlp"), variant["chain"])
             if cfg_key not in started:
                 variant = dict(variant, port=free_port(), admin=free_port())
                 d = os.path.join(procs.dir, key)
                 os.makedirs(d)
                 with open(os.path.join(d, "toolgate.yaml"), "w") as f:
                     f.write(toolgate_config(variant, ports, args.workers))
-                with open(os.path.join(d, "policy.rego"), "w") as f:
-                    f.write(TOOLGATE_POLICY)
+                shutil.copy(TOOLGATE_POLICY_FILE, os.path.join(d, "policy.rego"))
                 with open(os.path.join(d, "secret"), "w") as f:
                     f.write("bench-secret\n")
                 if variant["credential"] == "jwt":
@@ -341,33 +347,40 @@ def main():
         # Warm up every row (connection pools, JIT-free but caches and allocators).
         for key, _, port, _, p, method, _ in rows:
             wrk(p, port, 2, args.connections, method)
+        cpu = {r[0]: [0.0, 0] for r in rows}  # CPU seconds of the row's server, requests
 
         results = {r[0]: [] for r in rows}
         for rnd in range(args.rounds):
             order = rows if rnd % 2 == 0 else list(reversed(rows))
-            for key, _, port, _, p, method, _ in order:
-                rps, non2xx, out = wrk(p, port, args.duration, args.connections, method)
+            for key, _, port, pid, p, method, _ in order:
+                before = cpu_seconds(pid)
+                rps, non2xx, requests, out = wrk(p, port, args.duration, args.connections, method)
+                cpu[key][0] += cpu_seconds(pid) - before
+                cpu[key][1] += requests
                 expect_errors = key == "toolgate_deny"
                 if (non2xx > 0) != expect_errors:
                     sys.exit(f"{key}: unexpected status mix (non-2xx={non2xx}):\n{out}")
                 results[key].append(rps)
                 print(f"round {rnd + 1} {key:16s} {rps:10.0f} req/s", file=sys.stderr)
 
+        med = {k: statistics.median(v) for k, v in results.items()}
+        slowest = min((med[r[0]] for r in rows if r[6]), default=args.rate * 2)
+        rate = min(args.rate, max(100, int(slowest / 2 // 100 * 100)))
         latency = {}
         for key, _, port, _, p, method, proxied in rows:
             url = f"http://127.0.0.1:{port}{p}" if not proxied else p
             proxy = f"http://127.0.0.1:{port}" if proxied else None
-            latency[key] = oha_latency(url, proxy, args.rate, args.latency_duration, method)
+            latency[key] = oha_latency(url, proxy, rate, args.latency_duration, method)
         peak = {r[0]: rss_kib(r[3], "VmHWM") for r in rows}
 
-        med = {k: statistics.median(v) for k, v in results.items()}
         base_authz = med.get("envoy_authz")
         base_direct = med.get("direct")
         direct_p50 = latency.get("direct", (None,))[0]
         print(f"\n{args.rounds} rounds × {args.duration}s, wrk -t1 -c{args.connections}, "
-              f"{args.workers} workers per proxy; latency: oha open loop at {args.rate} req/s for {args.latency_duration}s.\n")
-        print("| row | req/s (median) | × Envoy+ext_authz | × direct | p50 µs | p90 µs | p99 µs | added p50 µs | RSS idle MiB | RSS peak MiB |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+              f"{args.workers} workers per proxy; latency: oha open loop at {rate} req/s for {args.latency_duration}s"
+              f"{'' if rate == args.rate else f' (lowered from {args.rate}: half the slowest row)'}.\n")
+        print("| row | req/s (median) | × Envoy+ext_authz | × direct | CPU µs/req | p50 µs | p90 µs | p99 µs | added p50 µs | RSS idle MiB | RSS peak MiB |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for key, label, *_ in rows:
             rps = med[key]
             p50, p90, p99, _ = latency[key]
@@ -375,7 +388,9 @@ def main():
             added = None if (p50 is None or direct_p50 is None or key == "direct") else p50 - direct_p50
             ra = f"{rps / base_authz:.2f}" if base_authz else "–"
             rd = f"{rps / base_direct:.2f}" if base_direct else "–"
-            print(f"| {label} | {rps:.0f} | {ra} | {rd} | {fmt(p50)} | {fmt(p90)} | {fmt(p99)} | {fmt(added)} | "
+            secs, reqs = cpu[key]
+            per_req = secs / reqs * 1e6 if reqs else None
+            print(f"| {label} | {rps:.0f} | {ra} | {rd} | {fmt(per_req)} | {fmt(p50)} | {fmt(p90)} | {fmt(p99)} | {fmt(added)} | "
                   f"{idle[key] / 1024:.1f} | {peak[key] / 1024:.1f} |")
     finally:
         procs.stop_all()

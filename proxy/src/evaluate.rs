@@ -109,6 +109,10 @@ pub fn evaluate(
 /// Write the decision-log line for the decision held in `x`.
 pub fn log_decision(gw: &Gateway, snapshot: &Snapshot, prepared: &Prepared, x: &Exchange) {
     let Some(effect) = x.effect else { return };
+    if !gw.decision_log.enabled() {
+        // Nothing is written: build nothing.
+        return;
+    }
     let attributes: Map<String, serde_json::Value> = prepared
         .classification
         .attributes

@@ -89,6 +89,11 @@ impl DecisionLog {
         })
     }
 
+    /// Whether lines are written at all (`decision_log: off` writes none).
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
     /// Queue one line; never blocks.
     pub fn write(&self, line: &Line<'_>) {
         let Some(tx) = &self.tx else { return };
