@@ -125,14 +125,20 @@ impl RequestView<'_> {
             if CREDENTIAL_HEADERS.contains(&n) || self.hidden.contains(name) {
                 continue;
             }
-            let joined = self
-                .headers
-                .get_all(name)
-                .iter()
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .collect::<Vec<_>>()
-                .join(", ");
-            map.insert(Value::from(n), Value::from(joined));
+            let mut values = self.headers.get_all(name).iter();
+            let value = match (values.next(), values.next()) {
+                // The common case, one value: no list, no join.
+                (Some(one), None) => Value::from(&*String::from_utf8_lossy(one.as_bytes())),
+                _ => Value::from(
+                    self.headers
+                        .get_all(name)
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+            };
+            map.insert(Value::from(n), value);
         }
         Value::from(map)
     }

@@ -1,7 +1,10 @@
-//! Span export, off the request path: a request hands its finished span to a bounded queue
-//! and returns; a dedicated thread with its own small Tokio runtime batches spans and sends
-//! them with the OTLP exporter. That runtime outlives pingora's, so spans still pending when
-//! the server stops are flushed afterwards, within a deadline.
+//! Span export, off the request path: a request appends its finished span to a bounded buffer
+//! and returns; a dedicated thread with its own small Tokio runtime takes the buffer when a
+//! batch is full or the delay passes and sends it with the OTLP exporter. That runtime outlives
+//! pingora's, so spans still pending when the server stops are flushed afterwards, within a
+//! deadline. The export thread is woken once per batch, not once per span: waking it for every
+//! span cost more CPU than the rest of the pipeline (measured: 50 µs per request at 6 k req/s,
+//! mostly context switches on 2 cores).
 //!
 //! Nothing here ever blocks a request: a full queue drops the span, an export that fails or
 //! times out drops its batch, and both are counted in `toolgate_spans_dropped_total`.
@@ -10,12 +13,12 @@ pub mod otlp;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 /// Batching and queueing limits (the standard `OTEL_BSP_*` settings).
@@ -63,9 +66,31 @@ struct Control {
     done: std_mpsc::Receiver<()>,
 }
 
+/// Spans waiting for export, shared by the requests and the export thread.
+struct Queue {
+    spans: Mutex<Vec<SpanData>>,
+    /// Most spans waiting; beyond it new spans are dropped.
+    max_queue: usize,
+    /// A batch is full: the export thread is woken.
+    max_batch: usize,
+    full: Notify,
+    /// Set at shutdown: nothing more is accepted.
+    closed: AtomicBool,
+}
+
+impl Queue {
+    /// Everything waiting, leaving the buffer empty.
+    fn take(&self) -> Vec<SpanData> {
+        match self.spans.lock() {
+            Ok(mut spans) => std::mem::take(&mut *spans),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
 /// The handle requests submit spans to.
 pub struct Spans {
-    tx: mpsc::Sender<SpanData>,
+    queue: Arc<Queue>,
     dropped: Arc<AtomicU64>,
     control: Mutex<Option<Control>>,
     /// Where spans go, for logs.
@@ -93,7 +118,15 @@ impl Spans {
         E: SpanExporter + 'static,
         F: FnOnce() -> Result<E, String> + Send + 'static,
     {
-        let (tx, rx) = mpsc::channel(batching.max_queue.max(1));
+        let max_batch = batching.max_batch.max(1);
+        let queue = Arc::new(Queue {
+            spans: Mutex::new(Vec::with_capacity(max_batch.min(1024))),
+            max_queue: batching.max_queue.max(1),
+            max_batch,
+            full: Notify::new(),
+            closed: AtomicBool::new(false),
+        });
+        let exported = queue.clone();
         let (stop_tx, stop_rx) = oneshot::channel();
         let (done_tx, done_rx) = std_mpsc::channel();
         let (ready_tx, ready_rx) = std_mpsc::channel::<Result<(), String>>();
@@ -128,14 +161,14 @@ impl Spans {
                         destination: label,
                         failing: false,
                     };
-                    export.run(rx, stop_rx).await;
+                    export.run(&exported, stop_rx).await;
                 });
                 let _ = done_tx.send(());
             })
             .map_err(StartError::Thread)?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Spans {
-                tx,
+                queue,
                 dropped,
                 control: Mutex::new(Some(Control {
                     stop: stop_tx,
@@ -152,8 +185,22 @@ impl Spans {
 
     /// Queue a finished span; never blocks. A full queue drops it (and counts it).
     pub fn submit(&self, span: SpanData) {
-        if self.tx.try_send(span).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        let queue = &self.queue;
+        let waiting = match queue.spans.lock() {
+            Ok(mut spans)
+                if spans.len() < queue.max_queue && !queue.closed.load(Ordering::Acquire) =>
+            {
+                spans.push(span);
+                spans.len()
+            }
+            _ => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        if waiting >= queue.max_batch {
+            // Wakes the export thread if it waits; otherwise leaves it a permit (no syscall).
+            queue.full.notify_one();
         }
     }
 
@@ -168,6 +215,7 @@ impl Spans {
         let Some(control) = self.control.lock().ok().and_then(|mut c| c.take()) else {
             return true;
         };
+        self.queue.closed.store(true, Ordering::Release);
         if control.stop.send(Instant::now() + budget).is_err() {
             return true;
         }
@@ -190,45 +238,34 @@ struct Export<E> {
 }
 
 impl<E: SpanExporter> Export<E> {
-    async fn run(mut self, mut rx: mpsc::Receiver<SpanData>, mut stop: oneshot::Receiver<Instant>) {
-        let max_batch = self.batching.max_batch.max(1);
-        let mut batch: Vec<SpanData> = Vec::with_capacity(max_batch.min(1024));
+    async fn run(mut self, queue: &Queue, mut stop: oneshot::Receiver<Instant>) {
         let mut tick = tokio::time::interval(self.batching.delay.max(Duration::from_millis(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let deadline = loop {
             tokio::select! {
                 biased;
-                deadline = &mut stop => break deadline.unwrap_or_else(|_| Instant::now()),
-                span = rx.recv() => match span {
-                    Some(span) => {
-                        batch.push(span);
-                        if batch.len() >= max_batch {
-                            self.export(std::mem::take(&mut batch), None).await;
-                        }
-                    }
-                    None => break Instant::now() + self.batching.export_timeout,
-                },
-                _ = tick.tick() => {
-                    if !batch.is_empty() {
-                        self.export(std::mem::take(&mut batch), None).await;
-                    }
-                }
+                // A dropped handle (no shutdown) flushes within the export timeout.
+                deadline = &mut stop => break deadline
+                    .unwrap_or_else(|_| Instant::now() + self.batching.export_timeout),
+                () = queue.full.notified() => self.send(queue.take(), None).await,
+                _ = tick.tick() => self.send(queue.take(), None).await,
             }
         };
         // Flush: nothing new is accepted; what is queued goes out until the deadline.
-        rx.close();
-        while let Ok(span) = rx.try_recv() {
-            batch.push(span);
-            if batch.len() >= max_batch {
-                self.export(std::mem::take(&mut batch), Some(deadline))
-                    .await;
-            }
-        }
-        if !batch.is_empty() {
-            self.export(batch, Some(deadline)).await;
-        }
+        queue.closed.store(true, Ordering::Release);
+        self.send(queue.take(), Some(deadline)).await;
         let left = deadline.saturating_duration_since(Instant::now());
         let _ = self.exporter.shutdown_with_timeout(left);
+    }
+
+    /// Send `spans` in batches of at most `max_batch`.
+    async fn send(&mut self, mut spans: Vec<SpanData>, deadline: Option<Instant>) {
+        let max_batch = self.batching.max_batch.max(1);
+        while !spans.is_empty() {
+            let rest = spans.split_off(spans.len().min(max_batch));
+            self.export(spans, deadline).await;
+            spans = rest;
+        }
     }
 
     /// Send one batch; a failure, a timeout or a passed `deadline` drops it (counted).
