@@ -62,6 +62,10 @@ fn quickstart(jwt: bool) -> Config {
             "secrets/payments-key",
             include_bytes!("../examples/quickstart/secrets/payments-key"),
         ),
+        (
+            "secrets/crm-token",
+            include_bytes!("../examples/quickstart/secrets/crm-token"),
+        ),
         ("signing.pem", leak(key.into_bytes())),
     ]);
     Config::load_from(Path::new("toolgate.yaml"), &files, &StaticEnv::default()).unwrap()
