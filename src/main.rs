@@ -11,7 +11,8 @@ use toolgate_proxy::capture::{self, CaptureSpec, Cidr, Iptables};
 use toolgate_proxy::Snapshot;
 
 // glibc's allocator serialises pingora's worker threads on arena locks (measured: malloc and
-// free were a fifth of the proxy's CPU under load); mimalloc keeps per-thread heaps.
+// free were a fifth of the proxy's CPU under load); mimalloc keeps per-thread heaps. Built
+// with `no_thp`, which turns transparent huge pages off for the process (see Cargo.toml).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
