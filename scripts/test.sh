@@ -21,3 +21,6 @@ python3 -c 'import jwt, cryptography' 2>/dev/null ||
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --workspace --all-targets
+# The Criterion benches build with the bench profile (release), as `cargo bench` runs them;
+# `cargo test --all-targets` above already ran each once in test mode.
+cargo bench --locked --workspace --no-run
