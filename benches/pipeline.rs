@@ -44,30 +44,15 @@ fn quickstart(jwt: bool) -> Config {
         yaml.to_string()
     };
     let key = toolgate_policy::config::generate_ed25519_pem().unwrap();
-    let files = EmbeddedFiles::new(&[
-        ("toolgate.yaml", leak(yaml.into_bytes())),
-        (
-            "policy/toolgate.rego",
-            include_bytes!("../examples/quickstart/policy/toolgate.rego"),
-        ),
-        (
-            "policy/data.yaml",
-            include_bytes!("../examples/quickstart/policy/data.yaml"),
-        ),
-        (
-            "secrets/jira-token",
-            include_bytes!("../examples/quickstart/secrets/jira-token"),
-        ),
-        (
-            "secrets/payments-key",
-            include_bytes!("../examples/quickstart/secrets/payments-key"),
-        ),
-        (
-            "secrets/crm-token",
-            include_bytes!("../examples/quickstart/secrets/crm-token"),
-        ),
-        ("signing.pem", leak(key.into_bytes())),
-    ]);
+    // The embedded quickstart, its toolgate.yaml replaced, plus the signing key.
+    let mut files: Vec<(&str, &'static [u8])> = toolgate_policy::quickstart::FILES
+        .iter()
+        .filter(|(name, _)| *name != "toolgate.yaml")
+        .copied()
+        .collect();
+    files.push(("toolgate.yaml", leak(yaml.into_bytes())));
+    files.push(("signing.pem", leak(key.into_bytes())));
+    let files = EmbeddedFiles::new(&files);
     Config::load_from(Path::new("toolgate.yaml"), &files, &StaticEnv::default()).unwrap()
 }
 

@@ -173,32 +173,7 @@ struct InitIptables {
 const CONFIG_ERROR: u8 = 2;
 
 /// The quickstart (examples/quickstart), compiled in.
-const QUICKSTART: &[(&str, &[u8])] = &[
-    (
-        "toolgate.yaml",
-        include_bytes!("../examples/quickstart/toolgate.yaml"),
-    ),
-    (
-        "policy/toolgate.rego",
-        include_bytes!("../examples/quickstart/policy/toolgate.rego"),
-    ),
-    (
-        "policy/data.yaml",
-        include_bytes!("../examples/quickstart/policy/data.yaml"),
-    ),
-    (
-        "secrets/jira-token",
-        include_bytes!("../examples/quickstart/secrets/jira-token"),
-    ),
-    (
-        "secrets/payments-key",
-        include_bytes!("../examples/quickstart/secrets/payments-key"),
-    ),
-    (
-        "secrets/crm-token",
-        include_bytes!("../examples/quickstart/secrets/crm-token"),
-    ),
-];
+const QUICKSTART: &[(&str, &[u8])] = toolgate_policy::quickstart::FILES;
 
 fn quickstart() -> EmbeddedFiles {
     EmbeddedFiles::new(QUICKSTART)

@@ -12,6 +12,7 @@ pub mod evaluate;
 pub mod normalise;
 pub mod offline;
 pub mod prepare;
+pub mod quickstart;
 pub mod testing;
 
 pub use classify::{Catalog, Classification};

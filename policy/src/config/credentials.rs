@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -217,21 +216,7 @@ pub(super) fn read_secret(
     file: &str,
     files: &dyn Files,
 ) -> Option<String> {
-    let bytes = files
-        .read(Path::new(file))
-        .map_err(|e| {
-            c.push(
-                path,
-                format!(
-                    "cannot read {}: {e}",
-                    files.locate(Path::new(file)).display()
-                ),
-            )
-        })
-        .ok()?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| c.push(path, "not valid UTF-8"))
-        .ok()?;
+    let text = super::identity::read_text(c, path, file, files)?;
     // A trailing newline in a secret file is an editor's, not the secret's.
     Some(text.trim_end_matches(['\n', '\r']).to_string())
 }
@@ -325,18 +310,7 @@ fn jwt(c: &mut Collector, path: &str, cred: &RawCredential, files: &dyn Files) -
     let key = match (key_file, algorithm) {
         (Some(file), Some(alg)) => {
             let kpath = format!("{path}.key_file");
-            let pem = files
-                .read(Path::new(file))
-                .map_err(|e| {
-                    c.push(
-                        &kpath,
-                        format!(
-                            "cannot read {}: {e}",
-                            files.locate(Path::new(file)).display()
-                        ),
-                    )
-                })
-                .ok();
+            let pem = super::identity::read_bytes(c, &kpath, file, files);
             pem.and_then(|pem| {
                 SigningKey::from_pem(&pem, alg)
                     .map_err(|e| c.push(&kpath, format!("{file}: {e}")))

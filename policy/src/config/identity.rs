@@ -40,8 +40,14 @@ pub struct TokenIssuer {
     pub validation: Validation,
 }
 
-fn read_text(c: &mut Collector, path: &str, file: &str, files: &dyn Files) -> Option<String> {
-    let bytes = files
+/// The bytes of `file`, or an error at `path` naming where it was looked for.
+pub(super) fn read_bytes(
+    c: &mut Collector,
+    path: &str,
+    file: &str,
+    files: &dyn Files,
+) -> Option<Vec<u8>> {
+    files
         .read(Path::new(file))
         .map_err(|e| {
             c.push(
@@ -52,7 +58,17 @@ fn read_text(c: &mut Collector, path: &str, file: &str, files: &dyn Files) -> Op
                 ),
             )
         })
-        .ok()?;
+        .ok()
+}
+
+/// The text of `file` (UTF-8), or an error at `path`.
+pub(super) fn read_text(
+    c: &mut Collector,
+    path: &str,
+    file: &str,
+    files: &dyn Files,
+) -> Option<String> {
+    let bytes = read_bytes(c, path, file, files)?;
     String::from_utf8(bytes)
         .map_err(|_| c.push(path, "not valid UTF-8"))
         .ok()
