@@ -300,3 +300,93 @@ fn else_after_an_empty_iteration_is_not_left_to_the_rvm() {
         Ok(Value::from("second"))
     );
 }
+
+/// The vendored regorus compiles the bodies of one definition into one shared register
+/// window (vendor/regorus/TOOLGATE.md, patch 3): a long `else` chain stays on the RVM, and
+/// bodies that reuse registers — loops, function parameters, partial rules with several
+/// definitions — decide exactly as the interpreter does.
+#[test]
+fn else_chain_bodies_share_one_register_window() {
+    // 60 branches of ~8 registers each: 480 registers as a sum, past the RVM's 255.
+    let branches: Vec<String> = (0..60)
+        .map(|n| {
+            format!(
+                "{{\"allow\": true, \"reason\": r}} if {{\n  input.action.name == \"a{n}\"\n  \
+                 r := concat(\"\", [input.request.host, \" {n}\"])\n  count(r) > 0\n}}"
+            )
+        })
+        .collect();
+    let chain = format!(
+        "package toolgate\nimport rego.v1\n\
+         default decision := {{\"allow\": false, \"reason\": \"none\"}}\n\
+         decision := {}",
+        branches.join(" else := ")
+    );
+    let p = policy(&chain);
+    assert_eq!(p.evaluator(), Evaluator::Rvm, "{:?}", p.rvm_unsupported());
+    let h = HeaderMap::new();
+    for (action, reason) in [
+        ("a0", "pay.example.com 0"),
+        ("a31", "pay.example.com 31"),
+        ("a59", "pay.example.com 59"),
+        ("b", "none"),
+    ] {
+        let i = input(action, &h, &[]);
+        assert_eq!(
+            p.evaluate(i.clone(), Evaluator::Rvm),
+            p.evaluate(i.clone(), Evaluator::Interpreter),
+            "{action}"
+        );
+        assert_eq!(p.decide(i).reason, reason, "{action}");
+    }
+
+    let p = policy(
+        r#"package toolgate
+import rego.v1
+
+# A function whose else bodies reuse the parameter's registers.
+label(n) := "big" if { n > 200 } else := "medium" if { n > 100 } else := "small"
+
+# A partial set with several definitions and a loop in a later one.
+seen contains entry.action if { some entry in input.chain; entry.status < 400 }
+seen contains "current" if { input.action.name != "" }
+seen contains upper(input.action.name) if { startswith(input.action.name, "pay") }
+
+# A partial object, keys from two definitions.
+facts[k] := v if { some k, v in {"tool": input.action.tool} }
+facts[k] := label(input.action.attributes.amount) if { k := "label" }
+
+# (Iteration sits in helper rules: see else_after_an_empty_iteration_is_not_left_to_the_rvm.)
+current if "current" in seen
+denied_earlier if { some entry in input.chain; entry.decision == "deny" }
+
+decision := {"allow": true, "reason": sprintf("%v %v", [sort(seen), facts])} if {
+    current
+    facts.label != "small"
+} else := {"allow": false, "reason": label(input.action.attributes.amount)} if {
+    denied_earlier
+} else := {"allow": false, "reason": "fallthrough"}"#,
+    );
+    assert_eq!(p.evaluator(), Evaluator::Rvm, "{:?}", p.rvm_unsupported());
+    let earlier = [ChainEntry {
+        seq: 1,
+        action: "payment.read".into(),
+        tool: Some("pay".into()),
+        decision: "allow",
+        status: Some(200),
+        attributes: vec![],
+        at: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+    }];
+    for action in ["payment.create", "ticket.close"] {
+        for chain in [&earlier[..], &[]] {
+            let i = input(action, &h, chain);
+            let rvm = p.evaluate(i.clone(), Evaluator::Rvm);
+            assert_eq!(rvm, p.evaluate(i, Evaluator::Interpreter), "{action}");
+            assert!(rvm.is_ok(), "{action}: {rvm:?}");
+        }
+    }
+    assert_eq!(
+        p.decide(input("payment.create", &h, &earlier)).reason,
+        r#"["PAYMENT.CREATE", "current", "payment.read"] {"label": "big", "tool": "pay"}"#
+    );
+}
