@@ -45,7 +45,7 @@ pub enum ServeError {
     Telemetry(#[from] StartError),
 }
 
-/// Stops a server started with [`serve_with`] (as SIGINT would), from any thread.
+/// Stops a server started with [`serve_with`] at once, from any thread.
 #[derive(Debug, Clone, Default)]
 pub struct Stopper(Arc<tokio::sync::Notify>);
 
@@ -56,14 +56,19 @@ impl Stopper {
     }
 }
 
-/// pingora's shutdown signal for a [`Stopper`].
+/// pingora's shutdown signal for a [`Stopper`]: a graceful terminate with no grace period
+/// (`serve_with` sets it to 0). pingora 0.9.1's fast shutdown stops the runtimes without
+/// telling the accept loops; an accept loop polled after its runtime's I/O driver is gone
+/// gets an error back at once, logs it and retries without ever yielding, so the runtime's
+/// thread never ends and the process hangs joining it. The graceful path ends the accept
+/// loops first.
 struct StopWatch(Arc<tokio::sync::Notify>);
 
 #[async_trait]
 impl ShutdownSignalWatch for StopWatch {
     async fn recv(&self) -> ShutdownSignal {
         self.0.notified().await;
-        ShutdownSignal::FastShutdown
+        ShutdownSignal::GracefulTerminate
     }
 }
 
@@ -131,8 +136,9 @@ pub fn serve_with(
         threads: snapshot.config.workers,
         // One runtime per worker thread: no cross-thread task stealing and wake-ups.
         work_stealing: false,
-        // pingora waits this long after SIGTERM before stopping its runtimes (default 300 s).
-        grace_period_seconds: Some(drain),
+        // pingora waits this long after SIGTERM before stopping its runtimes (default 300 s);
+        // a Stopper stops at once.
+        grace_period_seconds: Some(if stopper.is_some() { 0 } else { drain }),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
