@@ -50,6 +50,7 @@ fn action(i: usize) -> Action {
         template: path.parse().unwrap(),
         body: Vec::new(),
         attributes: vec![(Arc::from("id"), AttributeSource::Path(0))],
+        labels: Vec::new(),
     }
 }
 
@@ -62,6 +63,7 @@ fn one_tool(n: usize) -> Catalog {
         credential: None,
         intercept: true,
         protocol: Protocol::Http,
+        labels: Vec::new(),
         actions: (0..n)
             .map(|i| {
                 // Attributes only on shapes that capture.

@@ -47,7 +47,11 @@ pub struct Tool {
     /// bytes spliced).
     pub intercept: bool,
     pub protocol: Protocol,
+    /// Labels every action of this tool sets on its task and agent.
+    pub labels: Vec<Arc<str>>,
     actions: Vec<Action>,
+    /// Labels per action name, for actions that set any.
+    action_labels: HashMap<Arc<str>, Vec<Arc<str>>>,
     /// Per method: that method's actions and the any-method ones, in precedence order.
     by_method: HashMap<Method, Trie>,
     /// Any-method actions, for methods no action names.
@@ -83,6 +87,8 @@ pub struct Action {
     /// `match.body`: every rule must hold on the parsed body.
     pub body: Vec<BodyRule>,
     pub attributes: Vec<(Arc<str>, AttributeSource)>,
+    /// Labels this action sets on its task and agent when it is forwarded.
+    pub labels: Vec<Arc<str>>,
 }
 
 impl Action {
@@ -187,6 +193,15 @@ impl Catalog {
             trie.order(&key);
         }
         any_method.order(&key);
+        let mut action_labels: HashMap<Arc<str>, Vec<Arc<str>>> = HashMap::new();
+        for action in tool.actions.iter().filter(|a| !a.labels.is_empty()) {
+            let set = action_labels.entry(action.name.clone()).or_default();
+            for label in &action.labels {
+                if !set.contains(label) {
+                    set.push(label.clone());
+                }
+            }
+        }
         self.tools.push(Tool {
             name: tool.name,
             hosts: tool.hosts,
@@ -194,7 +209,9 @@ impl Catalog {
             credential: tool.credential,
             intercept: tool.intercept,
             protocol: tool.protocol,
+            labels: tool.labels,
             actions: tool.actions,
+            action_labels,
             by_method,
             any_method,
         });
@@ -391,7 +408,22 @@ pub struct ToolSpec {
     pub credential: Option<String>,
     pub intercept: bool,
     pub protocol: Protocol,
+    pub labels: Vec<Arc<str>>,
     pub actions: Vec<Action>,
+}
+
+impl Tool {
+    /// The labels `action` of this tool sets when it is forwarded: the tool's, then the
+    /// action's own.
+    pub fn labels_of(&self, action: &str) -> Vec<Arc<str>> {
+        let mut out = self.labels.clone();
+        for label in self.action_labels.get(action).into_iter().flatten() {
+            if !out.contains(label) {
+                out.push(label.clone());
+            }
+        }
+        out
+    }
 }
 
 /// Split `host[:port]` (IPv6 in brackets) into the host and an optional port.

@@ -222,9 +222,13 @@ impl CredentialSpec {
 pub struct ChainSettings {
     pub task_header: http::HeaderName,
     pub max_actions: usize,
-    /// Most tasks remembered at once.
+    /// Most tasks remembered at once, in each pool (verified and named by the agent).
     pub max_tasks: usize,
     pub idle_ttl: Duration,
+    /// How long a label set on the agent lasts from when it was last set.
+    pub agent_label_ttl: Duration,
+    /// Requests without a verified task token are refused (`task-required`).
+    pub require_task_token: bool,
 }
 
 /// TLS settings for upstream connections.

@@ -11,7 +11,7 @@ use toolgate_policy::normalise::Rejection;
 use crate::body::BodyError;
 use crate::credential::{CredentialError, Unavailable, UnknownCredential};
 use crate::forward::ForwardError;
-use crate::identify::{AgentExpired, BadTask, IdentifyError, TaskTokenError};
+use crate::identify::{AgentExpired, BadTask, IdentifyError, TaskRequired, TaskTokenError};
 
 /// Every reason toolgate answers a request itself instead of the tool.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,11 @@ pub enum Refusal {
     TaskToken(#[from] TaskTokenError),
     #[error(transparent)]
     AgentExpired(#[from] AgentExpired),
+    #[error(transparent)]
+    TaskRequired(#[from] TaskRequired),
+    /// The members of a batch were granted different credentials; one request carries one.
+    #[error("{0}")]
+    MixedBatch(String),
     #[error(transparent)]
     CredentialUnavailable(#[from] Unavailable),
     #[error(transparent)]
@@ -64,6 +69,7 @@ impl From<IdentifyError> for Refusal {
             IdentifyError::BadTask(e) => Refusal::BadTask(e),
             IdentifyError::TaskToken(e) => Refusal::TaskToken(e),
             IdentifyError::AgentExpired(e) => Refusal::AgentExpired(e),
+            IdentifyError::TaskRequired(e) => Refusal::TaskRequired(e),
         }
     }
 }
@@ -101,6 +107,8 @@ pub fn problem(refusal: &Refusal) -> Problem {
         Refusal::UnknownCredential(_) => (403, "policy-error", "policy error"),
         Refusal::TaskToken(_) => (403, "task-token", "task token rejected"),
         Refusal::AgentExpired(_) => (403, "agent-identity", "agent identity expired"),
+        Refusal::TaskRequired(_) => (403, "task-required", "task token required"),
+        Refusal::MixedBatch(_) => (403, "batch-credentials", "batch refused"),
         Refusal::CredentialUnavailable(_) => {
             (503, "credential-unavailable", "credential unavailable")
         }

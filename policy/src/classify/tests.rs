@@ -16,6 +16,7 @@ fn action(
             .iter()
             .map(|(n, s)| (Arc::from(*n), s.clone()))
             .collect(),
+        labels: Vec::new(),
     }
 }
 
@@ -28,6 +29,7 @@ fn jira() -> Catalog {
         credential: None,
         intercept: true,
         protocol: Protocol::Http,
+        labels: Vec::new(),
         actions: vec![
             action(
                 "ticket.read",
@@ -64,6 +66,7 @@ fn jira() -> Catalog {
         credential: None,
         intercept: true,
         protocol: Protocol::Http,
+        labels: Vec::new(),
         actions: vec![],
     });
     c
@@ -246,6 +249,7 @@ fn transitions() -> Catalog {
         credential: None,
         intercept: true,
         protocol: Protocol::Http,
+        labels: Vec::new(),
         actions: vec![
             // Listed first, yet tried after the actions with body rules at its template.
             action(
@@ -393,6 +397,7 @@ fn mcp_catalog() -> Catalog {
         credential: None,
         intercept: true,
         protocol: Protocol::Mcp,
+        labels: Vec::new(),
         actions: vec![],
     });
     c

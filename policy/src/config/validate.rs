@@ -106,7 +106,25 @@ pub(super) fn compile(
             raw.chain.idle_ttl.as_deref(),
             "15m",
         ),
+        agent_label_ttl: duration(
+            &mut c,
+            "chain.agent_label_ttl",
+            raw.chain.agent_label_ttl.as_deref(),
+            "24h",
+        ),
+        require_task_token: raw.chain.require_task_token.unwrap_or(false),
     };
+    if chain.require_task_token
+        && raw
+            .task_tokens
+            .as_ref()
+            .is_none_or(|t| t.issuers.is_empty())
+    {
+        c.push(
+            "chain.require_task_token",
+            "needs task_tokens.issuers: without an issuer no task token can verify, and every request would be refused",
+        );
+    }
     let telemetry = Telemetry {
         decision_log: decision_log(raw.telemetry.decision_log.as_deref(), files),
         otlp: super::telemetry::otlp(raw.telemetry.otlp.as_ref(), &mut c.errors),
@@ -290,6 +308,7 @@ fn catalog(
             credential: tool.credential.clone(),
             intercept: tool.intercept.unwrap_or(true),
             protocol,
+            labels: labels(c, &format!("{path}.labels"), &tool.labels),
             actions,
         });
         names.entry(tool.name.clone()).or_insert(id);
@@ -435,7 +454,29 @@ fn action(c: &mut Collector, path: &str, raw: &RawAction) -> Option<Action> {
         template,
         body,
         attributes,
+        labels: labels(c, &format!("{path}.labels"), &raw.labels),
     })
+}
+
+fn labels(c: &mut Collector, path: &str, raw: &[String]) -> Vec<Arc<str>> {
+    let mut out: Vec<Arc<str>> = Vec::new();
+    for (i, label) in raw.iter().enumerate() {
+        if !crate::labels::is_label(label) {
+            c.push(
+                format!("{path}[{i}]"),
+                format!("{label:?} is not a label: 1 to 64 of A-Z a-z 0-9 _ . : - /"),
+            );
+        } else if !out.iter().any(|l| **l == **label) {
+            out.push(Arc::from(label.as_str()));
+        }
+    }
+    if out.len() > crate::labels::MAX_LABELS {
+        c.push(
+            path,
+            format!("at most {} labels", crate::labels::MAX_LABELS),
+        );
+    }
+    out
 }
 
 fn routes(
