@@ -20,7 +20,7 @@ use regorus::Value;
 use crate::evaluate::timestamp;
 
 /// Most labels one task or agent holds.
-pub const MAX_LABELS: usize = 64;
+pub const MAX_LABELS: usize = 32;
 /// Longest label name.
 pub const MAX_LABEL_BYTES: usize = 64;
 /// Most agents whose labels are remembered (one sidecar serves one agent; a shared backend
