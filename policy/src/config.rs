@@ -166,8 +166,8 @@ pub struct SecretSpec {
     /// The value on the wire: the header value (`format` applied), or the query parameter's
     /// value, percent-encoded.
     pub value: SecretValue,
-    /// The secret in every form it is sent in, scrubbed from the tool's response headers.
-    pub needles: Vec<SecretText>,
+    /// The secret in every form it could come back in, masked in the tool's response.
+    pub needles: Arc<[SecretText]>,
 }
 
 /// A credential value: marked sensitive, never printed, never serialised.

@@ -3,6 +3,7 @@
 //! issues what this selects; `toolgate eval` shows it. Nothing here signs, exchanges or
 //! reads a credential's value, so a preview can never leak one.
 
+pub mod forms;
 #[cfg(test)]
 mod tests;
 

@@ -82,6 +82,10 @@ pub struct Exchange {
     pub inbound: Option<Arc<Inbound>>,
     /// For an MCP POST: its JSON-RPC messages, answered in JSON-RPC when refused.
     pub rpc: Option<mcp::Reply>,
+    /// Masks the injected credential in the response body, while it streams.
+    pub scrubber: Option<credential::scrub::BodyScrubber>,
+    /// A body that replaces the tool's (it could not be checked for the credential).
+    pub replacement: Option<bytes::Bytes>,
 }
 
 impl Default for Exchange {
@@ -126,10 +130,12 @@ impl Exchange {
             forward_error: None,
             inbound: None,
             rpc: None,
+            scrubber: None,
+            replacement: None,
         }
     }
 
-    fn ids(&self) -> Ids<'_> {
+    pub(crate) fn ids(&self) -> Ids<'_> {
         Ids {
             action: &self.action,
             decision_id: &self.decision_id,
@@ -419,7 +425,17 @@ impl ProxyHttp for Pipeline {
         response: &mut ResponseHeader,
         x: &mut Exchange,
     ) -> Result<()> {
-        credential::scrub(response, x.injection.as_ref());
+        let scrubbed = credential::scrub(response, x.injection.as_ref());
+        self.gateway.metrics.cookies_dropped(scrubbed.cookies);
+        if scrubbed.compressed {
+            // Asked for identity and answered compressed anyway: the body cannot be checked
+            // for the credential, so it is withheld.
+            let refusal = Refusal::CompressedAnswer;
+            x.failure = Some(refusal.to_string());
+            x.replacement = Some(problem::replace(response, &refusal, x.ids()));
+        } else {
+            x.scrubber = credential::body_scrubber(x.injection.as_ref());
+        }
         if let Some(sent) = x.upstream_sent {
             self.gateway
                 .metrics
@@ -433,6 +449,36 @@ impl ProxyHttp for Pipeline {
             Outcome::Response(response.status.as_u16()),
         );
         Ok(())
+    }
+
+    /// Runs for each chunk of the response body on its way to the agent: the injected
+    /// credential is masked (or the whole body replaced, when it could not be checked).
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        x: &mut Exchange,
+    ) -> Result<Option<Duration>> {
+        if let Some(replacement) = &x.replacement {
+            *body = end_of_stream.then(|| replacement.clone());
+            return Ok(None);
+        }
+        if let Some(scrubber) = x.scrubber.as_mut() {
+            let mut out = match body.take() {
+                Some(chunk) => scrubber.chunk(&chunk),
+                None => bytes::Bytes::new(),
+            };
+            if end_of_stream {
+                let rest = scrubber.finish();
+                if !rest.is_empty() {
+                    out = [out, rest].concat().into();
+                }
+            }
+            // An empty chunk would end a chunked body early: pass nothing instead.
+            *body = (!out.is_empty()).then_some(out);
+        }
+        Ok(None)
     }
 
     /// Runs when proxying failed: answers with a problem unless a response already started.

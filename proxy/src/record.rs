@@ -134,6 +134,12 @@ pub fn exchange(session: &Session, e: Option<&pingora::Error>, x: &mut Exchange,
     for t in x.decided.iter().filter_map(|d| d.eval_time) {
         gw.metrics.policy_eval.observe(t);
     }
+    if let Some(s) = &x.scrubber {
+        gw.metrics.scrubbed("masked", s.masked);
+    }
+    if x.replacement.is_some() {
+        gw.metrics.scrubbed("compressed_body", 1);
+    }
     decisions(gw, x);
     let decision = span::decision(x);
     let status = x
