@@ -159,6 +159,30 @@ fn trailing_slash_is_a_different_path() {
 }
 
 #[test]
+fn a_capture_never_matches_an_empty_segment() {
+    let c = jira();
+    // `/issue/` is not `ticket.read` with `issue: ""`, nor `ticket.any` with an empty `sub`.
+    assert_eq!(&*classify(&c, "GET", "/rest/api/3/issue/").action, UNKNOWN);
+    assert_eq!(
+        &*classify(&c, "POST", "/rest/api/3/issue/SUP-1/").action,
+        UNKNOWN
+    );
+    // The same paths with a value still classify.
+    let read = classify(&c, "GET", "/rest/api/3/issue/SUP-1");
+    assert_eq!(&*read.action, "ticket.read");
+    assert_eq!(read.attributes, vec![(Arc::from("issue"), Json::from("SUP-1"))]);
+    assert_eq!(
+        &*classify(&c, "POST", "/rest/api/3/issue/SUP-1/x").action,
+        "ticket.any"
+    );
+    // A routed request whose rest is `/` reaches no `/{x}` template either.
+    let mut t = Trie::default();
+    t.insert(&"/{x}".parse().unwrap(), 0);
+    assert_eq!(t.lookup(&[""]), None);
+    assert!(t.lookup(&["a"]).is_some());
+}
+
+#[test]
 fn templates_reject_bad_shapes() {
     assert_eq!(
         "a".parse::<PathTemplate>(),
