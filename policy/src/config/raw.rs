@@ -62,6 +62,9 @@ pub struct RawTool {
     pub intercept: Option<bool>,
     /// `mcp`: classify as JSON-RPC (DESIGN.md §4); default: by the actions below.
     pub protocol: Option<String>,
+    /// `allow`: method- and URL-override headers and parameters reach this tool; default
+    /// `refuse`.
+    pub overrides: Option<String>,
     #[serde(default)]
     pub actions: Vec<RawAction>,
 }
