@@ -212,8 +212,16 @@ fn form_names_the_frameworks_read_differently_are_refused() {
         form(b"a[1]=y&a[0]=x&a[b]=z&a[01]=w&a[-1]=v"),
         Ok(json!({"a": {"0": "x", "1": "y", "b": "z", "01": "w", "-1": "v"}}))
     );
-    let nineteen: Vec<String> = (0..20).map(|i| format!("a[{i}]={i}")).collect();
-    assert!(form(nineteen.join("&").as_bytes()).is_ok());
+    let twenty: Vec<String> = (0..20).map(|i| format!("a[{i}]={i}")).collect();
+    assert!(form(twenty.join("&").as_bytes()).is_ok());
+    let twenty_one: Vec<String> = (0..21).map(|i| format!("a[{i}]={i}")).collect();
+    assert_eq!(
+        form(twenty_one.join("&").as_bytes()),
+        Err(Rejection::FormName {
+            name: "a".into(),
+            why: FormNameError::Indices
+        })
+    );
     // Top-level names are never indices.
     assert_eq!(form(b"5=x"), Ok(json!({"5": "x"})));
 }
