@@ -436,15 +436,9 @@ fn query_alias(name: &str, key: &str) -> bool {
     if name == key {
         return false;
     }
-    let plain = |s: &str| s.is_ascii() && !s.contains(['.', ' ']);
-    if plain(name) && plain(key) {
-        // The common case, without allocating.
-        return name.eq_ignore_ascii_case(key)
-            || (!key.contains('[') && names::base_name(name).eq_ignore_ascii_case(key));
-    }
-    let want = names::parameter_key(key);
-    names::parameter_key(name) == want
-        || (!key.contains('[') && names::parameter_key(names::base_name(name)) == want)
+    let base = names::base_name(name);
+    names::same_parameter(name, key)
+        || (!key.contains('[') && (base == key || names::same_parameter(base, key)))
 }
 
 /// A tool as validated config describes it, before indexing.

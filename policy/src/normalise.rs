@@ -387,16 +387,30 @@ pub fn parameters(
             return Err(Rejection::OverrideParameter(clip(name)));
         }
     }
-    if catalogued && params.len() > 1 {
-        let mut seen: std::collections::HashMap<String, &str> =
-            std::collections::HashMap::with_capacity(params.len());
-        for (name, _) in params {
-            match seen.insert(names::parameter_key(name), name) {
-                Some(other) if other != name => {
-                    return Err(Rejection::QueryNameCollision(clip(other), clip(name)))
-                }
-                _ => {}
+    if !catalogued {
+        return Ok(());
+    }
+    if params.len() <= 16 {
+        // The common case: a few parameters, compared pairwise without allocating.
+        for (i, (a, _)) in params.iter().enumerate() {
+            let twin = params
+                .iter()
+                .skip(i + 1)
+                .find(|(b, _)| names::same_parameter(a, b));
+            if let Some((b, _)) = twin {
+                return Err(Rejection::QueryNameCollision(clip(a), clip(b)));
             }
+        }
+        return Ok(());
+    }
+    let mut seen: std::collections::HashMap<String, &str> =
+        std::collections::HashMap::with_capacity(params.len());
+    for (name, _) in params {
+        match seen.insert(names::parameter_key(name), name) {
+            Some(other) if other != name => {
+                return Err(Rejection::QueryNameCollision(clip(other), clip(name)))
+            }
+            _ => {}
         }
     }
     Ok(())

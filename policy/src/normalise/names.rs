@@ -87,20 +87,47 @@ pub fn parameter_key(name: &str) -> String {
 /// Whether a header name (lower-case, as `http` stores it) is an override header, in any
 /// spelling a server maps to the same variable (`X_HTTP_Method_Override`).
 pub fn override_header(name: &str) -> Option<Override> {
-    let dashed = name.to_ascii_lowercase().replace('_', "-");
-    if METHOD_OVERRIDE_HEADERS.contains(&dashed.as_str()) {
+    // Runs on every header of every request: compared in place, without allocating.
+    let same = |known: &&str| {
+        known.len() == name.len()
+            && known.bytes().zip(name.bytes()).all(|(k, n)| {
+                let n = n.to_ascii_lowercase();
+                k == n || (k == b'-' && n == b'_')
+            })
+    };
+    if METHOD_OVERRIDE_HEADERS.iter().any(same) {
         Some(Override::Method)
-    } else if URL_OVERRIDE_HEADERS.contains(&dashed.as_str()) {
+    } else if URL_OVERRIDE_HEADERS.iter().any(same) {
         Some(Override::Url)
     } else {
         None
     }
 }
 
+/// Longest name [`override_parameter`] can match.
+const LONGEST_OVERRIDE: usize = 22;
+
 /// Whether a query or form parameter asks for another method: `_method` (also as PHP and
 /// case-insensitive binders read it: `.method`, `_METHOD`, `_method[]`), or a method-override
 /// header's name sent as a parameter.
 pub fn override_parameter(name: &str) -> bool {
-    let key = php_name(base_name(name)).to_ascii_lowercase();
+    let base = base_name(name).trim_start_matches(' ');
+    if !(METHOD_PARAMETER.len()..=LONGEST_OVERRIDE).contains(&base.len()) {
+        return false;
+    }
+    let key = php_name(base).to_ascii_lowercase();
     key == METHOD_PARAMETER || override_header(&key).is_some_and(|kind| kind == Override::Method)
+}
+
+/// Whether two distinct parameter names are one parameter to some tool (see
+/// [`parameter_key`]).
+pub fn same_parameter(a: &str, b: &str) -> bool {
+    if a == b {
+        return false;
+    }
+    let plain = |s: &str| s.is_ascii() && !s.contains(['.', ' ']);
+    if plain(a) && plain(b) {
+        return a.eq_ignore_ascii_case(b);
+    }
+    parameter_key(a) == parameter_key(b)
 }

@@ -246,7 +246,7 @@ fn parameter_names_one_tool_reads_as_one_are_refused_on_catalogued_tools() {
 
 #[test]
 fn names_fold_as_case_insensitive_binders_fold_them() {
-    use names::{fold, override_parameter, php_name, same_folded};
+    use names::{fold, override_parameter, php_name, same_folded, METHOD_OVERRIDE_HEADERS};
     assert_eq!(fold("Transition"), "TRANSITION");
     // Go folds the Kelvin sign, long s and dotless i to ASCII letters.
     assert!(same_folded("\u{212a}ey", "key"));
@@ -258,6 +258,10 @@ fn names_fold_as_case_insensitive_binders_fold_them() {
     assert!(!same_folded("id", "ids"));
     assert_eq!(php_name(" a.b c[d.e]"), "a_b_c[d.e]");
     assert!(override_parameter("_method"));
+    // The longest name it can match is the longest method-override header's.
+    let longest = METHOD_OVERRIDE_HEADERS.iter().map(|h| h.len()).max();
+    assert_eq!(longest, Some(22));
+    assert!(override_parameter("x_http_method_override"));
     assert!(!override_parameter("a[_method]"));
 }
 
