@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::HeaderMap;
-use toolgate_policy::classify::{Action, AttributeSource, Catalog, Protocol, ToolSpec};
+use toolgate_policy::classify::{Action, AttributeSource, Catalog, Overrides, Protocol, ToolSpec};
 use toolgate_policy::config::{Config, EmbeddedFiles, StaticEnv};
 use toolgate_policy::normalise;
 use toolgate_policy::prepare::prepare;
@@ -64,6 +64,7 @@ fn one_tool(n: usize) -> Catalog {
         intercept: true,
         protocol: Protocol::Http,
         labels: Vec::new(),
+        overrides: Overrides::Refuse,
         actions: (0..n)
             .map(|i| {
                 // Attributes only on shapes that capture.

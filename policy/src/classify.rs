@@ -15,10 +15,12 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, Method};
 use serde_json::Value as Json;
 
-pub use body::{BodyRule, Expect, JsonPointer, PointerError, Scalar, MAX_POINTER_TOKENS};
+pub use body::{
+    BodyRule, CaseVariant, Expect, JsonPointer, PointerError, Scalar, MAX_POINTER_TOKENS,
+};
 pub use template::{PathTemplate, Segment, TemplateError, Trie, MAX_SEGMENTS};
 
-use crate::normalise::Normalised;
+use crate::normalise::{clip, names, Normalised};
 
 /// Name of the action for requests no catalog entry matches.
 pub const UNKNOWN: &str = "unknown";
@@ -49,6 +51,8 @@ pub struct Tool {
     pub protocol: Protocol,
     /// Labels every action of this tool sets on its task and agent.
     pub labels: Vec<Arc<str>>,
+    /// Whether method- and URL-override headers and parameters may reach this tool.
+    pub overrides: Overrides,
     actions: Vec<Action>,
     /// Labels per action name, for actions that set any.
     action_labels: HashMap<Arc<str>, Vec<Arc<str>>>,
@@ -66,6 +70,18 @@ pub enum Protocol {
     Http,
     /// As MCP over streamable HTTP: JSON-RPC methods (DESIGN.md §4).
     Mcp,
+}
+
+/// Whether a tool may receive requests that ask it to act on another method or URL
+/// (`X-HTTP-Method-Override`, `X-Original-URL`, `_method=DELETE`, …): config `overrides`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overrides {
+    /// Refused with 400 (the default): toolgate decides on the method and path it sees.
+    #[default]
+    Refuse,
+    /// Forwarded: the tool relies on them, and its actions are written for what it does with
+    /// them.
+    Allow,
 }
 
 /// Where a tool's requests are sent when its config names an upstream.
@@ -135,6 +151,19 @@ pub enum ClassifyError {
     AmbiguousHeader(String),
     #[error("header {0:?} is not valid UTF-8")]
     HeaderNotUtf8(String),
+    #[error("query parameter {got:?} is read as {want:?} by some tools (case-insensitive binding, PHP's '.'/' ' as '_', Rails/PHP/qs brackets); the action's attribute {want:?} would be ambiguous")]
+    QueryVariant { got: String, want: String },
+    #[error("body key {key:?} differs only in case from the field {pointer} that the catalog reads; Go's encoding/json and ASP.NET would read it there")]
+    CaseVariant { pointer: String, key: String },
+}
+
+impl From<CaseVariant> for ClassifyError {
+    fn from(e: CaseVariant) -> ClassifyError {
+        ClassifyError::CaseVariant {
+            pointer: e.pointer,
+            key: e.key,
+        }
+    }
 }
 
 impl Tool {
@@ -210,6 +239,7 @@ impl Catalog {
             intercept: tool.intercept,
             protocol: tool.protocol,
             labels: tool.labels,
+            overrides: tool.overrides,
             actions: tool.actions,
             action_labels,
             by_method,
@@ -319,20 +349,27 @@ impl Catalog {
                 None => unknown(tool),
             });
         }
-        let holds = |a: &Action| {
-            a.body
-                .iter()
-                .all(|rule| body.is_some_and(|b| rule.holds(b)))
+        let holds = |a: &Action| -> Result<bool, CaseVariant> {
+            for rule in &a.body {
+                if !body.map(|b| rule.holds(b)).transpose()?.unwrap_or(false) {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
         };
         let best = t
             .trie(&request.method)
             .find(&request.segments, &mut |_, entries| {
-                entries
-                    .iter()
-                    .filter_map(|&e| t.actions.get(e))
-                    .find(|a| holds(a))
+                for action in entries.iter().filter_map(|&e| t.actions.get(e)) {
+                    match holds(action) {
+                        Ok(true) => return Some(Ok(action)),
+                        Ok(false) => {}
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+                None
             });
-        let Some(action) = best else {
+        let Some(action) = best.transpose()? else {
             return Ok(unknown(tool));
         };
         let mut attributes = Vec::with_capacity(action.attributes.len());
@@ -375,6 +412,13 @@ fn attribute(
             Ok(captured)
         }
         AttributeSource::Query(key) => {
+            let alias = request.params.iter().find(|(k, _)| query_alias(k, key));
+            if let Some((got, _)) = alias {
+                return Err(ClassifyError::QueryVariant {
+                    got: clip(got),
+                    want: key.clone(),
+                });
+            }
             let mut values = request.params.iter().filter(|(k, _)| k == key);
             let first = values.next().map(|(_, v)| Json::String(v.clone()));
             if values.next().is_some() {
@@ -395,8 +439,23 @@ fn attribute(
                 .map_err(|_| ClassifyError::HeaderNotUtf8(name.to_string()))?;
             Ok(Some(Json::String(value.to_string())))
         }
-        AttributeSource::Body(pointer) => Ok(body.and_then(|b| pointer.lookup(b)).cloned()),
+        AttributeSource::Body(pointer) => match body {
+            Some(b) => Ok(pointer.find(b)?.cloned()),
+            None => Ok(None),
+        },
     }
+}
+
+/// Whether the query parameter `name` is, to some tool, the parameter `key` spelled
+/// differently: `Amount`, `amount[]`, `amount[x]` for `amount` (case-insensitive binding,
+/// PHP's `.`/` ` as `_`, Rails/PHP/qs brackets).
+fn query_alias(name: &str, key: &str) -> bool {
+    if name == key {
+        return false;
+    }
+    let base = names::base_name(name);
+    names::same_parameter(name, key)
+        || (!key.contains('[') && (base == key || names::same_parameter(base, key)))
 }
 
 /// A tool as validated config describes it, before indexing.
@@ -409,6 +468,7 @@ pub struct ToolSpec {
     pub intercept: bool,
     pub protocol: Protocol,
     pub labels: Vec<Arc<str>>,
+    pub overrides: Overrides,
     pub actions: Vec<Action>,
 }
 

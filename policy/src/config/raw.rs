@@ -65,6 +65,9 @@ pub struct RawTool {
     /// Labels every action of this tool sets on its task and agent.
     #[serde(default)]
     pub labels: Vec<String>,
+    /// `allow`: method- and URL-override headers and parameters reach this tool; default
+    /// `refuse`.
+    pub overrides: Option<String>,
     #[serde(default)]
     pub actions: Vec<RawAction>,
 }

@@ -17,7 +17,9 @@ use super::{
     DecisionLogSink, Files, Limits, Listen, PolicyMode, PolicySource, Route, SecretValue,
     Telemetry, TlsSettings, Vars,
 };
-use crate::classify::{Action, AttributeSource, Catalog, PathTemplate, ToolSpec, Upstream};
+use crate::classify::{
+    Action, AttributeSource, Catalog, Overrides, PathTemplate, ToolSpec, Upstream,
+};
 use crate::normalise;
 
 /// Default proxy listener.
@@ -301,6 +303,17 @@ fn catalog(
             tool.protocol.as_deref(),
             tool.actions.len(),
         );
+        let overrides = match tool.overrides.as_deref() {
+            None | Some("refuse") => Overrides::Refuse,
+            Some("allow") => Overrides::Allow,
+            Some(other) => {
+                c.push(
+                    format!("{path}.overrides"),
+                    format!("{other:?} must be `refuse` (the default) or `allow`"),
+                );
+                Overrides::Refuse
+            }
+        };
         let id = catalog.push(ToolSpec {
             name: Arc::from(tool.name.as_str()),
             hosts,
@@ -309,6 +322,7 @@ fn catalog(
             intercept: tool.intercept.unwrap_or(true),
             protocol,
             labels: labels(c, &format!("{path}.labels"), &tool.labels),
+            overrides,
             actions,
         });
         names.entry(tool.name.clone()).or_insert(id);
