@@ -16,7 +16,6 @@ use crate::gateway::{Gateway, Snapshot};
 use crate::pipeline::Exchange;
 use crate::problem::Refusal;
 use crate::record::decision_log::{self, Line};
-use crate::revocation::Kind;
 
 /// Reason given for a revoked task or agent.
 pub const REVOKED: &str = "revoked";
@@ -35,9 +34,12 @@ pub fn evaluate(
     let config = &snapshot.config;
     let class = &prepared.classification;
     let now = SystemTime::now();
-    let revoked = gw.revocations.is_revoked(Kind::Task, &x.task_id)
-        || gw.revocations.is_revoked(Kind::Agent, &config.agent.id);
-    let decision = if revoked {
+    // Revocation state that cannot be read counts as revoked: fail closed.
+    let state = gw.state.revoked(&x.task_id, &config.agent.id, now);
+    let revoked = state != Ok(false);
+    let decision = if let Err(unavailable) = state {
+        Decision::deny(unavailable.to_string())
+    } else if revoked {
         Decision::deny(REVOKED)
     } else {
         let accepted = &prepared.accepted;
@@ -97,7 +99,7 @@ pub fn evaluate(
     match decision.effect {
         _ if x.dry_run => Ok(decision),
         Effect::Allow => Ok(decision),
-        Effect::Deny if revoked => Err(Refusal::Revoked),
+        Effect::Deny if revoked => Err(state.map_or_else(Refusal::from, |_| Refusal::Revoked)),
         Effect::Error => Err(Refusal::PolicyError(decision.reason)),
         Effect::Deny if decision.approval_required => {
             Err(Refusal::ApprovalRequired(decision.reason))

@@ -1,9 +1,10 @@
-//! Serving: the pingora server with the proxy and admin listeners, and its shutdown.
+//! Serving: the pingora server with the proxy, admin and operator listeners, and its shutdown.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
@@ -12,10 +13,12 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
 use toolgate_policy::config::{ProcessEnv, Vars};
+use toolgate_policy::state::{FileError, State};
 
 use crate::accept::{ProxyListener, TransparentListener};
 use crate::admin::Admin;
 use crate::gateway::{Gateway, LoadError, Snapshot};
+use crate::operator::Listener;
 use crate::pipeline::Pipeline;
 use crate::record::export::{otlp, StartError};
 use crate::record::DecisionLog;
@@ -43,6 +46,10 @@ pub enum ServeError {
     Reload(#[source] std::io::Error),
     #[error("telemetry.otlp: {0}")]
     Telemetry(#[from] StartError),
+    #[error(transparent)]
+    State(#[from] FileError),
+    #[error("listen.operator: {path}: {problem}")]
+    Socket { path: PathBuf, problem: String },
 }
 
 /// Stops a server started with [`serve_with`] at once, from any thread.
@@ -81,6 +88,39 @@ fn probe(field: &'static str, addr: SocketAddr) -> Result<(), ServeError> {
             addr,
             source,
         })
+}
+
+/// Make way for the operator socket at `path`: its directory must exist; a stale socket
+/// left by an earlier run is removed; a live one, or anything that is not a socket, is left
+/// alone and refuses the start.
+fn prepare_socket(path: &Path) -> Result<(), ServeError> {
+    let fail = |problem: String| ServeError::Socket {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    if !dir.is_dir() {
+        return Err(fail(format!(
+            "its directory {} does not exist: create it on a volume only toolgate's container mounts",
+            dir.display()
+        )));
+    }
+    let existing = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(fail(format!("cannot be inspected: {e}"))),
+    };
+    if !existing.file_type().is_socket() {
+        return Err(fail(
+            "exists and is not a socket; toolgate will not replace it".into(),
+        ));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(fail(
+            "another process is serving on this socket (a toolgate already running?)".into(),
+        ));
+    }
+    std::fs::remove_file(path).map_err(|e| fail(format!("cannot remove the stale socket: {e}")))
 }
 
 /// Mark the gateway ready once the proxy listener accepts connections: pingora binds its
@@ -146,7 +186,16 @@ pub fn serve_with(
         .map_err(ServeError::DecisionLog)?;
     let export = otlp::settings(snapshot.config.telemetry.otlp.as_ref(), vars)?;
     let resource = otlp::resource(&snapshot.config.agent.id, vars);
-    let mut gateway = Gateway::new(snapshot, decision_log);
+    let state = State::open(&snapshot.config.state, SystemTime::now())?;
+    match state.path() {
+        Some(path) => tracing::info!(file = %path.display(), revocations = state.revocations(SystemTime::now()).map(|r| r.len()).unwrap_or(0), "operator state kept in a file"),
+        None => tracing::warn!("state.dir is not set: revocations are kept in memory only and do not survive a restart"),
+    }
+    let socket = listen.operator.clone();
+    if let Some(path) = &socket {
+        prepare_socket(path)?;
+    }
+    let mut gateway = Gateway::new(snapshot, decision_log, state);
     if let Some(settings) = &export {
         let spans = otlp::start(settings, resource, gateway.metrics.spans_dropped())?;
         tracing::info!(destination = %spans.destination, "exporting spans");
@@ -178,11 +227,41 @@ pub fn serve_with(
         transparent.add_tcp(&addr.to_string());
         server.add_service(transparent);
     }
-    let mut admin = Service::new("toolgate admin".to_string(), Admin::new(gateway.clone()));
+    let mut admin = Service::new(
+        "toolgate admin".to_string(),
+        Admin::new(gateway.clone(), Listener::Admin),
+    );
     admin.threads = Some(1);
     admin.add_tcp(&listen.admin.to_string());
     server.add_service(proxy);
     server.add_service(admin);
+    if let Some(path) = &socket {
+        let mut operator = Service::new(
+            "toolgate operator".to_string(),
+            Admin::new(gateway.clone(), Listener::Socket),
+        );
+        operator.threads = Some(1);
+        // The config checked that the path is UTF-8.
+        operator.add_uds(
+            &path.to_string_lossy(),
+            Some(std::fs::Permissions::from_mode(0o600)),
+        );
+        server.add_service(operator);
+    }
+    let token = gateway.snapshot().config.admin.token.is_some();
+    let operator = match (&socket, token) {
+        (Some(path), true) => format!(
+            "socket {} and admin listener, bearer token required on both",
+            path.display()
+        ),
+        (Some(path), false) => format!(
+            "socket {} only (no admin.token_file: off on the admin listener)",
+            path.display()
+        ),
+        (None, true) => "admin listener, bearer token required".to_string(),
+        (None, false) => "off (set admin.token_file and/or listen.operator)".to_string(),
+    };
+    tracing::info!(%operator, "operator API");
 
     ready_when_listening(gateway.clone(), listen.proxy);
     let transparent = listen.transparent.map(|a| a.to_string());
@@ -195,6 +274,9 @@ pub fn serve_with(
     };
     server.run(args);
     gateway.set_ready(false);
+    if let Some(path) = &socket {
+        let _ = std::fs::remove_file(path);
+    }
     if let Some(spans) = &gateway.spans {
         // pingora's runtimes are gone; the exporter's own runtime sends what is left.
         let before = spans.dropped();
