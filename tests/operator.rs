@@ -328,6 +328,59 @@ async fn with_neither_token_nor_socket_the_operator_api_is_off_and_probes_stay_o
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_operator_socket_is_made_fresh_at_start_and_never_replaces_anything_else() {
+    let tool = ToolServer::http().await;
+    let listen = ", operator: \"unix:run/operator.sock\"";
+    // No directory for it: refused, naming the fix.
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = refused_start(dir.path(), listen, &config(&tool, ""));
+    assert!(
+        stderr.contains("listen.operator") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+
+    // Something that is not a socket at the path (an agent planting a file): refused, and the
+    // file is left as it was.
+    let dir = tempfile::tempdir().unwrap();
+    support::write(dir.path(), "run/operator.sock", "not a socket");
+    let stderr = refused_start(dir.path(), listen, &config(&tool, ""));
+    assert!(stderr.contains("exists and is not a socket"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("run/operator.sock")).unwrap(),
+        "not a socket"
+    );
+
+    // A live socket (someone already serving there): refused, the listener untouched.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("run")).unwrap();
+    let live =
+        std::os::unix::net::UnixListener::bind(dir.path().join("run/operator.sock")).unwrap();
+    let stderr = refused_start(dir.path(), listen, &config(&tool, ""));
+    assert!(stderr.contains("another process is serving"), "{stderr}");
+    drop(live);
+
+    // Positive control: that socket, now stale (its listener gone, the file left behind as a
+    // crashed run leaves it), is replaced, and serves.
+    let stale_path = dir.path().join("run/operator.sock");
+    assert!(stale_path.exists());
+    let tg = Toolgate::start_with_listen(
+        &format!("operator: \"unix:{}\"", stale_path.display()),
+        &config(&tool, ""),
+        &[("policy/main.rego", POLICY)],
+        &[],
+    );
+    let answer = request_unix(
+        &stale_path,
+        "POST",
+        "/v1/revoke",
+        &[],
+        revoke_body("task", "T-1", None).as_bytes(),
+    );
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(read_ticket(&tg, "T-1").await.0, 403);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_second_revoke_with_a_shorter_ttl_does_not_shorten_it() {
     let tool = ToolServer::http().await;
     let tg = start(&tool, TOKEN_CONFIG);
@@ -425,6 +478,29 @@ async fn hostile_revocation_bodies_get_a_400_and_revocations_keep_applying() {
     assert_eq!(read_ticket(&tg, "T-2").await.0, 200);
 }
 
+/// Start toolgate from a fresh directory with `listen` extras and `config`, expecting it to
+/// refuse to start; its standard error.
+fn refused_start(dir: &Path, listen: &str, config: &str) -> String {
+    support::write(dir, "policy/main.rego", POLICY);
+    support::write(dir, OPERATOR_TOKEN_FILE.0, OPERATOR_TOKEN_FILE.1);
+    let yaml = format!(
+        "listen: {{ proxy: \"127.0.0.1:{}\", admin: \"127.0.0.1:{}\"{listen} }}\n{config}",
+        support::free_port(),
+        support::free_port(),
+    );
+    support::write(dir, "toolgate.yaml", &yaml);
+    let started = Instant::now();
+    let out = Command::new(binary())
+        .args(["run", "-c"])
+        .arg(dir.join("toolgate.yaml"))
+        .output()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{stderr}");
+    stderr
+}
+
 /// A state file holding `n` jti revocations that end in 2099.
 fn full_state(n: usize) -> String {
     let entries: Vec<Value> = (0..n)
@@ -516,24 +592,7 @@ async fn revocations_survive_a_restart_and_a_corrupt_state_file_refuses_the_star
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    support::write(dir.path(), "policy/main.rego", POLICY);
-    support::write(dir.path(), OPERATOR_TOKEN_FILE.0, OPERATOR_TOKEN_FILE.1);
-    let yaml = format!(
-        "listen: {{ proxy: \"127.0.0.1:{}\", admin: \"127.0.0.1:{}\" }}\n{}",
-        support::free_port(),
-        support::free_port(),
-        config(&tool, &extra)
-    );
-    support::write(dir.path(), "toolgate.yaml", &yaml);
-    let started = Instant::now();
-    let out = Command::new(binary())
-        .args(["run", "-c"])
-        .arg(dir.path().join("toolgate.yaml"))
-        .output()
-        .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(20));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = refused_start(dir.path(), "", &config(&tool, &extra));
     let path = file.display().to_string();
     assert!(stderr.contains(&path), "{stderr}");
     assert!(
