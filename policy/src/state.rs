@@ -6,7 +6,9 @@
 //! kind in a room of its own, with ids of at most [`MAX_ID`] bytes — so at most
 //! [`worst_case_bytes`] of heap — and lifetimes of at most `admin.max_revocation_ttl`
 //! (never more than 3650 days). `state_is_bounded_per_kind_at_real_capacity` in
-//! `state/tests.rs` fills a room to its real capacity and checks each of these.
+//! `state/tests.rs` fills a room to its real capacity and checks each of these;
+//! `policy/tests/state_memory.rs` fills all three with the longest ids under a counting
+//! allocator and checks the heap against [`worst_case_bytes`].
 //!
 //! When full: nothing is ever evicted to make room. Expired revocations of the kind are
 //! dropped first; if the room is still full, the new revocation is refused

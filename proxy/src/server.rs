@@ -90,30 +90,59 @@ fn probe(field: &'static str, addr: SocketAddr) -> Result<(), ServeError> {
         })
 }
 
-/// Make way for the operator socket at `path`: its directory must exist; a stale socket
-/// left by an earlier run is removed; a live one, or anything that is not a socket, is left
-/// alone and refuses the start.
+/// Judge where the operator socket at `path` would live, as `toolgate run` and `toolgate
+/// check` both do. `Err` (refuse): its directory is missing; the directory is a shared
+/// temporary directory (writable by every user, with the sticky bit, like /tmp), which any
+/// local user — the agent — reaches; or something that is not a socket is at the path.
+/// `Ok(Some(note))`: the directory can be written by other users — safe only where the
+/// agent cannot reach it at all, like an emptyDir mounted into toolgate's container alone
+/// (Kubernetes creates those world-writable).
+pub fn check_socket(path: &Path) -> Result<Option<String>, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let mode = match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => m.mode(),
+        _ => {
+            return Err(format!(
+                "its directory {} does not exist: create it on a volume only toolgate's container mounts",
+                dir.display()
+            ))
+        }
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err("exists and is not a socket; toolgate will not replace it".into())
+        }
+        _ => {}
+    }
+    if mode & 0o002 != 0 && mode & 0o1000 != 0 {
+        return Err(format!(
+            "{} is a directory every local user can write (mode {:o}): the agent could reach or squat the socket; use a directory only toolgate's user can write, on a volume the agent does not mount",
+            dir.display(),
+            mode & 0o7777
+        ));
+    }
+    Ok((mode & 0o022 != 0).then(|| {
+        format!(
+            "{} can be written by other users (mode {:o}); keep it on a volume the agent's container does not mount",
+            dir.display(),
+            mode & 0o7777
+        )
+    }))
+}
+
+/// Make way for the operator socket at `path` (see [`check_socket`]): a stale socket left by
+/// an earlier run is removed; a live one is left alone and refuses the start.
 fn prepare_socket(path: &Path) -> Result<(), ServeError> {
     let fail = |problem: String| ServeError::Socket {
         path: path.to_path_buf(),
         problem,
     };
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    if !dir.is_dir() {
-        return Err(fail(format!(
-            "its directory {} does not exist: create it on a volume only toolgate's container mounts",
-            dir.display()
-        )));
+    if let Some(note) = check_socket(path).map_err(fail)? {
+        tracing::warn!("listen.operator: {note}");
     }
-    let existing = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(fail(format!("cannot be inspected: {e}"))),
-    };
-    if !existing.file_type().is_socket() {
-        return Err(fail(
-            "exists and is not a socket; toolgate will not replace it".into(),
-        ));
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(());
     }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Err(fail(

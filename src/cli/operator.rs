@@ -4,7 +4,6 @@
 //! operator part of `toolgate check`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -213,42 +212,13 @@ pub fn check(config: &Config) -> Findings {
     f
 }
 
-/// The socket's directory must exist and must not be a shared temporary directory (writable
-/// by everyone, sticky: /tmp, /dev/shm), which any local user — the agent — can reach.
-/// A directory others can write is named in a note: safe only where the agent cannot
-/// reach it at all (an emptyDir mounted into toolgate's container alone).
+/// What `toolgate run` would say about the operator socket's place.
 fn check_socket(path: &Path, f: &mut Findings) {
-    let shown = path.display();
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let meta = match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => m,
-        _ => {
-            f.errors.push(format!(
-                "listen.operator: the directory {} does not exist; toolgate would refuse to start",
-                dir.display()
-            ));
-            return;
-        }
-    };
-    let mode = meta.mode();
-    if mode & 0o002 != 0 && mode & 0o1000 != 0 {
-        f.errors.push(format!(
-            "listen.operator: {shown} is in {}, a directory every local user can write (mode {:o}): the agent could reach or squat the socket; use a directory only toolgate's user can write, on a volume the agent does not mount",
-            dir.display(),
-            mode & 0o7777
-        ));
-    } else if mode & 0o022 != 0 {
-        f.notes.push(format!(
-            "listen.operator: {} can be written by other users (mode {:o}); keep it on a volume the agent's container does not mount",
-            dir.display(),
-            mode & 0o7777
-        ));
-    }
-    if let Ok(existing) = std::fs::symlink_metadata(path) {
-        if !existing.file_type().is_socket() {
-            f.errors.push(format!(
-                "listen.operator: {shown} exists and is not a socket; toolgate would refuse to replace it"
-            ));
-        }
+    match toolgate_proxy::server::check_socket(path) {
+        Err(problem) => f
+            .errors
+            .push(format!("listen.operator: {}: {problem}", path.display())),
+        Ok(Some(note)) => f.notes.push(format!("listen.operator: {note}")),
+        Ok(None) => {}
     }
 }

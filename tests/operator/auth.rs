@@ -228,6 +228,17 @@ async fn the_operator_socket_is_made_fresh_at_start_and_never_replaces_anything_
         "{stderr}"
     );
 
+    // A shared temporary directory (world-writable, sticky, like /tmp): refused.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("run")).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("run"),
+        std::fs::Permissions::from_mode(0o1777),
+    )
+    .unwrap();
+    let stderr = refused_start(dir.path(), listen, &config(&tool, ""));
+    assert!(stderr.contains("every local user can write"), "{stderr}");
+
     // Something that is not a socket at the path (an agent planting a file): refused, and the
     // file is left as it was.
     let dir = tempfile::tempdir().unwrap();

@@ -286,17 +286,6 @@ impl Revocations {
 
     /// Every revocation in force at `now`, sorted by kind and id.
     pub fn list(&self, now: SystemTime) -> Vec<Entry> {
-        self.in_force(now)
-            .map(|(kind, id, expires)| Entry {
-                kind,
-                id: id.to_string(),
-                expires: rfc3339(expires),
-            })
-            .collect()
-    }
-
-    /// (kind, id, expiry) of every revocation in force at `now`, sorted.
-    pub fn in_force(&self, now: SystemTime) -> impl Iterator<Item = (Kind, &str, u64)> {
         let now = since_epoch(now);
         let mut all: Vec<(Kind, &str, u64)> = Kind::ALL
             .into_iter()
@@ -309,6 +298,12 @@ impl Revocations {
             .collect();
         all.sort_unstable();
         all.into_iter()
+            .map(|(kind, id, expires)| Entry {
+                kind,
+                id: id.to_string(),
+                expires: rfc3339(expires),
+            })
+            .collect()
     }
 
     /// How many revocations of `kind` are held (expired ones not yet dropped included).
