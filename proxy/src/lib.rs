@@ -13,11 +13,11 @@ pub mod forward;
 pub mod gateway;
 pub mod identify;
 pub mod mcp;
+pub mod operator;
 pub mod pipeline;
 pub mod problem;
 pub mod record;
 pub mod reload;
-pub mod revocation;
 pub mod server;
 
 pub use gateway::{Gateway, LoadError, Snapshot};

@@ -7,6 +7,7 @@ use pingora::proxy::Session;
 use serde::Serialize;
 use toolgate_policy::classify::ClassifyError;
 use toolgate_policy::normalise::Rejection;
+use toolgate_policy::state::StateUnavailable;
 
 use crate::body::BodyError;
 use crate::credential::{CredentialError, Unavailable, UnknownCredential};
@@ -24,6 +25,9 @@ pub enum Refusal {
     PolicyError(String),
     #[error("revoked")]
     Revoked,
+    /// The revocation state cannot be read: refused rather than decided without it.
+    #[error(transparent)]
+    StateUnavailable(#[from] StateUnavailable),
     #[error(transparent)]
     Rejected(#[from] Rejection),
     #[error(transparent)]
@@ -108,6 +112,7 @@ pub fn problem(refusal: &Refusal) -> Problem {
         Refusal::ApprovalRequired(_) => (403, "approval-required", "approval required"),
         Refusal::PolicyError(_) => (403, "policy-error", "policy error"),
         Refusal::Revoked => (403, "revoked", "revoked"),
+        Refusal::StateUnavailable(_) => (503, "state-unavailable", "state unavailable"),
         Refusal::UnknownCredential(_) => (403, "policy-error", "policy error"),
         Refusal::TaskToken(_) => (403, "task-token", "task token rejected"),
         Refusal::AgentExpired(_) => (403, "agent-identity", "agent identity expired"),
