@@ -19,6 +19,7 @@ pub mod problem;
 pub mod record;
 pub mod reload;
 pub mod server;
+pub mod upgrade;
 
 pub use gateway::{Gateway, LoadError, Snapshot};
 pub use server::{serve, ServeError};

@@ -94,6 +94,8 @@ pub struct RawMatch {
     pub path: Option<String>,
     /// JSON pointer → expected value (a scalar, or `{in: [...]}`); checked in `config::matching`.
     pub body: Option<BTreeMap<String, serde_json::Value>>,
+    /// The protocol the action may switch the connection to (`websocket`).
+    pub upgrade: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -459,7 +459,34 @@ fn action(c: &mut Collector, path: &str, raw: &RawAction) -> Option<Action> {
         body,
         attributes,
         labels: labels(c, &format!("{path}.labels"), &raw.labels),
+        upgrade: raw
+            .matcher
+            .upgrade
+            .as_deref()
+            .and_then(|u| upgrade(c, &format!("{path}.match.upgrade"), u)),
     })
+}
+
+/// `match.upgrade`: a protocol token an action may switch to; never `h2c`, which toolgate
+/// always refuses (the tunnel would carry requests it cannot see).
+fn upgrade(c: &mut Collector, path: &str, raw: &str) -> Option<Arc<str>> {
+    let name = raw.to_ascii_lowercase();
+    if name == "h2c" {
+        c.push(path, "h2c is always refused: an upgraded HTTP/2 connection carries requests toolgate cannot classify");
+        return None;
+    }
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        c.push(
+            path,
+            format!("{raw:?} is not a protocol name like websocket"),
+        );
+        return None;
+    }
+    Some(Arc::from(name.as_str()))
 }
 
 fn labels(c: &mut Collector, path: &str, raw: &[String]) -> Vec<Arc<str>> {
