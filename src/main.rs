@@ -325,6 +325,7 @@ fn eval(args: Eval) -> ExitCode {
         body.as_deref(),
         &args.task,
         &ledger,
+        None,
     );
     let report = match decided {
         Ok(outcome) => offline::report(&s.config, &outcome),
