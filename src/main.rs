@@ -72,6 +72,9 @@ enum Command {
     /// Revoke a task, an agent or a credential id through the operator API, or list the
     /// revocations in force.
     Revoke(cli::revoke::Args),
+    /// Requests held for human approval: list, show, approve or deny them through the
+    /// operator API.
+    Approvals(cli::approvals::Args),
 }
 
 /// `toolgate ca …`
@@ -547,6 +550,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Revoke(args) => cli::revoke::run(args),
+        Command::Approvals(args) => cli::approvals::run(args),
         Command::Test { config, paths } => test(&config, paths),
         Command::Eval(args) => eval(args),
         Command::Demo { otlp } => {
