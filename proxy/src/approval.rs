@@ -112,11 +112,16 @@ impl Note {
         m
     }
 
-    /// The decision log's `approval` object.
+    /// The decision log's `approval` object: `id`, `status`, `expires_at`, and who decided
+    /// with their comment.
     pub fn log(&self) -> Json {
-        let mut m = self.members();
-        m.remove("approve_url");
-        Json::Object(m)
+        json!({
+            "id": self.id,
+            "status": self.status.as_str(),
+            "expires_at": self.expires_at,
+            "decided_by": self.decided_by,
+            "comment": self.comment,
+        })
     }
 }
 
