@@ -160,7 +160,8 @@ async fn approve(admin: SocketAddr, token: &str, held: &[u8]) -> anyhow::Result<
         .and_then(|v| v.as_str())
         .ok_or_else(|| anyhow!("the held payment's answer names no approval: {problem}"))?
         .to_string();
-    let body = serde_json::json!({ "approver": APPROVER, "comment": "approved by the demo script" });
+    let body =
+        serde_json::json!({ "approver": APPROVER, "comment": "approved by the demo script" });
     let req = Request::post(format!("/v1/approvals/{id}/approve"))
         .header(http::header::HOST, admin.to_string())
         .header(http::header::AUTHORIZATION, format!("Bearer {token}"))

@@ -74,7 +74,9 @@ pub(crate) fn start(tool: &ToolServer, otlp: Option<&str>, webhook: Option<&str>
         .map(|e| format!("telemetry: {{ otlp: {{ endpoint: \"{e}\", protocol: http }} }}"))
         .unwrap_or_default();
     let hook = webhook
-        .map(|url| format!("approvals: {{ webhook: {{ url: \"{url}\", timeout: 2s, retries: 2 }} }}"))
+        .map(|url| {
+            format!("approvals: {{ webhook: {{ url: \"{url}\", timeout: 2s, retries: 2 }} }}")
+        })
         .unwrap_or_default();
     let config = format!(
         r#"
@@ -116,7 +118,10 @@ limits: {{ connect_timeout: 2s, upstream_timeout: 30s, shutdown_timeout: 1s }}
 }
 
 fn keys_init() -> String {
-    let out = Command::new(binary()).args(["keys", "init"]).output().unwrap();
+    let out = Command::new(binary())
+        .args(["keys", "init"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap()
 }
@@ -176,7 +181,10 @@ fn verify_with_pyjwt(tg: &Toolgate, audience: &str, token: &str) -> Value {
     assert_eq!(status, 200);
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), jwks).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/credentials/verify_jwt.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/credentials/verify_jwt.py"
+    );
     let mut child = Command::new("python3")
         .arg(script)
         .arg(file.path())
@@ -186,7 +194,12 @@ fn verify_with_pyjwt(tg: &Toolgate, audience: &str, token: &str) -> Value {
         .stderr(Stdio::piped())
         .spawn()
         .expect("python3 with pyjwt[crypto] is required (scripts/test.sh installs it)");
-    child.stdin.take().unwrap().write_all(token.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(token.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -238,12 +251,21 @@ async fn a_held_payment_goes_out_once_after_a_human_approves_it_with_the_approve
         held["approve_url"],
         format!("http://{}/approvals#{id}", tg.admin)
     );
-    assert!(held["expires_at"].as_str().unwrap().ends_with('Z'), "{held}");
     assert!(
-        held["detail"].as_str().unwrap().starts_with("payment of 500 needs a human"),
+        held["expires_at"].as_str().unwrap().ends_with('Z'),
         "{held}"
     );
-    assert!(tool.received().is_empty(), "a held request reached the tool");
+    assert!(
+        held["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("payment of 500 needs a human"),
+        "{held}"
+    );
+    assert!(
+        tool.received().is_empty(),
+        "a held request reached the tool"
+    );
     // Asked again before anyone decided: the same approval.
     let (status, again) = pay(&tg, "T-1", 500, "EUR").await;
     assert_eq!((status, &again["approval_id"]), (403, &json!(id)));
@@ -251,12 +273,24 @@ async fn a_held_payment_goes_out_once_after_a_human_approves_it_with_the_approve
     // The agent, on the same loopback, cannot approve its own request.
     let path = format!("/v1/approvals/{id}/approve");
     let body = br#"{"approver": "the agent"}"#;
-    let no_token = support::request(tg.admin, "POST", &path, &[("Content-Type", "application/json")], body);
+    let no_token = support::request(
+        tg.admin,
+        "POST",
+        &path,
+        &[("Content-Type", "application/json")],
+        body,
+    );
     let wrong = support::request(
         tg.admin,
         "POST",
         &path,
-        &[("Authorization", "Bearer not-the-operator-token-0123456789abcdef"), ("Content-Type", "application/json")],
+        &[
+            (
+                "Authorization",
+                "Bearer not-the-operator-token-0123456789abcdef",
+            ),
+            ("Content-Type", "application/json"),
+        ],
         body,
     );
     for answer in [&no_token, &wrong] {
@@ -281,19 +315,39 @@ async fn a_held_payment_goes_out_once_after_a_human_approves_it_with_the_approve
     let first = &listed["approvals"][0];
     assert_eq!(first["id"], json!(id));
     assert_eq!(first["action"], "payment.create");
-    assert_eq!(first["attributes"], json!({"amount": "500", "currency": "EUR"}));
+    assert_eq!(
+        first["attributes"],
+        json!({"amount": "500", "currency": "EUR"})
+    );
     assert_eq!(first["request"]["query"], "amount=500&currency=EUR");
     assert_eq!(first["request"]["body"]["text"], r#"{"memo":"invoice 7"}"#);
-    assert!(first["request"]["headers"].get("authorization").is_none(), "{first}");
+    assert!(
+        first["request"]["headers"].get("authorization").is_none(),
+        "{first}"
+    );
     assert!(!out.contains("the-agents-own-token"), "{out}");
-    let (code, out, err) = approvals_cli(&tg, &["approve", &id, "--approver", "alice@example.com", "--comment", "invoice checked"]);
+    let (code, out, err) = approvals_cli(
+        &tg,
+        &[
+            "approve",
+            &id,
+            "--approver",
+            "alice@example.com",
+            "--comment",
+            "invoice checked",
+        ],
+    );
     assert_eq!(code, 0, "{out}{err}");
     let approved: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(approved["approval"]["status"], "approved");
 
     // Another amount, another request: not approved by this.
     let (status, other) = pay(&tg, "T-1", 501, "EUR").await;
-    assert_eq!((status, kind(&other)), (403, "approval-required"), "{other}");
+    assert_eq!(
+        (status, kind(&other)),
+        (403, "approval-required"),
+        "{other}"
+    );
     assert_ne!(other["approval_id"], json!(id));
     // Another task either.
     let (status, other_task) = pay(&tg, "T-2", 500, "EUR").await;
@@ -324,24 +378,33 @@ async fn a_held_payment_goes_out_once_after_a_human_approves_it_with_the_approve
     let spans = receiver.wait_for(7).await;
     let approved_span = spans
         .iter()
-        .find(|s| {
-            otlp::string(&s.span.attributes, "toolgate.approval.status") == Some("consumed")
-        })
+        .find(|s| otlp::string(&s.span.attributes, "toolgate.approval.status") == Some("consumed"))
         .expect("a span for the approved request");
     let a = &approved_span.span.attributes;
     assert_eq!(otlp::string(a, "toolgate.approval.id"), Some(id.as_str()));
-    assert_eq!(otlp::string(a, "toolgate.approval.approver"), Some("alice@example.com"));
+    assert_eq!(
+        otlp::string(a, "toolgate.approval.approver"),
+        Some("alice@example.com")
+    );
     assert_eq!(otlp::string(a, "toolgate.decision"), Some("allow"));
     let held_span = spans
         .iter()
         .find(|s| otlp::string(&s.span.attributes, "toolgate.approval.status") == Some("pending"))
         .unwrap();
-    assert_eq!(otlp::string(&held_span.span.attributes, "toolgate.decision"), Some("deny"));
+    assert_eq!(
+        otlp::string(&held_span.span.attributes, "toolgate.decision"),
+        Some("deny")
+    );
     eventually("the decision log", || {
-        decisions(&tg).iter().any(|l| l["approval"]["status"] == "consumed")
+        decisions(&tg)
+            .iter()
+            .any(|l| l["approval"]["status"] == "consumed")
     });
     let lines = decisions(&tg);
-    let line = lines.iter().find(|l| l["approval"]["status"] == "consumed").unwrap();
+    let line = lines
+        .iter()
+        .find(|l| l["approval"]["status"] == "consumed")
+        .unwrap();
     assert_eq!(line["approval"]["id"], json!(id));
     assert_eq!(line["approval"]["decided_by"], "alice@example.com");
     assert_eq!(line["result"]["allow"], true);
@@ -355,45 +418,95 @@ async fn a_held_payment_goes_out_once_after_a_human_approves_it_with_the_approve
         .iter()
         .map(|r| serde_json::from_slice(&r.body).unwrap())
         .collect();
-    let requested = events.iter().find(|e| e["event"] == "requested" && e["id"] == json!(id)).unwrap();
-    assert!(requested["text"].as_str().unwrap().contains(&format!("http://{}/approvals#{id}", tg.admin)));
+    let requested = events
+        .iter()
+        .find(|e| e["event"] == "requested" && e["id"] == json!(id))
+        .unwrap();
+    assert!(requested["text"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("http://{}/approvals#{id}", tg.admin)));
     assert_eq!(requested["action"], "payment.create");
     assert_eq!(requested["attributes"]["amount"], "500");
     assert_eq!(requested["agent"], "spiffe://test/ns/a/sa/agent");
     assert_eq!(requested["request"]["method"], "POST");
     let decided = events.iter().find(|e| e["event"] == "approved").unwrap();
     assert_eq!(decided["decided_by"], "alice@example.com");
-    assert!(decided["text"].as_str().unwrap().contains("approved by alice@example.com"));
+    assert!(decided["text"]
+        .as_str()
+        .unwrap()
+        .contains("approved by alice@example.com"));
     assert_eq!(webhook.received()[0].target, "/hooks/approvals");
     for r in webhook.received() {
         let text = String::from_utf8_lossy(&r.body);
-        assert!(!text.contains("the-agents-own-token") && !text.contains(token), "{text}");
+        assert!(
+            !text.contains("the-agents-own-token") && !text.contains(token),
+            "{text}"
+        );
     }
 
     // Counted.
-    assert_eq!(metric(&tg, "toolgate_approvals_total{event=\"approved\"}"), 1);
-    assert_eq!(metric(&tg, "toolgate_approvals_total{event=\"consumed\"}"), 1);
-    assert_eq!(metric(&tg, "toolgate_approvals_total{event=\"requested\"}"), 4);
+    assert_eq!(
+        metric(&tg, "toolgate_approvals_total{event=\"approved\"}"),
+        1
+    );
+    assert_eq!(
+        metric(&tg, "toolgate_approvals_total{event=\"consumed\"}"),
+        1
+    );
+    assert_eq!(
+        metric(&tg, "toolgate_approvals_total{event=\"requested\"}"),
+        4
+    );
     assert_eq!(metric(&tg, "toolgate_approval_decision_seconds_count"), 1);
-    eventually("webhook counts", || metric(&tg, "toolgate_approval_webhooks_total{result=\"delivered\"}") >= 3);
+    eventually("webhook counts", || {
+        metric(
+            &tg,
+            "toolgate_approval_webhooks_total{result=\"delivered\"}",
+        ) >= 3
+    });
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_denial_refuses_with_the_approvers_comment_and_an_expired_approval_refuses() {
     let tool = ToolServer::http().await;
     // The webhook is down: nothing is approved by its failure, and it is counted.
-    let tg = start(&tool, None, Some(&format!("http://127.0.0.1:{}/down", support::free_port())));
+    let tg = start(
+        &tool,
+        None,
+        Some(&format!("http://127.0.0.1:{}/down", support::free_port())),
+    );
 
     let (_, held) = pay(&tg, "T-deny", 700, "EUR").await;
     let id = held["approval_id"].as_str().unwrap().to_string();
-    let (code, out, err) = approvals_cli(&tg, &["deny", &id, "--approver", "bob", "--comment", "not this vendor"]);
+    let (code, out, err) = approvals_cli(
+        &tg,
+        &[
+            "deny",
+            &id,
+            "--approver",
+            "bob",
+            "--comment",
+            "not this vendor",
+        ],
+    );
     assert_eq!(code, 0, "{out}{err}");
     let (status, denied) = pay(&tg, "T-deny", 700, "EUR").await;
-    assert_eq!((status, kind(&denied)), (403, "approval-denied"), "{denied}");
+    assert_eq!(
+        (status, kind(&denied)),
+        (403, "approval-denied"),
+        "{denied}"
+    );
     assert_eq!(denied["approval_id"], json!(id));
     assert_eq!(denied["comment"], "not this vendor");
     assert_eq!(denied["decided_by"], "bob");
-    assert!(denied["detail"].as_str().unwrap().contains("denied by bob (not this vendor)"), "{denied}");
+    assert!(
+        denied["detail"]
+            .as_str()
+            .unwrap()
+            .contains("denied by bob (not this vendor)"),
+        "{denied}"
+    );
     // A denial is final: approving it afterwards is refused.
     let (code, _, err) = approvals_cli(&tg, &["approve", &id]);
     assert_eq!(code, 1);
@@ -407,15 +520,27 @@ async fn a_denial_refuses_with_the_approvers_comment_and_an_expired_approval_ref
     assert_eq!(code, 0);
     std::thread::sleep(Duration::from_millis(2100));
     let (status, expired) = pay(&tg, "T-late", 700, "XPT").await;
-    assert_eq!((status, kind(&expired)), (403, "approval-expired"), "{expired}");
+    assert_eq!(
+        (status, kind(&expired)),
+        (403, "approval-expired"),
+        "{expired}"
+    );
     assert_eq!(expired["approval_id"], json!(late));
     let (code, out, _) = approvals_cli(&tg, &["show", &late]);
     assert_eq!(code, 0);
-    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["status"], "expired");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["status"],
+        "expired"
+    );
     assert!(tool.received().is_empty(), "nothing reached the tool");
-    assert_eq!(metric(&tg, "toolgate_approvals_total{event=\"expired\"}"), 1);
+    assert_eq!(
+        metric(&tg, "toolgate_approvals_total{event=\"expired\"}"),
+        1
+    );
     assert_eq!(metric(&tg, "toolgate_approvals_total{event=\"denied\"}"), 1);
-    eventually("the failed webhook", || metric(&tg, "toolgate_approval_webhooks_total{result=\"failed\"}") >= 1);
+    eventually("the failed webhook", || {
+        metric(&tg, "toolgate_approval_webhooks_total{result=\"failed\"}") >= 1
+    });
 
     // Positive control: within the limit, no human needed.
     assert_eq!(pay(&tg, "T-deny", 50, "EUR").await.0, 200);
@@ -442,19 +567,39 @@ async fn an_mcp_tools_call_needing_approval_gets_a_json_rpc_error_carrying_the_a
     let answer: Value = resp.json().await.unwrap();
     assert_eq!(answer["id"], 7);
     assert_eq!(answer["error"]["code"], -32001);
-    assert_eq!(answer["error"]["message"].as_str().unwrap().split(':').next(), Some("deleting customers needs a human"));
+    assert_eq!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .split(':')
+            .next(),
+        Some("deleting customers needs a human")
+    );
     let data = &answer["error"]["data"];
     let id = data["approval_id"].as_str().unwrap().to_string();
     assert_eq!(data["approval_status"], "pending");
     assert_eq!(data["action"], "crm.delete_customer");
-    assert!(data["approve_url"].as_str().unwrap().ends_with(&format!("#{id}")));
+    assert!(data["approve_url"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("#{id}")));
     assert!(data["expires_at"].is_string());
     // The client's next call has a new JSON-RPC id: still the same request, same approval.
-    let again: Value = post(call(8, "delete_customer")).await.unwrap().json().await.unwrap();
+    let again: Value = post(call(8, "delete_customer"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(again["error"]["data"]["approval_id"], json!(id));
     assert!(tool.received().is_empty());
     // Approved through the API with the token: the call goes out once.
-    let approved = support::operator(tg.admin, "POST", &format!("/v1/approvals/{id}/approve"), Some(r#"{"approver": "carol"}"#));
+    let approved = support::operator(
+        tg.admin,
+        "POST",
+        &format!("/v1/approvals/{id}/approve"),
+        Some(r#"{"approver": "carol"}"#),
+    );
     assert_eq!(approved.status, 200, "{}", approved.body);
     let resp = post(call(9, "delete_customer")).await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -463,7 +608,13 @@ async fn an_mcp_tools_call_needing_approval_gets_a_json_rpc_error_carrying_the_a
     // A batch member needing approval refuses the batch: approvals bind one request.
     let batch = json!([call(10, "lookup_customer"), call(11, "delete_customer")]);
     let answer: Value = post(batch).await.unwrap().json().await.unwrap();
-    assert!(answer[1]["error"]["message"].as_str().unwrap().contains("must be sent on its own"), "{answer}");
+    assert!(
+        answer[1]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("must be sent on its own"),
+        "{answer}"
+    );
     assert_eq!(tool.received().len(), 1);
 }
 
@@ -488,7 +639,12 @@ async fn a_request_that_waits_goes_out_as_soon_as_a_human_approves_it() {
         }
     });
     assert!(!agent.is_finished(), "the request should be held open");
-    let approved = support::operator(tg.admin, "POST", &format!("/v1/approvals/{id}/approve"), Some(r#"{"approver": "dave"}"#));
+    let approved = support::operator(
+        tg.admin,
+        "POST",
+        &format!("/v1/approvals/{id}/approve"),
+        Some(r#"{"approver": "dave"}"#),
+    );
     assert_eq!(approved.status, 200, "{}", approved.body);
     let (status, body) = agent.await.unwrap();
     assert_eq!(status, 200, "{body}");
@@ -499,9 +655,18 @@ async fn a_request_that_waits_goes_out_as_soon_as_a_human_approves_it() {
     let chain = shown["chain"].as_array().unwrap();
     let last: Vec<(&str, &str)> = chain
         .iter()
-        .map(|e| (e["decision"].as_str().unwrap(), e["outcome"].as_str().unwrap_or("pending")))
+        .map(|e| {
+            (
+                e["decision"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap_or("pending"),
+            )
+        })
         .collect();
-    assert_eq!(last, [("deny", "refused"), ("allow", "response")], "{chain:?}");
+    assert_eq!(
+        last,
+        [("deny", "refused"), ("allow", "response")],
+        "{chain:?}"
+    );
 }
 
 #[test]
@@ -514,8 +679,17 @@ fn the_approvals_command_needs_a_reachable_operator_api() {
         "agent: { id: a }\npolicy: { files: [policy/*.rego] }\n",
     );
     let run = |config: &Path, args: &[&str]| {
-        let out = Command::new(binary()).arg("approvals").arg("-c").arg(config).args(args).output().unwrap();
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = Command::new(binary())
+            .arg("approvals")
+            .arg("-c")
+            .arg(config)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (code, err) = run(&dir.path().join("toolgate.yaml"), &["list"]);
     assert_eq!(code, 2, "{err}");

@@ -52,9 +52,14 @@ fn demo_prints_the_decisions_and_the_linked_timeline_and_exits_0() {
         .find_map(|l| l.strip_prefix("After step 3 the demo approved it as an operator (demo-operator): POST /v1/approvals/"))
         .unwrap_or_else(|| panic!("no approval line in\n{stdout}"));
     let id = approved.trim_end_matches("/approve");
-    assert!(stdout.contains(&format!("held for approval {id}")), "{stdout}");
     assert!(
-        stdout.contains(&format!("approval {id} consumed, approved by demo-operator")),
+        stdout.contains(&format!("held for approval {id}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "approval {id} consumed, approved by demo-operator"
+        )),
         "{stdout}"
     );
     // The timeline: each action one level under the one it links to.

@@ -97,10 +97,10 @@ pub struct Digest(pub [u8; 32]);
 impl Digest {
     /// Lower-case hex.
     pub fn to_hex(&self) -> String {
+        use std::fmt::Write as _;
         let mut out = String::with_capacity(64);
         for b in self.0 {
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 15)]));
+            let _ = write!(out, "{b:02x}");
         }
         out
     }
@@ -118,8 +118,6 @@ impl Digest {
         Some(Digest(out))
     }
 }
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 impl fmt::Debug for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -329,7 +327,9 @@ impl ShownBody {
     /// `body` as shown, with its hash.
     pub fn of(body: &[u8], hash: &Digest) -> ShownBody {
         use base64::Engine as _;
-        let mut cut = body.get(..body.len().min(MAX_SHOWN_BODY)).unwrap_or_default();
+        let mut cut = body
+            .get(..body.len().min(MAX_SHOWN_BODY))
+            .unwrap_or_default();
         // Cut at a character boundary when the body is text.
         let text = loop {
             match std::str::from_utf8(cut) {
@@ -344,8 +344,9 @@ impl ShownBody {
             !t.chars()
                 .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
         });
-        let base64 =
-            text.is_none().then(|| base64::engine::general_purpose::STANDARD.encode(cut));
+        let base64 = text
+            .is_none()
+            .then(|| base64::engine::general_purpose::STANDARD.encode(cut));
         ShownBody {
             bytes: body.len() as u64,
             sha256: hash.to_hex(),

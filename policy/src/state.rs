@@ -39,8 +39,8 @@ use std::sync::{Mutex, RwLock};
 use std::time::SystemTime;
 
 pub use approvals::{
-    Approval, ApprovalError, ApprovalStore, Approvals, Bounds, Event, EventKind, Held,
-    NewApproval, Status, Stored,
+    Approval, ApprovalError, ApprovalStore, Approvals, Bounds, Event, EventKind, Held, NewApproval,
+    Status, Stored,
 };
 pub use file::{Document, FileError, StateFile, FILE_NAME, MAX_FILE_BYTES, VERSION};
 pub use revocations::{

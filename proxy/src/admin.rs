@@ -114,12 +114,14 @@ impl Admin {
             ),
             (
                 _,
-                "/healthz" | "/readyz" | "/metrics" | "/.well-known/jwks.json" | "/ca.pem"
+                "/healthz"
+                | "/readyz"
+                | "/metrics"
+                | "/.well-known/jwks.json"
+                | "/ca.pem"
                 | "/approvals",
-            ) => {
-                Reply::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-                    .with_header(http::header::ALLOW, "GET")
-            }
+            ) => Reply::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+                .with_header(http::header::ALLOW, "GET"),
             _ => Reply::text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }

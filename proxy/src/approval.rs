@@ -191,7 +191,13 @@ impl Bound {
         }
     }
 
-    fn head(&mut self, config: &Config, prepared: &Prepared, headers: &http::HeaderMap, x: &Exchange) -> Digest {
+    fn head(
+        &mut self,
+        config: &Config,
+        prepared: &Prepared,
+        headers: &http::HeaderMap,
+        x: &Exchange,
+    ) -> Digest {
         if let Some(h) = self.head {
             return h;
         }
@@ -256,10 +262,11 @@ impl Bound {
         }
         let limit = body_cap(&config.limits);
         let budget = config.limits.upstream_timeout;
-        let body = match tokio::time::timeout(budget, crate::body::read_capped(session, limit)).await {
-            Ok(read) => read?,
-            Err(_) => return Err(Refusal::Body(crate::body::BodyError::Timeout(budget))),
-        };
+        let body =
+            match tokio::time::timeout(budget, crate::body::read_capped(session, limit)).await {
+                Ok(read) => read?,
+                Err(_) => return Err(Refusal::Body(crate::body::BodyError::Timeout(budget))),
+            };
         if body.len() > limit {
             return Err(Refusal::ApprovalBody(limit));
         }
@@ -292,7 +299,12 @@ pub async fn matching(
 
 /// The request as a human deciding on it is shown it: no credential of the agent's, nor the
 /// query parameter a secret is sent in.
-fn shown(config: &Config, prepared: &Prepared, headers: &http::HeaderMap, bound: &Bound) -> approval::Shown {
+fn shown(
+    config: &Config,
+    prepared: &Prepared,
+    headers: &http::HeaderMap,
+    bound: &Bound,
+) -> approval::Shown {
     let accepted = &prepared.accepted;
     let tool = accepted.tool.and_then(|t| config.catalog.tool(t));
     let hidden = crate::credential::stripped_headers(config, tool);
@@ -315,7 +327,9 @@ fn shown(config: &Config, prepared: &Prepared, headers: &http::HeaderMap, bound:
         }
         (_, _, Some(bytes)) if !bytes.is_empty() => Some(ShownBody::of(
             bytes,
-            &bound.body_hash.unwrap_or_else(|| approval::body_hash(bytes)),
+            &bound
+                .body_hash
+                .unwrap_or_else(|| approval::body_hash(bytes)),
         )),
         _ => None,
     };

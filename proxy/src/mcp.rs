@@ -210,7 +210,8 @@ pub fn errors(x: &Exchange, refusal: &Refusal) -> Json {
             ),
             (None, false) => (REFUSED, detail.clone()),
         };
-        let mut data = json!({ "decision_id": decision_id, "action": &*a.action, "trace_id": &x.trace_id });
+        let mut data =
+            json!({ "decision_id": decision_id, "action": &*a.action, "trace_id": &x.trace_id });
         if code == REFUSED && !reply.batch {
             if let Some(map) = data.as_object_mut() {
                 map.extend(approval.clone());

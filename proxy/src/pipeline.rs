@@ -258,15 +258,26 @@ async fn admit(
     let batch = prepared.rpc.as_ref().is_some_and(|r| r.batch);
     if batch {
         let headers = &session.req_header().headers;
-        let decide =
-            |p: &Prepared, x: &mut Exchange| decide(gw, snapshot, p, headers, &strip, true, None, x);
+        let decide = |p: &Prepared, x: &mut Exchange| {
+            decide(gw, snapshot, p, headers, &strip, true, None, x)
+        };
         mcp::decide_batch(&prepared, x, decide)?;
     } else {
         let mut bound = approval::Bound::new(body);
-        let mut matched = approval::matching(gw, snapshot, session, &prepared, &mut bound, x).await?;
+        let mut matched =
+            approval::matching(gw, snapshot, session, &prepared, &mut bound, x).await?;
         loop {
             let headers = &session.req_header().headers;
-            let decided = decide(gw, snapshot, &prepared, headers, &strip, false, matched.as_ref(), x);
+            let decided = decide(
+                gw,
+                snapshot,
+                &prepared,
+                headers,
+                &strip,
+                false,
+                matched.as_ref(),
+                x,
+            );
             match decided {
                 Err(Refusal::ApprovalRequired(pending)) if pending.note.is_none() => {
                     // Held for a human; with `wait`, decided again once approved.
@@ -309,7 +320,9 @@ fn decide(
 ) -> Result<(), Refusal> {
     let config = &snapshot.config;
     let tool = prepared.accepted.tool.and_then(|t| config.catalog.tool(t));
-    let decision = match evaluate::evaluate_approved(gw, snapshot, prepared, tool, headers, strip, approved, x) {
+    let decision = match evaluate::evaluate_approved(
+        gw, snapshot, prepared, tool, headers, strip, approved, x,
+    ) {
         Err(Refusal::ApprovalRequired(pending)) if batch => {
             return Err(Refusal::ApprovalInBatch(pending.reason))
         }

@@ -94,9 +94,11 @@ pub fn run(args: Args) -> ExitCode {
     };
     let sent = match args.command {
         Command::List => client.send(Method::GET, "/v1/approvals", None),
-        Command::Show { id } => {
-            client.send(Method::GET, &format!("/v1/approvals/{}", segment(&id)), None)
-        }
+        Command::Show { id } => client.send(
+            Method::GET,
+            &format!("/v1/approvals/{}", segment(&id)),
+            None,
+        ),
         Command::Approve(v) => decide(&client, "approve", v),
         Command::Deny(v) => decide(&client, "deny", v),
     };
@@ -106,7 +108,11 @@ pub fn run(args: Args) -> ExitCode {
             if answer.status.is_success() {
                 ExitCode::SUCCESS
             } else {
-                eprintln!("toolgate approvals: {}: {}", client.target, answer.summary());
+                eprintln!(
+                    "toolgate approvals: {}: {}",
+                    client.target,
+                    answer.summary()
+                );
                 ExitCode::FAILURE
             }
         }
@@ -117,11 +123,7 @@ pub fn run(args: Args) -> ExitCode {
     }
 }
 
-fn decide(
-    client: &Client,
-    verb: &str,
-    v: Verdict,
-) -> anyhow::Result<super::operator::Answer> {
+fn decide(client: &Client, verb: &str, v: Verdict) -> anyhow::Result<super::operator::Answer> {
     let mut body = json!({ "approver": approver(v.approver) });
     if let (Some(c), Some(map)) = (v.comment, body.as_object_mut()) {
         map.insert("comment".into(), json!(c));

@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
-use toolgate_policy::approval::{self, parse_verdict, Shown, MAX_APPROVER_BYTES, MAX_COMMENT_BYTES};
+use toolgate_policy::approval::{
+    self, parse_verdict, Shown, MAX_APPROVER_BYTES, MAX_COMMENT_BYTES,
+};
 use toolgate_policy::state::{ApprovalError, ApprovalStore, Bounds, NewApproval, State, Status};
 
 const BOUNDS: Bounds = Bounds {
@@ -53,21 +55,41 @@ fn parse_and_decide(body: &[u8], approve: bool) {
         return;
     };
     assert!(!verdict.approver.is_empty() && verdict.approver.len() <= MAX_APPROVER_BYTES);
-    assert!(!verdict.approver.chars().any(char::is_control), "{verdict:?}");
+    assert!(
+        !verdict.approver.chars().any(char::is_control),
+        "{verdict:?}"
+    );
     if let Some(c) = &verdict.comment {
         assert!(c.len() <= MAX_COMMENT_BYTES);
-        assert!(!c.chars().any(|ch| ch.is_control() && ch != '\n' && ch != '\t'));
+        assert!(!c
+            .chars()
+            .any(|ch| ch.is_control() && ch != '\n' && ch != '\t'));
     }
     let state = State::in_memory();
     let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let id = held(&state, now);
-    let decided = state.decide(&id, approve, &verdict, BOUNDS, now).unwrap().value;
-    let want = if approve { Status::Approved } else { Status::Denied };
+    let decided = state
+        .decide(&id, approve, &verdict, BOUNDS, now)
+        .unwrap()
+        .value;
+    let want = if approve {
+        Status::Approved
+    } else {
+        Status::Denied
+    };
     assert_eq!(decided.status, want);
-    assert_eq!(decided.decided_by.as_deref(), Some(verdict.approver.as_str()));
+    assert_eq!(
+        decided.decided_by.as_deref(),
+        Some(verdict.approver.as_str())
+    );
     // Once only.
-    let again = state.decide(&id, !approve, &verdict, BOUNDS, now).unwrap_err();
-    assert!(matches!(again, ApprovalError::NotPending { .. }), "{again:?}");
+    let again = state
+        .decide(&id, !approve, &verdict, BOUNDS, now)
+        .unwrap_err();
+    assert!(
+        matches!(again, ApprovalError::NotPending { .. }),
+        "{again:?}"
+    );
 }
 
 fn text() -> impl Strategy<Value = Value> {
@@ -86,9 +108,19 @@ fn text() -> impl Strategy<Value = Value> {
 }
 
 fn body() -> impl Strategy<Value = Value> {
-    let field = prop_oneof![Just("approver"), Just("comment"), Just("status"), Just("APPROVER")];
+    let field = prop_oneof![
+        Just("approver"),
+        Just("comment"),
+        Just("status"),
+        Just("APPROVER")
+    ];
     prop::collection::vec((field, text()), 0..4).prop_map(|fields| {
-        Value::Object(fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+        Value::Object(
+            fields
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        )
     })
 }
 
@@ -128,5 +160,10 @@ fn the_generator_reaches_accepted_and_refused_verdicts() {
         }
     }
     assert!(accepted >= 50, "only {accepted} of 2000 accepted");
-    assert_eq!(refused.len(), 3, "refused for {} reasons only", refused.len());
+    assert_eq!(
+        refused.len(),
+        3,
+        "refused for {} reasons only",
+        refused.len()
+    );
 }

@@ -8,7 +8,10 @@ use serde_json::{json, Value as Json};
 use super::*;
 
 fn attrs(pairs: &[(&str, Json)]) -> Vec<(Arc<str>, Json)> {
-    pairs.iter().map(|(k, v)| (Arc::from(*k), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (Arc::from(*k), v.clone()))
+        .collect()
 }
 
 struct Req {
@@ -81,32 +84,73 @@ fn identical_requests_agree_and_every_field_changes_the_digest() {
         ("task", Box::new(|r| r.task = "T-2")),
         ("verified task", Box::new(|r| r.verified = true)),
         ("action", Box::new(|r| r.action = "payment.refund")),
-        ("amount", Box::new(|r| r.attributes = attrs(&[("amount", json!("501")), ("currency", json!("EUR"))]))),
-        ("amount type", Box::new(|r| r.attributes = attrs(&[("amount", json!(500)), ("currency", json!("EUR"))]))),
-        ("extra attribute", Box::new(|r| r.attributes.push((Arc::from("memo"), json!(null))))),
+        (
+            "amount",
+            Box::new(|r| {
+                r.attributes = attrs(&[("amount", json!("501")), ("currency", json!("EUR"))])
+            }),
+        ),
+        (
+            "amount type",
+            Box::new(|r| {
+                r.attributes = attrs(&[("amount", json!(500)), ("currency", json!("EUR"))])
+            }),
+        ),
+        (
+            "extra attribute",
+            Box::new(|r| r.attributes.push((Arc::from("memo"), json!(null)))),
+        ),
         ("method", Box::new(|r| r.method = "PUT")),
         ("scheme", Box::new(|r| r.scheme = "http")),
         ("host", Box::new(|r| r.host = "payments2.example.com")),
         ("port", Box::new(|r| r.port = 8443)),
-        ("target", Box::new(|r| r.target = "/v1/payments?amount=500&currency=EUR&x=1")),
-        ("content-type", Box::new(|r| { r.headers.insert("content-type", HeaderValue::from_static("application/x-www-form-urlencoded")); })),
-        ("method override", Box::new(|r| { r.headers.insert("x-http-method-override", HeaderValue::from_static("DELETE")); })),
-        ("url override", Box::new(|r| { r.headers.insert("x-original-url", HeaderValue::from_static("/admin")); })),
+        (
+            "target",
+            Box::new(|r| r.target = "/v1/payments?amount=500&currency=EUR&x=1"),
+        ),
+        (
+            "content-type",
+            Box::new(|r| {
+                r.headers.insert(
+                    "content-type",
+                    HeaderValue::from_static("application/x-www-form-urlencoded"),
+                );
+            }),
+        ),
+        (
+            "method override",
+            Box::new(|r| {
+                r.headers
+                    .insert("x-http-method-override", HeaderValue::from_static("DELETE"));
+            }),
+        ),
+        (
+            "url override",
+            Box::new(|r| {
+                r.headers
+                    .insert("x-original-url", HeaderValue::from_static("/admin"));
+            }),
+        ),
     ];
     let mut seen = std::collections::HashSet::new();
     seen.insert(base.digest(body));
     for (what, change) in &changes {
         let mut r = Req::payment();
         change(&mut r);
-        assert!(seen.insert(r.digest(body)), "{what} did not change the digest");
+        assert!(
+            seen.insert(r.digest(body)),
+            "{what} did not change the digest"
+        );
     }
     // The body: another body, or none at all.
     assert_ne!(base.digest(body), base.digest(br#"{"note":"refunD"}"#));
     assert_ne!(base.digest(body), base.digest(b""));
     // Headers outside the bound set do not: a retry may send another User-Agent or trace.
     let mut r = Req::payment();
-    r.headers.insert("user-agent", HeaderValue::from_static("retry/2"));
-    r.headers.insert("traceparent", HeaderValue::from_static("00-1-2-01"));
+    r.headers
+        .insert("user-agent", HeaderValue::from_static("retry/2"));
+    r.headers
+        .insert("traceparent", HeaderValue::from_static("00-1-2-01"));
     assert_eq!(r.digest(body), base.digest(body));
 }
 
@@ -198,12 +242,26 @@ fn credentials_are_never_shown() {
 
 #[test]
 fn verdicts_are_bounded_and_checked() {
-    let v = parse_verdict(br#"{"approver": " alice@example.com ", "comment": "refund agreed\nwith finance"}"#).unwrap();
+    let v = parse_verdict(
+        br#"{"approver": " alice@example.com ", "comment": "refund agreed\nwith finance"}"#,
+    )
+    .unwrap();
     assert_eq!(v.approver, "alice@example.com");
     assert_eq!(v.comment.as_deref(), Some("refund agreed\nwith finance"));
-    assert_eq!(parse_verdict(br#"{"approver": "bob", "comment": ""}"#).unwrap().comment, None);
-    let long_name = format!(r#"{{"approver": "{}"}}"#, "a".repeat(MAX_APPROVER_BYTES + 1));
-    let long_comment = format!(r#"{{"approver": "a", "comment": "{}"}}"#, "c".repeat(MAX_COMMENT_BYTES + 1));
+    assert_eq!(
+        parse_verdict(br#"{"approver": "bob", "comment": ""}"#)
+            .unwrap()
+            .comment,
+        None
+    );
+    let long_name = format!(
+        r#"{{"approver": "{}"}}"#,
+        "a".repeat(MAX_APPROVER_BYTES + 1)
+    );
+    let long_comment = format!(
+        r#"{{"approver": "a", "comment": "{}"}}"#,
+        "c".repeat(MAX_COMMENT_BYTES + 1)
+    );
     for (body, want) in [
         (&b"{}"[..], VerdictError::BadApprover),
         (br#"{"approver": ""}"#, VerdictError::BadApprover),
@@ -211,12 +269,30 @@ fn verdicts_are_bounded_and_checked() {
         (br#"{"approver": "a\u0000b"}"#, VerdictError::BadApprover),
         (long_name.as_bytes(), VerdictError::BadApprover),
         (long_comment.as_bytes(), VerdictError::BadComment),
-        (br#"{"approver": "a", "comment": "\u001b[2J"}"#, VerdictError::BadComment),
+        (
+            br#"{"approver": "a", "comment": "\u001b[2J"}"#,
+            VerdictError::BadComment,
+        ),
     ] {
-        assert_eq!(parse_verdict(body), Err(want), "{}", String::from_utf8_lossy(body));
+        assert_eq!(
+            parse_verdict(body),
+            Err(want),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
     }
-    for body in [&b"[]"[..], b"", b"{\"approver\": 1}", br#"{"approver": "a", "role": "admin"}"#, b"\xff"] {
-        assert!(matches!(parse_verdict(body), Err(VerdictError::Json(_))), "{}", String::from_utf8_lossy(body));
+    for body in [
+        &b"[]"[..],
+        b"",
+        b"{\"approver\": 1}",
+        br#"{"approver": "a", "role": "admin"}"#,
+        b"\xff",
+    ] {
+        assert!(
+            matches!(parse_verdict(body), Err(VerdictError::Json(_))),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
     }
 }
 

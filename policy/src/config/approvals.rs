@@ -67,7 +67,12 @@ pub(super) fn approvals(
             format!("must be 1 to {MAX_CAPACITY}"),
         );
     }
-    let default_ttl = duration(c, "approvals.default_ttl", raw.default_ttl.as_deref(), "15m");
+    let default_ttl = duration(
+        c,
+        "approvals.default_ttl",
+        raw.default_ttl.as_deref(),
+        "15m",
+    );
     let max_ttl = duration(c, "approvals.max_ttl", raw.max_ttl.as_deref(), "24h");
     if max_ttl > LONGEST_TTL {
         c.push(

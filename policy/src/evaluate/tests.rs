@@ -173,7 +173,8 @@ decision := {"allow": true, "approval": "required"}"#,
     let satisfied = d.satisfied_by_approval();
     assert_eq!(satisfied.effect, Effect::Allow);
     // A plain deny is not turned into an allow by an approval.
-    let denied = policy("package toolgate\ndecision := false").decide(input("x", &HeaderMap::new(), &[]));
+    let denied =
+        policy("package toolgate\ndecision := false").decide(input("x", &HeaderMap::new(), &[]));
     assert_eq!(denied.satisfied_by_approval().effect, Effect::Deny);
 }
 
@@ -206,22 +207,54 @@ decision := {"allow": true, "approval": {"required": false, "ttl": "10m"}}"#,
 #[test]
 fn malformed_approvals_are_policy_errors() {
     let long = "x".repeat(crate::approval::MAX_REASON_BYTES + 1);
-    let many: Vec<String> = (0..=crate::approval::MAX_APPROVERS).map(|i| format!("\"a{i}\"")).collect();
+    let many: Vec<String> = (0..=crate::approval::MAX_APPROVERS)
+        .map(|i| format!("\"a{i}\""))
+        .collect();
     for (approval, says) in [
         (r#""maybe""#.to_string(), "approval must be"),
         ("42".to_string(), "approval must be"),
         (r#"{"approvers": ["a"]}"#.to_string(), "approval.required"),
-        (r#"{"required": "yes"}"#.to_string(), "approval.required must be a boolean"),
-        (r#"{"required": true, "tll": "10m"}"#.to_string(), "unknown key"),
-        (r#"{"required": true, "ttl": "soon"}"#.to_string(), "approval.ttl"),
-        (r#"{"required": true, "ttl": "500ms"}"#.to_string(), "at least 1s"),
-        (r#"{"required": true, "wait": 30}"#.to_string(), "approval.wait must be a string"),
-        (r#"{"required": true, "approvers": "alice"}"#.to_string(), "must be an array"),
-        (r#"{"required": true, "approvers": [1]}"#.to_string(), "must hold strings"),
-        (r#"{"required": true, "approvers": ["a\nb"]}"#.to_string(), "is not a name"),
-        (format!(r#"{{"required": true, "approvers": [{}]}}"#, many.join(",")), "at most 16"),
         (
-            format!(r#"{{"required": true, "reason": concat("", [x | numbers.range(1, {})[_]; x := "r"])}}"#, long.len()),
+            r#"{"required": "yes"}"#.to_string(),
+            "approval.required must be a boolean",
+        ),
+        (
+            r#"{"required": true, "tll": "10m"}"#.to_string(),
+            "unknown key",
+        ),
+        (
+            r#"{"required": true, "ttl": "soon"}"#.to_string(),
+            "approval.ttl",
+        ),
+        (
+            r#"{"required": true, "ttl": "500ms"}"#.to_string(),
+            "at least 1s",
+        ),
+        (
+            r#"{"required": true, "wait": 30}"#.to_string(),
+            "approval.wait must be a string",
+        ),
+        (
+            r#"{"required": true, "approvers": "alice"}"#.to_string(),
+            "must be an array",
+        ),
+        (
+            r#"{"required": true, "approvers": [1]}"#.to_string(),
+            "must hold strings",
+        ),
+        (
+            r#"{"required": true, "approvers": ["a\nb"]}"#.to_string(),
+            "is not a name",
+        ),
+        (
+            format!(r#"{{"required": true, "approvers": [{}]}}"#, many.join(",")),
+            "at most 16",
+        ),
+        (
+            format!(
+                r#"{{"required": true, "reason": concat("", [x | numbers.range(1, {})[_]; x := "r"])}}"#,
+                long.len()
+            ),
             "at most 1024 bytes",
         ),
     ] {

@@ -238,8 +238,11 @@ pub trait ApprovalStore: Send + Sync + std::fmt::Debug {
     fn approved_head(&self, head: &Digest) -> Result<bool, StateUnavailable>;
 
     /// The approved, unused, unexpired approval bound to `digest`, if any.
-    fn approved(&self, digest: &Digest, now: SystemTime)
-        -> Result<Option<Approval>, StateUnavailable>;
+    fn approved(
+        &self,
+        digest: &Digest,
+        now: SystemTime,
+    ) -> Result<Option<Approval>, StateUnavailable>;
 
     /// Use approval `id` for the request `decision_id` forwards; `Ok(None)` when it is no
     /// longer approved (used by another request, expired): the request must not go out on it.
@@ -270,8 +273,12 @@ pub trait ApprovalStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Stored<Approval>, ApprovalError>;
 
     /// Approval `id`, whatever its status, while it is kept.
-    fn get(&self, id: &str, bounds: Bounds, now: SystemTime)
-        -> Result<Option<Approval>, StateUnavailable>;
+    fn get(
+        &self,
+        id: &str,
+        bounds: Bounds,
+        now: SystemTime,
+    ) -> Result<Option<Approval>, StateUnavailable>;
 
     /// The approvals in force (pending and approved), oldest first.
     fn list(&self, bounds: Bounds, now: SystemTime) -> Result<Vec<Approval>, StateUnavailable>;
@@ -289,9 +296,7 @@ pub fn millis(t: SystemTime) -> u64 {
 /// printed).
 pub fn rfc3339_ms(ms: u64) -> String {
     match UNIX_EPOCH.checked_add(Duration::from_millis(ms)) {
-        Some(t) if ms < 253_402_300_799_000 => {
-            humantime::format_rfc3339_millis(t).to_string()
-        }
+        Some(t) if ms < 253_402_300_799_000 => humantime::format_rfc3339_millis(t).to_string(),
         _ => ms.to_string(),
     }
 }
@@ -377,7 +382,12 @@ impl Approvals {
         std::mem::take(&mut self.dirty)
     }
 
-    fn push_event(&mut self, kind: EventKind, approval: &Approval, decision_time: Option<Duration>) {
+    fn push_event(
+        &mut self,
+        kind: EventKind,
+        approval: &Approval,
+        decision_time: Option<Duration>,
+    ) {
         self.dirty = true;
         if self.events.len() >= MAX_EVENTS {
             self.events.remove(0);
@@ -443,7 +453,12 @@ impl Approvals {
     fn forget(&mut self, id: &str) {
         if let Some(entry) = self.entries.remove(id) {
             self.dirty = true;
-            if self.by_digest.get(&entry.approval.digest).map(String::as_str) == Some(id) {
+            if self
+                .by_digest
+                .get(&entry.approval.digest)
+                .map(String::as_str)
+                == Some(id)
+            {
                 self.by_digest.remove(&entry.approval.digest);
             }
         }
@@ -650,12 +665,12 @@ impl Approvals {
             return Err("agent, decided_by or comment is not valid".into());
         }
         let status = approval.status;
-        let decided_needed = matches!(
-            status,
-            Status::Approved | Status::Denied | Status::Consumed
-        );
+        let decided_needed = matches!(status, Status::Approved | Status::Denied | Status::Consumed);
         if decided_needed && (decided.is_none() || approval.decided_by.is_none()) {
-            return Err(format!("a {} approval needs decided_by and decided_at", status.as_str()));
+            return Err(format!(
+                "a {} approval needs decided_by and decided_at",
+                status.as_str()
+            ));
         }
         if status.in_force() && self.in_force >= MAX_CAPACITY {
             return Err(format!("more than {MAX_CAPACITY} approvals in force"));

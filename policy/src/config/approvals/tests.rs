@@ -4,13 +4,17 @@ use std::time::Duration;
 use crate::config::{Config, ConfigErrors, EmbeddedFiles, StaticEnv};
 
 const POLICY: &[u8] = b"package toolgate\nimport rego.v1\ndefault decision := false\n";
-const BASE: &str = "listen: { admin: \"0.0.0.0:15000\" }\nagent: { id: a }\npolicy: { files: [policy/*.rego] }\n";
+const BASE: &str =
+    "listen: { admin: \"0.0.0.0:15000\" }\nagent: { id: a }\npolicy: { files: [policy/*.rego] }\n";
 
 fn load(extra: &str) -> Result<Config, ConfigErrors> {
     let yaml = format!("{BASE}{extra}");
     let files = EmbeddedFiles::new(&[
         ("policy/main.rego", POLICY),
-        ("hook-url", b"https://hooks.slack.example/services/T0/B0/secret-part\n"),
+        (
+            "hook-url",
+            b"https://hooks.slack.example/services/T0/B0/secret-part\n",
+        ),
     ]);
     let files = Overlay(files, yaml.into_bytes());
     Config::load_from(Path::new("toolgate.yaml"), &files, &StaticEnv::default())
@@ -99,13 +103,32 @@ fn bad_settings_are_each_reported_without_echoing_the_webhook_url() {
     ] {
         assert!(all.contains(says), "missing {says:?} in\n{all}");
     }
-    assert_eq!(messages("approvals: { bogus: 1 }\n"), ["approvals.bogus: unknown key"]);
-    let errors = messages("approvals: { webhook: { url: \"https://user:pw@hooks.example/secret-part\" } }\n");
+    assert_eq!(
+        messages("approvals: { bogus: 1 }\n"),
+        ["approvals.bogus: unknown key"]
+    );
+    let errors = messages(
+        "approvals: { webhook: { url: \"https://user:pw@hooks.example/secret-part\" } }\n",
+    );
     let all = errors.join("\n");
-    assert!(all.contains("approvals.webhook.url: the URL must not carry credentials"), "{all}");
+    assert!(
+        all.contains("approvals.webhook.url: the URL must not carry credentials"),
+        "{all}"
+    );
     assert!(!all.contains("secret-part"), "the URL is echoed: {all}");
-    let errors = messages("approvals: { webhook: { url: \"https://h.example/\", url_file: hook-url } }\n");
-    assert!(errors.join("\n").contains("give exactly one of url and url_file"), "{errors:?}");
+    let errors =
+        messages("approvals: { webhook: { url: \"https://h.example/\", url_file: hook-url } }\n");
+    assert!(
+        errors
+            .join("\n")
+            .contains("give exactly one of url and url_file"),
+        "{errors:?}"
+    );
     let errors = messages("approvals: { webhook: { url: \"https://h.example/\", retries: 11 } }\n");
-    assert!(errors.join("\n").contains("approvals.webhook.retries: must be at most 10"), "{errors:?}");
+    assert!(
+        errors
+            .join("\n")
+            .contains("approvals.webhook.retries: must be at most 10"),
+        "{errors:?}"
+    );
 }
