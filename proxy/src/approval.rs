@@ -17,6 +17,8 @@
 //! (`webhook.rs`) and wakes held requests ([`Runtime`]).
 
 pub mod page;
+#[cfg(test)]
+mod tests;
 pub mod webhook;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
