@@ -72,6 +72,9 @@ enum Command {
     /// Revoke a task, an agent or a credential id through the operator API, or list the
     /// revocations in force.
     Revoke(cli::revoke::Args),
+    /// Requests held for human approval: list, show, approve or deny them through the
+    /// operator API.
+    Approvals(cli::approvals::Args),
 }
 
 /// `toolgate ca …`
@@ -325,6 +328,7 @@ fn eval(args: Eval) -> ExitCode {
         body.as_deref(),
         &args.task,
         &ledger,
+        None,
     );
     let report = match decided {
         Ok(outcome) => offline::report(&s.config, &outcome),
@@ -546,6 +550,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Revoke(args) => cli::revoke::run(args),
+        Command::Approvals(args) => cli::approvals::run(args),
         Command::Test { config, paths } => test(&config, paths),
         Command::Eval(args) => eval(args),
         Command::Demo { otlp } => {

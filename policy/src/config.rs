@@ -1,6 +1,7 @@
 //! Configuration: parsed once from YAML, validated with every error collected, compiled into
 //! the typed values the pipeline uses. Nothing on the request path parses config text.
 
+mod approvals;
 mod credentials;
 mod files;
 mod identity;
@@ -22,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use approvals::{ApprovalSettings, Webhook};
 pub use credentials::{is_scope, ExchangeSpec, Format, JwtSpec, Placement, SecretText};
 pub use files::{DiskFiles, EmbeddedFiles, Files, ProcessEnv, StaticEnv, Vars};
 pub use identity::{TaskTokens, TokenIssuer, AGENT_LEEWAY};
@@ -50,8 +52,10 @@ pub struct Config {
     pub credentials: BTreeMap<String, CredentialSpec>,
     pub telemetry: Telemetry,
     pub admin: AdminSettings,
-    /// Where operator state (revocations) is kept; read at start only.
+    /// Where operator state (revocations, approvals) is kept; read at start only.
     pub state: StateSettings,
+    /// Human approval of held requests.
+    pub approvals: ApprovalSettings,
     pub chain: ChainSettings,
     pub tls: TlsSettings,
     pub limits: Limits,

@@ -57,6 +57,8 @@ pub struct Subject<'a> {
     pub action: &'a str,
     /// The delegation chain (`act` claim), when one is known.
     pub act: Option<&'a Json>,
+    /// The human approval the request goes out on (`approval` claim: its id).
+    pub approval: Option<&'a str>,
 }
 
 impl<'a> Subject<'a> {
@@ -75,6 +77,7 @@ impl<'a> Subject<'a> {
             task,
             action,
             act: act(task_claims).or(act(config.agent.claims.as_ref())),
+            approval: None,
         }
     }
 }
@@ -145,6 +148,9 @@ pub struct Claims<'a> {
     pub task: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub act: Option<&'a Json>,
+    /// The id of the human approval the request goes out on, when it needed one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<&'a str>,
 }
 
 impl<'a> Claims<'a> {
@@ -171,6 +177,7 @@ impl<'a> Claims<'a> {
             scope: scope(subject.action, &grant.scopes),
             task: subject.task,
             act: subject.act,
+            approval: subject.approval,
         }
     }
 }

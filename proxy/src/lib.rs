@@ -4,6 +4,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod approval;
 pub mod body;
 pub mod ca;
 pub mod capture;

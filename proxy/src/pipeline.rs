@@ -19,6 +19,7 @@ use toolgate_policy::normalise;
 use toolgate_policy::prepare::{self, Head, Prepared, Refused};
 
 use crate::accept::{self, Inbound};
+use crate::approval;
 use crate::body;
 use crate::credential::{self, Injection};
 use crate::evaluate;
@@ -89,6 +90,10 @@ pub struct Exchange {
     pub aborted: Option<Refusal>,
     /// The protocol switch the action may make, and its tunnel once the tool switched.
     pub tunnel: Option<upgrade::Tunnel>,
+    /// The approval the request was held for, or went out on (for its span).
+    pub approval: Option<approval::Note>,
+    /// The approved approval the request matched, until it is used (`approval::consume`).
+    pub(crate) matched: Option<toolgate_policy::state::Approval>,
 }
 
 impl Default for Exchange {
@@ -136,6 +141,8 @@ impl Exchange {
             scrubber: None,
             aborted: None,
             tunnel: None,
+            approval: None,
+            matched: None,
         }
     }
 
@@ -232,39 +239,75 @@ fn head(
     Ok(head)
 }
 
-/// classify (with the body, when it was read) → decide → credential → forward plan.
+/// classify (with the body, when it was read) → [approval: matching] → decide →
+/// [approval: hold] → credential → [approval: consume] → forward plan.
 async fn admit(
     gw: &Gateway,
     snapshot: &Snapshot,
-    req: &RequestHeader,
+    session: &mut Session,
     head: Head,
     body: Option<bytes::Bytes>,
     x: &mut Exchange,
 ) -> Result<(), Refusal> {
     let config = &snapshot.config;
-    let prepared = prepare::finish(config, head, &req.headers, body.as_deref())?;
+    let prepared = prepare::finish(config, head, &session.req_header().headers, body.as_deref())?;
     let tool = prepared.accepted.tool.and_then(|t| config.catalog.tool(t));
     x.action = prepared.classification.action.clone();
     x.rpc = mcp::reply(&prepared);
     let strip = credential::stripped_headers(config, tool);
     let batch = prepared.rpc.as_ref().is_some_and(|r| r.batch);
-    let decide =
-        |p: &Prepared, x: &mut Exchange| decide(gw, snapshot, p, &req.headers, &strip, batch, x);
     if batch {
+        let headers = &session.req_header().headers;
+        let decide = |p: &Prepared, x: &mut Exchange| {
+            decide(gw, snapshot, p, headers, &strip, true, None, x)
+        };
         mcp::decide_batch(&prepared, x, decide)?;
     } else {
-        decide(&prepared, x)?;
+        let mut bound = approval::Bound::new(body);
+        let mut matched =
+            approval::matching(gw, snapshot, session, &prepared, &mut bound, x).await?;
+        loop {
+            let headers = &session.req_header().headers;
+            let decided = decide(
+                gw,
+                snapshot,
+                &prepared,
+                headers,
+                &strip,
+                false,
+                matched.as_ref(),
+                x,
+            );
+            match decided {
+                Err(Refusal::ApprovalRequired(pending)) if pending.note.is_none() => {
+                    // Held for a human; with `wait`, decided again once approved.
+                    matched = Some(
+                        approval::hold(gw, snapshot, session, &prepared, &mut bound, *pending, x)
+                            .await?,
+                    );
+                }
+                other => {
+                    other?;
+                    break;
+                }
+            }
+        }
+        x.matched = matched;
     }
     issue(gw, snapshot, &prepared, tool, batch, x).await?;
+    approval::consume(gw, snapshot, x)?;
     x.plan = Some(forward::plan(&prepared.accepted, tool));
-    x.tunnel = toolgate_policy::classify::requested_upgrade(&req.headers)
+    x.tunnel = toolgate_policy::classify::requested_upgrade(&session.req_header().headers)
         .filter(|proto| tool.is_some_and(|t| t.may_upgrade(&x.action, proto)))
         .map(upgrade::Tunnel::new);
     Ok(())
 }
 
 /// evaluate, and select the credential, for one action. In a batch the selection is kept per
-/// member (`member_grants`), to be combined once every member is decided.
+/// member (`member_grants`), to be combined once every member is decided, and a member that
+/// needs approval refuses the batch (an approval binds one request). `approved`: the approved
+/// approval the request matched.
+#[allow(clippy::too_many_arguments)]
 fn decide(
     gw: &Gateway,
     snapshot: &Snapshot,
@@ -272,11 +315,19 @@ fn decide(
     headers: &http::HeaderMap,
     strip: &[HeaderName],
     batch: bool,
+    approved: Option<&toolgate_policy::state::Approval>,
     x: &mut Exchange,
 ) -> Result<(), Refusal> {
     let config = &snapshot.config;
     let tool = prepared.accepted.tool.and_then(|t| config.catalog.tool(t));
-    let decision = evaluate::evaluate(gw, snapshot, prepared, tool, headers, strip, x)?;
+    let decision = match evaluate::evaluate_approved(
+        gw, snapshot, prepared, tool, headers, strip, approved, x,
+    ) {
+        Err(Refusal::ApprovalRequired(pending)) if batch => {
+            return Err(Refusal::ApprovalInBatch(pending.reason))
+        }
+        other => other?,
+    };
     if x.dry_run {
         // Forwarded as it came: the agent's credentials stay, nothing is injected.
         x.strip = Vec::new();
@@ -316,6 +367,8 @@ async fn issue(
     if batch {
         subject.action = &actions;
     }
+    // A request that goes out on a human's approval says which (`approval` claim).
+    subject.approval = x.matched.as_ref().map(|a| a.id.as_str());
     match credential::issue(gw, snapshot, tool, &grant, &subject).await {
         Ok(injection) => {
             x.injection = injection;
@@ -374,7 +427,7 @@ impl ProxyHttp for Pipeline {
                 accept::destination(inbound.as_deref(), session.req_header(), timeout).await?;
             let head = head(gw, &snapshot, session, destination.as_ref(), x)?;
             let body = body::read(session, &head, &snapshot.config.limits).await?;
-            admit(gw, &snapshot, session.req_header(), head, body, x).await
+            admit(gw, &snapshot, session, head, body, x).await
         }
         .await;
         x.snapshot = Some(snapshot);

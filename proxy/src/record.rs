@@ -78,6 +78,9 @@ pub fn decisions(gw: &Gateway, x: &Exchange) {
             | Outcome::Timeout
     );
     for d in &x.decided {
+        // A held decision that waited and was decided again ended on its own.
+        let outcome = d.settled.unwrap_or(outcome);
+        let forwarded = forwarded && d.settled.is_none();
         let attributes: Map<String, serde_json::Value> = d
             .attributes
             .iter()
@@ -114,6 +117,7 @@ pub fn decisions(gw: &Gateway, x: &Exchange) {
             },
             policy_revision: snapshot.policy.revision(),
             credential,
+            approval: d.approval.as_ref().map(crate::approval::Note::log),
             trace_id: &x.trace_id,
             span_id: &span_id,
             eval_duration_us: d

@@ -133,6 +133,7 @@ pub(super) fn compile(
     };
     let admin = super::operator::admin(&mut c, &raw.admin, files);
     let state = super::operator::state(&mut c, &raw.state, files);
+    let approvals = super::approvals::approvals(&mut c, &raw.approvals, &listen, files);
     let tls = TlsSettings {
         upstream_ca: raw
             .tls
@@ -179,6 +180,7 @@ pub(super) fn compile(
             telemetry,
             admin,
             state,
+            approvals,
             chain,
             tls,
             limits,

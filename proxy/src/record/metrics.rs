@@ -16,6 +16,10 @@ pub const MAX_ACTION_LABELS: usize = 1_000;
 const EVAL_BUCKETS: [f64; 10] = [
     0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.01, 0.1,
 ];
+/// Bucket upper bounds (seconds) for the time a human takes to decide an approval.
+const DECISION_BUCKETS: [f64; 10] = [
+    5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 86_400.0,
+];
 /// Bucket upper bounds (seconds) for upstream round trips.
 const UPSTREAM_BUCKETS: [f64; 12] = [
     0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -81,6 +85,13 @@ pub struct Metrics {
     scrubbed: Mutex<BTreeMap<&'static str, u64>>,
     operator_auth_failures: Mutex<BTreeMap<&'static str, u64>>,
     revocations_refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Approval lifecycle events: requested, approved, denied, expired, consumed.
+    approvals: Mutex<BTreeMap<&'static str, u64>>,
+    /// Time from an approval's request to a human's decision.
+    pub approval_decision: Histogram,
+    /// Approvals refused because the room for them was full.
+    approvals_refused: AtomicU64,
+    webhooks: Arc<crate::approval::webhook::Counts>,
 }
 
 impl Default for Metrics {
@@ -95,6 +106,10 @@ impl Default for Metrics {
             scrubbed: Mutex::default(),
             operator_auth_failures: Mutex::default(),
             revocations_refused: Mutex::default(),
+            approvals: Mutex::default(),
+            approval_decision: Histogram::new(&DECISION_BUCKETS),
+            approvals_refused: AtomicU64::new(0),
+            webhooks: Arc::default(),
         }
     }
 }
@@ -175,6 +190,21 @@ impl Metrics {
     /// Count a revocation refused because its kind's room is full (`task`, `agent`, `jti`).
     pub fn revocation_refused(&self, kind: &'static str) {
         bump(&self.revocations_refused, kind, 1);
+    }
+
+    /// Count an approval event (`requested`, `approved`, `denied`, `expired`, `consumed`).
+    pub fn approval_event(&self, event: &'static str) {
+        bump(&self.approvals, event, 1);
+    }
+
+    /// Count an approval refused because `approvals.max_pending` were in force.
+    pub fn approval_refused(&self) {
+        self.approvals_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The approval webhook's delivery counts, shared with its sender.
+    pub fn webhook_counts(&self) -> Arc<crate::approval::webhook::Counts> {
+        self.webhooks.clone()
     }
 
     /// The counter of spans dropped before export (full queue, endpoint down), shared with
@@ -259,6 +289,31 @@ impl Metrics {
             "kind",
             &self.revocations_refused,
         );
+        counter(
+            &mut out,
+            "toolgate_approvals_total",
+            "Approval events: requested, approved, denied, expired, consumed (used by the approved request).",
+            "event",
+            &self.approvals,
+        );
+        self.approval_decision.render(
+            &mut out,
+            "toolgate_approval_decision_seconds",
+            "Time from an approval's request to a human's approve or deny.",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP toolgate_approvals_refused_total Approvals refused because approvals.max_pending were in force.\n# TYPE toolgate_approvals_refused_total counter\ntoolgate_approvals_refused_total {}",
+            self.approvals_refused.load(Ordering::Relaxed)
+        );
+        let w = &self.webhooks;
+        let _ = writeln!(
+            out,
+            "# HELP toolgate_approval_webhooks_total Approval webhook deliveries, by result.\n# TYPE toolgate_approval_webhooks_total counter\ntoolgate_approval_webhooks_total{{result=\"delivered\"}} {}\ntoolgate_approval_webhooks_total{{result=\"failed\"}} {}\ntoolgate_approval_webhooks_total{{result=\"dropped\"}} {}",
+            w.delivered.load(Ordering::Relaxed),
+            w.failed.load(Ordering::Relaxed),
+            w.dropped.load(Ordering::Relaxed)
+        );
         out
     }
 }
@@ -277,6 +332,10 @@ mod tests {
         m.operator_auth_failure("admin");
         m.operator_auth_failure("admin");
         m.revocation_refused("jti");
+        m.approval_event("requested");
+        m.approval_event("approved");
+        m.approval_refused();
+        m.approval_decision.observe(Duration::from_secs(42));
         m.policy_eval.observe(Duration::from_micros(3));
         m.policy_eval.observe(Duration::from_millis(50));
         let text = m.render();
@@ -314,6 +373,16 @@ mod tests {
             text.contains("# TYPE toolgate_revocations_refused_total counter\ntoolgate_revocations_refused_total{kind=\"jti\"} 1\n"),
             "{text}"
         );
+        for line in [
+            "toolgate_approvals_total{event=\"approved\"} 1\n",
+            "toolgate_approvals_total{event=\"requested\"} 1\n",
+            "toolgate_approval_decision_seconds_bucket{le=\"30\"} 0\n",
+            "toolgate_approval_decision_seconds_bucket{le=\"60\"} 1\n",
+            "toolgate_approvals_refused_total 1\n",
+            "toolgate_approval_webhooks_total{result=\"failed\"} 0\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in {text}");
+        }
     }
 
     #[test]
