@@ -91,7 +91,7 @@ pub(super) async fn serve(
     let Some(tool_id) = snapshot
         .config
         .catalog
-        .tool_for_host(&host, original.port())
+        .tool_for_host(&host, original.port(), true)
     else {
         tracing::warn!(target: "toolgate::access", via = "transparent", original = %original, sni = %host, "closed: no tool in the catalog serves {host}; toolgate intercepts TLS only for catalogued hosts");
         gw.metrics
