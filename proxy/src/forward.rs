@@ -1,6 +1,9 @@
 //! Forward: where an allowed request goes, and the request line the tool receives —
 //! origin-form, the canonical path, TLS originated where the tool is https.
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, LazyLock, Mutex};
