@@ -528,6 +528,9 @@ fn main() -> ExitCode {
             if let Some(why) = s.policy.rvm_unsupported() {
                 println!("note: the RVM cannot run this policy, the interpreter will: {why}");
             }
+            for w in &s.config.warnings {
+                eprintln!("warning: {}: {}: {}", config.display(), w.path, w.message);
+            }
             ExitCode::SUCCESS
         }
         Command::Test { config, paths } => test(&config, paths),
@@ -548,6 +551,9 @@ fn main() -> ExitCode {
             let Some(s) = snapshot(config.as_deref()) else {
                 return ExitCode::from(CONFIG_ERROR);
             };
+            for w in &s.config.warnings {
+                tracing::warn!(field = %w.path, "{}", w.message);
+            }
             match toolgate_proxy::serve(s, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
