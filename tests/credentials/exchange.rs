@@ -159,10 +159,7 @@ async fn a_rotated_identity_is_exchanged_anew_and_never_gets_the_old_identitys_t
     // And it stays cached for that identity.
     assert_eq!(repo(&w, "/repos/toolgate").await.status(), 200);
     assert_eq!(w.sts.server.seen().len(), 2);
-    assert_eq!(
-        w.tool.seen().pop().unwrap().bearer(),
-        "exchanged-2-github"
-    );
+    assert_eq!(w.tool.seen().pop().unwrap().bearer(), "exchanged-2-github");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -245,7 +242,10 @@ fn check_refuses_an_sts_url_with_a_query_or_userinfo_and_warns_on_remote_plain_h
     );
 
     // Positive control: https, or plain http on loopback (a local STS), loads quietly.
-    for quiet in ["https://sts.example.com/token", "http://127.0.0.1:8080/token"] {
+    for quiet in [
+        "https://sts.example.com/token",
+        "http://127.0.0.1:8080/token",
+    ] {
         let out = check_sts(quiet);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{quiet}: {stderr}");

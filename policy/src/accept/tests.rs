@@ -169,10 +169,7 @@ fn inside_a_tunnel_the_connect_target_is_the_authority() {
     );
     // A tunnel to another port of the host is no tool.
     let d = tunnel("jira.example.com", 8443);
-    assert_eq!(
-        accept_in(&d, &req("GET", "/x", None)).unwrap().tool,
-        None
-    );
+    assert_eq!(accept_in(&d, &req("GET", "/x", None)).unwrap().tool, None);
 }
 
 #[test]

@@ -92,7 +92,13 @@ fn a_pattern_without_a_port_matches_only_the_schemes_default_port() {
     assert_eq!(c.tool_for_host("jira.example.com", 80, false), Some(0));
     assert_eq!(c.tool_for_host("acme.atlassian.net", 80, false), Some(0));
     // Any other port of a catalogued host is no tool: `unknown`, decided as such.
-    for (port, tls) in [(8080, false), (443, false), (80, true), (8443, true), (1, true)] {
+    for (port, tls) in [
+        (8080, false),
+        (443, false),
+        (80, true),
+        (8443, true),
+        (1, true),
+    ] {
         assert_eq!(
             c.tool_for_host("jira.example.com", port, tls),
             None,

@@ -43,7 +43,11 @@ impl SubjectHash {
 
 impl fmt::Debug for SubjectHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", hex::encode(self.0.get(..8).unwrap_or_default()))
+        write!(
+            f,
+            "sha256:{}",
+            hex::encode(self.0.get(..8).unwrap_or_default())
+        )
     }
 }
 

@@ -39,7 +39,13 @@ fn planned(config: &Config, target: &str) -> Plan {
 }
 
 fn summary(p: &Plan) -> (bool, &str, u16, &str, &str) {
-    (p.tls, p.host.as_str(), p.port, p.target.as_str(), p.authority.as_str())
+    (
+        p.tls,
+        p.host.as_str(),
+        p.port,
+        p.target.as_str(),
+        p.authority.as_str(),
+    )
 }
 
 #[test]
@@ -53,7 +59,13 @@ fn a_tool_without_upstream_is_reached_over_https_whatever_the_agent_asked() {
     ] {
         assert_eq!(
             summary(&planned(&c, target)),
-            (true, "jira.example.com", 443, "/rest/x?y=1", "jira.example.com"),
+            (
+                true,
+                "jira.example.com",
+                443,
+                "/rest/x?y=1",
+                "jira.example.com"
+            ),
             "{target}"
         );
     }
@@ -79,7 +91,10 @@ fn only_an_explicit_http_upstream_is_plain_http() {
         (false, "10.0.0.7", 8080, "/api/v1", "10.0.0.7:8080")
     );
     let p = planned(&c, "http://pay.example.com/v1");
-    assert_eq!(summary(&p), (true, "pay.internal", 443, "/v1", "pay.internal"));
+    assert_eq!(
+        summary(&p),
+        (true, "pay.internal", 443, "/v1", "pay.internal")
+    );
 }
 
 #[test]
@@ -89,12 +104,24 @@ fn an_uncatalogued_destination_goes_as_asked() {
     let p = planned(&c, "http://jira.example.com:8080/x");
     assert_eq!(
         summary(&p),
-        (false, "jira.example.com", 8080, "/x", "jira.example.com:8080")
+        (
+            false,
+            "jira.example.com",
+            8080,
+            "/x",
+            "jira.example.com:8080"
+        )
     );
     let p = planned(&c, "http://elsewhere.example.net/x");
     assert_eq!(
         summary(&p),
-        (false, "elsewhere.example.net", 80, "/x", "elsewhere.example.net")
+        (
+            false,
+            "elsewhere.example.net",
+            80,
+            "/x",
+            "elsewhere.example.net"
+        )
     );
 }
 

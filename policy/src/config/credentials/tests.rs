@@ -235,7 +235,8 @@ fn plain_http_to_a_remote_sts_loads_with_a_warning_and_loopback_without() {
         .collect();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
-        warnings[0].starts_with("credentials.gh.endpoint: plain http:// to a host other than loopback"),
+        warnings[0]
+            .starts_with("credentials.gh.endpoint: plain http:// to a host other than loopback"),
         "{warnings:?}"
     );
     for quiet in [
