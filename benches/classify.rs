@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::HeaderMap;
-use toolgate_policy::classify::{Action, AttributeSource, Catalog, Protocol, ToolSpec};
+use toolgate_policy::classify::{Action, AttributeSource, Catalog, Overrides, Protocol, ToolSpec};
 use toolgate_policy::config::{Config, EmbeddedFiles, StaticEnv};
 use toolgate_policy::normalise;
 use toolgate_policy::prepare::prepare;
@@ -50,6 +50,7 @@ fn action(i: usize) -> Action {
         template: path.parse().unwrap(),
         body: Vec::new(),
         attributes: vec![(Arc::from("id"), AttributeSource::Path(0))],
+        labels: Vec::new(),
     }
 }
 
@@ -62,6 +63,8 @@ fn one_tool(n: usize) -> Catalog {
         credential: None,
         intercept: true,
         protocol: Protocol::Http,
+        labels: Vec::new(),
+        overrides: Overrides::Refuse,
         actions: (0..n)
             .map(|i| {
                 // Attributes only on shapes that capture.

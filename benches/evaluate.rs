@@ -13,8 +13,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::HeaderMap;
 use serde_json::json;
+use toolgate_policy::chain::Outcome;
 use toolgate_policy::config::Config;
-use toolgate_policy::evaluate::{chain_value, ChainEntry, Evaluator, Input, Policy, RequestView};
+use toolgate_policy::evaluate::{
+    chain_value, ChainEntry, Evaluator, Input, Policy, RequestView, View,
+};
 
 // The allocator the toolgate binary runs with (src/main.rs), so costs match the request path.
 #[global_allocator]
@@ -26,7 +29,8 @@ fn entry(seq: u64, action: &str, issue: &str) -> ChainEntry {
         action: action.into(),
         tool: Some("jira".into()),
         decision: "allow",
-        status: Some(200),
+        agent: "spiffe://example.org/agent".into(),
+        outcome: Some(Outcome::Response(200)),
         attributes: vec![(Arc::from("issue"), json!(issue))],
         at: UNIX_EPOCH + Duration::from_secs(1_800_000_000 + seq),
     }
@@ -55,6 +59,7 @@ fn bench(c: &mut Criterion) {
             agent_claims: None,
             task_id: "T-42",
             task_claims: None,
+            task_verified: false,
             action: "ticket.transition",
             tool: Some("jira"),
             attributes: &attributes,
@@ -69,7 +74,7 @@ fn bench(c: &mut Criterion) {
                 hidden: &[],
                 body: None,
             },
-            chain: chain.clone(),
+            state: View::of_chain(chain.clone()),
             now: SystemTime::now(),
         }
         .to_value()
@@ -150,6 +155,7 @@ fn chain_scan(c: &mut Criterion, headers: &HeaderMap) {
             agent_claims: None,
             task_id: "default-1",
             task_claims: None,
+            task_verified: false,
             action: "item.read",
             tool: Some("tool"),
             attributes: &attributes,
@@ -164,7 +170,7 @@ fn chain_scan(c: &mut Criterion, headers: &HeaderMap) {
                 hidden: &[],
                 body: None,
             },
-            chain: chain_value(&entries),
+            state: View::of_chain(chain_value(&entries)),
             now: SystemTime::now(),
         }
         .to_value();

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::HeaderMap;
-use toolgate_policy::chain::{self, Ledger};
+use toolgate_policy::chain::{self, Ledger, TaskKey};
 use toolgate_policy::config::{Config, CredentialSpec, EmbeddedFiles, StaticEnv};
 use toolgate_policy::evaluate::{Input, Policy, RequestView};
 use toolgate_policy::prepare::prepare;
@@ -64,12 +64,14 @@ fn one_request(config: &Config, policy: &Policy, ledger: &Ledger, headers: &Head
     let tool = class.tool.and_then(|t| config.catalog.tool(t));
     let accepted = &prepared.accepted;
     let now = SystemTime::now();
+    let task = TaskKey::named("T-1");
     let decision = policy.decide(
         Input {
             agent_id: &config.agent.id,
             agent_claims: None,
             task_id: "T-1",
             task_claims: None,
+            task_verified: false,
             action: &class.action,
             tool: tool.map(|t| &*t.name),
             attributes: &class.attributes,
@@ -84,24 +86,26 @@ fn one_request(config: &Config, policy: &Policy, ledger: &Ledger, headers: &Head
                 hidden: &[],
                 body: None,
             },
-            chain: ledger.history("T-1"),
+            state: ledger.view(&task, &config.agent.id, now),
             now,
         }
         .to_value(),
     );
     assert!(decision.allowed());
     let seq = ledger.record(
-        "T-1",
+        &task,
         &chain::Action {
             action: &class.action,
             tool: tool.map(|t| &*t.name),
+            agent: &config.agent.id,
             decision: decision.effect.as_str(),
             dry_run: false,
             attributes: &class.attributes,
+            labels: &decision.labels,
             at: now,
         },
     );
-    ledger.complete("T-1", seq, 200);
+    ledger.settle(&task, seq, chain::Outcome::Response(200));
     let selected = toolgate_proxy::credential::select(config, tool, &decision.credential)
         .unwrap()
         .unwrap();

@@ -317,3 +317,353 @@ async fn a_client_expecting_100_continue_gets_it_before_sending_a_classified_bod
     assert_eq!(&got.body[..], br#"{"kind":"memo"}"#);
     assert!(!got.headers.contains_key("expect"));
 }
+
+/// POST `body` with `content_type` through the forward proxy; the status and the problem
+/// document (JSON null when the tool answered).
+async fn post(
+    tg: &Toolgate,
+    url: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let resp = tg
+        .forward_client()
+        .post(url)
+        .header("content-type", content_type)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let json = resp.json().await.unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+const FORM: &str = "application/x-www-form-urlencoded";
+const JSON: &str = "application/json";
+
+/// Each case is refused with a 400 problem whose detail names its rule, and the tool receives
+/// nothing more than it had.
+async fn assert_rejected(
+    tg: &Toolgate,
+    tool: &ToolServer,
+    cases: &[(&str, &str, &str, String, &str)],
+) {
+    let before = tool.received().len();
+    for (label, url, content_type, body, rule) in cases {
+        let (status, problem) = post(tg, url, content_type, body).await;
+        assert_eq!(status, 400, "{label}: {problem}");
+        assert_eq!(problem["type"], "urn:toolgate:problem:rejected", "{label}");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains(rule),
+            "{label}: {detail:?} does not name {rule:?}"
+        );
+        assert_eq!(
+            tool.received().len(),
+            before,
+            "{label}: the tool received {:#?}",
+            tool.received().last()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bracketed_form_names_are_read_as_the_tools_nest_them() {
+    let tool = ToolServer::http().await;
+    let tg = start(&tool);
+    // Rails, PHP and qs read transition[id]=31 as {"transition":{"id":"31"}}: the close, which
+    // policy keeps for humans. Read as a flat key it would have been an allowed transition.
+    for close in [
+        "transition[id]=31",
+        "transition%5Bid%5D=31&fields[summary]=x",
+    ] {
+        let (status, problem) = post(&tg, TRANSITIONS, FORM, close).await;
+        assert_eq!(status, 403, "{close}: {problem}");
+        assert_eq!(problem["action"], "ticket.close", "{close}");
+        assert_eq!(problem["detail"], "closing tickets needs a human");
+    }
+    assert!(
+        tool.received().is_empty(),
+        "a denied close reached the tool"
+    );
+    // Positive control: another transition, nested the same way, reaches the tool byte for byte.
+    let other = "transition[id]=11&update[comment][]=done+here";
+    let (status, _) = post(&tg, TRANSITIONS, FORM, other).await;
+    assert_eq!(status, 200, "{}", tg.logs());
+    let got = tool.only();
+    assert_eq!(&got.body[..], other.as_bytes());
+    assert_eq!(got.headers["content-type"], FORM);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn form_bodies_the_frameworks_read_differently_never_reach_the_tool() {
+    let tool = ToolServer::http().await;
+    let tg = start(&tool);
+    let legit = "transition[id]=11&items[0][sku]=a&items[1][sku]=b&tags[]=x&tags[]=y";
+    let (status, _) = post(&tg, TRANSITIONS, FORM, legit).await;
+    assert_eq!(status, 200, "{}", tg.logs());
+    assert_eq!(&tool.only().body[..], legit.as_bytes());
+    let many: Vec<String> = (0..1001).map(|i| format!("f{i}=1")).collect();
+    let t = TRANSITIONS;
+    let s = |b: &str| b.to_string();
+    assert_rejected(
+        &tg,
+        &tool,
+        &[
+            (
+                "JSON declared as a form",
+                t,
+                FORM,
+                s(r#"{"transition":{"id":"31"}}"#),
+                "declared as a form (application/x-www-form-urlencoded) but starts like JSON",
+            ),
+            (
+                "JSON array declared as a form",
+                t,
+                FORM,
+                s(" [1]"),
+                "starts like JSON",
+            ),
+            (
+                "a form declared as JSON",
+                t,
+                JSON,
+                s("transition[id]=31"),
+                "body is not valid JSON",
+            ),
+            (
+                "flat and nested",
+                t,
+                FORM,
+                s("transition=11&transition[id]=31"),
+                "used as more than one of a value, a list",
+            ),
+            (
+                "list and fields",
+                t,
+                FORM,
+                s("tags[]=x&tags[a]=y"),
+                "used as more than one of a value, a list",
+            ),
+            (
+                "unbalanced bracket",
+                t,
+                FORM,
+                s("transition[id=31"),
+                "unbalanced or stray brackets",
+            ),
+            (
+                "stray closing bracket",
+                t,
+                FORM,
+                s("transition]id=31"),
+                "unbalanced or stray brackets",
+            ),
+            (
+                "text after a bracket",
+                t,
+                FORM,
+                s("transition[id]x=31"),
+                "unbalanced or stray brackets",
+            ),
+            (
+                "[] before a key",
+                t,
+                FORM,
+                s("transition[][id]=31"),
+                "'[]' anywhere but at the end",
+            ),
+            (
+                "six bracket groups",
+                t,
+                FORM,
+                s("a[b][c][d][e][f][g]=1"),
+                "more than 5 bracket groups",
+            ),
+            (
+                "an index gap",
+                t,
+                FORM,
+                s("items[1][sku]=a"),
+                "numeric keys at one level must run 0, 1, 2",
+            ),
+            (
+                "index 20",
+                t,
+                FORM,
+                s("items[20]=a"),
+                "numeric keys at one level must run 0, 1, 2",
+            ),
+            (
+                "a dotted name",
+                t,
+                FORM,
+                s("transition.id=31"),
+                "'.' or ' ' in a name",
+            ),
+            (
+                "a name with a space",
+                t,
+                FORM,
+                s("transition+id=31"),
+                "'.' or ' ' in a name",
+            ),
+            (
+                "]= in a value",
+                t,
+                FORM,
+                s("note=a]=b&transition[id]=31"),
+                "']=' after the field's first '='",
+            ),
+            (
+                "names that differ in case",
+                t,
+                FORM,
+                s("transition[id]=11&transition[ID]=31"),
+                "differ only in case",
+            ),
+            (
+                "a repeated nested name",
+                t,
+                FORM,
+                s("transition[id]=11&transition[id]=31"),
+                "more than once",
+            ),
+            (
+                "1,001 fields",
+                t,
+                FORM,
+                many.join("&"),
+                "more than 1000 fields",
+            ),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_keys_that_differ_only_in_case_never_reach_the_tool() {
+    let tool = ToolServer::http().await;
+    let tg = start(&tool);
+    let legit = r#"{"transition":{"id":"11"},"fields":{"Summary":"x","labels":["a"]}}"#;
+    let (status, _) = post(&tg, TRANSITIONS, JSON, legit).await;
+    assert_eq!(status, 200, "{}", tg.logs());
+    assert_eq!(&tool.only().body[..], legit.as_bytes());
+    let t = TRANSITIONS;
+    let s = |b: &str| b.to_string();
+    assert_rejected(
+        &tg,
+        &tool,
+        &[
+            // Go's encoding/json and ASP.NET bind ID (and the dotless ı) to the field id.
+            (
+                "id and ID",
+                t,
+                JSON,
+                s(r#"{"transition":{"id":"11","ID":"31"}}"#),
+                r#"body has the keys "id" and "ID", which differ only in case"#,
+            ),
+            (
+                "at the top",
+                t,
+                JSON,
+                s(r#"{"Transition":{"id":"31"},"transition":{"id":"11"}}"#),
+                "differ only in case",
+            ),
+            (
+                "deep in an array",
+                t,
+                JSON,
+                s(r#"{"transition":{"id":"11"},"x":[{"key":1,"\u212aey":2}]}"#),
+                "differ only in case",
+            ),
+            (
+                "the rule's key only in another case",
+                t,
+                JSON,
+                s(r#"{"transition":{"ID":"31"}}"#),
+                "body key \"ID\" differs only in case from the field /transition/id",
+            ),
+            (
+                "a dotless i",
+                t,
+                JSON,
+                s(r#"{"transition":{"ıd":"31"}}"#),
+                "differs only in case from the field /transition/id",
+            ),
+            (
+                "an attribute's key in another case",
+                "http://payments.test/v1/payments",
+                JSON,
+                s(r#"{"Amount":5000}"#),
+                "differs only in case from the field /amount",
+            ),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_method_override_field_in_a_form_never_reaches_the_tool() {
+    let tool = ToolServer::http().await;
+    let tg = start(&tool);
+    // Positive controls: a classified form and a form POST no rule reads (its names are
+    // scanned, its bytes forwarded as sent).
+    let note = "kind=memo&text=a+method+field";
+    let (status, _) = post(&tg, "http://jira.test/notes", FORM, note).await;
+    assert_eq!(status, 200, "{}", tg.logs());
+    let upload = "file=x&method=upload";
+    let attachments = "http://jira.test/rest/api/3/issue/SUP-1/attachments";
+    let (status, _) = post(&tg, attachments, FORM, upload).await;
+    assert_eq!(status, 200, "{}", tg.logs());
+    let got = tool.received();
+    assert_eq!(got.len(), 2);
+    assert_eq!(&got[0].body[..], note.as_bytes());
+    assert_eq!(&got[1].body[..], upload.as_bytes());
+    let s = |b: &str| b.to_string();
+    let rule = "method-override parameter";
+    assert_rejected(
+        &tg,
+        &tool,
+        &[
+            (
+                "in a classified form",
+                "http://jira.test/notes",
+                FORM,
+                s("kind=memo&_method=DELETE"),
+                rule,
+            ),
+            (
+                "in a form no rule reads",
+                attachments,
+                FORM,
+                s("file=x&_method=DELETE"),
+                rule,
+            ),
+            (
+                "percent-encoded",
+                attachments,
+                FORM,
+                s("file=x&%5Fmethod=DELETE"),
+                rule,
+            ),
+            ("as a list", attachments, FORM, s("_method[]=DELETE"), rule),
+            (
+                "PHP's spelling",
+                attachments,
+                FORM,
+                s(".method=DELETE"),
+                rule,
+            ),
+            (
+                "a header name as a field",
+                attachments,
+                FORM,
+                s("X-HTTP-Method-Override=DELETE"),
+                rule,
+            ),
+        ],
+    )
+    .await;
+}

@@ -329,3 +329,343 @@ proptest! {
         }
     }
 }
+
+/// A reference reading of a form body, written from README's rules (Classification → form
+/// bodies) independently of `body::form`: it groups every field's path at once instead of
+/// inserting field by field. `None`: the body is refused.
+mod reference {
+    use serde_json::{Map, Value as Json};
+
+    #[derive(Debug, Clone, PartialEq)]
+    enum Seg {
+        Key(String),
+        Append,
+    }
+
+    pub fn form(body: &[u8]) -> Option<Json> {
+        let text = std::str::from_utf8(body).ok()?;
+        let start = text
+            .trim_start_matches('\u{feff}')
+            .trim_start_matches([' ', '\t', '\r', '\n']);
+        if start.starts_with('{') || start.starts_with('[') {
+            return None;
+        }
+        let fields: Vec<&str> = text.split('&').filter(|f| !f.is_empty()).collect();
+        if fields.len() > 1000 {
+            return None;
+        }
+        let mut entries = Vec::new();
+        for field in fields {
+            let (name, value) = match field.find('=') {
+                Some(i) => (&field[..i], Some(&field[i + 1..])),
+                None => (field, None),
+            };
+            let name = decode(name)?;
+            let decoded = match value {
+                Some(v) => decode(v)?,
+                None => String::new(),
+            };
+            if let Some(v) = value {
+                let v = v.replace("%5D", "]").replace("%5d", "]");
+                if v.contains("]=") {
+                    return None;
+                }
+            }
+            entries.push((path(&name)?, decoded));
+        }
+        let doc = group(entries)?;
+        for value in doc.values() {
+            if !indices_ok(value) {
+                return None;
+            }
+        }
+        let doc = Json::Object(doc);
+        case_ok(&doc).then_some(doc)
+    }
+
+    fn decode(s: &str) -> Option<String> {
+        let bytes = s.as_bytes();
+        for (i, b) in bytes.iter().enumerate() {
+            if *b == b'%' {
+                let ok = bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                    && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
+                if !ok {
+                    return None;
+                }
+            }
+        }
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8()
+            .ok()
+            .map(|c| c.into_owned())
+    }
+
+    /// `base[k]…[]` as segments, by a state machine over the characters.
+    fn path(name: &str) -> Option<Vec<Seg>> {
+        let mut segs = Vec::new();
+        let mut current = String::new();
+        let mut inside = false;
+        let mut closed_any = false;
+        for c in name.chars() {
+            match (inside, c) {
+                (false, '[') => {
+                    if !closed_any {
+                        if current.is_empty() || current.contains(['.', ' ']) {
+                            return None;
+                        }
+                        segs.push(Seg::Key(std::mem::take(&mut current)));
+                    } else if !current.is_empty() {
+                        return None;
+                    }
+                    inside = true;
+                }
+                (true, ']') => {
+                    segs.push(if current.is_empty() {
+                        Seg::Append
+                    } else {
+                        Seg::Key(std::mem::take(&mut current))
+                    });
+                    inside = false;
+                    closed_any = true;
+                }
+                (true, '[') | (false, ']') => return None,
+                (_, c) => {
+                    if closed_any && !inside {
+                        return None;
+                    }
+                    current.push(c);
+                }
+            }
+        }
+        if inside {
+            return None;
+        }
+        if !closed_any {
+            if current.is_empty() || current.contains(['.', ' ']) {
+                return None;
+            }
+            segs.push(Seg::Key(current));
+        }
+        let appends = segs.iter().filter(|s| **s == Seg::Append).count();
+        if appends > 1 || (appends == 1 && segs.last() != Some(&Seg::Append)) {
+            return None;
+        }
+        (segs.len() <= 6).then_some(segs)
+    }
+
+    fn group(entries: Vec<(Vec<Seg>, String)>) -> Option<Map<String, Json>> {
+        let mut names: Vec<String> = Vec::new();
+        let mut groups: std::collections::HashMap<String, Vec<(Vec<Seg>, String)>> =
+            std::collections::HashMap::new();
+        for (segs, value) in entries {
+            let mut segs = segs.into_iter();
+            let Some(Seg::Key(first)) = segs.next() else {
+                return None;
+            };
+            if !groups.contains_key(&first) {
+                names.push(first.clone());
+            }
+            groups
+                .entry(first)
+                .or_default()
+                .push((segs.collect(), value));
+        }
+        let mut out = Map::new();
+        for name in names {
+            let members = groups.remove(&name)?;
+            let value = if members.iter().all(|(rest, _)| rest.is_empty()) {
+                if members.len() != 1 {
+                    return None;
+                }
+                Json::String(members.into_iter().next()?.1)
+            } else if members.iter().all(|(rest, _)| rest == &[Seg::Append]) {
+                Json::Array(members.into_iter().map(|(_, v)| Json::String(v)).collect())
+            } else if members
+                .iter()
+                .all(|(rest, _)| matches!(rest.first(), Some(Seg::Key(_))))
+            {
+                Json::Object(group(members)?)
+            } else {
+                return None;
+            };
+            out.insert(name, value);
+        }
+        Some(out)
+    }
+
+    fn indices_ok(value: &Json) -> bool {
+        let Json::Object(map) = value else {
+            return true;
+        };
+        let mut numbers: Vec<u64> = map
+            .keys()
+            .filter(|k| {
+                k.as_str() == "0"
+                    || (!k.starts_with('0')
+                        && !k.is_empty()
+                        && k.chars().all(|c| c.is_ascii_digit()))
+            })
+            .map(|k| k.parse().unwrap_or(u64::MAX))
+            .collect();
+        numbers.sort_unstable();
+        let contiguous = numbers.iter().enumerate().all(|(i, n)| *n == i as u64);
+        contiguous && numbers.len() <= 20 && map.values().all(indices_ok)
+    }
+
+    /// Over the test's alphabet (ASCII and the Kelvin sign), Go's folding is this.
+    fn folded(key: &str) -> String {
+        key.replace('\u{212a}', "k").to_ascii_lowercase()
+    }
+
+    fn case_ok(value: &Json) -> bool {
+        match value {
+            Json::Object(map) => {
+                let mut seen = std::collections::HashSet::new();
+                map.keys().all(|k| seen.insert(folded(k))) && map.values().all(case_ok)
+            }
+            Json::Array(items) => items.iter().all(case_ok),
+            _ => true,
+        }
+    }
+}
+
+/// Form bodies built from bracketed names, the tricks the frameworks read differently, and
+/// spellings that mean the same.
+fn bracketed_form() -> impl Strategy<Value = Vec<u8>> {
+    let pick = |options: &'static [(u32, &'static str)]| {
+        prop::strategy::Union::new_weighted(
+            options
+                .iter()
+                .map(|(w, s)| (*w, Just(*s).boxed()))
+                .collect(),
+        )
+    };
+    let base = pick(&[
+        (6, "a"),
+        (2, "b"),
+        (2, "A"),
+        (1, "key"),
+        (1, "\u{212a}ey"),
+        (1, "x.y"),
+        (1, "x y"),
+        (1, ""),
+        (2, "items"),
+    ]);
+    let group = pick(&[
+        (8, "[k]"),
+        (2, "[K]"),
+        (6, "[0]"),
+        (4, "[1]"),
+        (2, "[2]"),
+        (1, "[19]"),
+        (1, "[20]"),
+        (1, "[01]"),
+        (4, "[]"),
+        (1, "["),
+        (1, "]"),
+        (1, "[a[b]]"),
+        (1, "x"),
+        (2, "[x.y]"),
+        (1, "[\u{212a}ey]"),
+        (2, "[key]"),
+    ]);
+    let value = pick(&[
+        (12, "1"),
+        (4, "x"),
+        (1, "a]=b"),
+        (1, "a%5D=b"),
+        (1, "a%5d%3Db"),
+        (1, "%zz"),
+        (2, "a+b"),
+        (2, "%E2%84%AA"),
+        (1, "{"),
+        (1, "%ff"),
+        (2, ""),
+    ]);
+    // Names the frameworks agree on, so that many bodies are read and compared in full.
+    let agreed = (
+        pick(&[(3, "a"), (2, "b"), (1, "items")]),
+        prop::collection::vec(
+            pick(&[(3, "k"), (1, "key"), (3, "0"), (1, "1"), (1, "x.y")]),
+            0..5,
+        ),
+        prop::bool::weighted(0.3),
+    )
+        .prop_map(|(base, keys, append)| {
+            let mut groups: Vec<&str> = Vec::new();
+            for k in keys {
+                groups.push(match k {
+                    "k" => "[k]",
+                    "key" => "[key]",
+                    "0" => "[0]",
+                    "1" => "[1]",
+                    _ => "[x.y]",
+                });
+            }
+            if append {
+                groups.push("[]");
+            }
+            (base, groups)
+        });
+    let tricky = (base, prop::collection::vec(group, 0..8));
+    let field = (
+        prop_oneof![3 => agreed, 1 => tricky],
+        prop::option::weighted(0.9, value),
+        prop::collection::vec(prop::bool::weighted(0.2), 16),
+    )
+        .prop_map(|((base, groups), value, encode)| {
+            // Brackets may travel percent-encoded; the name means the same.
+            let mut name = String::from(base);
+            for (g, enc) in groups.iter().zip(encode.iter().cycle()) {
+                if *enc {
+                    name.push_str(&g.replace('[', "%5B").replace(']', "%5D"));
+                } else {
+                    name.push_str(g);
+                }
+            }
+            match value {
+                Some(v) => format!("{name}={v}"),
+                None => name,
+            }
+        });
+    (
+        prop::collection::vec(field, 0..7),
+        pick(&[(8, ""), (1, "{"), (1, " ["), (1, "&")]),
+    )
+        .prop_map(|(fields, prefix)| format!("{prefix}{}", fields.join("&")).into_bytes())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+    #[test]
+    fn bracketed_forms_read_as_the_documented_rules_say(b in bracketed_form()) {
+        let got = body::form(&b);
+        let want = reference::form(&b);
+        match (&got, &want) {
+            (Ok(doc), Some(expected)) => prop_assert_eq!(doc, expected),
+            (Err(_), None) => {}
+            _ => prop_assert!(
+                false,
+                "{:?}: toolgate {:?}, reference {:?}",
+                String::from_utf8_lossy(&b),
+                got,
+                want
+            ),
+        }
+        // A form toolgate accepts is also what prepare hands policy, and prepare never
+        // panics on it.
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
+        let prepared = prepare(
+            config(),
+            "POST",
+            b"http://jira.example.com/rest/api/3/issue/SUP-1/transitions",
+            &headers,
+            Some(&b),
+        );
+        if let (Ok(p), Ok(doc)) = (&prepared, &got) {
+            prop_assert_eq!(p.body.as_ref(), (!b.is_empty()).then_some(doc));
+        }
+    }
+}

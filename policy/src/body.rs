@@ -1,18 +1,25 @@
 //! Body: the one reading of a request body that classification and policy rely on, or a
 //! refusal. Only bodies a rule needs are read (body rules, `body:` attributes, MCP); the
 //! bytes are forwarded unchanged, so the reading must be the one the tool will make:
-//! identity encoding only, strict UTF-8, no duplicate keys, no trailing data.
+//! identity encoding only, strict UTF-8, no duplicate keys, no keys that differ only in case,
+//! no trailing data, forms that are not JSON and whose bracketed names every common framework
+//! nests alike.
 
+pub mod form;
 #[cfg(test)]
 mod tests;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
 
 use http::HeaderMap;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value as Json};
 
-use crate::normalise::Rejection;
+pub use form::FormNameError;
+
+use crate::normalise::{clip, names, Rejection};
 
 /// How a classified body is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +34,46 @@ pub enum Kind {
 /// be uncompressed, plainly framed, and of one declared type. `Ok(None)`: no content type,
 /// which is acceptable only for an empty body.
 pub fn check_headers(headers: &HeaderMap) -> Result<Option<Kind>, Rejection> {
+    check_framing(headers)?;
+    declared_kind(headers)
+}
+
+/// Whether a request declares a form body (`application/x-www-form-urlencoded`, whatever its
+/// parameters), the kind of body whose `_method` field Rails, Laravel and Symfony read.
+pub fn declares_form(headers: &HeaderMap) -> bool {
+    headers.get_all(http::header::CONTENT_TYPE).iter().any(|v| {
+        let essence = v
+            .as_bytes()
+            .split(|b| *b == b';')
+            .next()
+            .unwrap_or_default();
+        essence
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
+    })
+}
+
+/// Refuse a method-override field (`_method=DELETE`) in a form body that no rule reads, for
+/// the tools that honour it. The names are decoded as leniently as those tools decode them
+/// (a malformed escape stays as sent); nothing else about the body is checked.
+pub fn scan_overrides(bytes: &[u8]) -> Result<(), Rejection> {
+    for pair in bytes.split(|b| *b == b'&') {
+        let name = pair.split(|b| *b == b'=').next().unwrap_or_default();
+        let plus: Vec<u8> = name
+            .iter()
+            .map(|b| if *b == b'+' { b' ' } else { *b })
+            .collect();
+        let decoded = percent_encoding::percent_decode(&plus).decode_utf8_lossy();
+        if names::override_parameter(&decoded) {
+            return Err(Rejection::OverrideParameter(clip(&decoded)));
+        }
+    }
+    Ok(())
+}
+
+/// Refuse a body encoding toolgate cannot read: any content coding but `identity`, any
+/// transfer coding but `chunked`.
+pub fn check_framing(headers: &HeaderMap) -> Result<(), Rejection> {
     for value in headers.get_all(http::header::CONTENT_ENCODING) {
         let v = String::from_utf8_lossy(value.as_bytes());
         if v.split(',')
@@ -41,6 +88,11 @@ pub fn check_headers(headers: &HeaderMap) -> Result<Option<Kind>, Rejection> {
             return Err(Rejection::TransferCoding(v.chars().take(64).collect()));
         }
     }
+    Ok(())
+}
+
+/// The kind of body declared by a request's single `Content-Type`.
+fn declared_kind(headers: &HeaderMap) -> Result<Option<Kind>, Rejection> {
     let mut types = headers.get_all(http::header::CONTENT_TYPE).iter();
     let Some(first) = types.next() else {
         return Ok(None);
@@ -80,83 +132,62 @@ pub fn parse(kind: Option<Kind>, bytes: &[u8]) -> Result<Option<Json>, Rejection
     }
 }
 
-/// Strict JSON: valid UTF-8, one value, no duplicate object keys at any depth.
+/// Strict JSON: valid UTF-8, one value, no duplicate object keys and no keys that differ
+/// only in case, at any depth.
 pub fn json(bytes: &[u8]) -> Result<Json, Rejection> {
     let text = std::str::from_utf8(bytes).map_err(|_| Rejection::BodyNotUtf8)?;
     let mut de = serde_json::Deserializer::from_str(text);
-    let value = Strict
-        .deserialize(&mut de)
-        .map_err(|e| match duplicate_key(&e) {
-            Some(key) => Rejection::DuplicateKey(key),
-            None => Rejection::BadJson(e.to_string()),
-        })?;
+    let refused = RefCell::new(None);
+    let parsed = Strict { refused: &refused }.deserialize(&mut de);
+    if let Some(rejection) = refused.into_inner() {
+        return Err(rejection);
+    }
+    let value = parsed.map_err(|e| Rejection::BadJson(e.to_string()))?;
     de.end().map_err(|e| Rejection::BadJson(e.to_string()))?;
     Ok(value)
 }
 
-/// A `application/x-www-form-urlencoded` body as an object of strings. Strict where parsers
-/// differ: malformed escapes, invalid UTF-8 once decoded and repeated keys are refused.
+/// A `application/x-www-form-urlencoded` body as the document its bracketed names describe
+/// (see [`form`](mod@form) for the exact reading).
 pub fn form(bytes: &[u8]) -> Result<Json, Rejection> {
-    let mut map = Map::new();
-    for pair in bytes.split(|b| *b == b'&') {
-        if pair.is_empty() {
-            continue;
-        }
-        let (k, v) = match pair.iter().position(|b| *b == b'=') {
-            Some(i) => (pair.get(..i).unwrap_or_default(), pair.get(i + 1..)),
-            None => (pair, None),
-        };
-        let key = decode_form(k)?;
-        let value = v.map(decode_form).transpose()?.unwrap_or_default();
-        if map.contains_key(&key) {
-            return Err(Rejection::DuplicateKey(key.chars().take(64).collect()));
-        }
-        map.insert(key, Json::String(value));
-    }
-    Ok(Json::Object(map))
+    form::parse(bytes)
 }
 
-fn decode_form(raw: &[u8]) -> Result<String, Rejection> {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut bytes = raw.iter().copied();
-    while let Some(b) = bytes.next() {
-        match b {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hi = bytes.next().and_then(hex);
-                let lo = bytes.next().and_then(hex);
-                let (Some(h), Some(l)) = (hi, lo) else {
-                    return Err(Rejection::BadForm);
-                };
-                out.push((h << 4) | l);
+/// Refuse an object, at any depth, with two keys a case-insensitive binder reads as one.
+pub(crate) fn check_case(doc: &Json) -> Result<(), Rejection> {
+    match doc {
+        Json::Object(map) => {
+            if map.len() > 1 {
+                let mut seen: HashMap<String, &str> = HashMap::with_capacity(map.len());
+                for key in map.keys() {
+                    if let Some(other) = seen.insert(names::fold(key), key) {
+                        return Err(Rejection::CaseVariantKey(clip(other), clip(key)));
+                    }
+                }
             }
-            b => out.push(b),
+            map.values().try_for_each(check_case)
         }
+        Json::Array(items) => items.iter().try_for_each(check_case),
+        _ => Ok(()),
     }
-    String::from_utf8(out).map_err(|_| Rejection::BodyNotUtf8)
 }
 
-fn hex(b: u8) -> Option<u8> {
-    char::from(b)
-        .to_digit(16)
-        .and_then(|d| u8::try_from(d).ok())
+/// Deserialises a JSON value like `serde_json::Value` does, but stops at a duplicate key or
+/// two keys that differ only in case, leaving the reason in `refused`.
+#[derive(Clone, Copy)]
+struct Strict<'r> {
+    refused: &'r RefCell<Option<Rejection>>,
 }
 
-/// Marker that `Strict` puts in its error message for a duplicate key.
-const DUPLICATE: &str = "toolgate-duplicate-key:";
-
-fn duplicate_key(e: &serde_json::Error) -> Option<String> {
-    let text = e.to_string();
-    let rest = text.split_once(DUPLICATE)?.1;
-    // serde_json appends " at line L column C".
-    let key = rest.rsplit_once(" at line ").map_or(rest, |(k, _)| k);
-    Some(key.chars().take(64).collect())
+impl Strict<'_> {
+    fn refuse<E: serde::de::Error>(self, rejection: Rejection) -> E {
+        let message = rejection.to_string();
+        self.refused.replace(Some(rejection));
+        E::custom(message)
+    }
 }
 
-/// Deserialises a JSON value like `serde_json::Value` does, but fails on a duplicate key.
-struct Strict;
-
-impl<'de> DeserializeSeed<'de> for Strict {
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
     type Value = Json;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Json, D::Error> {
@@ -164,7 +195,7 @@ impl<'de> DeserializeSeed<'de> for Strict {
     }
 }
 
-impl<'de> Visitor<'de> for Strict {
+impl<'de> Visitor<'de> for Strict<'_> {
     type Value = Json;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -205,7 +236,7 @@ impl<'de> Visitor<'de> for Strict {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
         let mut items = Vec::new();
-        while let Some(v) = seq.next_element_seed(Strict)? {
+        while let Some(v) = seq.next_element_seed(self)? {
             items.push(v);
         }
         Ok(Json::Array(items))
@@ -213,11 +244,21 @@ impl<'de> Visitor<'de> for Strict {
 
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Json, A::Error> {
         let mut map = Map::new();
+        // Folded key -> the key as sent; only built once an object has a second key.
+        let mut folded: HashMap<String, String> = HashMap::new();
         while let Some(key) = access.next_key::<String>()? {
             if map.contains_key(&key) {
-                return Err(serde::de::Error::custom(format!("{DUPLICATE}{key}")));
+                return Err(self.refuse(Rejection::DuplicateKey(clip(&key))));
             }
-            let value = access.next_value_seed(Strict)?;
+            if !map.is_empty() {
+                if folded.is_empty() {
+                    folded.extend(map.keys().map(|k| (names::fold(k), k.clone())));
+                }
+                if let Some(other) = folded.insert(names::fold(&key), key.clone()) {
+                    return Err(self.refuse(Rejection::CaseVariantKey(clip(&other), clip(&key))));
+                }
+            }
+            let value = access.next_value_seed(self)?;
             map.insert(key, value);
         }
         Ok(Json::Object(map))

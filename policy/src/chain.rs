@@ -1,19 +1,35 @@
 //! The chain ledger: per task, the agent's last actions, oldest first — what `input.chain`
-//! shows policy, so a decision can depend on what the agent did just before in this task.
+//! shows policy, so a decision can depend on what the agent did just before in this task —
+//! the task's sticky labels, and the agent's labels (`input.task.labels`,
+//! `input.agent.labels`), which no window evicts.
 //!
-//! Memory is bounded three ways: at most `max_actions` entries per task, at most `max_tasks`
-//! tasks (least recently used evicted first, idle ones after `idle_ttl`), and at most
-//! [`MAX_ATTRIBUTE_WEIGHT`] estimated bytes of attributes per entry (heavier attributes are
-//! replaced by `{"_truncated": true}`); names are cut at [`MAX_NAME_BYTES`].
-//! [`worst_case_bytes`] is the resulting bound, checked against a counting allocator in
-//! `policy/tests/chain_memory.rs`. Entries are stored as ready-made policy values, so building
-//! `input.chain` clones reference-counted values instead of allocating. Tasks are spread over
-//! [`SHARDS`] independently locked shards so concurrent requests rarely wait on each other.
+//! Every entry is recorded *pending* when its decision is made and settles on exactly one
+//! [`Outcome`] — the tool's status, or why there is none — so an action in flight, or one the
+//! agent hung up on, never looks like a success to a rule.
+//!
+//! The agent picks the task ids it sends, so the ledger keeps two pools: tasks an orchestrator
+//! vouched for with a verified task token, and tasks the agent named itself. Each pool holds
+//! `max_tasks` tasks, so naming thousands of tasks can only evict the agent's own unverified
+//! ones. Tasks are placed in [`SHARDS`] independently locked shards by a hash keyed per
+//! process, so an agent cannot aim task ids at one shard. A task whose history was cut — by
+//! the window, by eviction, by going idle, or because it began before this process started —
+//! says so (`input.task.history_complete: false`), so a rule can fail closed.
+//!
+//! Memory is bounded: at most `max_actions` entries per task, `max_tasks` tasks per pool
+//! (least recently used evicted first, idle ones after `idle_ttl`), [`MAX_ATTRIBUTE_WEIGHT`]
+//! estimated bytes of attributes per entry (heavier attributes are replaced by
+//! `{"_truncated": true}`), names cut at [`MAX_NAME_BYTES`], [`labels::MAX_LABELS`] labels per
+//! task, [`TOMBSTONES_PER_TASK`] remembered evictions per task slot, and the agent label
+//! store's own bound. [`worst_case_bytes`] is the resulting bound, checked against a counting
+//! allocator in `policy/tests/chain_memory.rs`. Entries are stored as ready-made policy values,
+//! so building `input.chain` clones reference-counted values instead of allocating.
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,29 +38,39 @@ use serde_json::Value as Json;
 
 use crate::config::ChainSettings;
 use crate::evaluate::ChainEntry;
+use crate::labels::{AgentLabels, LabelSet, Mark};
 
-/// Number of independently locked shards.
+/// Number of independently locked shards per pool.
 pub const SHARDS: usize = 16;
 /// Estimated bytes of attributes one entry may hold (see [`attribute_weight`]).
 pub const MAX_ATTRIBUTE_WEIGHT: usize = 1024;
-/// Longest action or tool name kept in an entry; longer names are cut at a char boundary.
+/// Longest action, tool or agent name kept in an entry; longer names are cut at a char
+/// boundary.
 pub const MAX_NAME_BYTES: usize = 128;
 /// Fixed estimated heap of one entry besides its attributes: the entry object, its fields,
 /// the timestamp string and the ledger's bookkeeping.
-pub const ENTRY_OVERHEAD: usize = 768;
+pub const ENTRY_OVERHEAD: usize = 1024;
 /// Fixed estimated heap of one task besides its entries: its id (≤ 128 bytes, as `identify`
-/// enforces), its map slot and ring buffer header.
+/// enforces), its map slot, ring buffer header and label set.
 pub const TASK_OVERHEAD: usize = 1024;
+/// Evicted tasks remembered per task slot, so a task that comes back says its history is
+/// incomplete. Each is 8 bytes (a keyed hash of the id) plus set overhead.
+pub const TOMBSTONES_PER_TASK: usize = 4;
+/// Estimated heap of one stored task label.
+const LABEL_BYTES: usize = 640;
 
-/// The most heap a ledger bounded by `settings` can hold: every task full, every entry at its
-/// attribute budget.
+/// The most heap a ledger bounded by `settings` can hold: both pools full, every task full,
+/// every entry at its attribute budget, every label set full, plus the agent label store.
 pub fn worst_case_bytes(settings: &ChainSettings) -> usize {
     let max_actions = settings.max_actions.max(1);
     let ring = max_actions.next_power_of_two() * std::mem::size_of::<(u64, Value)>();
+    let labels = (crate::labels::MAX_LABELS + 1) * LABEL_BYTES;
     let per_task = TASK_OVERHEAD
         + ring
-        + max_actions * (ENTRY_OVERHEAD + MAX_ATTRIBUTE_WEIGHT + 2 * MAX_NAME_BYTES);
-    settings.max_tasks.max(1) * per_task
+        + labels
+        + TOMBSTONES_PER_TASK * 48
+        + max_actions * (ENTRY_OVERHEAD + MAX_ATTRIBUTE_WEIGHT + 3 * MAX_NAME_BYTES);
+    2 * settings.max_tasks.max(1) * per_task + AgentLabels::worst_case_bytes()
 }
 
 /// Estimated heap of one attribute once held as a policy value: a fixed cost per node plus
@@ -90,6 +116,78 @@ pub struct Recorded {
     pub previous: Option<SpanRef>,
 }
 
+/// Which task an action belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskKey<'a> {
+    pub id: &'a str,
+    /// Named by a verified task token: the task lives in the verified pool, which tasks the
+    /// agent names itself cannot evict.
+    pub verified: bool,
+    /// When the task began, if known (the task token's `iat`): a task that began before
+    /// this process started has history this ledger never saw.
+    pub began: Option<SystemTime>,
+}
+
+impl<'a> TaskKey<'a> {
+    /// A task the agent named (header, traceparent, default task).
+    pub fn named(id: &'a str) -> TaskKey<'a> {
+        TaskKey {
+            id,
+            verified: false,
+            began: None,
+        }
+    }
+}
+
+/// How an action ended: exactly one per chain entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The tool answered with this status.
+    Response(u16),
+    /// toolgate answered itself with this status (denied, refused, failed to forward…).
+    Refused(u16),
+    /// The agent went away before the tool's answer arrived.
+    AgentDisconnected,
+    /// The tool could not be reached or failed mid-answer.
+    UpstreamError,
+    /// The tool did not answer in time.
+    Timeout,
+}
+
+impl Outcome {
+    /// The `outcome` field policy sees.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Response(_) => "response",
+            Outcome::Refused(_) => "refused",
+            Outcome::AgentDisconnected => "agent_disconnected",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::Timeout => "timeout",
+        }
+    }
+
+    /// The status that goes with it, if any.
+    pub fn status(self) -> Option<u16> {
+        match self {
+            Outcome::Response(s) | Outcome::Refused(s) => Some(s),
+            Outcome::AgentDisconnected | Outcome::UpstreamError | Outcome::Timeout => None,
+        }
+    }
+}
+
+/// What a decision sees of a task and its agent.
+#[derive(Debug, Clone)]
+pub struct View {
+    /// `input.chain`: the task's recent actions, oldest first.
+    pub chain: Value,
+    /// `input.task.labels`.
+    pub task_labels: Value,
+    /// `input.agent.labels`.
+    pub agent_labels: Value,
+    /// `input.task.history_complete`.
+    pub history_complete: bool,
+}
+
 #[derive(Debug)]
 struct Task {
     entries: VecDeque<(u64, Value)>,
@@ -99,21 +197,41 @@ struct Task {
     last_used: Instant,
     /// Shard-local use counter: the smallest is the least recently used.
     touched: u64,
+    labels: LabelSet,
+    /// Nothing of this task's history has been cut.
+    complete: bool,
 }
 
 #[derive(Debug, Default)]
 struct Shard {
     tasks: HashMap<Arc<str>, Task>,
     clock: u64,
+    /// Keyed hashes of evicted task ids, oldest first.
+    tombstones: VecDeque<u64>,
+    buried: HashSet<u64>,
 }
 
-/// Per-task history of actions, bounded in tasks, entries and bytes.
+#[derive(Debug)]
+struct Pool {
+    shards: Vec<Mutex<Shard>>,
+    tasks_per_shard: usize,
+}
+
+/// Per-task history of actions and labels, and per-agent labels, bounded in tasks, entries,
+/// labels and bytes.
 #[derive(Debug)]
 pub struct Ledger {
-    shards: Vec<Mutex<Shard>>,
+    /// Tasks the agent named.
+    named: Pool,
+    /// Tasks a verified task token named.
+    verified: Pool,
+    /// Keyed per process: placement and tombstones the agent cannot predict.
+    keys: RandomState,
     max_actions: usize,
-    tasks_per_shard: usize,
     idle_ttl: Duration,
+    /// When this ledger started: tasks that began earlier have history it never saw.
+    started: SystemTime,
+    agents: AgentLabels,
 }
 
 /// One action to append to a task's history.
@@ -121,71 +239,142 @@ pub struct Ledger {
 pub struct Action<'a> {
     pub action: &'a str,
     pub tool: Option<&'a str>,
+    /// The agent that took it.
+    pub agent: &'a str,
     /// `allow`, `deny` or `error`.
     pub decision: &'static str,
     /// Set when the decision was a would-deny forwarded in dry-run mode.
     pub dry_run: bool,
     pub attributes: &'a [(Arc<str>, Json)],
+    /// Labels this action sets on its task and its agent.
+    pub labels: &'a [Arc<str>],
     pub at: SystemTime,
 }
 
-fn shard_of(task: &str) -> usize {
-    // FNV-1a; any stable spread will do.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in task.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    usize::try_from(h % SHARDS as u64).unwrap_or(0)
-}
-
-impl Ledger {
-    /// A ledger bounded by `settings` (`max_actions`, `max_tasks`, `idle_ttl`).
-    pub fn new(settings: &ChainSettings) -> Ledger {
+impl Pool {
+    fn new(settings: &ChainSettings) -> Pool {
         // Never more tasks than max_tasks in total: fewer shards for tiny caps, and each
         // shard's share rounded down.
         let shards = SHARDS.min(settings.max_tasks.max(1));
-        Ledger {
+        Pool {
             shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
-            max_actions: settings.max_actions.max(1),
             tasks_per_shard: (settings.max_tasks / shards).max(1),
+        }
+    }
+}
+
+impl Ledger {
+    /// A ledger bounded by `settings` (`max_actions`, `max_tasks`, `idle_ttl`,
+    /// `agent_label_ttl`).
+    pub fn new(settings: &ChainSettings) -> Ledger {
+        Ledger {
+            named: Pool::new(settings),
+            verified: Pool::new(settings),
+            keys: RandomState::new(),
+            max_actions: settings.max_actions.max(1),
             idle_ttl: settings.idle_ttl,
+            started: SystemTime::now(),
+            agents: AgentLabels::new(settings.agent_label_ttl),
         }
     }
 
-    fn shard(&self, task: &str) -> Option<std::sync::MutexGuard<'_, Shard>> {
-        let i = shard_of(task) % self.shards.len().max(1);
-        self.shards.get(i).and_then(|m| m.lock().ok())
+    fn pool(&self, task: &TaskKey<'_>) -> &Pool {
+        if task.verified {
+            &self.verified
+        } else {
+            &self.named
+        }
+    }
+
+    fn shard(&self, task: &TaskKey<'_>) -> Option<(std::sync::MutexGuard<'_, Shard>, u64)> {
+        let pool = self.pool(task);
+        let hash = self.keys.hash_one(task.id);
+        let n = pool.shards.len().max(1) as u64;
+        let i = usize::try_from(hash % n).unwrap_or(0);
+        pool.shards
+            .get(i)
+            .and_then(|m| m.lock().ok())
+            .map(|s| (s, hash))
+    }
+
+    fn tasks_per_shard(&self, task: &TaskKey<'_>) -> usize {
+        self.pool(task).tasks_per_shard
+    }
+
+    /// What a decision on `task` by `agent` sees at `now`.
+    pub fn view(&self, task: &TaskKey<'_>, agent: &str, now: SystemTime) -> View {
+        let agent_labels = self.agents.view(agent, now);
+        let clock = Instant::now();
+        let Some((shard, hash)) = self.shard(task) else {
+            // A poisoned shard cannot be read: the history is not complete.
+            return View {
+                chain: Value::from(Vec::new()),
+                task_labels: Value::from(std::collections::BTreeMap::new()),
+                agent_labels,
+                history_complete: false,
+            };
+        };
+        match shard.tasks.get(task.id) {
+            Some(t) => {
+                let idle = clock.duration_since(t.last_used) >= self.idle_ttl;
+                let chain = if idle {
+                    Value::from(Vec::new())
+                } else {
+                    Value::from(t.entries.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>())
+                };
+                View {
+                    chain,
+                    task_labels: t.labels.to_value(),
+                    agent_labels,
+                    history_complete: t.complete && !idle,
+                }
+            }
+            None => View {
+                chain: Value::from(Vec::new()),
+                task_labels: Value::from(std::collections::BTreeMap::new()),
+                agent_labels,
+                history_complete: !shard.buried.contains(&hash) && !self.began_before(task),
+            },
+        }
+    }
+
+    fn began_before(&self, task: &TaskKey<'_>) -> bool {
+        // Tokens are issued a little before they are used: a minute of allowance.
+        task.began
+            .is_some_and(|b| b + Duration::from_secs(60) < self.started)
     }
 
     /// The task's history as `input.chain` (oldest first); empty for an unknown task.
-    pub fn history(&self, task: &str) -> Value {
-        let now = Instant::now();
-        let Some(shard) = self.shard(task) else {
-            return Value::from(Vec::new());
-        };
-        match shard.tasks.get(task) {
-            Some(t) if now.duration_since(t.last_used) < self.idle_ttl => {
-                Value::from(t.entries.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>())
-            }
-            _ => Value::from(Vec::new()),
-        }
+    pub fn history(&self, task: &TaskKey<'_>) -> Value {
+        self.view(task, "", SystemTime::now()).chain
     }
 
-    /// Append an action to `task`'s history; returns its sequence number (1, 2, …).
-    pub fn record(&self, task: &str, action: &Action<'_>) -> u64 {
+    /// Append a pending action to `task`'s history and set its labels on the task and its
+    /// agent; returns its sequence number (1, 2, …).
+    pub fn record(&self, task: &TaskKey<'_>, action: &Action<'_>) -> u64 {
         self.append(task, action, None).seq
     }
 
-    /// Append an action whose span is `span`; returns its sequence number and the previous
-    /// action's span, assigned together so concurrent actions of one task link in seq order.
-    pub fn record_linked(&self, task: &str, action: &Action<'_>, span: SpanRef) -> Recorded {
+    /// [`Ledger::record`] for an action whose span is `span`; returns its sequence number and
+    /// the previous action's span, assigned together so concurrent actions of one task link
+    /// in seq order.
+    pub fn record_linked(
+        &self,
+        task: &TaskKey<'_>,
+        action: &Action<'_>,
+        span: SpanRef,
+    ) -> Recorded {
         self.append(task, action, Some(span))
     }
 
-    fn append(&self, task: &str, action: &Action<'_>, span: Option<SpanRef>) -> Recorded {
+    fn append(&self, task: &TaskKey<'_>, action: &Action<'_>, span: Option<SpanRef>) -> Recorded {
+        let mark = Mark {
+            by: Arc::from(cut(action.action)),
+            at: action.at,
+        };
+        self.agents.set(action.agent, action.labels, &mark);
         let now = Instant::now();
-        let Some(mut shard) = self.shard(task) else {
+        let Some((mut shard, hash)) = self.shard(task) else {
             return Recorded {
                 seq: 0,
                 previous: None,
@@ -193,22 +382,30 @@ impl Ledger {
         };
         shard.clock += 1;
         let clock = shard.clock;
-        if !shard.tasks.contains_key(task) {
-            self.make_room(&mut shard, now);
+        if !shard.tasks.contains_key(task.id) {
+            self.make_room(&mut shard, now, self.tasks_per_shard(task));
         }
+        let fresh_complete = !shard.buried.contains(&hash) && !self.began_before(task);
         let idle_ttl = self.idle_ttl;
-        let entry = shard.tasks.entry(Arc::from(task)).or_insert_with(|| Task {
-            entries: VecDeque::new(),
-            next_seq: 1,
-            last_span: None,
-            last_used: now,
-            touched: clock,
-        });
-        // A task idle past its TTL starts over: its history no longer describes this work.
+        let entry = shard
+            .tasks
+            .entry(Arc::from(task.id))
+            .or_insert_with(|| Task {
+                entries: VecDeque::new(),
+                next_seq: 1,
+                last_span: None,
+                last_used: now,
+                touched: clock,
+                labels: LabelSet::default(),
+                complete: fresh_complete,
+            });
+        // A task idle past its TTL starts over: its history no longer describes this work
+        // (its labels stay: what it touched, it touched).
         if now.duration_since(entry.last_used) >= idle_ttl {
             entry.entries.clear();
             entry.next_seq = 1;
             entry.last_span = None;
+            entry.complete = false;
         }
         let seq = entry.next_seq;
         let previous = match span {
@@ -218,12 +415,16 @@ impl Ledger {
         entry.next_seq += 1;
         entry.last_used = now;
         entry.touched = clock;
+        for label in action.labels {
+            entry.labels.set(label, &mark);
+        }
         let value = ChainEntry {
             seq,
-            action: Arc::from(cut(action.action)),
+            action: mark.by.clone(),
             tool: action.tool.map(|t| Arc::from(cut(t))),
+            agent: Arc::from(cut(action.agent)),
             decision: action.decision,
-            status: None,
+            outcome: None,
             attributes: bounded(action.attributes),
             at: action.at,
         }
@@ -236,28 +437,34 @@ impl Ledger {
         entry.entries.push_back((seq, value));
         while entry.entries.len() > self.max_actions {
             entry.entries.pop_front();
+            entry.complete = false;
         }
         Recorded { seq, previous }
     }
 
-    /// Record the tool's (or toolgate's) response status for entry `seq` of `task`.
-    pub fn complete(&self, task: &str, seq: u64, status: u16) {
-        let Some(mut shard) = self.shard(task) else {
+    /// Settle entry `seq` of `task` on `outcome`. An entry settles once: later outcomes for it
+    /// are ignored, so the first true account (the tool's status as its answer arrives)
+    /// stands.
+    pub fn settle(&self, task: &TaskKey<'_>, seq: u64, outcome: Outcome) {
+        let Some((mut shard, _)) = self.shard(task) else {
             return;
         };
-        let Some(t) = shard.tasks.get_mut(task) else {
+        let Some(t) = shard.tasks.get_mut(task.id) else {
             return;
         };
         if let Some((_, value)) = t.entries.iter_mut().rev().find(|(s, _)| *s == seq) {
+            if value["pending"] != Value::from(true) {
+                return;
+            }
             let current = std::mem::replace(value, Value::Null);
-            *value = with_field(current, "status", Value::from(u64::from(status)));
+            *value = settled(current, outcome);
         }
     }
 
     /// Current number of tasks and entries.
     pub fn stats(&self) -> Stats {
         let mut stats = Stats::default();
-        for shard in &self.shards {
+        for shard in self.named.shards.iter().chain(&self.verified.shards) {
             if let Ok(s) = shard.lock() {
                 stats.tasks += s.tasks.len();
                 stats.entries += s.tasks.values().map(|t| t.entries.len()).sum::<usize>();
@@ -266,16 +473,60 @@ impl Ledger {
         stats
     }
 
-    /// Evict idle tasks, then the least recently used, until a new task fits.
-    fn make_room(&self, shard: &mut Shard, now: Instant) {
-        if shard.tasks.len() < self.tasks_per_shard {
+    /// A task as operators see it: its chain, labels and completeness in each pool it is in.
+    pub fn describe(&self, id: &str) -> Json {
+        let mut out = serde_json::Map::new();
+        for (verified, name) in [(true, "verified"), (false, "named")] {
+            let key = TaskKey {
+                id,
+                verified,
+                began: None,
+            };
+            let Some((shard, _)) = self.shard(&key) else {
+                continue;
+            };
+            if let Some(t) = shard.tasks.get(id) {
+                let chain: Vec<Json> = t
+                    .entries
+                    .iter()
+                    .map(|(_, v)| serde_json::to_value(v).unwrap_or_default())
+                    .collect();
+                let idle = Instant::now().duration_since(t.last_used) >= self.idle_ttl;
+                out.insert(
+                    name.to_string(),
+                    serde_json::json!({
+                        "chain": chain,
+                        "labels": t.labels.to_json(),
+                        "history_complete": t.complete && !idle,
+                    }),
+                );
+            }
+        }
+        Json::Object(out)
+    }
+
+    /// The labels in force on `agent`, as operators see them.
+    pub fn agent_labels(&self, agent: &str) -> Json {
+        self.agents.describe(agent, SystemTime::now())
+    }
+
+    /// Evict idle tasks, then the least recently used, until a new task fits; each evicted
+    /// task is remembered (bounded), so if it comes back its history says it was cut.
+    fn make_room(&self, shard: &mut Shard, now: Instant, cap: usize) {
+        if shard.tasks.len() < cap {
             return;
         }
         let ttl = self.idle_ttl;
-        shard
+        let idle: Vec<Arc<str>> = shard
             .tasks
-            .retain(|_, t| now.duration_since(t.last_used) < ttl);
-        while shard.tasks.len() >= self.tasks_per_shard {
+            .iter()
+            .filter(|(_, t)| now.duration_since(t.last_used) >= ttl)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in idle {
+            self.evict(shard, &id, cap);
+        }
+        while shard.tasks.len() >= cap {
             let Some(oldest) = shard
                 .tasks
                 .iter()
@@ -284,7 +535,22 @@ impl Ledger {
             else {
                 break;
             };
-            shard.tasks.remove(&oldest);
+            self.evict(shard, &oldest, cap);
+        }
+    }
+
+    fn evict(&self, shard: &mut Shard, id: &str, cap: usize) {
+        if shard.tasks.remove(id).is_none() {
+            return;
+        }
+        let hash = self.keys.hash_one(id);
+        if shard.buried.insert(hash) {
+            shard.tombstones.push_back(hash);
+        }
+        while shard.tombstones.len() > cap * TOMBSTONES_PER_TASK {
+            if let Some(old) = shard.tombstones.pop_front() {
+                shard.buried.remove(&old);
+            }
         }
     }
 }
@@ -314,4 +580,14 @@ fn with_field(mut value: Value, key: &str, field: Value) -> Value {
         obj.insert(Value::from(key), field);
     }
     value
+}
+
+/// A pending entry settled on `outcome`.
+fn settled(value: Value, outcome: Outcome) -> Value {
+    let value = with_field(value, "pending", Value::from(false));
+    let value = with_field(value, "outcome", Value::from(outcome.as_str()));
+    match outcome.status() {
+        Some(s) => with_field(value, "status", Value::from(u64::from(s))),
+        None => value,
+    }
 }

@@ -15,10 +15,12 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, Method};
 use serde_json::Value as Json;
 
-pub use body::{BodyRule, Expect, JsonPointer, PointerError, Scalar, MAX_POINTER_TOKENS};
+pub use body::{
+    BodyRule, CaseVariant, Expect, JsonPointer, PointerError, Scalar, MAX_POINTER_TOKENS,
+};
 pub use template::{PathTemplate, Segment, TemplateError, Trie, MAX_SEGMENTS};
 
-use crate::normalise::Normalised;
+use crate::normalise::{clip, names, Normalised};
 
 /// Name of the action for requests no catalog entry matches.
 pub const UNKNOWN: &str = "unknown";
@@ -47,7 +49,13 @@ pub struct Tool {
     /// bytes spliced).
     pub intercept: bool,
     pub protocol: Protocol,
+    /// Labels every action of this tool sets on its task and agent.
+    pub labels: Vec<Arc<str>>,
+    /// Whether method- and URL-override headers and parameters may reach this tool.
+    pub overrides: Overrides,
     actions: Vec<Action>,
+    /// Labels per action name, for actions that set any.
+    action_labels: HashMap<Arc<str>, Vec<Arc<str>>>,
     /// Per method: that method's actions and the any-method ones, in precedence order.
     by_method: HashMap<Method, Trie>,
     /// Any-method actions, for methods no action names.
@@ -62,6 +70,18 @@ pub enum Protocol {
     Http,
     /// As MCP over streamable HTTP: JSON-RPC methods (DESIGN.md §4).
     Mcp,
+}
+
+/// Whether a tool may receive requests that ask it to act on another method or URL
+/// (`X-HTTP-Method-Override`, `X-Original-URL`, `_method=DELETE`, …): config `overrides`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overrides {
+    /// Refused with 400 (the default): toolgate decides on the method and path it sees.
+    #[default]
+    Refuse,
+    /// Forwarded: the tool relies on them, and its actions are written for what it does with
+    /// them.
+    Allow,
 }
 
 /// Where a tool's requests are sent when its config names an upstream.
@@ -83,6 +103,8 @@ pub struct Action {
     /// `match.body`: every rule must hold on the parsed body.
     pub body: Vec<BodyRule>,
     pub attributes: Vec<(Arc<str>, AttributeSource)>,
+    /// Labels this action sets on its task and agent when it is forwarded.
+    pub labels: Vec<Arc<str>>,
 }
 
 impl Action {
@@ -129,6 +151,19 @@ pub enum ClassifyError {
     AmbiguousHeader(String),
     #[error("header {0:?} is not valid UTF-8")]
     HeaderNotUtf8(String),
+    #[error("query parameter {got:?} is read as {want:?} by some tools (case-insensitive binding, PHP's '.'/' ' as '_', Rails/PHP/qs brackets); the action's attribute {want:?} would be ambiguous")]
+    QueryVariant { got: String, want: String },
+    #[error("body key {key:?} differs only in case from the field {pointer} that the catalog reads; Go's encoding/json and ASP.NET would read it there")]
+    CaseVariant { pointer: String, key: String },
+}
+
+impl From<CaseVariant> for ClassifyError {
+    fn from(e: CaseVariant) -> ClassifyError {
+        ClassifyError::CaseVariant {
+            pointer: e.pointer,
+            key: e.key,
+        }
+    }
 }
 
 impl Tool {
@@ -187,6 +222,15 @@ impl Catalog {
             trie.order(&key);
         }
         any_method.order(&key);
+        let mut action_labels: HashMap<Arc<str>, Vec<Arc<str>>> = HashMap::new();
+        for action in tool.actions.iter().filter(|a| !a.labels.is_empty()) {
+            let set = action_labels.entry(action.name.clone()).or_default();
+            for label in &action.labels {
+                if !set.contains(label) {
+                    set.push(label.clone());
+                }
+            }
+        }
         self.tools.push(Tool {
             name: tool.name,
             hosts: tool.hosts,
@@ -194,7 +238,10 @@ impl Catalog {
             credential: tool.credential,
             intercept: tool.intercept,
             protocol: tool.protocol,
+            labels: tool.labels,
+            overrides: tool.overrides,
             actions: tool.actions,
+            action_labels,
             by_method,
             any_method,
         });
@@ -306,20 +353,27 @@ impl Catalog {
                 None => unknown(tool),
             });
         }
-        let holds = |a: &Action| {
-            a.body
-                .iter()
-                .all(|rule| body.is_some_and(|b| rule.holds(b)))
+        let holds = |a: &Action| -> Result<bool, CaseVariant> {
+            for rule in &a.body {
+                if !body.map(|b| rule.holds(b)).transpose()?.unwrap_or(false) {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
         };
         let best = t
             .trie(&request.method)
             .find(&request.segments, &mut |_, entries| {
-                entries
-                    .iter()
-                    .filter_map(|&e| t.actions.get(e))
-                    .find(|a| holds(a))
+                for action in entries.iter().filter_map(|&e| t.actions.get(e)) {
+                    match holds(action) {
+                        Ok(true) => return Some(Ok(action)),
+                        Ok(false) => {}
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+                None
             });
-        let Some(action) = best else {
+        let Some(action) = best.transpose()? else {
             return Ok(unknown(tool));
         };
         let mut attributes = Vec::with_capacity(action.attributes.len());
@@ -362,6 +416,13 @@ fn attribute(
             Ok(captured)
         }
         AttributeSource::Query(key) => {
+            let alias = request.params.iter().find(|(k, _)| query_alias(k, key));
+            if let Some((got, _)) = alias {
+                return Err(ClassifyError::QueryVariant {
+                    got: clip(got),
+                    want: key.clone(),
+                });
+            }
             let mut values = request.params.iter().filter(|(k, _)| k == key);
             let first = values.next().map(|(_, v)| Json::String(v.clone()));
             if values.next().is_some() {
@@ -382,8 +443,23 @@ fn attribute(
                 .map_err(|_| ClassifyError::HeaderNotUtf8(name.to_string()))?;
             Ok(Some(Json::String(value.to_string())))
         }
-        AttributeSource::Body(pointer) => Ok(body.and_then(|b| pointer.lookup(b)).cloned()),
+        AttributeSource::Body(pointer) => match body {
+            Some(b) => Ok(pointer.find(b)?.cloned()),
+            None => Ok(None),
+        },
     }
+}
+
+/// Whether the query parameter `name` is, to some tool, the parameter `key` spelled
+/// differently: `Amount`, `amount[]`, `amount[x]` for `amount` (case-insensitive binding,
+/// PHP's `.`/` ` as `_`, Rails/PHP/qs brackets).
+fn query_alias(name: &str, key: &str) -> bool {
+    if name == key {
+        return false;
+    }
+    let base = names::base_name(name);
+    names::same_parameter(name, key)
+        || (!key.contains('[') && (base == key || names::same_parameter(base, key)))
 }
 
 /// A tool as validated config describes it, before indexing.
@@ -395,7 +471,23 @@ pub struct ToolSpec {
     pub credential: Option<String>,
     pub intercept: bool,
     pub protocol: Protocol,
+    pub labels: Vec<Arc<str>>,
+    pub overrides: Overrides,
     pub actions: Vec<Action>,
+}
+
+impl Tool {
+    /// The labels `action` of this tool sets when it is forwarded: the tool's, then the
+    /// action's own.
+    pub fn labels_of(&self, action: &str) -> Vec<Arc<str>> {
+        let mut out = self.labels.clone();
+        for label in self.action_labels.get(action).into_iter().flatten() {
+            if !out.contains(label) {
+                out.push(label.clone());
+            }
+        }
+        out
+    }
 }
 
 /// Split `host[:port]` (IPv6 in brackets) into the host and an optional port.

@@ -169,8 +169,8 @@ pub struct SecretSpec {
     /// The value on the wire: the header value (`format` applied), or the query parameter's
     /// value, percent-encoded.
     pub value: SecretValue,
-    /// The secret in every form it is sent in, scrubbed from the tool's response headers.
-    pub needles: Vec<SecretText>,
+    /// The secret in every form it could come back in, masked in the tool's response.
+    pub needles: Arc<[SecretText]>,
 }
 
 /// A credential value: marked sensitive, never printed, never serialised.
@@ -225,9 +225,13 @@ impl CredentialSpec {
 pub struct ChainSettings {
     pub task_header: http::HeaderName,
     pub max_actions: usize,
-    /// Most tasks remembered at once.
+    /// Most tasks remembered at once, in each pool (verified and named by the agent).
     pub max_tasks: usize,
     pub idle_ttl: Duration,
+    /// How long a label set on the agent lasts from when it was last set.
+    pub agent_label_ttl: Duration,
+    /// Requests without a verified task token are refused (`task-required`).
+    pub require_task_token: bool,
 }
 
 /// TLS settings for upstream connections.

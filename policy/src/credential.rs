@@ -3,6 +3,7 @@
 //! issues what this selects; `toolgate eval` shows it. Nothing here signs, exchanges or
 //! reads a credential's value, so a preview can never leak one.
 
+pub mod forms;
 #[cfg(test)]
 mod tests;
 
@@ -95,22 +96,36 @@ impl<'a> Subject<'a> {
     }
 }
 
-/// The actions a request performs, space-separated: a batch's members' (each once, in
-/// order), else its own. One request carries one credential, scoped to all of them.
+/// The actions a request performs, space-separated: a batch's members' (each once, sorted,
+/// so the order of the members changes nothing), else its own. One request carries one
+/// credential, scoped to all of them.
 pub fn actions(prepared: &Prepared) -> String {
     match prepared.rpc.as_ref().filter(|r| r.batch) {
         Some(rpc) => {
-            let mut names: Vec<&str> = Vec::new();
-            for m in &rpc.members {
-                let name = &*m.classification.action;
-                if !names.contains(&name) {
-                    names.push(name);
-                }
-            }
+            let mut names: Vec<&str> = rpc
+                .members
+                .iter()
+                .map(|m| &*m.classification.action)
+                .collect();
+            names.sort_unstable();
+            names.dedup();
             names.join(" ")
         }
         None => prepared.classification.action.to_string(),
     }
+}
+
+/// One grant for a batch whose members were granted `grants` (all for the same credential):
+/// the shortest lifetime any member was granted (none given: the credential's maximum), and
+/// only the scopes every member was granted — never what one member's order would give.
+pub fn combine(grants: &[CredentialGrant]) -> CredentialGrant {
+    let name = grants.first().and_then(|g| g.name.clone());
+    let ttl = grants.iter().filter_map(|g| g.ttl).min();
+    let mut scopes: Vec<String> = grants.first().map(|g| g.scopes.clone()).unwrap_or_default();
+    scopes.retain(|s| grants.iter().all(|g| g.scopes.contains(s)));
+    scopes.sort_unstable();
+    scopes.dedup();
+    CredentialGrant { name, scopes, ttl }
 }
 
 /// The lifetime of a minted token: the policy's ttl, capped at `max_ttl`, at least 1 s.

@@ -6,7 +6,6 @@
 //! interpreter evaluates policies the RVM cannot compile and serves as the test oracle.
 
 mod decision;
-mod guard;
 mod input;
 #[cfg(test)]
 mod tests;
@@ -23,10 +22,16 @@ use regorus::rvm::vm::RegoVM;
 use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{CompiledPolicy, Engine, Value};
 
+pub use crate::chain::View;
 pub use decision::{CredentialGrant, Decision, Effect};
 pub use input::{chain_value, timestamp, ChainEntry, Input, RequestView, CREDENTIAL_HEADERS};
 
 use crate::config::PolicySource;
+
+/// toolgate's Rego helper library (`data.toolgate.lib`), loaded beside every policy.
+pub const LIB: &str = include_str!("../rego/lib.rego");
+/// The name the helper library is loaded under (it appears in error locations).
+pub const LIB_NAME: &str = "toolgate:lib.rego";
 
 /// Wall-clock budget for one evaluation; beyond it the request is denied.
 pub const TIME_LIMIT: Duration = Duration::from_millis(100);
@@ -73,7 +78,8 @@ impl Policy {
         engine
             .add_data(data.clone())
             .map_err(|e| PolicyError(format!("policy data: {e}")))?;
-        for (name, text) in &source.modules {
+        let lib = (LIB_NAME.to_string(), LIB.to_string());
+        for (name, text) in source.modules.iter().chain(std::iter::once(&lib)) {
             engine
                 .add_policy(name.clone(), text.clone())
                 .map_err(|e| PolicyError(condense(&e.to_string())))?;
@@ -89,13 +95,11 @@ impl Policy {
                 condense(&e.to_string())
             ))
         })?;
-        let (program, rvm_unsupported) = match guard::rvm_hazard(&mut engine) {
-            Some(hazard) => (None, Some(hazard)),
-            None => match Compiler::compile_from_policy(&compiled, &[source.query.as_str()]) {
+        let (program, rvm_unsupported) =
+            match Compiler::compile_from_policy(&compiled, &[source.query.as_str()]) {
                 Ok(p) => (Some(p), None),
                 Err(e) => (None, Some(e.to_string())),
-            },
-        };
+            };
         Ok(Policy {
             compiled,
             program,
@@ -225,6 +229,7 @@ fn revision(source: &PolicySource) -> String {
         eat(text.as_bytes());
         eat(&[0]);
     }
+    eat(LIB.as_bytes());
     eat(source.data.to_string().as_bytes());
     eat(source.query.as_bytes());
     format!("{h:016x}")

@@ -9,6 +9,7 @@ pub mod classify;
 pub mod config;
 pub mod credential;
 pub mod evaluate;
+pub mod labels;
 pub mod normalise;
 pub mod offline;
 pub mod prepare;

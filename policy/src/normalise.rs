@@ -3,19 +3,17 @@
 //! toolgate decides on the canonical form and forwards exactly that form, so the proxy and the
 //! tool cannot read the same bytes differently (Istio CVE-2021-31920, `/public/../secret`).
 //! Ambiguous input is rejected, never "fixed up": dot segments, encoded separators, empty
-//! segments, path parameters, lower-case methods, conflicting framing headers.
+//! segments, path parameters, lower-case methods, conflicting framing headers, method and
+//! URL overrides, parameter names that some tool reads as one.
 
+pub mod names;
 #[cfg(test)]
 mod tests;
 
 use http::{HeaderMap, Method};
 
-/// Headers that ask a server to treat the request as another method.
-pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
+use crate::body::FormNameError;
+use names::Override;
 
 /// A request line in canonical form.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,8 +66,14 @@ pub enum Rejection {
     DuplicateHeader(&'static str),
     #[error("request carries both Content-Length and Transfer-Encoding")]
     ContentLengthAndTransferEncoding,
-    #[error("request carries method-override header {0:?}")]
+    #[error("request carries the method-override header {0:?}: a tool may act on that method instead of the one toolgate decided on (a tool that needs overrides sets `overrides: allow`)")]
     MethodOverride(String),
+    #[error("request carries the URL-override header {0:?}: a tool may serve that URL instead of the one toolgate decided on (a tool that needs overrides sets `overrides: allow`)")]
+    UrlOverride(String),
+    #[error("request carries the method-override parameter {0:?}: Rails, Laravel and Symfony act on that method instead of the one toolgate decided on (a tool that needs overrides sets `overrides: allow`)")]
+    OverrideParameter(String),
+    #[error("query parameters {0:?} and {1:?} are one parameter to some tools (ASP.NET and Go match names case-insensitively, PHP reads '.' and ' ' as '_')")]
+    QueryNameCollision(String, String),
     #[error("body has Content-Encoding {0:?}; a body toolgate classifies must be sent uncompressed (identity)")]
     ContentEncoding(String),
     #[error(
@@ -82,6 +86,14 @@ pub enum Rejection {
     BodyNotUtf8,
     #[error("body has the key {0:?} more than once; tools disagree on which one counts")]
     DuplicateKey(String),
+    #[error("body has the keys {0:?} and {1:?}, which differ only in case; Go's encoding/json and ASP.NET read them as one key")]
+    CaseVariantKey(String, String),
+    #[error("body is declared as a form (application/x-www-form-urlencoded) but starts like JSON; tools that sniff bodies would read it as JSON")]
+    JsonAsForm,
+    #[error("form field {name:?}: {why}")]
+    FormName { name: String, why: FormNameError },
+    #[error("form body has more than {0} fields; qs and PHP ignore the fields past that many")]
+    TooManyFields(usize),
     #[error("body is not valid JSON: {0}")]
     BadJson(String),
     #[error("form body has a malformed percent-encoding")]
@@ -332,8 +344,9 @@ pub fn authority(raw: &str) -> Result<(String, Option<u16>), Rejection> {
     Ok((host, port))
 }
 
-/// Refuse framing headers that the proxy and the tool could read differently.
-pub fn headers(headers: &HeaderMap, classified: bool) -> Result<(), Rejection> {
+/// Refuse framing headers that the proxy and the tool could read differently, and override
+/// headers in any spelling unless the tool accepts them (`overrides_allowed`).
+pub fn headers(headers: &HeaderMap, overrides_allowed: bool) -> Result<(), Rejection> {
     if headers.get_all(http::header::HOST).iter().count() > 1 {
         return Err(Rejection::DuplicateHeader("Host"));
     }
@@ -344,15 +357,68 @@ pub fn headers(headers: &HeaderMap, classified: bool) -> Result<(), Rejection> {
     if lengths == 1 && headers.contains_key(http::header::TRANSFER_ENCODING) {
         return Err(Rejection::ContentLengthAndTransferEncoding);
     }
-    if classified {
-        if let Some(name) = METHOD_OVERRIDE_HEADERS
-            .iter()
-            .find(|h| headers.contains_key(**h))
-        {
-            return Err(Rejection::MethodOverride((*name).to_string()));
+    if !overrides_allowed {
+        for name in headers.keys() {
+            match names::override_header(name.as_str()) {
+                Some(Override::Method) => {
+                    return Err(Rejection::MethodOverride(name.as_str().to_string()))
+                }
+                Some(Override::Url) => {
+                    return Err(Rejection::UrlOverride(name.as_str().to_string()))
+                }
+                None => {}
+            }
         }
     }
     Ok(())
+}
+
+/// Refuse query parameters that a tool could read differently: method overrides (unless
+/// `overrides_allowed`), and, on a catalogued tool (`catalogued`), two names that some tool
+/// reads as one (`amount` and `Amount`, `a.b` and `a_b`). A name repeated exactly is a list,
+/// which tools agree on; an attribute that reads it refuses it (`ClassifyError`).
+pub fn parameters(
+    params: &[(String, String)],
+    overrides_allowed: bool,
+    catalogued: bool,
+) -> Result<(), Rejection> {
+    if !overrides_allowed {
+        if let Some((name, _)) = params.iter().find(|(k, _)| names::override_parameter(k)) {
+            return Err(Rejection::OverrideParameter(clip(name)));
+        }
+    }
+    if !catalogued {
+        return Ok(());
+    }
+    if params.len() <= 16 {
+        // The common case: a few parameters, compared pairwise without allocating.
+        for (i, (a, _)) in params.iter().enumerate() {
+            let twin = params
+                .iter()
+                .skip(i + 1)
+                .find(|(b, _)| names::same_parameter(a, b));
+            if let Some((b, _)) = twin {
+                return Err(Rejection::QueryNameCollision(clip(a), clip(b)));
+            }
+        }
+        return Ok(());
+    }
+    let mut seen: std::collections::HashMap<String, &str> =
+        std::collections::HashMap::with_capacity(params.len());
+    for (name, _) in params {
+        match seen.insert(names::parameter_key(name), name) {
+            Some(other) if other != name => {
+                return Err(Rejection::QueryNameCollision(clip(other), clip(name)))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A name as quoted in a refusal: at most 64 characters.
+pub fn clip(s: &str) -> String {
+    s.chars().take(64).collect()
 }
 
 /// Refuse framing that the HTTP parser already resolved one way, as the tool might resolve it

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use regorus::Value;
 
-use crate::chain::{self, Ledger};
+use crate::chain::{self, Ledger, TaskKey};
 use crate::classify::Classification;
 use crate::config::Config;
 use crate::credential::{self, Subject};
@@ -170,11 +170,14 @@ fn evaluate(
     let accepted = &prepared.accepted;
     let class = &prepared.classification;
     let now = SystemTime::now();
+    let task = TaskKey::named(task_id);
+    let agent = config.agent.id.as_str();
     let input = Input {
-        agent_id: &config.agent.id,
+        agent_id: agent,
         agent_claims: config.agent.claims.as_ref(),
         task_id,
         task_claims: None,
+        task_verified: false,
         action: &class.action,
         tool: tool.map(|t| &*t.name),
         attributes: &class.attributes,
@@ -189,19 +192,23 @@ fn evaluate(
             hidden: &hidden,
             body: prepared.body.as_ref(),
         },
-        chain: ledger.history(task_id),
+        state: ledger.view(&task, agent, now),
         now,
     }
     .to_value();
     let mut decision = policy.decide(input.clone());
+    let catalog_labels = tool.map(|t| t.labels_of(&class.action)).unwrap_or_default();
+    let labels = decision.labels_to_set(&catalog_labels, decision.allowed());
     let seq = ledger.record(
-        task_id,
+        &task,
         &chain::Action {
             action: &class.action,
             tool: tool.map(|t| &*t.name),
+            agent,
             decision: decision.effect.as_str(),
             dry_run: false,
             attributes: &class.attributes,
+            labels: &labels,
             at: now,
         },
     );

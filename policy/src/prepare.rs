@@ -6,15 +6,15 @@
 //! the request line and headers and says whether the body is needed; [`finish`] classifies,
 //! with the body when it was needed.
 
-use http::HeaderMap;
+use http::{HeaderMap, Method};
 use serde_json::Value as Json;
 
 use crate::accept::{self, Accepted, Destination};
 use crate::body;
 use crate::classify::mcp::{self, Rpc};
-use crate::classify::{Classification, ClassifyError, Protocol};
+use crate::classify::{Classification, ClassifyError, Overrides, Protocol};
 use crate::config::{body_cap, Config};
-use crate::normalise::{self, Rejection};
+use crate::normalise::{self, names, Rejection};
 
 /// A request whose destination, canonical form and action are known.
 #[derive(Debug, Clone)]
@@ -32,10 +32,26 @@ pub struct Prepared {
 pub struct Head {
     /// Destination and canonical request line.
     pub accepted: Accepted,
-    /// Classification reads the body: the proxy buffers it (up to the cap) first.
+    /// The body must be read before the decision: the proxy buffers it (up to the cap) first.
     pub needs_body: bool,
-    /// The body's declared encoding, when it is needed.
+    /// Why the body is read, when it is.
+    read: Read,
+    /// The body's declared encoding, when classification reads it.
     kind: Option<body::Kind>,
+    /// The tool accepts method and URL overrides (`overrides: allow`).
+    overrides: bool,
+}
+
+/// Why a request's body is read before the decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// Not read: it streams to the tool.
+    No,
+    /// A candidate action's body rules or `body:` attributes read it (or the tool is MCP).
+    Classify,
+    /// A form POST no rule reads, to a tool that refuses overrides: only its field names are
+    /// checked for `_method`, which Rails, Laravel and Symfony would act on.
+    OverrideScan,
 }
 
 /// Why a request was refused before policy (answered with 400, or 413 for a large body).
@@ -63,13 +79,30 @@ pub fn head(
         Some(d) => accept::accept_at(config, d, method, target, headers)?,
         None => accept::accept(config, method, target, headers)?,
     };
-    normalise::headers(headers, accepted.tool.is_some())?;
-    let needs_body = config.catalog.needs_body(accepted.tool, &accepted.request);
-    let kind = if needs_body {
-        body::check_headers(headers)?
+    let tool = accepted.tool.and_then(|t| config.catalog.tool(t));
+    let overrides = tool.is_some_and(|t| t.overrides == Overrides::Allow);
+    normalise::headers(headers, overrides)?;
+    normalise::parameters(&accepted.request.params, overrides, tool.is_some())?;
+    let read = if config.catalog.needs_body(accepted.tool, &accepted.request) {
+        Read::Classify
+    } else if tool.is_some()
+        && !overrides
+        && accepted.request.method == Method::POST
+        && body::declares_form(headers)
+    {
+        Read::OverrideScan
     } else {
-        None
+        Read::No
     };
+    let kind = match read {
+        Read::Classify => body::check_headers(headers)?,
+        Read::OverrideScan => {
+            body::check_framing(headers)?;
+            None
+        }
+        Read::No => None,
+    };
+    let needs_body = read != Read::No;
     let limit = body_cap(&config.limits);
     if needs_body && declared_length(headers).is_some_and(|n| n > limit) {
         return Err(Refused::BodyTooLarge { limit });
@@ -77,7 +110,9 @@ pub fn head(
     Ok(Head {
         accepted,
         needs_body,
+        read,
         kind,
+        overrides,
     })
 }
 
@@ -99,11 +134,21 @@ pub fn finish(
 ) -> Result<Prepared, Refused> {
     let Head {
         accepted,
-        needs_body,
+        read,
         kind,
+        overrides,
+        ..
     } = head;
     let catalog = &config.catalog;
-    if !needs_body {
+    let bytes = body.unwrap_or_default();
+    let limit = body_cap(&config.limits);
+    if read != Read::No && bytes.len() > limit {
+        return Err(Refused::BodyTooLarge { limit });
+    }
+    if read != Read::Classify {
+        if read == Read::OverrideScan {
+            body::scan_overrides(bytes)?;
+        }
         let classification = catalog.classify(accepted.tool, &accepted.request, headers)?;
         return Ok(Prepared {
             accepted,
@@ -111,11 +156,6 @@ pub fn finish(
             body: None,
             rpc: None,
         });
-    }
-    let bytes = body.unwrap_or_default();
-    let limit = body_cap(&config.limits);
-    if bytes.len() > limit {
-        return Err(Refused::BodyTooLarge { limit });
     }
     let tool = accepted.tool.and_then(|t| catalog.tool(t));
     if let Some(t) = tool.filter(|t| t.protocol == Protocol::Mcp) {
@@ -142,6 +182,12 @@ pub fn finish(
         });
     }
     let parsed = body::parse(kind, bytes)?;
+    if let (Some(Json::Object(fields)), Some(body::Kind::Form), false) = (&parsed, kind, overrides)
+    {
+        if let Some(name) = fields.keys().find(|k| names::override_parameter(k)) {
+            return Err(Rejection::OverrideParameter(normalise::clip(name)).into());
+        }
+    }
     let classification =
         catalog.classify_body(accepted.tool, &accepted.request, headers, parsed.as_ref())?;
     Ok(Prepared {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::chain::Ledger;
+use crate::chain::{Ledger, Outcome, TaskKey};
 use crate::config::Config;
 use crate::evaluate::Policy;
 use crate::offline::{self, Request};
@@ -45,8 +45,10 @@ impl Golden {
             task: self.task,
             steps: vec![Step {
                 note: None,
+                task: None,
                 request: self.request,
                 status: None,
+                outcome: None,
                 want: self.want,
             }],
         }
@@ -58,10 +60,27 @@ impl Golden {
 #[serde(deny_unknown_fields)]
 pub struct Step {
     pub note: Option<String>,
+    /// The task this step runs in, when it is not the fixture's (the agent switching task).
+    pub task: Option<String>,
     pub request: Request,
     /// The tool's response status recorded in the chain (default 200 if forwarded, else 403).
     pub status: Option<u16>,
+    /// How the action ended, as later steps see it in `input.chain`: `response` (the
+    /// default, with `status`), `pending` (still in flight), `agent_disconnected`,
+    /// `upstream_error` or `timeout`.
+    pub outcome: Option<StepOutcome>,
     pub want: Want,
+}
+
+/// How a fixture step's action ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepOutcome {
+    Response,
+    Pending,
+    AgentDisconnected,
+    UpstreamError,
+    Timeout,
 }
 
 /// The expected outcome of a request.
@@ -179,9 +198,10 @@ pub fn replay(
     fixture: &Fixture,
 ) -> Vec<Result<offline::Outcome, String>> {
     let ledger = Ledger::new(&config.chain);
-    let task = fixture.task.as_deref().unwrap_or("test");
+    let fixture_task = fixture.task.as_deref().unwrap_or("test");
     let mut outcomes = Vec::new();
     for step in &fixture.steps {
+        let task = step.task.as_deref().unwrap_or(fixture_task);
         let prepared = step
             .request
             .header_map()
@@ -204,9 +224,21 @@ pub fn replay(
         );
         if let Ok(o) = &got {
             // A refused batch reaches the tool with none of its members: all get 403.
-            let status = step.status.unwrap_or(if o.forwarded() { 200 } else { 403 });
-            for e in &o.evaluations {
-                ledger.complete(task, e.seq, status);
+            let outcome = match step.outcome.unwrap_or(StepOutcome::Response) {
+                StepOutcome::Pending => None,
+                StepOutcome::AgentDisconnected => Some(Outcome::AgentDisconnected),
+                StepOutcome::UpstreamError => Some(Outcome::UpstreamError),
+                StepOutcome::Timeout => Some(Outcome::Timeout),
+                StepOutcome::Response if o.forwarded() => {
+                    Some(Outcome::Response(step.status.unwrap_or(200)))
+                }
+                StepOutcome::Response => Some(Outcome::Refused(step.status.unwrap_or(403))),
+            };
+            for e in outcome
+                .iter()
+                .flat_map(|out| o.evaluations.iter().map(move |e| (e, *out)))
+            {
+                ledger.settle(&TaskKey::named(task), e.0.seq, e.1);
             }
         }
         outcomes.push(got.map_err(|refused| refused.to_string()));
@@ -283,6 +315,13 @@ pub fn run_rego_tests(config: &Config, extra: &[PathBuf]) -> Result<Vec<Case>, T
     let mut engine = regorus::Engine::new();
     engine
         .add_data(regorus::Value::from(config.policy.data.clone()))
+        .map_err(|e| TestError::Rego(e.to_string()))?;
+    // The helper library is loaded beside the policy, as in the proxy (its own tests too).
+    engine
+        .add_policy(
+            crate::evaluate::LIB_NAME.to_string(),
+            crate::evaluate::LIB.to_string(),
+        )
         .map_err(|e| TestError::Rego(e.to_string()))?;
     let mut modules: Vec<(String, String)> = config.policy.modules.clone();
     for path in extra {

@@ -17,8 +17,9 @@ use std::time::{Duration, SystemTime};
 
 use http::HeaderName;
 use serde_json::{json, Value as Json};
-use toolgate_policy::chain::{self, Action, Ledger, MAX_ATTRIBUTE_WEIGHT};
+use toolgate_policy::chain::{self, Action, Ledger, Outcome, TaskKey, MAX_ATTRIBUTE_WEIGHT};
 use toolgate_policy::config::ChainSettings;
+use toolgate_policy::labels;
 
 struct Counting;
 
@@ -76,6 +77,8 @@ fn ledger_heap_stays_within_the_documented_worst_case() {
         max_actions: 64,
         max_tasks: 1_000,
         idle_ttl: Duration::from_secs(3600),
+        agent_label_ttl: Duration::from_secs(86_400),
+        require_task_token: false,
     };
     let bound = chain::worst_case_bytes(&settings) as isize;
     let shapes = heavy_attributes();
@@ -87,12 +90,17 @@ fn ledger_heap_stays_within_the_documented_worst_case() {
         assert!(w <= MAX_ATTRIBUTE_WEIGHT, "shape over budget: {w}");
     }
     let at = SystemTime::now();
-    let act = |action, tool, attributes| Action {
+    let labels: Vec<Arc<str>> = (0..labels::MAX_LABELS + 8)
+        .map(|i| Arc::from(format!("label-{i:0>56}").as_str()))
+        .collect();
+    let act = |action, tool, attributes, labels| Action {
         action,
         tool,
+        agent: "spiffe://example.org/ns/a-fairly-long-namespace/sa/an-agent-with-a-long-name",
         decision: "allow",
         dry_run: false,
         attributes,
+        labels,
         at,
     };
 
@@ -103,8 +111,9 @@ fn ledger_heap_stays_within_the_documented_worst_case() {
     for i in 0..100_000u64 {
         let task = format!("{:0>32x}", i * 7919);
         for action in ["ticket.read", "ticket.close"] {
-            let seq = ledger.record(&task, &act(action, Some("jira"), &small));
-            ledger.complete(&task, seq, 200);
+            let key = TaskKey::named(&task);
+            let seq = ledger.record(&key, &act(action, Some("jira"), &small, &[]));
+            ledger.settle(&key, seq, Outcome::Response(200));
         }
     }
     let stats = ledger.stats();
@@ -115,21 +124,30 @@ fn ledger_heap_stays_within_the_documented_worst_case() {
         "100,000 tasks hold {after_many} bytes, over the documented {bound}"
     );
 
-    // Every task full of entries at the attribute budget, in every shape, with long names.
+    // Both pools: every task full of entries at the attribute budget, in every shape, with
+    // long names, and with every label set (overflowing).
     let long_action = "a".repeat(200);
     for t in 0..settings.max_tasks * 2 {
         let task = format!("{t:0>128}");
-        for n in 0..settings.max_actions {
-            let attrs = &shapes[(t + n) % shapes.len()];
-            let seq = ledger.record(
-                &task,
-                &act(&long_action, Some("a-tool-with-a-long-name"), attrs),
-            );
-            ledger.complete(&task, seq, 403);
+        for verified in [false, true] {
+            let key = TaskKey {
+                id: &task,
+                verified,
+                began: None,
+            };
+            for n in 0..settings.max_actions {
+                let attrs = &shapes[(t + n) % shapes.len()];
+                let set = if n == 0 { &labels[..] } else { &[][..] };
+                let seq = ledger.record(
+                    &key,
+                    &act(&long_action, Some("a-tool-with-a-long-name"), attrs, set),
+                );
+                ledger.settle(&key, seq, Outcome::Refused(403));
+            }
         }
     }
     let stats = ledger.stats();
-    assert!(stats.tasks <= settings.max_tasks, "{stats:?}");
+    assert!(stats.tasks <= 2 * settings.max_tasks, "{stats:?}");
     let full = live() - before;
     assert!(
         full <= bound,

@@ -159,9 +159,17 @@ impl Admin {
             }
             (Method::GET, p) if p.starts_with("/v1/tasks/") => {
                 let task = p.trim_start_matches("/v1/tasks/");
-                let chain = self.gateway.ledger.history(task);
-                let chain = serde_json::to_value(&chain).unwrap_or_default();
-                json(StatusCode::OK, &json!({ "task": task, "chain": chain }))
+                let pools = self.gateway.ledger.describe(task);
+                let chain = pools
+                    .get("named")
+                    .or_else(|| pools.get("verified"))
+                    .and_then(|p| p.get("chain"))
+                    .cloned()
+                    .unwrap_or_else(|| json!([]));
+                json(
+                    StatusCode::OK,
+                    &json!({ "task": task, "chain": chain, "pools": pools }),
+                )
             }
             (
                 _,

@@ -6,10 +6,12 @@
 pub mod exchange;
 pub mod keys;
 pub mod mint;
+pub mod scrub;
 #[cfg(test)]
 mod tests;
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{HeaderName, HeaderValue};
@@ -20,6 +22,7 @@ use toolgate_policy::evaluate::{CredentialGrant, CREDENTIAL_HEADERS};
 
 pub use exchange::Exchanges;
 pub use keys::KeyRing;
+use toolgate_policy::credential::forms::forms;
 pub use toolgate_policy::credential::{actions, select, Selected, Subject, UnknownCredential};
 
 use crate::gateway::{Gateway, Snapshot};
@@ -49,7 +52,7 @@ pub struct Injection {
     pub id: Option<String>,
     target: Target,
     /// Every form of the value that must not reach the agent.
-    needles: Vec<SecretText>,
+    needles: Arc<[SecretText]>,
 }
 
 impl std::fmt::Debug for Injection {
@@ -141,11 +144,10 @@ async fn issue_selected(
             let minted = mint::mint(spec, grant, subject, SystemTime::now())
                 .map_err(|e| unavailable(format!("cannot mint a token: {e}")))?;
             let value = header_value(name, &spec.format.apply(&minted.token))?;
-            let needle = SecretText::new(&minted.token);
             Ok(injection(
                 Some(minted.jti),
                 Target::Header(spec.header.clone(), value),
-                vec![needle],
+                forms(&[&minted.token]).into(),
             ))
         }
         CredentialSpec::TokenExchange(spec) => {
@@ -165,7 +167,7 @@ async fn issue_selected(
             Ok(injection(
                 None,
                 Target::Header(spec.header.clone(), value),
-                vec![token],
+                forms(&[token.expose()]).into(),
             ))
         }
     }
@@ -222,6 +224,11 @@ pub fn apply(req: &mut RequestHeader, strip: &[HeaderName], injection: Option<&I
     for name in own {
         req.remove_header(&name);
     }
+    if injection.is_some() {
+        // A compressed answer could not be checked for the credential (see `scrub`): ask for
+        // the body as it is.
+        let _ = req.insert_header(http::header::ACCEPT_ENCODING, "identity");
+    }
     match injection.map(|i| &i.target) {
         None => {}
         Some(Target::Header(name, value)) => {
@@ -261,10 +268,36 @@ fn with_query_param(target: &[u8], name: &str, value: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Replace the injected credential, in every form it was sent in, wherever it appears in the
-/// tool's response headers: the agent must never see it, even when the tool echoes it.
-pub fn scrub(response: &mut ResponseHeader, injection: Option<&Injection>) {
-    let Some(injection) = injection else { return };
+/// What [`scrub`] found in a response's head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Scrubbed {
+    /// `Set-Cookie` headers dropped.
+    pub cookies: usize,
+    /// The body is compressed, so it cannot be checked for the credential.
+    pub compressed: bool,
+}
+
+/// Replace the injected credential, in every form it could come back in, wherever it appears
+/// in the tool's response headers: the agent must never see it, even when the tool echoes
+/// it. A `Set-Cookie` answering a request that carried an injected credential is dropped: a
+/// session the tool opens for toolgate's credential is not the agent's to keep.
+pub fn scrub(response: &mut ResponseHeader, injection: Option<&Injection>) -> Scrubbed {
+    let Some(injection) = injection else {
+        return Scrubbed::default();
+    };
+    let cookies = response
+        .headers
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .count();
+    if cookies > 0 {
+        response.remove_header(&http::header::SET_COOKIE);
+    }
+    let compressed = response
+        .headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
     let needles: Vec<&[u8]> = injection
         .needles
         .iter()
@@ -295,6 +328,15 @@ pub fn scrub(response: &mut ResponseHeader, injection: Option<&Injection>) {
             }
         }
     }
+    Scrubbed {
+        cookies,
+        compressed,
+    }
+}
+
+/// A scrubber for the body of the response to a request that carried `injection`.
+pub fn body_scrubber(injection: Option<&Injection>) -> Option<scrub::BodyScrubber> {
+    scrub::BodyScrubber::new(injection?.needles.clone())
 }
 
 fn redact(value: &[u8], needles: &[&[u8]]) -> Vec<u8> {

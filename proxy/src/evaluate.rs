@@ -1,11 +1,14 @@
-//! Evaluate, on the data path: revocations first, then policy over the request and the task's
-//! history, then the decision is appended to the task's chain and written to the decision log.
+//! Evaluate, on the data path: revocations first, then policy over the request, the task's
+//! history and labels and the agent's labels; the action is then appended to the task's chain
+//! as pending (with the labels it sets) and kept in the exchange for the record stage, which
+//! settles it and writes its decision-log line when the exchange ends.
 
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderMap, HeaderName};
-use serde_json::Map;
-use toolgate_policy::chain;
+use serde_json::Value as Json;
+use toolgate_policy::chain::{self, TaskKey};
 use toolgate_policy::classify::Tool;
 use toolgate_policy::config::PolicyMode;
 use toolgate_policy::evaluate::{Decision, Effect, Input, RequestView};
@@ -15,14 +18,41 @@ use crate::credential;
 use crate::gateway::{Gateway, Snapshot};
 use crate::pipeline::Exchange;
 use crate::problem::Refusal;
-use crate::record::decision_log::{self, Line};
 use crate::revocation::Kind;
 
 /// Reason given for a revoked task or agent.
 pub const REVOKED: &str = "revoked";
 
-/// Decide `prepared`; on return `x` holds the effect, reason, chain seq and dry-run flag.
-/// `Ok` means forward (an allow, or a would-deny in dry-run); `Err` carries the refusal.
+/// One decided action of an exchange (one, or one per member of a JSON-RPC batch): what the
+/// record stage writes for it once the exchange is over.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    pub decision_id: String,
+    pub action: Arc<str>,
+    pub attributes: Vec<(Arc<str>, Json)>,
+    pub effect: Effect,
+    pub reason: String,
+    /// A would-deny forwarded because policy runs in dry-run mode.
+    pub dry_run: bool,
+    /// Its entry in the task's chain.
+    pub seq: u64,
+    /// The labels it set on the task and the agent.
+    pub labels: Vec<Arc<str>>,
+    pub eval_time: Option<Duration>,
+}
+
+/// The task key of exchange `x`.
+pub fn task_key(x: &Exchange) -> TaskKey<'_> {
+    TaskKey {
+        id: &x.task_id,
+        verified: x.task_verified,
+        began: x.task_began,
+    }
+}
+
+/// Decide `prepared`; on return `x` holds the effect, reason, chain seq and dry-run flag, and
+/// the decided action is appended to `x.decided`. `Ok` means forward (an allow, or a
+/// would-deny in dry-run); `Err` carries the refusal.
 pub fn evaluate(
     gw: &Gateway,
     snapshot: &Snapshot,
@@ -34,19 +64,22 @@ pub fn evaluate(
 ) -> Result<Decision, Refusal> {
     let config = &snapshot.config;
     let class = &prepared.classification;
+    let agent = config.agent.id.as_str();
     let now = SystemTime::now();
     let revoked = gw.revocations.is_revoked(Kind::Task, &x.task_id)
-        || gw.revocations.is_revoked(Kind::Agent, &config.agent.id);
+        || gw.revocations.is_revoked(Kind::Agent, agent);
+    let mut eval_time = None;
     let decision = if revoked {
         Decision::deny(REVOKED)
     } else {
         let accepted = &prepared.accepted;
         let params = credential::visible_params(config, tool, &accepted.request.params);
         let input = Input {
-            agent_id: &config.agent.id,
+            agent_id: agent,
             agent_claims: config.agent.claims.as_ref(),
             task_id: &x.task_id,
             task_claims: x.task_claims.as_deref(),
+            task_verified: x.task_verified,
             action: &class.action,
             tool: tool.map(|t| &*t.name),
             attributes: &class.attributes,
@@ -61,30 +94,33 @@ pub fn evaluate(
                 hidden,
                 body: prepared.body.as_ref(),
             },
-            chain: gw.ledger.history(&x.task_id),
+            state: gw.ledger.view(&task_key(x), agent, now),
             now,
         };
         let started = Instant::now();
         let decision = snapshot.policy.decide(input.to_value());
         let finished = Instant::now();
-        x.eval_time = Some(finished.duration_since(started));
+        eval_time = Some(finished.duration_since(started));
         x.trace.evaluated_at = Some(finished);
         decision
     };
     if let Some(detail) = &decision.error {
         tracing::warn!(decision_id = %x.decision_id, action = %x.action, error = %detail, "policy failed; request denied");
     }
-    x.effect = Some(decision.effect);
-    x.reason.clone_from(&decision.reason);
-    x.dry_run = !decision.allowed() && !revoked && config.policy.mode == PolicyMode::DryRun;
+    let dry_run = !decision.allowed() && !revoked && config.policy.mode == PolicyMode::DryRun;
+    let forwarded = decision.allowed() || dry_run;
+    let catalog_labels = tool.map(|t| t.labels_of(&class.action)).unwrap_or_default();
+    let labels = decision.labels_to_set(&catalog_labels, forwarded);
     let recorded = gw.ledger.record_linked(
-        &x.task_id,
+        &task_key(x),
         &chain::Action {
             action: &class.action,
             tool: tool.map(|t| &*t.name),
+            agent,
             decision: decision.effect.as_str(),
-            dry_run: x.dry_run,
+            dry_run,
             attributes: &class.attributes,
+            labels: &labels,
             at: now,
         },
         chain::SpanRef {
@@ -92,10 +128,25 @@ pub fn evaluate(
             span_id: x.span_id,
         },
     );
+    x.effect = Some(decision.effect);
+    x.reason.clone_from(&decision.reason);
+    x.dry_run = dry_run;
     x.seq = Some(recorded.seq);
+    x.eval_time = eval_time;
     x.trace.previous = recorded.previous;
+    x.decided.push(Decided {
+        decision_id: x.decision_id.clone(),
+        action: class.action.clone(),
+        attributes: class.attributes.clone(),
+        effect: decision.effect,
+        reason: decision.reason.clone(),
+        dry_run,
+        seq: recorded.seq,
+        labels,
+        eval_time,
+    });
     match decision.effect {
-        _ if x.dry_run => Ok(decision),
+        _ if dry_run => Ok(decision),
         Effect::Allow => Ok(decision),
         Effect::Deny if revoked => Err(Refusal::Revoked),
         Effect::Error => Err(Refusal::PolicyError(decision.reason)),
@@ -106,46 +157,11 @@ pub fn evaluate(
     }
 }
 
-/// Write the decision-log line for the decision held in `x`.
-pub fn log_decision(gw: &Gateway, snapshot: &Snapshot, prepared: &Prepared, x: &Exchange) {
-    let Some(effect) = x.effect else { return };
-    if !gw.decision_log.enabled() {
-        // Nothing is written: build nothing.
-        return;
+/// Mark the last decided action of `x` as failed after policy allowed it (its credential is
+/// not configured or could not be issued): logged as an error, like a policy failure.
+pub fn failed_after_allow(x: &mut Exchange) {
+    x.effect = Some(Effect::Error);
+    if let Some(d) = x.decided.last_mut() {
+        d.effect = Effect::Error;
     }
-    let attributes: Map<String, serde_json::Value> = prepared
-        .classification
-        .attributes
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    let span_id = hex::encode(x.span_id);
-    gw.decision_log.write(&Line {
-        decision_id: &x.decision_id,
-        timestamp: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-        agent: &snapshot.config.agent.id,
-        task: &x.task_id,
-        seq: x.seq.unwrap_or(0),
-        action: &x.action,
-        tool: x.tool.as_deref(),
-        attributes,
-        result: decision_log::Result {
-            allow: effect == Effect::Allow,
-            effect: effect.as_str(),
-            reason: &x.reason,
-            dry_run: x.dry_run,
-        },
-        policy_revision: snapshot.policy.revision(),
-        credential: x.injection.as_ref().map(|i| decision_log::Credential {
-            name: &i.name,
-            kind: i.kind,
-            id: i.id.as_deref(),
-        }),
-        trace_id: &x.trace_id,
-        span_id: &span_id,
-        eval_duration_us: x
-            .eval_time
-            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-            .unwrap_or(0),
-    });
 }

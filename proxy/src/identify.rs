@@ -14,7 +14,10 @@ use http::HeaderMap;
 use serde_json::Value as Json;
 use toolgate_policy::config::{Agent, ChainSettings, Config, AGENT_LEEWAY};
 
-pub use task_token::{TaskToken, TaskTokenError};
+pub use task_token::{TaskToken, TaskTokenError, HEADER};
+
+use crate::gateway::Gateway;
+use crate::pipeline::Exchange;
 
 /// The longest task id accepted.
 pub const MAX_TASK_ID: usize = 128;
@@ -40,6 +43,8 @@ pub struct Identity {
     pub parent: Option<TraceParent>,
     /// The verified task token's claims (`input.task.claims`).
     pub task_claims: Option<Arc<Json>>,
+    /// When the task token was issued (its `iat`), if a verified token names the task.
+    pub began: Option<SystemTime>,
 }
 
 /// The agent's identity token has expired: nothing is decided until it is rotated.
@@ -56,7 +61,14 @@ pub enum IdentifyError {
     TaskToken(#[from] TaskTokenError),
     #[error(transparent)]
     AgentExpired(#[from] AgentExpired),
+    #[error(transparent)]
+    TaskRequired(#[from] TaskRequired),
 }
+
+/// `chain.require_task_token` is set and the request carries no task token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("this sidecar only serves tasks an orchestrator started: send a task token in {HEADER} (chain.require_task_token)")]
+pub struct TaskRequired;
 
 /// The identify stage: the agent's identity is current, the task token (if sent) verifies,
 /// and the task it names agrees with the task header.
@@ -78,10 +90,30 @@ pub fn request(
                 .into());
             }
         }
+        identity.began = token
+            .claims
+            .get("iat")
+            .and_then(Json::as_u64)
+            .map(|iat| std::time::UNIX_EPOCH + Duration::from_secs(iat));
         identity.task_id = Some(token.task);
         identity.task_claims = Some(token.claims);
+    } else if config.chain.require_task_token {
+        return Err(TaskRequired.into());
     }
     Ok(identity)
+}
+
+/// Enter the task `identity` names (or the agent's default task) into exchange `x`: its id,
+/// whether a verified token named it, and the trace its actions join.
+pub fn enter(gw: &Gateway, config: &Config, identity: Identity, x: &mut Exchange) {
+    let named = identity.task_id.is_some();
+    x.task_verified = identity.task_claims.is_some();
+    x.task_began = identity.began;
+    x.task_id = identity
+        .task_id
+        .unwrap_or_else(|| gw.default_task.current(config.chain.idle_ttl));
+    crate::record::trace::join(x, identity.parent, &config.agent.id, named);
+    x.task_claims = identity.task_claims;
 }
 
 /// Refuse once the agent's identity token has expired — with the clock-skew allowance its
@@ -132,6 +164,7 @@ pub fn identify(headers: &HeaderMap, chain: &ChainSettings) -> Result<Identity, 
         task_id,
         parent,
         task_claims: None,
+        began: None,
     })
 }
 
@@ -206,6 +239,8 @@ mod tests {
             max_actions: 64,
             max_tasks: 512,
             idle_ttl: Duration::from_secs(900),
+            agent_label_ttl: Duration::from_secs(86_400),
+            require_task_token: false,
         }
     }
 

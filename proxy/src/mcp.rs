@@ -71,8 +71,13 @@ impl Reply {
     }
 }
 
-/// Decide every member of a batch with `decide` (evaluate, credential, decision log), in
-/// order. All allowed: `Ok`, and the request is forwarded whole. Otherwise the first refusal.
+/// Decide every member of a batch with `decide` (evaluate, select the credential), in order.
+/// All allowed: `Ok`, and the request is forwarded whole with one credential — only if every
+/// member selected the same one; its lifetime is the shortest any member was granted and its
+/// scopes those every member was granted (`credential::combine`), so the order of the members
+/// changes nothing. A batch with a would-deny member in dry-run mode is forwarded as it came,
+/// with no credential injected, as a single would-deny request is. Otherwise the first
+/// refusal.
 pub fn decide_batch(
     prepared: &Prepared,
     x: &mut Exchange,
@@ -82,23 +87,14 @@ pub fn decide_batch(
         return decide(prepared, x);
     };
     let mut first_refusal: Option<(Refusal, Refuser)> = None;
-    let mut credential: Option<String> = None;
+    let mut dry_run = false;
     for (i, member) in rpc.members.iter().enumerate() {
         if i > 0 {
             x.decision_id = uuid::Uuid::now_v7().to_string();
         }
         x.action = member.classification.action.clone();
-        let mut outcome = decide(&prepared.member(member), x);
-        let name = x.grant.as_ref().map(|(name, _)| name.clone());
-        if outcome.is_ok() && i > 0 && name != credential {
-            // One request carries one credential: members must agree on it.
-            outcome = Err(Refusal::PolicyError(
-                "members of one batch were granted different credentials".to_string(),
-            ));
-        }
-        if i == 0 {
-            credential = name;
-        }
+        let outcome = decide(&prepared.member(member), x);
+        dry_run |= x.dry_run;
         if let Some(answer) = x.rpc.as_mut().and_then(|r| r.members.get_mut(i)) {
             answer.decision_id.clone_from(&x.decision_id);
             answer.seq = x.seq;
@@ -116,15 +112,44 @@ pub fn decide_batch(
             }
         }
     }
-    match first_refusal {
-        None => Ok(()),
-        Some((refusal, refuser)) => {
-            // The exchange is logged under the member that refused it.
-            x.action = refuser.action;
-            x.decision_id = refuser.decision_id;
-            x.effect = refuser.effect;
-            x.reason = refuser.reason;
-            Err(refusal)
+    if let Some((refusal, refuser)) = first_refusal {
+        // The exchange is logged under the member that refused it.
+        x.action = refuser.action;
+        x.decision_id = refuser.decision_id;
+        x.effect = refuser.effect;
+        x.reason = refuser.reason;
+        return Err(refusal);
+    }
+    let grants = std::mem::take(&mut x.member_grants);
+    if dry_run {
+        // Forwarded as it came: the agent's credentials stay, nothing is injected.
+        x.dry_run = true;
+        x.strip = Vec::new();
+        return Ok(());
+    }
+    let mut names: Vec<Option<&str>> = grants.iter().map(|(n, _)| n.as_deref()).collect();
+    names.dedup();
+    match names.as_slice() {
+        [] | [None] => Ok(()),
+        [Some(name)] => {
+            let all: Vec<_> = grants.iter().map(|(_, g)| g.clone()).collect();
+            x.grant = Some((name.to_string(), toolgate_policy::credential::combine(&all)));
+            Ok(())
+        }
+        _ => {
+            let mut shown: Vec<&str> = names.iter().map(|n| n.unwrap_or("none")).collect();
+            shown.sort_unstable();
+            shown.dedup();
+            let why = format!(
+                "the members of this batch were granted different credentials ({}); one request carries one credential: send them separately",
+                shown.join(", ")
+            );
+            if let Some(reply) = x.rpc.as_mut() {
+                for answer in &mut reply.members {
+                    answer.refused = Some(why.clone());
+                }
+            }
+            Err(Refusal::MixedBatch(why))
         }
     }
 }

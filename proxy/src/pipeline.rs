@@ -12,6 +12,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 use toolgate_policy::accept::{Destination, Via};
+use toolgate_policy::chain::Outcome;
 use toolgate_policy::classify::UNKNOWN;
 use toolgate_policy::evaluate::{CredentialGrant, Effect};
 use toolgate_policy::normalise;
@@ -42,6 +43,10 @@ pub struct Exchange {
     pub task_id: String,
     /// The verified task token's claims (`input.task.claims`).
     pub task_claims: Option<Arc<serde_json::Value>>,
+    /// The task was named by a verified task token.
+    pub task_verified: bool,
+    /// When the task began, if its token says (`iat`).
+    pub task_began: Option<SystemTime>,
     /// The action's sequence number in its task's chain, once recorded.
     pub seq: Option<u64>,
     pub via: Option<Via>,
@@ -51,14 +56,22 @@ pub struct Exchange {
     pub reason: String,
     /// A would-deny forwarded because policy runs in dry-run mode.
     pub dry_run: bool,
+    /// Every action decided in this exchange (one, or one per batch member), for the record
+    /// stage.
+    pub decided: Vec<evaluate::Decided>,
+    /// How the exchange's actions ended, once known (set once, by `record::settle`).
+    pub outcome: Option<Outcome>,
     pub plan: Option<Plan>,
     pub injection: Option<Injection>,
     /// The credential an allowing decision selected (name, grant), until it is issued.
     pub grant: Option<(String, CredentialGrant)>,
-    strip: Vec<HeaderName>,
+    /// A batch's members' selections (`None`: no credential), combined once all are decided.
+    pub member_grants: Vec<(Option<String>, CredentialGrant)>,
+    /// Headers removed before forwarding (the agent's credentials), once allowed.
+    pub(crate) strip: Vec<HeaderName>,
     /// Status of a response toolgate wrote itself (a refusal).
     pub refused: Option<u16>,
-    /// Time spent evaluating policy.
+    /// Time spent evaluating policy (the last decided action's).
     pub eval_time: Option<Duration>,
     /// When the request was handed to the upstream connection.
     pub upstream_sent: Option<Instant>,
@@ -69,6 +82,10 @@ pub struct Exchange {
     pub inbound: Option<Arc<Inbound>>,
     /// For an MCP POST: its JSON-RPC messages, answered in JSON-RPC when refused.
     pub rpc: Option<mcp::Reply>,
+    /// Masks the injected credential in the response body, while it streams.
+    pub scrubber: Option<credential::scrub::BodyScrubber>,
+    /// A body that replaces the tool's (it could not be checked for the credential).
+    pub replacement: Option<bytes::Bytes>,
 }
 
 impl Default for Exchange {
@@ -90,6 +107,8 @@ impl Exchange {
             trace,
             task_id: String::new(),
             task_claims: None,
+            task_verified: false,
+            task_began: None,
             seq: None,
             via: None,
             tool: None,
@@ -97,9 +116,12 @@ impl Exchange {
             effect: None,
             reason: String::new(),
             dry_run: false,
+            decided: Vec::new(),
+            outcome: None,
             plan: None,
             injection: None,
             grant: None,
+            member_grants: Vec::new(),
             strip: Vec::new(),
             refused: None,
             eval_time: None,
@@ -108,18 +130,12 @@ impl Exchange {
             forward_error: None,
             inbound: None,
             rpc: None,
+            scrubber: None,
+            replacement: None,
         }
     }
 
-    /// Record `status` as the outcome of every action of this exchange in the task's chain.
-    fn complete(&self, gw: &Gateway, status: u16) {
-        let members = self.rpc.iter().flat_map(mcp::Reply::seqs);
-        for seq in self.seq.into_iter().chain(members) {
-            gw.ledger.complete(&self.task_id, seq, status);
-        }
-    }
-
-    fn ids(&self) -> Ids<'_> {
+    pub(crate) fn ids(&self) -> Ids<'_> {
         Ids {
             action: &self.action,
             decision_id: &self.decision_id,
@@ -140,8 +156,9 @@ impl Exchange {
             session.set_keepalive(None);
         }
         self.failure = Some(refusal.to_string());
-        // The chain records the refusal's status, also when MCP gets it as HTTP 200.
-        self.complete(gw, status);
+        // Settled before the agent can read the answer (and act on it): the chain records
+        // the refusal's status, also when MCP gets it as HTTP 200.
+        record::settle(gw, self, Outcome::Refused(status));
         let answered = mcp::answers(self, refusal);
         self.refused = Some(if answered { 200 } else { status });
         let written = if answered {
@@ -189,12 +206,7 @@ fn head(
     let config = &snapshot.config;
     let req = session.req_header();
     let identity = identify::request(&req.headers, config, SystemTime::now())?;
-    let named = identity.task_id.is_some();
-    x.task_id = identity
-        .task_id
-        .unwrap_or_else(|| gw.default_task.current(config.chain.idle_ttl));
-    record::trace::join(x, identity.parent, &config.agent.id, named);
-    x.task_claims = identity.task_claims;
+    identify::enter(gw, config, identity, x);
     if let Some(h1) = session.as_downstream().as_http1() {
         normalise::raw_framing(&h1.get_headers_raw_bytes())?;
     }
@@ -243,9 +255,8 @@ async fn admit(
     Ok(())
 }
 
-/// evaluate, and select the credential, for one action. Its decision-log line is written
-/// here, unless a credential is still to be issued (then `issue` writes it, with the
-/// credential's id); a batch member's line is always written here.
+/// evaluate, and select the credential, for one action. In a batch the selection is kept per
+/// member (`member_grants`), to be combined once every member is decided.
 fn decide(
     gw: &Gateway,
     snapshot: &Snapshot,
@@ -257,41 +268,30 @@ fn decide(
 ) -> Result<(), Refusal> {
     let config = &snapshot.config;
     let tool = prepared.accepted.tool.and_then(|t| config.catalog.tool(t));
-    let outcome = evaluate::evaluate(gw, snapshot, prepared, tool, headers, strip, x);
-    let decision = match outcome {
-        Ok(d) => d,
-        Err(refusal) => {
-            evaluate::log_decision(gw, snapshot, prepared, x);
-            return Err(refusal);
-        }
-    };
+    let decision = evaluate::evaluate(gw, snapshot, prepared, tool, headers, strip, x)?;
     if x.dry_run {
         // Forwarded as it came: the agent's credentials stay, nothing is injected.
         x.strip = Vec::new();
-    } else {
-        let selected = credential::select(config, tool, &decision.credential);
-        match selected {
-            Ok(selected) => {
-                x.grant = selected.map(|s| (s.name.to_string(), decision.credential));
-            }
-            Err(e) => {
-                x.effect = Some(Effect::Error);
-                evaluate::log_decision(gw, snapshot, prepared, x);
-                return Err(e.into());
-            }
-        }
-        x.strip = strip.to_vec();
-        if x.grant.is_some() && !batch {
-            return Ok(());
-        }
+        return Ok(());
     }
-    evaluate::log_decision(gw, snapshot, prepared, x);
+    let selected = match credential::select(config, tool, &decision.credential) {
+        Ok(selected) => selected.map(|s| s.name.to_string()),
+        Err(e) => {
+            evaluate::failed_after_allow(x);
+            return Err(e.into());
+        }
+    };
+    x.strip = strip.to_vec();
+    if batch {
+        x.member_grants.push((selected, decision.credential));
+    } else {
+        x.grant = selected.map(|name| (name, decision.credential));
+    }
     Ok(())
 }
 
-/// credential: issue the credential the decision selected (mint, exchange, or a secret) and
-/// write the decision-log line with its id. A batch carries one credential, scoped to every
-/// member's action.
+/// credential: issue the credential the decision selected (mint, exchange, or a secret). A
+/// batch carries one credential, scoped to every member's action.
 async fn issue(
     gw: &Gateway,
     snapshot: &Snapshot,
@@ -308,22 +308,20 @@ async fn issue(
     if batch {
         subject.action = &actions;
     }
-    let issued = credential::issue(gw, snapshot, tool, &grant, &subject).await;
-    let outcome = match issued {
+    match credential::issue(gw, snapshot, tool, &grant, &subject).await {
         Ok(injection) => {
             x.injection = injection;
             Ok(())
         }
         Err(e) => {
             // Allowed, but not forwardable: logged as an error, like a policy failure.
+            for d in &mut x.decided {
+                d.effect = Effect::Error;
+            }
             x.effect = Some(Effect::Error);
             Err(e.into())
         }
-    };
-    if !batch {
-        evaluate::log_decision(gw, snapshot, prepared, x);
     }
-    outcome
 }
 
 /// Map a pingora failure while proxying to the refusal the agent sees.
@@ -427,15 +425,60 @@ impl ProxyHttp for Pipeline {
         response: &mut ResponseHeader,
         x: &mut Exchange,
     ) -> Result<()> {
-        credential::scrub(response, x.injection.as_ref());
+        let scrubbed = credential::scrub(response, x.injection.as_ref());
+        self.gateway.metrics.cookies_dropped(scrubbed.cookies);
+        if scrubbed.compressed {
+            // Asked for identity and answered compressed anyway: the body cannot be checked
+            // for the credential, so it is withheld.
+            let refusal = Refusal::CompressedAnswer;
+            x.failure = Some(refusal.to_string());
+            x.replacement = Some(problem::replace(response, &refusal, x.ids()));
+        } else {
+            x.scrubber = credential::body_scrubber(x.injection.as_ref());
+        }
         if let Some(sent) = x.upstream_sent {
             self.gateway
                 .metrics
                 .upstream_duration
                 .observe(sent.elapsed());
         }
-        x.complete(&self.gateway, response.status.as_u16());
+        // The tool has answered: settled now, before the agent can read the answer and act.
+        record::settle(
+            &self.gateway,
+            x,
+            Outcome::Response(response.status.as_u16()),
+        );
         Ok(())
+    }
+
+    /// Runs for each chunk of the response body on its way to the agent: the injected
+    /// credential is masked (or the whole body replaced, when it could not be checked).
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        x: &mut Exchange,
+    ) -> Result<Option<Duration>> {
+        if let Some(replacement) = &x.replacement {
+            *body = end_of_stream.then(|| replacement.clone());
+            return Ok(None);
+        }
+        if let Some(scrubber) = x.scrubber.as_mut() {
+            let mut out = match body.take() {
+                Some(chunk) => scrubber.chunk(&chunk),
+                None => bytes::Bytes::new(),
+            };
+            if end_of_stream {
+                let rest = scrubber.finish();
+                if !rest.is_empty() {
+                    out = [out, rest].concat().into();
+                }
+            }
+            // An empty chunk would end a chunked body early: pass nothing instead.
+            *body = (!out.is_empty()).then_some(out);
+        }
+        Ok(None)
     }
 
     /// Runs when proxying failed: answers with a problem unless a response already started.
@@ -469,9 +512,6 @@ impl ProxyHttp for Pipeline {
 
     /// Runs when the exchange is over: one record per request.
     async fn logging(&self, session: &mut Session, e: Option<&pingora::Error>, x: &mut Exchange) {
-        if let Some(t) = x.eval_time {
-            self.gateway.metrics.policy_eval.observe(t);
-        }
         record::exchange(session, e, x, &self.gateway);
     }
 

@@ -11,7 +11,7 @@ use toolgate_policy::normalise::Rejection;
 use crate::body::BodyError;
 use crate::credential::{CredentialError, Unavailable, UnknownCredential};
 use crate::forward::ForwardError;
-use crate::identify::{AgentExpired, BadTask, IdentifyError, TaskTokenError};
+use crate::identify::{AgentExpired, BadTask, IdentifyError, TaskRequired, TaskTokenError};
 
 /// Every reason toolgate answers a request itself instead of the tool.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,11 @@ pub enum Refusal {
     #[error(transparent)]
     AgentExpired(#[from] AgentExpired),
     #[error(transparent)]
+    TaskRequired(#[from] TaskRequired),
+    /// The members of a batch were granted different credentials; one request carries one.
+    #[error("{0}")]
+    MixedBatch(String),
+    #[error(transparent)]
     CredentialUnavailable(#[from] Unavailable),
     #[error(transparent)]
     Forward(#[from] ForwardError),
@@ -56,6 +61,10 @@ pub enum Refusal {
     BodyTooLarge(usize),
     #[error(transparent)]
     Body(#[from] BodyError),
+    /// The tool answered a credentialed request with a compressed body despite
+    /// `Accept-Encoding: identity`: it cannot be checked for the credential.
+    #[error("the tool answered with a compressed body although toolgate asked for identity; a body that cannot be checked for the injected credential is withheld")]
+    CompressedAnswer,
 }
 
 impl From<IdentifyError> for Refusal {
@@ -64,6 +73,7 @@ impl From<IdentifyError> for Refusal {
             IdentifyError::BadTask(e) => Refusal::BadTask(e),
             IdentifyError::TaskToken(e) => Refusal::TaskToken(e),
             IdentifyError::AgentExpired(e) => Refusal::AgentExpired(e),
+            IdentifyError::TaskRequired(e) => Refusal::TaskRequired(e),
         }
     }
 }
@@ -101,6 +111,8 @@ pub fn problem(refusal: &Refusal) -> Problem {
         Refusal::UnknownCredential(_) => (403, "policy-error", "policy error"),
         Refusal::TaskToken(_) => (403, "task-token", "task token rejected"),
         Refusal::AgentExpired(_) => (403, "agent-identity", "agent identity expired"),
+        Refusal::TaskRequired(_) => (403, "task-required", "task token required"),
+        Refusal::MixedBatch(_) => (403, "batch-credentials", "batch refused"),
         Refusal::CredentialUnavailable(_) => {
             (503, "credential-unavailable", "credential unavailable")
         }
@@ -129,6 +141,7 @@ pub fn problem(refusal: &Refusal) -> Problem {
         }
         Refusal::Body(BodyError::Timeout(_)) => (408, "body-timeout", "request body too slow"),
         Refusal::Body(BodyError::Read(_)) => (400, "rejected", "request rejected"),
+        Refusal::CompressedAnswer => (502, "unchecked-response", "response withheld"),
     };
     Problem {
         status,
@@ -170,6 +183,26 @@ pub fn body(problem: &Problem, ids: Ids<'_>) -> Bytes {
         trace_id: ids.trace_id,
     };
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// Turn the tool's response head into `refusal`'s problem; returns the body that must replace
+/// the tool's (the caller drops the tool's body and sends this one).
+pub fn replace(response: &mut ResponseHeader, refusal: &Refusal, ids: Ids<'_>) -> Bytes {
+    let problem = problem(refusal);
+    let body = body(&problem, ids);
+    let _ = response.set_status(problem.status);
+    for name in [
+        http::header::CONTENT_ENCODING,
+        http::header::TRANSFER_ENCODING,
+        http::header::CONTENT_RANGE,
+        http::header::ETAG,
+    ] {
+        response.remove_header(&name);
+    }
+    let _ = response.insert_header(http::header::CONTENT_TYPE, "application/problem+json");
+    let _ = response.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
+    let _ = response.insert_header(http::header::CACHE_CONTROL, "no-store");
+    body
 }
 
 /// Write `refusal` as the response; returns the status written.

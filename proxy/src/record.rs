@@ -1,5 +1,8 @@
-//! Record: one span per action (exported over OTLP), one structured line per exchange tied to
-//! its decision id and trace, and the metrics it counts toward.
+//! Record: the end of every exchange, in one place. Each decided action's chain entry settles
+//! on exactly one outcome (the tool's status, or why there is none); each gets one
+//! decision-log line; the exchange gets one span (exported over OTLP), one access-log line and
+//! the metrics it counts toward. Stages before it only leave their results in the exchange,
+//! so no path — refusal, batch, disconnect, upstream failure — can miss a record.
 
 pub mod decision_log;
 pub mod export;
@@ -7,9 +10,13 @@ pub mod metrics;
 pub mod span;
 pub mod trace;
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use pingora::proxy::Session;
+use pingora::{ErrorSource, ErrorType};
+use serde_json::Map;
+use toolgate_policy::chain::Outcome;
+use toolgate_policy::evaluate::Effect;
 
 pub use decision_log::DecisionLog;
 pub use export::Spans;
@@ -18,8 +25,122 @@ pub use metrics::Metrics;
 use crate::gateway::Gateway;
 use crate::pipeline::Exchange;
 
-/// Export the span, count and log the outcome of one exchange.
-pub fn exchange(session: &Session, e: Option<&pingora::Error>, x: &Exchange, gw: &Gateway) {
+/// Settle every decided action of `x` on `outcome`, unless it has settled already: the first
+/// true account stands (the tool's status as its answer arrives, or toolgate's refusal before
+/// it is written), so the next request of the task sees it.
+pub fn settle(gw: &Gateway, x: &mut Exchange, outcome: Outcome) {
+    if x.outcome.is_some() {
+        return;
+    }
+    x.outcome = Some(outcome);
+    let task = crate::evaluate::task_key(x);
+    for d in &x.decided {
+        gw.ledger.settle(&task, d.seq, outcome);
+    }
+}
+
+/// How an exchange that ended without a recorded outcome ended, from pingora's error.
+fn ending(e: Option<&pingora::Error>, response_started: bool) -> Outcome {
+    match e {
+        Some(e) if e.esource() == &ErrorSource::Downstream => Outcome::AgentDisconnected,
+        Some(e)
+            if matches!(
+                e.etype(),
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            ) =>
+        {
+            Outcome::Timeout
+        }
+        Some(_) => Outcome::UpstreamError,
+        // No error and no response head from the tool: nothing reached the agent either.
+        None if response_started => Outcome::UpstreamError,
+        None => Outcome::AgentDisconnected,
+    }
+}
+
+/// Write one decision-log line per decided action of `x`, with the exchange's outcome and
+/// credential.
+pub fn decisions(gw: &Gateway, x: &Exchange) {
+    if !gw.decision_log.enabled() || x.decided.is_empty() {
+        // Nothing is written: build nothing.
+        return;
+    }
+    let snapshot = x.snapshot.clone().unwrap_or_else(|| gw.snapshot());
+    let outcome = x.outcome.unwrap_or(Outcome::AgentDisconnected);
+    let span_id = hex::encode(x.span_id);
+    let timestamp = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+    // The credential went out only if the request did.
+    let forwarded = matches!(
+        outcome,
+        Outcome::Response(_)
+            | Outcome::AgentDisconnected
+            | Outcome::UpstreamError
+            | Outcome::Timeout
+    );
+    for d in &x.decided {
+        let attributes: Map<String, serde_json::Value> = d
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let credential = x
+            .injection
+            .as_ref()
+            .filter(|_| forwarded && d.effect == Effect::Allow)
+            .map(|i| decision_log::Credential {
+                name: &i.name,
+                kind: i.kind,
+                id: i.id.as_deref(),
+            });
+        gw.decision_log.write(&decision_log::Line {
+            decision_id: &d.decision_id,
+            timestamp: timestamp.clone(),
+            agent: &snapshot.config.agent.id,
+            task: &x.task_id,
+            seq: d.seq,
+            action: &d.action,
+            tool: x.tool.as_deref(),
+            attributes,
+            result: decision_log::Result {
+                allow: d.effect == Effect::Allow,
+                effect: d.effect.as_str(),
+                reason: &d.reason,
+                dry_run: d.dry_run,
+            },
+            labels: &d.labels,
+            outcome: decision_log::Outcome {
+                outcome: outcome.as_str(),
+                status: outcome.status(),
+            },
+            policy_revision: snapshot.policy.revision(),
+            credential,
+            trace_id: &x.trace_id,
+            span_id: &span_id,
+            eval_duration_us: d
+                .eval_time
+                .map(|t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX))
+                .unwrap_or(0),
+        });
+    }
+}
+
+/// The end of exchange `x`: settle its actions (if nothing settled them yet), then its
+/// decision-log lines, span, metrics and access-log line.
+pub fn exchange(session: &Session, e: Option<&pingora::Error>, x: &mut Exchange, gw: &Gateway) {
+    if x.outcome.is_none() {
+        let outcome = ending(e, x.upstream_sent.is_some());
+        settle(gw, x, outcome);
+    }
+    for t in x.decided.iter().filter_map(|d| d.eval_time) {
+        gw.metrics.policy_eval.observe(t);
+    }
+    if let Some(s) = &x.scrubber {
+        gw.metrics.scrubbed("masked", s.masked);
+    }
+    if x.replacement.is_some() {
+        gw.metrics.scrubbed("compressed_body", 1);
+    }
+    decisions(gw, x);
     let decision = span::decision(x);
     let status = x
         .refused

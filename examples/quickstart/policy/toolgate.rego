@@ -8,6 +8,7 @@
 # `toolgate test -c examples/quickstart/toolgate.yaml` runs its tests (tests/).
 package toolgate
 
+import data.toolgate.lib
 import rego.v1
 
 default decision := {"allow": false, "reason": "no rule allows this action"}
@@ -35,8 +36,20 @@ decision := {"allow": true, "reason": "reading tickets is allowed"} if {
 	amount > data.limits.payment_max
 } else := {"allow": false, "reason": "payment amount is missing or not a number"} if {
 	input.action.name == "payment.create"
-} else := {"allow": true, "reason": "looking customers up is allowed"} if {
+} else := {"allow": true, "reason": "looking customers up is allowed", "labels": ["pii"]} if {
+	# The answer holds customer PII: the task and the agent are labelled `pii`, for good.
 	input.action.name == "crm.lookup_customer"
+} else := {"allow": false, "reason": sprintf("no export after customer PII was read in this task (by %s at %s)", [pii.by, pii.at])} if {
+	# No export after customer PII was read: in this task, or by this agent in any task
+	# within chain.agent_label_ttl (24h) — switching task or making many harmless calls
+	# does not help (labels outlive the chain's window).
+	input.action.name == "crm.export_customers"
+	pii := input.task.labels.pii
+} else := {"allow": false, "reason": sprintf("no export: this agent read customer PII in another task (by %s at %s)", [pii.by, pii.at])} if {
+	input.action.name == "crm.export_customers"
+	pii := input.agent.labels.pii
+} else := {"allow": true, "reason": "exporting customers is allowed before any PII was read"} if {
+	input.action.name == "crm.export_customers"
 } else := {"allow": false, "reason": "deleting customers needs a human"} if {
 	input.action.name == "crm.delete_customer"
 } else := {"allow": true, "reason": "MCP session housekeeping is allowed"} if {
@@ -51,13 +64,7 @@ decision := {"allow": true, "reason": "reading tickets is allowed"} if {
 
 amount := to_number(input.action.attributes.amount)
 
-# A ticket may change state only after the agent read it, successfully, in this task.
-# (A separate rule rather than inline in the else chain: regorus 0.14.1's RVM ends an else
-# chain at a branch whose iteration finds nothing — see README "Performance".)
-read_in_task if {
-	some entry in input.chain
-	entry.action == "ticket.read"
-	entry.attributes.issue == input.action.attributes.issue
-	entry.decision == "allow"
-	entry.status < 400
-}
+# A ticket may change state only after the agent read it in this task — and the tool
+# answered the read 2xx/3xx (lib.succeeded: a read still in flight, refused, abandoned by the
+# agent or failed does not count).
+read_in_task if lib.done_in_task("ticket.read", {"issue": input.action.attributes.issue})

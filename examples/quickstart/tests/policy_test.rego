@@ -5,7 +5,18 @@ import rego.v1
 
 import data.toolgate
 
-read(issue, status) := {"action": "ticket.read", "attributes": {"issue": issue}, "decision": "allow", "status": status}
+read(issue, status) := {"action": "ticket.read", "attributes": {"issue": issue}, "decision": "allow", "pending": false, "outcome": "response", "status": status}
+
+# A read still in flight: no outcome, no status yet.
+read_in_flight(issue) := {"action": "ticket.read", "attributes": {"issue": issue}, "decision": "allow", "pending": true}
+
+# A read the agent hung up on before the tool answered.
+read_abandoned(issue) := {"action": "ticket.read", "attributes": {"issue": issue}, "decision": "allow", "pending": false, "outcome": "agent_disconnected"}
+
+transition(issue, chain) := {
+	"action": {"name": "ticket.transition", "tool": "jira", "attributes": {"issue": issue}},
+	"request": {}, "chain": chain,
+}
 
 test_reads_are_allowed if {
 	toolgate.decision.allow with input as {"action": {"name": "ticket.read", "tool": "jira", "attributes": {"issue": "SUP-1"}}, "request": {}, "chain": []}
@@ -20,6 +31,28 @@ test_transition_needs_a_successful_read if {
 		"action": {"name": "ticket.transition", "tool": "jira", "attributes": {"issue": "SUP-1"}},
 		"request": {}, "chain": [read("SUP-1", 200)],
 	}
+}
+
+test_a_read_in_flight_or_abandoned_does_not_count if {
+	not toolgate.decision.allow with input as transition("SUP-1", [read_in_flight("SUP-1")])
+	not toolgate.decision.allow with input as transition("SUP-1", [read_abandoned("SUP-1")])
+	toolgate.decision.allow with input as transition("SUP-1", [read_abandoned("SUP-1"), read("SUP-1", 200)])
+}
+
+test_no_export_after_pii_in_this_task_or_by_this_agent if {
+	clean := {"action": {"name": "crm.export_customers", "tool": "crm", "attributes": {}}, "request": {}, "chain": [], "task": {"labels": {}}, "agent": {"labels": {}}}
+	toolgate.decision.allow with input as clean
+	mark := {"by": "crm.lookup_customer", "at": "2026-12-02T10:00:00Z"}
+	not toolgate.decision.allow with input as object.union(clean, {"task": {"labels": {"pii": mark}}})
+	d := toolgate.decision with input as object.union(clean, {"agent": {"labels": {"pii": mark}}})
+	not d.allow
+	d.reason == "no export: this agent read customer PII in another task (by crm.lookup_customer at 2026-12-02T10:00:00Z)"
+}
+
+test_looking_a_customer_up_labels_pii if {
+	d := toolgate.decision with input as {"action": {"name": "crm.lookup_customer", "tool": "crm", "attributes": {}}, "request": {}, "chain": []}
+	d.allow
+	d.labels == ["pii"]
 }
 
 test_payment_limit_comes_from_data if {

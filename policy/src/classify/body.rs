@@ -6,6 +6,8 @@ use std::str::FromStr;
 
 use serde_json::Value as Json;
 
+use crate::normalise::{clip, names};
+
 /// An RFC 6901 JSON pointer, split into unescaped reference tokens at load time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JsonPointer {
@@ -72,19 +74,54 @@ impl JsonPointer {
     pub fn lookup<'a>(&self, doc: &'a Json) -> Option<&'a Json> {
         let mut at = doc;
         for token in &self.tokens {
-            at = match at {
-                Json::Object(map) => map.get(token)?,
-                Json::Array(items) => {
-                    let canonical = token == "0" || !token.starts_with('0');
-                    if !canonical || !token.bytes().all(|b| b.is_ascii_digit()) {
-                        return None;
-                    }
-                    items.get(token.parse::<usize>().ok()?)?
-                }
-                _ => return None,
-            };
+            at = self.step(at, token)?;
         }
         Some(at)
+    }
+
+    /// The value this pointer names in `doc`, as a tool that binds keys case-insensitively
+    /// may read it too: where an object has no key spelled exactly as a token but has one that
+    /// differs only in case (`ID` for `id`), the pointer is ambiguous and the reading refused.
+    /// Bodies never hold two keys that differ only in case (`body::json` refuses them), so
+    /// there is at most one such key.
+    pub fn find<'a>(&self, doc: &'a Json) -> Result<Option<&'a Json>, CaseVariant> {
+        let mut at = doc;
+        for token in &self.tokens {
+            at = match at {
+                Json::Object(map) => match map.get(token) {
+                    Some(v) => v,
+                    None => {
+                        if let Some(key) = map.keys().find(|k| names::same_folded(k, token)) {
+                            return Err(CaseVariant {
+                                pointer: self.to_string(),
+                                key: clip(key),
+                            });
+                        }
+                        return Ok(None);
+                    }
+                },
+                Json::Array(_) => match self.step(at, token) {
+                    Some(v) => v,
+                    None => return Ok(None),
+                },
+                _ => return Ok(None),
+            };
+        }
+        Ok(Some(at))
+    }
+
+    fn step<'a>(&self, at: &'a Json, token: &str) -> Option<&'a Json> {
+        match at {
+            Json::Object(map) => map.get(token),
+            Json::Array(items) => {
+                let canonical = token == "0" || !token.starts_with('0');
+                if !canonical || !token.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                items.get(token.parse::<usize>().ok()?)
+            }
+            _ => None,
+        }
     }
 
     /// The first token (the top-level key this pointer reads).
@@ -169,10 +206,22 @@ pub struct BodyRule {
 }
 
 impl BodyRule {
-    /// Whether the parsed body satisfies this rule (a missing field never does).
-    pub fn holds(&self, body: &Json) -> bool {
-        self.pointer
-            .lookup(body)
-            .is_some_and(|v| self.expect.matches(v))
+    /// Whether the parsed body satisfies this rule (a missing field never does); refused
+    /// where the field is there only in another case (see [`JsonPointer::find`]).
+    pub fn holds(&self, body: &Json) -> Result<bool, CaseVariant> {
+        Ok(self
+            .pointer
+            .find(body)?
+            .is_some_and(|v| self.expect.matches(v)))
     }
+}
+
+/// A body key that a pointer names only up to case (`{"transition": {"ID": "31"}}` for
+/// `/transition/id`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseVariant {
+    /// The pointer the catalog reads.
+    pub pointer: String,
+    /// The key the body has instead.
+    pub key: String,
 }

@@ -1,6 +1,7 @@
 //! Path templates (`/rest/api/3/issue/{issue}`) and the per-method trie that matches them.
 //!
-//! A template segment is either a literal or a whole-segment capture. Lookup cost depends on
+//! A template segment is either a literal or a whole-segment capture; a capture never matches
+//! an empty segment. Lookup cost depends on
 //! the request's depth, not on the number of templates: at each segment the trie follows the
 //! literal child and the capture child. The most specific template wins: at the first segment
 //! where two matching templates differ, a literal beats a capture; remaining ties go to the
@@ -210,6 +211,11 @@ fn find<S: AsRef<str>, T>(
         if let Some(m) = find(child, rest, depth + 1, mask | bit, visit) {
             return Some(m);
         }
+    }
+    // A capture names a value: the empty segment after a trailing '/' is not one
+    // (`/issue/` is not `/issue/{issue}` with `issue: ""`).
+    if first.as_ref().is_empty() {
+        return None;
     }
     node.capture
         .as_deref()

@@ -16,6 +16,7 @@ fn action(
             .iter()
             .map(|(n, s)| (Arc::from(*n), s.clone()))
             .collect(),
+        labels: Vec::new(),
     }
 }
 
@@ -28,6 +29,8 @@ fn jira() -> Catalog {
         credential: None,
         intercept: true,
         protocol: Protocol::Http,
+        labels: Vec::new(),
+        overrides: Overrides::Refuse,
         actions: vec![
             action(
                 "ticket.read",
@@ -64,6 +67,8 @@ fn jira() -> Catalog {
         credential: None,
         intercept: true,
         protocol: Protocol::Http,
+        labels: Vec::new(),
+        overrides: Overrides::Refuse,
         actions: vec![],
     });
     c
@@ -189,6 +194,33 @@ fn trailing_slash_is_a_different_path() {
 }
 
 #[test]
+fn a_capture_never_matches_an_empty_segment() {
+    let c = jira();
+    // `/issue/` is not `ticket.read` with `issue: ""`, nor `ticket.any` with an empty `sub`.
+    assert_eq!(&*classify(&c, "GET", "/rest/api/3/issue/").action, UNKNOWN);
+    assert_eq!(
+        &*classify(&c, "POST", "/rest/api/3/issue/SUP-1/").action,
+        UNKNOWN
+    );
+    // The same paths with a value still classify.
+    let read = classify(&c, "GET", "/rest/api/3/issue/SUP-1");
+    assert_eq!(&*read.action, "ticket.read");
+    assert_eq!(
+        read.attributes,
+        vec![(Arc::from("issue"), Json::from("SUP-1"))]
+    );
+    assert_eq!(
+        &*classify(&c, "POST", "/rest/api/3/issue/SUP-1/x").action,
+        "ticket.any"
+    );
+    // A routed request whose rest is `/` reaches no `/{x}` template either.
+    let mut t = Trie::default();
+    t.insert(&"/{x}".parse().unwrap(), 0);
+    assert_eq!(t.lookup(&[""]), None);
+    assert!(t.lookup(&["a"]).is_some());
+}
+
+#[test]
 fn templates_reject_bad_shapes() {
     assert_eq!(
         "a".parse::<PathTemplate>(),
@@ -276,6 +308,8 @@ fn transitions() -> Catalog {
         credential: None,
         intercept: true,
         protocol: Protocol::Http,
+        labels: Vec::new(),
+        overrides: Overrides::Refuse,
         actions: vec![
             // Listed first, yet tried after the actions with body rules at its template.
             action(
@@ -414,6 +448,71 @@ fn json_pointers_follow_rfc_6901() {
     );
 }
 
+#[test]
+fn a_body_key_that_a_rule_reads_only_up_to_case_is_refused() {
+    let c = transitions();
+    let n = normalise::request("POST", b"/issue/SUP-1/transitions").unwrap();
+    let classify = |body: Json| c.classify_body(Some(0), &n, &HeaderMap::new(), Some(&body));
+    // Go and ASP.NET bind `ID` (or `\u{131}d`, dotless i) to the field `id`: the close rule
+    // would not hold for toolgate while the tool closes the ticket.
+    for body in [
+        serde_json::json!({"transition": {"ID": "31"}}),
+        serde_json::json!({"Transition": {"id": "31"}}),
+        serde_json::json!({"transition": {"\u{131}d": "31"}}),
+    ] {
+        assert!(
+            matches!(
+                classify(body.clone()),
+                Err(ClassifyError::CaseVariant { .. })
+            ),
+            "{body}"
+        );
+    }
+    // Positive control: the exact spelling classifies.
+    let close = classify(serde_json::json!({"transition": {"id": "31"}})).unwrap();
+    assert_eq!(&*close.action, "ticket.close");
+    // A body attribute is held to the same rule.
+    let pay = normalise::request("POST", b"/payments").unwrap();
+    assert_eq!(
+        c.classify_body(
+            Some(0),
+            &pay,
+            &HeaderMap::new(),
+            Some(&serde_json::json!({"Amount": 5000}))
+        ),
+        Err(ClassifyError::CaseVariant {
+            pointer: "/amount".into(),
+            key: "Amount".into()
+        })
+    );
+    // Keys no rule reads may be spelled any way.
+    let other = classify(serde_json::json!({"transition": {"id": "11"}, "Fields": {}})).unwrap();
+    assert_eq!(&*other.action, "ticket.transition");
+}
+
+#[test]
+fn a_query_attribute_refuses_its_name_spelled_another_way() {
+    let c = jira();
+    let search = |target: &str| {
+        let n = normalise::request("GET", target.as_bytes()).unwrap();
+        c.classify(Some(0), &n, &HeaderMap::new())
+    };
+    for target in [
+        "/rest/api/3/search?JQL=x",
+        "/rest/api/3/search?jql=a&Jql=b",
+        "/rest/api/3/search?jql[]=a",
+        "/rest/api/3/search?jql[x]=a",
+        "/rest/api/3/search?Jql[]=a",
+    ] {
+        assert!(
+            matches!(search(target), Err(ClassifyError::QueryVariant { .. })),
+            "{target}"
+        );
+    }
+    let ok = search("/rest/api/3/search?jql=a&jqlx=b&other[jql]=c").unwrap();
+    assert_eq!(ok.attributes, vec![(Arc::from("jql"), Json::from("a"))]);
+}
+
 fn mcp_catalog() -> Catalog {
     let mut c = Catalog::new();
     c.push(ToolSpec {
@@ -423,6 +522,8 @@ fn mcp_catalog() -> Catalog {
         credential: None,
         intercept: true,
         protocol: Protocol::Mcp,
+        labels: Vec::new(),
+        overrides: Overrides::Refuse,
         actions: vec![],
     });
     c

@@ -62,6 +62,12 @@ pub struct RawTool {
     pub intercept: Option<bool>,
     /// `mcp`: classify as JSON-RPC (DESIGN.md §4); default: by the actions below.
     pub protocol: Option<String>,
+    /// Labels every action of this tool sets on its task and agent.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// `allow`: method- and URL-override headers and parameters reach this tool; default
+    /// `refuse`.
+    pub overrides: Option<String>,
     #[serde(default)]
     pub actions: Vec<RawAction>,
 }
@@ -73,6 +79,9 @@ pub struct RawAction {
     pub matcher: RawMatch,
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
+    /// Labels this action sets on its task and agent when it is forwarded.
+    #[serde(default)]
+    pub labels: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +153,10 @@ pub struct RawChain {
     pub max_actions: Option<usize>,
     pub max_tasks: Option<usize>,
     pub idle_ttl: Option<String>,
+    /// How long a label set on the agent lasts.
+    pub agent_label_ttl: Option<String>,
+    /// Refuse requests without a verified task token (`task-required`).
+    pub require_task_token: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -343,6 +343,38 @@ policy: { files: [policy/main.rego] }
 }
 
 #[test]
+fn overrides_are_refused_unless_a_tool_allows_them() {
+    let config = load(
+        r#"
+agent: { id: a }
+tools:
+  - { name: jira, hosts: [jira.example.com] }
+  - { name: legacy, hosts: [legacy.example.com], overrides: allow }
+  - { name: strict, hosts: [strict.example.com], overrides: refuse }
+policy: { files: [policy/*.rego] }
+"#,
+    )
+    .unwrap();
+    use crate::classify::Overrides;
+    let overrides: Vec<Overrides> = config.catalog.tools().iter().map(|t| t.overrides).collect();
+    assert_eq!(
+        overrides,
+        [Overrides::Refuse, Overrides::Allow, Overrides::Refuse]
+    );
+    let e = load(
+        r#"
+agent: { id: a }
+tools: [ { name: jira, hosts: [jira.example.com], overrides: yes } ]
+policy: { files: [policy/*.rego] }
+"#,
+    )
+    .unwrap_err();
+    let all = messages(&e).join("\n");
+    assert!(all.contains("tools[0].overrides"), "{all}");
+    assert!(all.contains("`refuse` (the default) or `allow`"), "{all}");
+}
+
+#[test]
 fn a_plain_http_upstream_loads_with_a_warning_naming_the_tool() {
     let c = load(
         r#"

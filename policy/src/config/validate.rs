@@ -17,7 +17,9 @@ use super::{
     DecisionLogSink, Files, Limits, Listen, PolicyMode, PolicySource, Route, SecretValue,
     Telemetry, TlsSettings, Vars,
 };
-use crate::classify::{Action, AttributeSource, Catalog, PathTemplate, ToolSpec, Upstream};
+use crate::classify::{
+    Action, AttributeSource, Catalog, Overrides, PathTemplate, ToolSpec, Upstream,
+};
 use crate::normalise;
 
 /// Default proxy listener.
@@ -115,7 +117,25 @@ pub(super) fn compile(
             raw.chain.idle_ttl.as_deref(),
             "15m",
         ),
+        agent_label_ttl: duration(
+            &mut c,
+            "chain.agent_label_ttl",
+            raw.chain.agent_label_ttl.as_deref(),
+            "24h",
+        ),
+        require_task_token: raw.chain.require_task_token.unwrap_or(false),
     };
+    if chain.require_task_token
+        && raw
+            .task_tokens
+            .as_ref()
+            .is_none_or(|t| t.issuers.is_empty())
+    {
+        c.push(
+            "chain.require_task_token",
+            "needs task_tokens.issuers: without an issuer no task token can verify, and every request would be refused",
+        );
+    }
     let telemetry = Telemetry {
         decision_log: decision_log(raw.telemetry.decision_log.as_deref(), files),
         otlp: super::telemetry::otlp(raw.telemetry.otlp.as_ref(), &mut c.errors),
@@ -302,6 +322,17 @@ fn catalog(
             tool.protocol.as_deref(),
             tool.actions.len(),
         );
+        let overrides = match tool.overrides.as_deref() {
+            None | Some("refuse") => Overrides::Refuse,
+            Some("allow") => Overrides::Allow,
+            Some(other) => {
+                c.push(
+                    format!("{path}.overrides"),
+                    format!("{other:?} must be `refuse` (the default) or `allow`"),
+                );
+                Overrides::Refuse
+            }
+        };
         let id = catalog.push(ToolSpec {
             name: Arc::from(tool.name.as_str()),
             hosts,
@@ -309,6 +340,8 @@ fn catalog(
             credential: tool.credential.clone(),
             intercept: tool.intercept.unwrap_or(true),
             protocol,
+            labels: labels(c, &format!("{path}.labels"), &tool.labels),
+            overrides,
             actions,
         });
         names.entry(tool.name.clone()).or_insert(id);
@@ -454,7 +487,29 @@ fn action(c: &mut Collector, path: &str, raw: &RawAction) -> Option<Action> {
         template,
         body,
         attributes,
+        labels: labels(c, &format!("{path}.labels"), &raw.labels),
     })
+}
+
+fn labels(c: &mut Collector, path: &str, raw: &[String]) -> Vec<Arc<str>> {
+    let mut out: Vec<Arc<str>> = Vec::new();
+    for (i, label) in raw.iter().enumerate() {
+        if !crate::labels::is_label(label) {
+            c.push(
+                format!("{path}[{i}]"),
+                format!("{label:?} is not a label: 1 to 64 of A-Z a-z 0-9 _ . : - /"),
+            );
+        } else if !out.iter().any(|l| **l == **label) {
+            out.push(Arc::from(label.as_str()));
+        }
+    }
+    if out.len() > crate::labels::MAX_LABELS {
+        c.push(
+            path,
+            format!("at most {} labels", crate::labels::MAX_LABELS),
+        );
+    }
+    out
 }
 
 fn routes(

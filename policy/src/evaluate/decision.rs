@@ -2,9 +2,12 @@
 //! `reason`, `credential` and `approval`. Absent fields take safe defaults; anything
 //! malformed denies.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use regorus::Value;
+
+use crate::labels::is_label;
 
 /// What happens to the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +47,8 @@ pub struct Decision {
     pub credential: CredentialGrant,
     /// The policy asked for human approval (reserved: denies for now).
     pub approval_required: bool,
+    /// Labels the decision sets on the task and the agent (`"labels": ["pii"]`).
+    pub labels: Vec<Arc<str>>,
     /// Internal detail of a policy error, for logs only.
     pub error: Option<String>,
 }
@@ -57,6 +62,20 @@ impl Decision {
         self.effect == Effect::Allow
     }
 
+    /// The labels this decision sets on its task and agent: the decision's own, and — when
+    /// the action is forwarded — those the catalog gives the action (`labels_of`).
+    pub fn labels_to_set(&self, catalog_labels: &[Arc<str>], forwarded: bool) -> Vec<Arc<str>> {
+        let mut out = self.labels.clone();
+        if forwarded {
+            for label in catalog_labels {
+                if !out.contains(label) {
+                    out.push(label.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// A denial for `reason` that did not come from the policy (unknown credential, revoked…).
     pub fn deny(reason: impl Into<String>) -> Decision {
         Decision {
@@ -64,6 +83,7 @@ impl Decision {
             reason: reason.into(),
             credential: CredentialGrant::default(),
             approval_required: false,
+            labels: Vec::new(),
             error: None,
         }
     }
@@ -156,6 +176,7 @@ fn parse_object(v: &Value) -> Result<Decision, String> {
         other => return Err(format!("credential must be an object, got {}", kind(other))),
     };
     let reason = string(&v["reason"], "reason")?;
+    let labels = parse_labels(&v["labels"])?;
     let (effect, default_reason) = match (allow, approval_required) {
         (_, true) => (Effect::Deny, "human approval required"),
         (true, false) => (Effect::Allow, "allowed by policy"),
@@ -166,8 +187,41 @@ fn parse_object(v: &Value) -> Result<Decision, String> {
         reason: reason.unwrap_or_else(|| default_reason.to_string()),
         credential,
         approval_required,
+        labels,
         error: None,
     })
+}
+
+fn parse_labels(v: &Value) -> Result<Vec<Arc<str>>, String> {
+    let items: Vec<&Value> = match v {
+        Value::Undefined | Value::Null => return Ok(Vec::new()),
+        Value::Array(items) => items.iter().collect(),
+        Value::Set(items) => items.iter().collect(),
+        other => return Err(format!("labels must be an array, got {}", kind(other))),
+    };
+    let mut labels: Vec<Arc<str>> = Vec::with_capacity(items.len());
+    for item in items {
+        match item {
+            Value::String(s) if is_label(s) => {
+                if !labels.iter().any(|l| **l == **s) {
+                    labels.push(Arc::from(&**s));
+                }
+            }
+            Value::String(s) => {
+                return Err(format!(
+                    "labels: {s:?} is not a label (1 to 64 of A-Z a-z 0-9 _ . : - /)"
+                ))
+            }
+            other => return Err(format!("labels must hold strings, got {}", kind(other))),
+        }
+    }
+    if labels.len() > crate::labels::MAX_LABELS {
+        return Err(format!(
+            "labels: at most {} per decision",
+            crate::labels::MAX_LABELS
+        ));
+    }
+    Ok(labels)
 }
 
 fn parse_credential(c: &Value) -> Result<CredentialGrant, String> {

@@ -8,6 +8,8 @@ use http::HeaderMap;
 use regorus::Value;
 use serde_json::Value as Json;
 
+use crate::chain::{Outcome, View};
+
 /// Headers that carry credentials: never shown to policy, always stripped before forwarding.
 pub const CREDENTIAL_HEADERS: [&str; 5] = [
     "authorization",
@@ -23,10 +25,12 @@ pub struct ChainEntry {
     pub seq: u64,
     pub action: Arc<str>,
     pub tool: Option<Arc<str>>,
+    /// The agent that took it.
+    pub agent: Arc<str>,
     /// `allow`, `deny` or `error`.
     pub decision: &'static str,
-    /// The tool's response status, once known.
-    pub status: Option<u16>,
+    /// How it ended; `None` while it is in flight (`pending: true`, no status).
+    pub outcome: Option<Outcome>,
     pub attributes: Vec<(Arc<str>, Json)>,
     pub at: SystemTime,
 }
@@ -53,13 +57,28 @@ pub struct Input<'a> {
     pub agent_claims: Option<&'a Json>,
     pub task_id: &'a str,
     pub task_claims: Option<&'a Json>,
+    /// The task was named by a verified task token.
+    pub task_verified: bool,
     pub action: &'a str,
     pub tool: Option<&'a str>,
     pub attributes: &'a [(Arc<str>, Json)],
     pub request: RequestView<'a>,
-    /// The task's earlier actions (`chain::Ledger::history`, or [`chain_value`]).
-    pub chain: Value,
+    /// The task's earlier actions, its labels and the agent's (`chain::Ledger::view`, or
+    /// [`View::of_chain`]).
+    pub state: View,
     pub now: SystemTime,
+}
+
+impl View {
+    /// A view with `chain` as the task's history, no labels, the history complete.
+    pub fn of_chain(chain: Value) -> View {
+        View {
+            chain,
+            task_labels: Value::from(BTreeMap::new()),
+            agent_labels: Value::from(BTreeMap::new()),
+            history_complete: true,
+        }
+    }
 }
 
 /// `input.chain` from plain entries (tests, offline runs).
@@ -100,20 +119,23 @@ pub fn timestamp(t: SystemTime) -> String {
 impl ChainEntry {
     /// This entry as a policy value.
     pub fn to_value(&self) -> Value {
-        object([
+        let mut entry = object([
             ("seq", Value::from(self.seq)),
             ("action", Value::from(&*self.action)),
             ("tool", opt_str(self.tool.as_deref())),
+            ("agent", Value::from(&*self.agent)),
             ("decision", Value::from(self.decision)),
-            (
-                "status",
-                self.status
-                    .map(|s| Value::from(u64::from(s)))
-                    .unwrap_or(Value::Null),
-            ),
+            ("pending", Value::from(self.outcome.is_none())),
             ("attributes", attributes(&self.attributes)),
             ("at", Value::from(timestamp(self.at))),
-        ])
+        ]);
+        if let (Some(outcome), Ok(map)) = (self.outcome, entry.as_object_mut()) {
+            map.insert(Value::from("outcome"), Value::from(outcome.as_str()));
+            if let Some(status) = outcome.status() {
+                map.insert(Value::from("status"), Value::from(u64::from(status)));
+            }
+        }
+        entry
     }
 }
 
@@ -190,6 +212,7 @@ impl Input<'_> {
                 object([
                     ("id", Value::from(self.agent_id)),
                     ("claims", json(self.agent_claims)),
+                    ("labels", self.state.agent_labels.clone()),
                 ]),
             ),
             (
@@ -198,6 +221,9 @@ impl Input<'_> {
                     ("id", Value::from(self.task_id)),
                     ("claims", json(self.task_claims)),
                     ("revoked", Value::from(false)),
+                    ("verified", Value::from(self.task_verified)),
+                    ("labels", self.state.task_labels.clone()),
+                    ("history_complete", Value::from(self.state.history_complete)),
                 ]),
             ),
             (
@@ -209,7 +235,7 @@ impl Input<'_> {
                 ]),
             ),
             ("request", self.request.to_value()),
-            ("chain", self.chain.clone()),
+            ("chain", self.state.chain.clone()),
             ("now", Value::from(timestamp(self.now))),
         ])
     }

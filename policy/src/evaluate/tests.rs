@@ -4,6 +4,7 @@ use http::HeaderMap;
 use serde_json::json;
 
 use super::*;
+use crate::chain::Outcome;
 
 fn policy(rego: &str) -> Policy {
     Policy::compile(&PolicySource {
@@ -22,6 +23,7 @@ fn input(action: &str, headers: &HeaderMap, chain: &[ChainEntry]) -> Value {
         agent_claims: None,
         task_id: "T-1",
         task_claims: None,
+        task_verified: false,
         action,
         tool: Some("pay"),
         attributes: &attrs,
@@ -40,7 +42,7 @@ fn input(action: &str, headers: &HeaderMap, chain: &[ChainEntry]) -> Value {
             hidden: &[],
             body: None,
         },
-        chain: chain_value(chain),
+        state: View::of_chain(chain_value(chain)),
         now: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
     }
     .to_value()
@@ -91,7 +93,8 @@ fn chain_is_visible_to_policy() {
         action: "ticket.read".into(),
         tool: Some("jira".into()),
         decision: "allow",
-        status: Some(200),
+        agent: "spiffe://example.org/agent".into(),
+        outcome: Some(Outcome::Response(200)),
         attributes: vec![],
         at: UNIX_EPOCH,
     };
@@ -263,7 +266,10 @@ decision := {"allow": true} if to_number(input.action.name) > 0"#,
 }
 
 #[test]
-fn else_after_an_empty_iteration_is_not_left_to_the_rvm() {
+fn else_after_an_empty_iteration_tries_the_next_body() {
+    // vendor/regorus/TOOLGATE.md, patch 8: unpatched, the RVM ended each of these chains
+    // with the default ("default") where the interpreter and OPA say "second"; toolgate used
+    // to send such policies to the interpreter.
     for rego in [
         "decision := \"first\" if { some x in input.chain; x == 1 } else := \"second\"",
         "decision := \"first\" if { input.chain[_] == 1 } else := \"second\"",
@@ -272,33 +278,15 @@ fn else_after_an_empty_iteration_is_not_left_to_the_rvm() {
         let p = policy(&format!(
             "package toolgate\nimport rego.v1\ndefault decision := \"default\"\n{rego}"
         ));
-        assert_eq!(p.evaluator(), Evaluator::Interpreter, "{rego}");
-        assert!(
-            p.rvm_unsupported().unwrap().contains("test.rego:4"),
-            "{rego}"
-        );
-        assert_eq!(
-            p.evaluate(input("x", &HeaderMap::new(), &[]), p.evaluator()),
-            Ok(Value::from("second")),
-            "{rego}"
-        );
+        assert_eq!(p.evaluator(), Evaluator::Rvm, "{rego}");
+        for evaluator in [Evaluator::Rvm, Evaluator::Interpreter] {
+            assert_eq!(
+                p.evaluate(input("x", &HeaderMap::new(), &[]), evaluator),
+                Ok(Value::from("second")),
+                "{rego} on {evaluator:?}"
+            );
+        }
     }
-    // The same logic through a helper rule is safe for the RVM, and it agrees.
-    let p = policy(
-        "package toolgate\nimport rego.v1\ndefault decision := \"default\"\n\
-         found if { some x in input.chain; x == 1 }\n\
-         decision := \"first\" if { found } else := \"second\"",
-    );
-    assert_eq!(p.evaluator(), Evaluator::Rvm);
-    let i = input("x", &HeaderMap::new(), &[]);
-    assert_eq!(
-        p.evaluate(i.clone(), Evaluator::Rvm),
-        Ok(Value::from("second"))
-    );
-    assert_eq!(
-        p.evaluate(i, Evaluator::Interpreter),
-        Ok(Value::from("second"))
-    );
 }
 
 /// The vendored regorus compiles the bodies of one definition into one shared register
@@ -356,7 +344,6 @@ seen contains upper(input.action.name) if { startswith(input.action.name, "pay")
 facts[k] := v if { some k, v in {"tool": input.action.tool} }
 facts[k] := label(input.action.attributes.amount) if { k := "label" }
 
-# (Iteration sits in helper rules: see else_after_an_empty_iteration_is_not_left_to_the_rvm.)
 current if "current" in seen
 denied_earlier if { some entry in input.chain; entry.decision == "deny" }
 
@@ -373,7 +360,8 @@ decision := {"allow": true, "reason": sprintf("%v %v", [sort(seen), facts])} if 
         action: "payment.read".into(),
         tool: Some("pay".into()),
         decision: "allow",
-        status: Some(200),
+        agent: "spiffe://example.org/agent".into(),
+        outcome: Some(Outcome::Response(200)),
         attributes: vec![],
         at: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
     }];
@@ -389,4 +377,26 @@ decision := {"allow": true, "reason": sprintf("%v %v", [sort(seen), facts])} if 
         p.decide(input("payment.create", &h, &earlier)).reason,
         r#"["PAYMENT.CREATE", "current", "payment.read"] {"label": "big", "tool": "pay"}"#
     );
+}
+
+/// vendor/regorus/TOOLGATE.md, patch 8: a body that ends without a value (an assignment from
+/// an undefined reference) fails, and the next `else` body is tried — on the RVM as in the
+/// interpreter. Unpatched, the RVM returned the default ("default") for the first input.
+#[test]
+fn else_after_an_undefined_assignment_tries_the_next_body() {
+    let p = policy(
+        "package toolgate\nimport rego.v1\ndefault decision := \"default\"\n\
+         decision := m if { m := input.request.body.missing } \
+         else := concat(\"\", [\"second \", input.action.name]) if { n := input.action.name; n != \"\" } \
+         else := \"third\"",
+    );
+    assert_eq!(p.evaluator(), Evaluator::Rvm, "{:?}", p.rvm_unsupported());
+    let i = input("x", &HeaderMap::new(), &[]);
+    for evaluator in [Evaluator::Rvm, Evaluator::Interpreter] {
+        assert_eq!(
+            p.evaluate(i.clone(), evaluator),
+            Ok(Value::from("second x")),
+            "{evaluator:?}"
+        );
+    }
 }

@@ -130,14 +130,139 @@ fn framing_headers_must_be_unambiguous() {
         headers(&h, false),
         Err(Rejection::ContentLengthAndTransferEncoding)
     );
+}
 
-    let mut h = HeaderMap::new();
-    h.append("x-http-method-override", "DELETE".parse().unwrap());
-    assert!(matches!(
-        headers(&h, true),
-        Err(Rejection::MethodOverride(_))
-    ));
-    assert_eq!(headers(&h, false), Ok(()));
+#[test]
+fn override_headers_are_refused_in_every_spelling_unless_allowed() {
+    let with = |name: &str| {
+        let mut h = HeaderMap::new();
+        h.append("host", "a".parse().unwrap());
+        h.append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            "DELETE".parse().unwrap(),
+        );
+        h
+    };
+    for name in [
+        "X-HTTP-Method-Override",
+        "x-http-method",
+        "X-Method-Override",
+        "X_HTTP_Method_Override",
+        "x_http_method",
+        "x-method_override",
+    ] {
+        let h = with(name);
+        assert_eq!(
+            headers(&h, false),
+            Err(Rejection::MethodOverride(name.to_ascii_lowercase())),
+            "{name}"
+        );
+        assert_eq!(headers(&h, true), Ok(()), "{name} with overrides: allow");
+    }
+    for name in [
+        "X-Original-URL",
+        "X-Rewrite-URL",
+        "X-Override-URL",
+        "X_Original_URL",
+        "x_rewrite_url",
+    ] {
+        let h = with(name);
+        assert_eq!(
+            headers(&h, false),
+            Err(Rejection::UrlOverride(name.to_ascii_lowercase())),
+            "{name}"
+        );
+        assert_eq!(headers(&h, true), Ok(()), "{name} with overrides: allow");
+    }
+    // Lookalikes are other headers.
+    for name in [
+        "x-http-method-overrides",
+        "x-original",
+        "x-forwarded-url",
+        "x-method",
+    ] {
+        assert_eq!(headers(&with(name), false), Ok(()), "{name}");
+    }
+}
+
+fn params(q: &str) -> Vec<(String, String)> {
+    request("GET", format!("/p?{q}").as_bytes()).unwrap().params
+}
+
+#[test]
+fn method_override_parameters_are_refused_unless_allowed() {
+    for q in [
+        "_method=DELETE",
+        "a=1&_method=DELETE",
+        "_METHOD=DELETE",
+        "%5Fmethod=DELETE",
+        ".method=DELETE",
+        "+_method=DELETE",
+        "_method[]=DELETE",
+        "X-HTTP-Method-Override=DELETE",
+        "x_http_method=DELETE",
+    ] {
+        let p = params(q);
+        assert!(
+            matches!(
+                parameters(&p, false, false),
+                Err(Rejection::OverrideParameter(_))
+            ),
+            "{q}"
+        );
+        assert_eq!(parameters(&p, true, false), Ok(()), "{q} allowed");
+    }
+    for q in ["method=DELETE", "_methods=x", "my_method=x", "a=_method"] {
+        assert_eq!(parameters(&params(q), false, true), Ok(()), "{q}");
+    }
+}
+
+#[test]
+fn parameter_names_one_tool_reads_as_one_are_refused_on_catalogued_tools() {
+    for q in [
+        "amount=5&Amount=500",
+        "amount=5&AMOUNT=500",
+        "a.b=1&a_b=2",
+        "a b=1&a_b=2",
+        "a[x]=1&A[x]=2",
+        "key=1&\u{212a}ey=2",
+    ] {
+        let p = params(q);
+        assert!(
+            matches!(
+                parameters(&p, false, true),
+                Err(Rejection::QueryNameCollision(_, _))
+            ),
+            "{q}"
+        );
+        // Hosts no tool serves are not held to it (no attribute reads their query).
+        assert_eq!(parameters(&p, false, false), Ok(()), "{q}");
+    }
+    // Repeated names are lists, and bracketed keys are fields: tools agree on both.
+    for q in ["ids=1&ids=2", "a[x]=1&a[y]=2&a=3", "amount=5&currency=EUR"] {
+        assert_eq!(parameters(&params(q), false, true), Ok(()), "{q}");
+    }
+}
+
+#[test]
+fn names_fold_as_case_insensitive_binders_fold_them() {
+    use names::{fold, override_parameter, php_name, same_folded, METHOD_OVERRIDE_HEADERS};
+    assert_eq!(fold("Transition"), "TRANSITION");
+    // Go folds the Kelvin sign, long s and dotless i to ASCII letters.
+    assert!(same_folded("\u{212a}ey", "key"));
+    assert!(same_folded("\u{17f}ort", "sort"));
+    assert!(same_folded("\u{131}d", "id"));
+    assert!(same_folded("\u{130}d", "id"));
+    assert!(same_folded("Stra\u{df}e", "STRA\u{df}E"));
+    assert!(!same_folded("id", "id"));
+    assert!(!same_folded("id", "ids"));
+    assert_eq!(php_name(" a.b c[d.e]"), "a_b_c[d.e]");
+    assert!(override_parameter("_method"));
+    // The longest name it can match is the longest method-override header's.
+    let longest = METHOD_OVERRIDE_HEADERS.iter().map(|h| h.len()).max();
+    assert_eq!(longest, Some(22));
+    assert!(override_parameter("x_http_method_override"));
+    assert!(!override_parameter("a[_method]"));
 }
 
 #[test]

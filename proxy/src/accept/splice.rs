@@ -10,6 +10,7 @@ use pingora::protocols::l4::stream::Stream as L4Stream;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use toolgate_policy::accept::{Accepted, Destination};
+use toolgate_policy::chain::Outcome;
 use toolgate_policy::classify::{Classification, CONNECT_SUFFIX};
 use toolgate_policy::normalise;
 use toolgate_policy::prepare::Prepared;
@@ -56,9 +57,7 @@ pub(super) async fn serve(
         Err(refusal) => {
             let status = problem::problem(&refusal).status;
             x.refused = Some(status);
-            if let Some(seq) = x.seq {
-                gw.ledger.complete(&x.task_id, seq, status);
-            }
+            record::settle(gw, &mut x, Outcome::Refused(status));
             log(gw, &x, &target, status, Some(&refusal.to_string()), (0, 0));
             if answer == Answer::Http {
                 refuse_raw(&mut client, &refusal, x_ids(&x)).await;
@@ -86,9 +85,7 @@ pub(super) async fn serve(
         Ok(s) => s,
         Err(refusal) => {
             let status = problem::problem(&refusal).status;
-            if let Some(seq) = x.seq {
-                gw.ledger.complete(&x.task_id, seq, status);
-            }
+            record::settle(gw, &mut x, Outcome::Refused(status));
             log(gw, &x, &target, status, Some(&refusal.to_string()), (0, 0));
             if answer == Answer::Http {
                 refuse_raw(&mut client, &refusal, x_ids(&x)).await;
@@ -96,9 +93,8 @@ pub(super) async fn serve(
             return;
         }
     };
-    if let Some(seq) = x.seq {
-        gw.ledger.complete(&x.task_id, seq, 200);
-    }
+    // The tunnel is open: the tool's side answered the connect.
+    record::settle(gw, &mut x, Outcome::Response(200));
     if answer == Answer::Http {
         // The downstream stream buffers writes: the 200 must be on the wire before splicing.
         let established = client
@@ -133,12 +129,8 @@ async fn decide(
 ) -> Result<Option<(String, u16)>, Refusal> {
     let config = &snapshot.config;
     let tool = config.catalog.tool(tool_id);
-    let identity = identify::identify(headers, &config.chain)?;
-    let named = identity.task_id.is_some();
-    x.task_id = identity
-        .task_id
-        .unwrap_or_else(|| gw.default_task.current(config.chain.idle_ttl));
-    record::trace::join(x, identity.parent, &config.agent.id, named);
+    let identity = identify::request(headers, config, std::time::SystemTime::now())?;
+    identify::enter(gw, config, identity, x);
     let name = tool.map(|t| t.name.clone()).unwrap_or_default();
     x.tool = Some(name.clone());
     x.action = Arc::from(format!("{name}.{CONNECT_SUFFIX}"));
@@ -161,9 +153,7 @@ async fn decide(
         rpc: None,
     };
     let hidden = credential::stripped_headers(config, tool);
-    let decided = evaluate::evaluate(gw, snapshot, &prepared, tool, headers, &hidden, x);
-    evaluate::log_decision(gw, snapshot, &prepared, x);
-    decided?;
+    evaluate::evaluate(gw, snapshot, &prepared, tool, headers, &hidden, x)?;
     Ok(tool
         .and_then(|t| t.upstream.as_ref())
         .map(|u| (u.host.clone(), u.port)))
@@ -185,6 +175,7 @@ fn log(
     copied: (u64, u64),
 ) {
     let decision = x.effect.map(|e| e.as_str()).unwrap_or("reject");
+    record::decisions(gw, x);
     gw.metrics.request(&x.action, decision);
     tracing::info!(
         target: "toolgate::access",

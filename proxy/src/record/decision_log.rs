@@ -35,6 +35,16 @@ pub struct Credential<'a> {
     pub id: Option<&'a str>,
 }
 
+/// How the decided action ended (the chain entry's outcome).
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    /// `response`, `refused`, `agent_disconnected`, `upstream_error` or `timeout`.
+    pub outcome: &'static str,
+    /// The tool's status (`response`) or toolgate's own (`refused`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+}
+
 /// One decision.
 #[derive(Debug, Serialize)]
 pub struct Line<'a> {
@@ -47,6 +57,10 @@ pub struct Line<'a> {
     pub tool: Option<&'a str>,
     pub attributes: Map<String, Json>,
     pub result: Result<'a>,
+    /// The labels the decision set on the task and the agent.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub labels: &'a [std::sync::Arc<str>],
+    pub outcome: Outcome,
     pub policy_revision: &'a str,
     pub credential: Option<Credential<'a>>,
     pub trace_id: &'a str,

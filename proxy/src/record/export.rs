@@ -79,10 +79,12 @@ struct Queue {
 }
 
 impl Queue {
-    /// Everything waiting, leaving the buffer empty.
+    /// The oldest `max_batch` spans waiting. Taken a batch at a time, so what the export
+    /// thread holds plus what waits never exceeds `max_batch + max_queue`.
     fn take(&self) -> Vec<SpanData> {
         match self.spans.lock() {
-            Ok(mut spans) => std::mem::take(&mut *spans),
+            Ok(mut spans) if spans.len() <= self.max_batch => std::mem::take(&mut *spans),
+            Ok(mut spans) => spans.drain(..self.max_batch).collect(),
             Err(_) => Vec::new(),
         }
     }
@@ -247,24 +249,25 @@ impl<E: SpanExporter> Export<E> {
                 // A dropped handle (no shutdown) flushes within the export timeout.
                 deadline = &mut stop => break deadline
                     .unwrap_or_else(|_| Instant::now() + self.batching.export_timeout),
-                () = queue.full.notified() => self.send(queue.take(), None).await,
-                _ = tick.tick() => self.send(queue.take(), None).await,
+                () = queue.full.notified() => self.send(queue, None).await,
+                _ = tick.tick() => self.send(queue, None).await,
             }
         };
         // Flush: nothing new is accepted; what is queued goes out until the deadline.
         queue.closed.store(true, Ordering::Release);
-        self.send(queue.take(), Some(deadline)).await;
+        self.send(queue, Some(deadline)).await;
         let left = deadline.saturating_duration_since(Instant::now());
         let _ = self.exporter.shutdown_with_timeout(left);
     }
 
-    /// Send `spans` in batches of at most `max_batch`.
-    async fn send(&mut self, mut spans: Vec<SpanData>, deadline: Option<Instant>) {
-        let max_batch = self.batching.max_batch.max(1);
-        while !spans.is_empty() {
-            let rest = spans.split_off(spans.len().min(max_batch));
-            self.export(spans, deadline).await;
-            spans = rest;
+    /// Send what waits in `queue`, a batch of at most `max_batch` at a time.
+    async fn send(&mut self, queue: &Queue, deadline: Option<Instant>) {
+        loop {
+            let batch = queue.take();
+            if batch.is_empty() {
+                return;
+            }
+            self.export(batch, deadline).await;
         }
     }
 

@@ -76,6 +76,9 @@ pub struct Metrics {
     credentials_issued: Mutex<BTreeMap<&'static str, u64>>,
     policy_reloads: Mutex<BTreeMap<&'static str, u64>>,
     spans_dropped: Arc<AtomicU64>,
+    /// What was kept from the agent in tool responses: `set_cookie`, `masked` (a credential
+    /// form in a header or the body), `compressed_body` (withheld).
+    scrubbed: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Default for Metrics {
@@ -87,6 +90,7 @@ impl Default for Metrics {
             credentials_issued: Mutex::default(),
             policy_reloads: Mutex::default(),
             spans_dropped: Arc::default(),
+            scrubbed: Mutex::default(),
         }
     }
 }
@@ -127,6 +131,19 @@ impl Metrics {
     /// Count a policy/config reload attempt by result (`success`, `failure`).
     pub fn policy_reload(&self, result: &'static str) {
         bump(&self.policy_reloads, result, 1);
+    }
+
+    /// Count what was kept from the agent in a response (`set_cookie`, `masked`,
+    /// `compressed_body`).
+    pub fn scrubbed(&self, what: &'static str, n: u64) {
+        if n > 0 {
+            bump(&self.scrubbed, what, n);
+        }
+    }
+
+    /// Count `Set-Cookie` headers dropped from responses to credentialed requests.
+    pub fn cookies_dropped(&self, n: usize) {
+        self.scrubbed("set_cookie", n as u64);
     }
 
     /// The counter of spans dropped before export (full queue, endpoint down), shared with
@@ -190,6 +207,16 @@ impl Metrics {
             "toolgate_spans_dropped_total {}",
             self.spans_dropped.load(Ordering::Relaxed)
         );
+        out.push_str("# HELP toolgate_response_scrubbed_total What tool responses lost before reaching the agent: set_cookie (dropped), masked (an injected credential's form), compressed_body (withheld: it could not be checked).\n");
+        out.push_str("# TYPE toolgate_response_scrubbed_total counter\n");
+        if let Ok(m) = self.scrubbed.lock() {
+            for (what, n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "toolgate_response_scrubbed_total{{what=\"{what}\"}} {n}"
+                );
+            }
+        }
         out
     }
 }

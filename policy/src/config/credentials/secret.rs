@@ -116,6 +116,13 @@ pub(super) fn compile(
             format!("Basic {encoded}")
         }
     };
+    // Every form the value could come back in (percent-encoded, JSON-escaped, in base64…).
+    let bases: Vec<&str> = needles
+        .iter()
+        .map(SecretText::expose)
+        .chain(std::iter::once(wire.as_str()))
+        .collect();
+    let needles = crate::credential::forms::forms(&bases).into();
     match http::HeaderValue::from_str(&wire) {
         Ok(v) => Some(SecretSpec {
             placement,

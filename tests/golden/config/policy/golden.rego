@@ -5,7 +5,7 @@ import rego.v1
 default decision := {"allow": false, "reason": "no rule allows this action"}
 
 decision := {"allow": true, "reason": "reading is allowed"} if {
-	input.action.name in {"ticket.read", "ticket.mine", "crm.search", "crm.mcp.tools_list", "crm.mcp.initialize", "crm.mcp.notifications_initialized"}
+	input.action.name in {"ticket.read", "ticket.mine", "record.read", "crm.search", "crm.mcp.tools_list", "crm.mcp.initialize", "crm.mcp.notifications_initialized"}
 } else := {"allow": true, "reason": "transitions other than close are allowed"} if {
 	input.action.name in {"ticket.transition", "ticket.reopen", "attachment.upload"}
 } else := {"allow": false, "reason": "closing a ticket needs a human"} if {

@@ -126,6 +126,13 @@ impl RegoVM {
                     Ok(_) => {
                         if matches!(rule_info.rule_type, RuleType::Complete) || is_function_call {
                             let current_result = self.get_register(result_reg)?.clone();
+                            // toolgate patch 7: a body that ran to its end without producing
+                            // a value (an iteration that found nothing, an assignment from an
+                            // undefined reference) has failed; as in the interpreter and OPA,
+                            // the next `else` body is tried instead of ending the chain.
+                            if current_result == Value::Undefined {
+                                continue;
+                            }
                             if current_result != Value::Undefined {
                                 if let Some(ref expected) = first_successful_result {
                                     if *expected != current_result {
