@@ -209,6 +209,14 @@ impl Pod {
         self.dir.path().join("tool-received.jsonl")
     }
 
+    /// The last request the tool received (what it saw; its answer to the agent may be
+    /// masked where it echoes the injected credential).
+    fn last_received(&self) -> serde_json::Value {
+        self.tool_received()
+            .pop()
+            .unwrap_or_else(|| panic!("the tool received nothing"))
+    }
+
     /// Every request the tool received, on any port, in order.
     fn tool_received(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.tool_log_path())
@@ -397,7 +405,7 @@ fn redirected_http_and_https_are_classified_decided_and_injected_and_the_proxy_u
         ],
     );
     assert_eq!(status, 200, "{body}\n{}", logs());
-    let got = json(&body);
+    let got = pod.last_received();
     assert_eq!(got["target"], "/rest/api/3/issue/SUP-1");
     assert_eq!(
         (got["tls"].as_bool(), got["port"].as_u64()),
@@ -429,7 +437,7 @@ fn redirected_http_and_https_are_classified_decided_and_injected_and_the_proxy_u
         ],
     );
     assert_eq!(status, 200, "{body}\n{}", logs());
-    let got = json(&body);
+    let got = pod.last_received();
     assert_eq!(got["tls"], true);
     assert_eq!(got["headers"]["authorization"], format!("Bearer {SECRET}"));
 
@@ -440,7 +448,7 @@ fn redirected_http_and_https_are_classified_decided_and_injected_and_the_proxy_u
     );
     assert_eq!(status, 200, "{body}\n{}", logs());
     assert_eq!(
-        json(&body)["headers"]["authorization"],
+        pod.last_received()["headers"]["authorization"],
         format!("Bearer {SECRET}")
     );
     let (status, body) = pod.curl_as(
@@ -469,7 +477,7 @@ fn redirected_http_and_https_are_classified_decided_and_injected_and_the_proxy_u
         ],
     );
     assert_eq!(status, 200, "{body}\n{}", logs());
-    let got = json(&body);
+    let got = pod.last_received();
     assert_eq!(
         (got["tls"].as_bool(), got["target"].as_str()),
         (Some(true), Some("/v1/secret"))
@@ -502,7 +510,7 @@ fn redirected_http_and_https_are_classified_decided_and_injected_and_the_proxy_u
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(
-        json(&body)["headers"]["authorization"],
+        pod.last_received()["headers"]["authorization"],
         "Bearer agent-own-token"
     );
 
@@ -531,9 +539,10 @@ fn http_to_a_tool_without_upstream_goes_over_tls_and_no_credential_reaches_a_pla
     let ca = pod.dir.path().join("ca.pem");
     let ca = ca.to_str().unwrap();
     let proxy = "http://127.0.0.1:15001";
-    let delivered = |status: u16, body: &str| {
+    let delivered = |status: u16, body: &str, target: &str| {
         assert_eq!(status, 200, "{body}\n{}", logs());
-        let got = json(body);
+        let got = pod.last_received();
+        assert_eq!(got["target"], target);
         assert_eq!(
             (got["tls"].as_bool(), got["port"].as_u64()),
             (Some(true), Some(443)),
@@ -547,15 +556,15 @@ fn http_to_a_tool_without_upstream_goes_over_tls_and_no_credential_reaches_a_pla
         AGENT_UID,
         &["--cacert", ca, "https://jira.test/rest/api/3/issue/SUP-1"],
     );
-    delivered(status, &body);
+    delivered(status, &body, "/rest/api/3/issue/SUP-1");
     // The agent's http://, captured or through the forward proxy: upgraded, never cleartext.
     let (status, body) = pod.curl_as(AGENT_UID, &["http://jira.test/rest/api/3/issue/SUP-2"]);
-    delivered(status, &body);
+    delivered(status, &body, "/rest/api/3/issue/SUP-2");
     let (status, body) = pod.curl_with(
         AGENT_UID,
         &["-x", proxy, "http://jira.test/rest/api/3/issue/SUP-3"],
     );
-    delivered(status, &body);
+    delivered(status, &body, "/rest/api/3/issue/SUP-3");
 
     // Another port of the catalogued host is no tool: `unknown`. The policy's careless rule
     // names the credential for it; toolgate refuses rather than send it.
@@ -584,7 +593,7 @@ fn http_to_a_tool_without_upstream_goes_over_tls_and_no_credential_reaches_a_pla
         pod.curl_with(AGENT_UID, &["-x", proxy, "http://jira.test:8081/open"]),
     ] {
         assert_eq!(status, 200, "{body}\n{}", logs());
-        let got = json(&body);
+        let got = pod.last_received();
         assert_eq!(
             (got["tls"].as_bool(), got["port"].as_u64()),
             (Some(false), Some(8081))
@@ -644,7 +653,7 @@ fn ipv6_egress_is_captured_decided_and_sent_over_tls_like_ipv4() {
         &[&format!("http://[{TOOL_IP6}]/rest/api/3/issue/SUP-6")],
     );
     assert_eq!(status, 200, "{body}\n{}", logs());
-    let got = json(&body);
+    let got = pod.last_received();
     assert_eq!(
         (got["tls"].as_bool(), got["port"].as_u64()),
         (Some(true), Some(443))
@@ -661,7 +670,7 @@ fn ipv6_egress_is_captured_decided_and_sent_over_tls_like_ipv4() {
     );
     assert_eq!(status, 200, "{body}\n{}", logs());
     assert_eq!(
-        json(&body)["headers"]["authorization"],
+        pod.last_received()["headers"]["authorization"],
         format!("Bearer {SECRET}")
     );
     // Decided like IPv4: a denied action never reaches the tool.
@@ -681,7 +690,10 @@ fn ipv6_egress_is_captured_decided_and_sent_over_tls_like_ipv4() {
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(
-        (json(&body)["tls"].as_bool(), json(&body)["port"].as_u64()),
+        (
+            pod.last_received()["tls"].as_bool(),
+            pod.last_received()["port"].as_u64()
+        ),
         (Some(false), Some(80))
     );
     let received = pod.tool_received();
