@@ -1,5 +1,7 @@
-//! The `toolgate` command line: serve, check a configuration, the demo, and the pod init step.
+//! The `toolgate` command line: serve, check a configuration, the demo, the pod init step,
+//! and the operator commands (`src/cli/`).
 
+mod cli;
 mod demo;
 
 use std::net::IpAddr;
@@ -70,6 +72,9 @@ enum Command {
     /// Signing keys for minted credentials.
     #[command(subcommand)]
     Keys(Keys),
+    /// Revoke a task, an agent or a credential id through the operator API, or list the
+    /// revocations in force.
+    Revoke(cli::revoke::Args),
 }
 
 /// `toolgate ca …`
@@ -578,6 +583,13 @@ fn main() -> ExitCode {
             let Some(s) = snapshot(Some(&config)) else {
                 return ExitCode::from(CONFIG_ERROR);
             };
+            let operator = cli::operator::check(&s.config);
+            for e in &operator.errors {
+                eprintln!("{}: {e}", config.display());
+            }
+            if !operator.errors.is_empty() {
+                return ExitCode::from(CONFIG_ERROR);
+            }
             let actions: usize = s
                 .config
                 .catalog
@@ -597,11 +609,15 @@ fn main() -> ExitCode {
             if let Some(why) = s.policy.rvm_unsupported() {
                 println!("note: the RVM cannot run this policy, the interpreter will: {why}");
             }
+            for note in &operator.notes {
+                println!("note: {note}");
+            }
             for w in &s.config.warnings {
                 eprintln!("warning: {}: {}: {}", config.display(), w.path, w.message);
             }
             ExitCode::SUCCESS
         }
+        Command::Revoke(args) => cli::revoke::run(args),
         Command::Test { config, paths } => test(&config, paths),
         Command::Eval(args) => eval(args),
         Command::Demo { otlp } => {

@@ -211,6 +211,7 @@ task_tokens:
   issuers:
     - {{ issuer: "{ORCHESTRATOR}", jwks_file: identity/orchestrator.json, audience: toolgate }}
 limits: {{ connect_timeout: 2s, upstream_timeout: 5s, shutdown_timeout: 1s }}
+admin: {{ token_file: operator-token }}
 {telemetry}
 "#,
             max_ttl = options.max_ttl,
@@ -238,6 +239,7 @@ limits: {{ connect_timeout: 2s, upstream_timeout: 5s, shutdown_timeout: 1s }}
                 ("secrets/maps", MAPS_SECRET),
                 ("secrets/legacy", LEGACY_SECRET),
                 ("secrets/sts-client", STS_CLIENT_SECRET),
+                support::OPERATOR_TOKEN_FILE,
             ],
             env,
         );

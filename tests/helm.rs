@@ -108,6 +108,37 @@ fn env<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
         .and_then(|e| e["value"].as_str())
 }
 
+/// Point the pod's paths in the rendered `toolgate.yaml` in `dir` at local stand-ins: the
+/// operator token the chart generated (written by `validate.py config` under `secrets/`), a
+/// private directory for the operator socket, one for the state. Returns the rendered text
+/// as the chart wrote it.
+fn localize(dir: &Path) -> String {
+    let yaml = dir.join("toolgate.yaml");
+    let rendered = std::fs::read_to_string(&yaml).unwrap();
+    let run = dir.join("run");
+    let state = dir.join("state");
+    for d in [&run, &state] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    }
+    let token = dir.join("secrets/demo-toolgate-operator-token");
+    let local = rendered
+        .replace(
+            "/var/run/secrets/toolgate/operator/",
+            &format!("{}/", token.display()),
+        )
+        .replace(
+            "unix:/var/run/toolgate/",
+            &format!("unix:{}/", run.display()),
+        )
+        .replace(
+            "dir: /var/lib/toolgate",
+            &format!("dir: {}", state.display()),
+        );
+    std::fs::write(&yaml, local).unwrap();
+    rendered
+}
+
 /// Render a case's ConfigMap to a directory and run `toolgate check` on it.
 fn check_rendered_config(values: &str, env: &[(&str, &str)]) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -118,6 +149,7 @@ fn check_rendered_config(values: &str, env: &[(&str, &str)]) -> (i32, String) {
         dir.path().to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{files}");
+    localize(dir.path());
     let out = Command::new(BINARY)
         .args(["check", "-c"])
         .arg(dir.path().join("toolgate.yaml"))
@@ -188,6 +220,14 @@ fn schema_rejects_wrong_types_and_unknown_keys() {
             "shutdown timeout set twice",
             "'shutdown_timeout' not allowed",
         ),
+        (
+            "operator socket path not absolute",
+            "'/operator/socket/path': 'operator.sock' does not match",
+        ),
+        (
+            "require_task_token as a string",
+            "'/config/chain/require_task_token': got string, want boolean",
+        ),
     ] {
         let message = rejected[case].as_str().unwrap_or_default();
         assert!(message.contains(says), "{case}: {message:?}");
@@ -199,6 +239,11 @@ fn schema_rejects_wrong_types_and_unknown_keys() {
         .as_str()
         .unwrap();
     assert!(refused.contains("must not be 1337"), "{refused}");
+    let refused = report["render_failures"]
+        ["operator socket in a directory mounted for something else"]
+        .as_str()
+        .unwrap();
+    assert!(refused.contains("operator.socket.path: /tmp"), "{refused}");
 }
 
 #[test]
@@ -233,6 +278,7 @@ fn transparent_values_render_a_config_that_toolgate_check_accepts() {
     let secret = dir.path().join("secrets/demo-toolgate-ca");
     assert!(secret.join("tls.key").exists(), "no generated CA: {files}");
     let yaml = dir.path().join("toolgate.yaml");
+    localize(dir.path());
     let rendered = std::fs::read_to_string(&yaml).unwrap();
     assert!(
         rendered.contains("transparent: 127.0.0.1:15006"),
@@ -495,6 +541,14 @@ fn an_existing_configmap_and_secrets_are_mounted_not_rendered() {
         named(&pod["volumes"], "toolgate-signing-key")["secret"]["secretName"],
         "support-agent-signing-key"
     );
+    assert_eq!(
+        named(&pod["volumes"], "toolgate-operator-token")["secret"],
+        serde_json::json!({
+            "secretName": "support-agent-operator-token",
+            "items": [{ "key": "operator-token", "path": "operator-token" }],
+            "defaultMode": 0o440
+        })
+    );
     assert_eq!(pod["serviceAccountName"], "support-agent");
 }
 
@@ -557,4 +611,206 @@ fn named_templates_compose_toolgate_into_another_charts_workload() {
     );
     assert_eq!(pod["securityContext"]["fsGroup"], 1337);
     assert!(objects.iter().all(|o| o["kind"] != "Deployment"));
+}
+
+/// Every volume the agent's container mounts, in `pod`.
+fn agent_mounts(pod: &Value, agent: &str) -> Vec<String> {
+    named(&pod["containers"], agent)["volumeMounts"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .map(|v| v["name"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The containers (init and regular) that mount volume `name`.
+fn mounted_by(pod: &Value, name: &str) -> Vec<String> {
+    let all = pod["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(pod["containers"].as_array().into_iter().flatten());
+    all.filter(|c| {
+        c["volumeMounts"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|v| v["name"] == name))
+    })
+    .map(|c| c["name"].as_str().unwrap().to_string())
+    .collect()
+}
+
+const OPERATOR_VOLUMES: [&str; 3] = [
+    "toolgate-operator",
+    "toolgate-operator-token",
+    "toolgate-state",
+];
+
+#[test]
+fn the_operator_socket_token_and_state_are_mounted_into_toolgate_alone() {
+    for case in [
+        "default",
+        "explicit",
+        "transparent",
+        "classic",
+        "existing-configmap",
+    ] {
+        let objects = objects(case);
+        let pod = pod(&objects);
+        let agent = find(&objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+            ["name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mounts = agent_mounts(pod, &agent);
+        for volume in OPERATOR_VOLUMES {
+            assert!(
+                !mounts.contains(&volume.to_string()),
+                "{case}: the agent mounts {volume}"
+            );
+            assert_eq!(mounted_by(pod, volume), ["toolgate"], "{case}: {volume}");
+        }
+    }
+    let objects = objects("default");
+    let pod = pod(&objects);
+    let toolgate = named(&pod["initContainers"], "toolgate");
+    let mount = |name: &str| named(&toolgate["volumeMounts"], name)["mountPath"].clone();
+    assert_eq!(mount("toolgate-operator"), "/var/run/toolgate");
+    assert_eq!(
+        mount("toolgate-operator-token"),
+        "/var/run/secrets/toolgate/operator"
+    );
+    assert_eq!(mount("toolgate-state"), "/var/lib/toolgate");
+    let token = &named(&pod["volumes"], "toolgate-operator-token")["secret"];
+    assert_eq!(token["secretName"], "demo-toolgate-operator-token");
+    assert_eq!(token["defaultMode"], 0o440);
+    assert_eq!(
+        named(&pod["volumes"], "toolgate-operator")["emptyDir"]["medium"],
+        "Memory"
+    );
+    let secret = objects
+        .iter()
+        .find(|o| o["kind"] == "Secret" && o["metadata"]["name"] == "demo-toolgate-operator-token")
+        .expect("a generated operator token");
+    assert_eq!(
+        secret["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    assert!(
+        secret["data"]["token"].as_str().unwrap().len() >= 64,
+        "48 characters, base64"
+    );
+
+    let config = find(&objects, "ConfigMap")["data"]["toolgate.yaml"]
+        .as_str()
+        .unwrap();
+    for key in [
+        "operator: unix:/var/run/toolgate/operator.sock",
+        "token_file: /var/run/secrets/toolgate/operator/token",
+        "max_revocation_ttl: 30d",
+        "dir: /var/lib/toolgate",
+    ] {
+        assert!(config.contains(key), "{key}: {config}");
+    }
+    // The parent chart's own workload, composed from the named templates.
+    let dir = tempfile::tempdir().unwrap();
+    let (code, report) = validate(&[
+        "parent",
+        chart().to_str().unwrap(),
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{report:#}");
+    let objects = objects_in(&std::fs::read_to_string(dir.path().join("parent.yaml")).unwrap());
+    let pod = &find(&objects, "StatefulSet")["spec"]["template"]["spec"];
+    for volume in OPERATOR_VOLUMES {
+        assert!(
+            !agent_mounts(pod, "triage").contains(&volume.to_string()),
+            "{volume}"
+        );
+        assert_eq!(mounted_by(pod, volume), ["toolgate"], "{volume}");
+    }
+}
+
+#[test]
+fn every_operator_setting_renders_a_config_toolgate_check_accepts_and_none_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    for (socket, token) in [(true, true), (true, false), (false, true), (false, false)] {
+        let values = dir.path().join(format!("{socket}-{token}.yaml"));
+        std::fs::write(
+            &values,
+            format!(
+                "operator: {{ socket: {{ enabled: {socket} }}, token: {{ enabled: {token} }}, maxRevocationTTL: 7d }}\nstate: {{ enabled: {socket} }}\n"
+            ),
+        )
+        .unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let (code, files) = validate(&[
+            "config",
+            chart().to_str().unwrap(),
+            values.to_str().unwrap(),
+            out.path().to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{files}");
+        let rendered = localize(out.path());
+        let config: Value = serde_yaml::from_str(&rendered).unwrap();
+        assert_eq!(
+            config["listen"]["operator"].is_string(),
+            socket,
+            "{rendered}"
+        );
+        assert_eq!(
+            config["admin"]["token_file"].is_string(),
+            token,
+            "{rendered}"
+        );
+        assert_eq!(config["admin"]["max_revocation_ttl"], "7d");
+        assert_eq!(config["state"]["dir"].is_string(), socket, "{rendered}");
+        // The admin listener is on the pod IP: with no token there, /v1 is off on it.
+        assert_eq!(config["listen"]["admin"], "0.0.0.0:15000");
+        let check = Command::new(BINARY)
+            .args(["check", "-c"])
+            .arg(out.path().join("toolgate.yaml"))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        assert_eq!(check.status.code(), Some(0), "{socket}/{token}: {text}");
+        assert_eq!(
+            text.contains("note: the operator API is off"),
+            !socket && !token,
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn require_task_token_is_a_chart_value_rendered_into_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("values.yaml");
+    std::fs::write(
+        &values,
+        "config: { chain: { require_task_token: true, max_actions: 32 } }\n",
+    )
+    .unwrap();
+    let (code, files) = validate(&[
+        "config",
+        chart().to_str().unwrap(),
+        values.to_str().unwrap(),
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{files}");
+    let rendered = std::fs::read_to_string(dir.path().join("toolgate.yaml")).unwrap();
+    let config: Value = serde_yaml::from_str(&rendered).unwrap();
+    assert_eq!(config["chain"]["require_task_token"], true, "{rendered}");
+    assert_eq!(config["chain"]["max_actions"], 32);
+    // Off unless asked for: the default renders no chain section at all.
+    let objects = objects("default");
+    let default = find(&objects, "ConfigMap")["data"]["toolgate.yaml"]
+        .as_str()
+        .unwrap();
+    assert!(!default.contains("require_task_token"), "{default}");
 }

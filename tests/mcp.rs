@@ -180,9 +180,10 @@ impl hyper::body::Body for ChannelBody {
 }
 
 fn start(server: &McpServer) -> Toolgate {
+    let config = config(&format!("http://{}", server.addr));
     Toolgate::start(
-        &config(&format!("http://{}", server.addr)),
-        &[("policy/main.rego", POLICY)],
+        &format!("{config}admin: {{ token_file: operator-token }}\n"),
+        &[("policy/main.rego", POLICY), support::OPERATOR_TOKEN_FILE],
     )
 }
 
@@ -298,9 +299,7 @@ async fn a_batch_with_one_denied_member_reaches_nothing() {
         "{}",
         tg.logs()
     );
-    let (status, chain) = support::http_get(tg.admin, "/v1/tasks/T-mcp").unwrap();
-    assert_eq!(status, 200, "{chain}");
-    let chain: Value = serde_json::from_str(&chain).unwrap();
+    let chain = support::operator_json(tg.admin, "/v1/tasks/T-mcp");
     let entries = chain["chain"]
         .as_array()
         .unwrap_or_else(|| panic!("{chain}"));

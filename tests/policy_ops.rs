@@ -75,6 +75,7 @@ credentials:
   jira-token: {{ kind: secret, file: secrets/jira, header: Authorization, format: "Bearer {{}}" }}
 telemetry: {{ decision_log: decisions.jsonl }}
 limits: {{ shutdown_timeout: 1s }}
+admin: {{ token_file: operator-token }}
 {extra}
 "#
     )
@@ -83,7 +84,11 @@ limits: {{ shutdown_timeout: 1s }}
 fn start(tool: &ToolServer, extra: &str) -> Toolgate {
     Toolgate::start(
         &config(&tool.url(), extra),
-        &[("policy/main.rego", POLICY), ("secrets/jira", SECRET)],
+        &[
+            ("policy/main.rego", POLICY),
+            ("secrets/jira", SECRET),
+            support::OPERATOR_TOKEN_FILE,
+        ],
     )
 }
 
@@ -96,10 +101,9 @@ async fn send(tg: &Toolgate, method: &str, path: &str, task: &str) -> reqwest::R
         .unwrap()
 }
 
+/// An operator API read, with the operator token.
 fn admin_json(tg: &Toolgate, path: &str) -> Value {
-    let (status, body) = http_get(tg.admin, path).unwrap();
-    assert_eq!(status, 200, "{path}: {body}");
-    serde_json::from_str(&body).unwrap()
+    support::operator_json(tg.admin, path)
 }
 
 /// Decision-log lines written so far.
@@ -259,7 +263,11 @@ async fn dry_run_forwards_a_would_deny_untouched_and_logs_it() {
             "policy: { files: [policy/*.rego] }",
             "policy: { files: [policy/*.rego], mode: dry-run }",
         ),
-        &[("policy/main.rego", POLICY), ("secrets/jira", SECRET)],
+        &[
+            ("policy/main.rego", POLICY),
+            ("secrets/jira", SECRET),
+            support::OPERATOR_TOKEN_FILE,
+        ],
     );
     let resp = tg
         .forward_client()
@@ -344,13 +352,8 @@ async fn revoking_a_task_applies_to_its_next_request_only() {
             .status(),
         200
     );
-    let revoked = reqwest::Client::new()
-        .post(format!("http://{}/v1/revoke", tg.admin))
-        .json(&serde_json::json!({ "task": "T-bad" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(revoked.status(), 200);
+    let revoked = support::operator(tg.admin, "POST", "/v1/revoke", Some(r#"{"task": "T-bad"}"#));
+    assert_eq!(revoked.status, 200, "{revoked:?}");
     let (status, body) = problem(send(&tg, "GET", "/rest/api/3/issue/A", "T-bad").await).await;
     assert_eq!(
         (status, body["detail"].as_str(), body["type"].as_str()),
@@ -367,13 +370,8 @@ async fn revoking_a_task_applies_to_its_next_request_only() {
     assert_eq!(listed["revocations"][0]["kind"], "task");
     assert_eq!(listed["revocations"][0]["id"], "T-bad");
 
-    let bad = reqwest::Client::new()
-        .post(format!("http://{}/v1/revoke", tg.admin))
-        .body("{\"task\":1}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status(), 400);
+    let bad = support::operator(tg.admin, "POST", "/v1/revoke", Some("{\"task\":1}"));
+    assert_eq!(bad.status, 400);
 }
 
 #[tokio::test(flavor = "multi_thread")]

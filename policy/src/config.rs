@@ -6,6 +6,7 @@ mod files;
 mod identity;
 mod jwks;
 mod matching;
+mod operator;
 mod raw;
 mod signing;
 mod telemetry;
@@ -26,6 +27,10 @@ pub use files::{DiskFiles, EmbeddedFiles, Files, ProcessEnv, StaticEnv, Vars};
 pub use identity::{TaskTokens, TokenIssuer, AGENT_LEEWAY};
 pub use jwks::{unverified_claims, KeySet, TokenError, MAX_TOKEN_BYTES};
 pub use matching::{body_cap, MAX_BODY_BYTES};
+pub use operator::{
+    AdminSettings, StateBackend, StateSettings, DEFAULT_MAX_REVOCATION_TTL, LONGEST_REVOCATION_TTL,
+    MAX_SOCKET_PATH, MIN_DISTINCT_TOKEN_CHARS, MIN_TOKEN_CHARS,
+};
 pub use signing::{generate_ed25519_pem, SigningKey};
 
 use crate::classify::Catalog;
@@ -45,6 +50,8 @@ pub struct Config {
     pub credentials: BTreeMap<String, CredentialSpec>,
     pub telemetry: Telemetry,
     pub admin: AdminSettings,
+    /// Where operator state (revocations) is kept; read at start only.
+    pub state: StateSettings,
     pub chain: ChainSettings,
     pub tls: TlsSettings,
     pub limits: Limits,
@@ -64,6 +71,8 @@ pub struct Listen {
     /// The transparent listener, for connections iptables redirected (`listen.transparent`).
     pub transparent: Option<SocketAddr>,
     pub admin: SocketAddr,
+    /// The operator listener's unix socket (`listen.operator: unix:/path`).
+    pub operator: Option<PathBuf>,
 }
 
 /// Who the agent behind this sidecar is.
@@ -139,15 +148,6 @@ pub enum DecisionLogSink {
     Stdout,
     File(PathBuf),
     Off,
-}
-
-/// The admin listener's protection and revocation lifetime.
-#[derive(Debug, Clone)]
-pub struct AdminSettings {
-    /// Bearer token required for state-changing admin calls from non-loopback peers.
-    pub token: Option<SecretValue>,
-    /// How long a revocation lasts unless the request says otherwise.
-    pub revocation_ttl: Duration,
 }
 
 /// Where a credential's value comes from and how it is presented to the tool.

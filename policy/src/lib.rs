@@ -14,6 +14,7 @@ pub mod normalise;
 pub mod offline;
 pub mod prepare;
 pub mod quickstart;
+pub mod state;
 pub mod testing;
 
 pub use classify::{Catalog, Classification};

@@ -258,6 +258,7 @@ pub fn report(config: &Config, outcome: &Outcome) -> serde_json::Value {
                 "reason": e.decision.reason,
                 "credential": credential_report(config, tool, e, &subject),
                 "approval_required": e.decision.approval_required,
+                "labels": e.decision.labels.iter().map(|l| &**l).collect::<Vec<_>>(),
             },
         })
     };

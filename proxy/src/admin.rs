@@ -1,212 +1,110 @@
-//! The admin listener: health and readiness for probes, metrics for Prometheus, the public
-//! keys of minted credentials (`/.well-known/jwks.json`, for tools), the interception CA's
-//! certificate (`/ca.pem`, for agents' trust bundles), and the operator API (`/v1/…`:
-//! revocations, task chains). The operator API answers loopback peers,
-//! or any peer presenting the bearer token from `admin.token_file`.
+//! The admin listener's HTTP app: health and readiness for probes, metrics for Prometheus,
+//! the public keys of minted credentials (`/.well-known/jwks.json`, for tools) and the
+//! interception CA's certificate (`/ca.pem`, for agents' trust bundles) — open, read-only —
+//! and the dispatch of `/v1/…` to the operator API, which authenticates every request
+//! itself (see `operator`). The same app serves the operator socket (`listen.operator`).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use http::{Method, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
-use serde_json::json;
 
 use crate::gateway::Gateway;
-use crate::revocation;
+use crate::operator::{self, Listener};
 
-/// Largest request body the admin API reads.
-const MAX_BODY: usize = 4096;
-
-/// Serves `/healthz`, `/readyz`, `/metrics` and the operator API.
+/// Serves the open endpoints and hands `/v1/` to the operator API, on one listener.
 #[derive(Debug)]
 pub struct Admin {
     gateway: Arc<Gateway>,
+    listener: Listener,
 }
 
-struct Reply {
-    status: StatusCode,
-    content_type: &'static str,
-    body: Vec<u8>,
+/// A response, before it is written.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Vec<u8>,
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
-const JSON: &str = "application/json";
 
-fn text(status: StatusCode, body: impl Into<String>) -> Reply {
-    Reply {
-        status,
-        content_type: TEXT,
-        body: body.into().into_bytes(),
+impl Reply {
+    /// A plain-text reply.
+    pub fn text(status: StatusCode, body: impl Into<String>) -> Reply {
+        Reply::bytes(status, TEXT, body.into().into_bytes())
     }
-}
 
-fn json(status: StatusCode, body: &serde_json::Value) -> Reply {
-    Reply {
-        status,
-        content_type: JSON,
-        body: serde_json::to_vec(body).unwrap_or_default(),
+    /// A reply of `content_type`.
+    pub fn bytes(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Reply {
+        Reply {
+            status,
+            content_type,
+            headers: Vec::new(),
+            body,
+        }
     }
-}
 
-/// Compare without leaking where the first difference is.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    /// `self` with one more header.
+    pub fn with_header(mut self, name: HeaderName, value: &'static str) -> Reply {
+        self.headers.push((name, HeaderValue::from_static(value)));
+        self
+    }
 }
 
 impl Admin {
-    /// An admin app reporting on `gateway`.
-    pub fn new(gateway: Arc<Gateway>) -> Admin {
-        Admin { gateway }
-    }
-
-    fn authorized(&self, session: &ServerSession) -> bool {
-        let loopback = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .is_some_and(|a| a.ip().is_loopback());
-        if loopback {
-            return true;
-        }
-        let snapshot = self.gateway.snapshot();
-        match (
-            &snapshot.config.admin.token,
-            session
-                .req_header()
-                .headers
-                .get(http::header::AUTHORIZATION),
-        ) {
-            (Some(token), Some(given)) => same(token.header_value().as_bytes(), given.as_bytes()),
-            _ => false,
-        }
-    }
-
-    async fn body(session: &mut ServerSession) -> Result<Vec<u8>, Reply> {
-        let mut body = Vec::new();
-        loop {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > MAX_BODY {
-                        return Err(text(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            format!("body over {MAX_BODY} bytes\n"),
-                        ));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => return Ok(body),
-                Err(e) => {
-                    return Err(text(
-                        StatusCode::BAD_REQUEST,
-                        format!("cannot read body: {e}\n"),
-                    ))
-                }
-            }
-        }
+    /// The app of `listener`, reporting on `gateway`.
+    pub fn new(gateway: Arc<Gateway>, listener: Listener) -> Admin {
+        Admin { gateway, listener }
     }
 
     async fn route(&self, session: &mut ServerSession) -> Reply {
-        let method = session.req_header().method.clone();
-        let path = session.req_header().uri.path().to_string();
-        if path.starts_with("/v1/") && !self.authorized(session) {
-            return text(
-                StatusCode::FORBIDDEN,
-                "the operator API answers loopback peers or the admin token\n",
-            );
+        let path = session.req_header().uri.path();
+        // Only the operator module answers under /v1, and only once it has authenticated
+        // the caller: no open endpoint shares that prefix.
+        if path == "/v1" || path.starts_with("/v1/") {
+            return operator::serve(&self.gateway, self.listener, session).await;
         }
-        match (method, path.as_str()) {
-            (Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-            (Method::GET, "/readyz") if self.gateway.is_ready() => text(
+        let method = session.req_header().method.clone();
+        match (method, path) {
+            (Method::GET, "/healthz") => Reply::text(StatusCode::OK, "ok\n"),
+            (Method::GET, "/readyz") if self.gateway.is_ready() => Reply::text(
                 StatusCode::OK,
                 format!(
                     "ready, policy revision {}\n",
                     self.gateway.snapshot().policy.revision()
                 ),
             ),
-            (Method::GET, "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-            (Method::GET, "/metrics") => Reply {
-                status: StatusCode::OK,
-                content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: self.gateway.metrics.render().into_bytes(),
-            },
+            (Method::GET, "/readyz") => Reply::text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+            (Method::GET, "/metrics") => Reply::bytes(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.gateway.metrics.render().into_bytes(),
+            ),
             (Method::GET, "/ca.pem") => match &self.gateway.snapshot().authority {
-                Some(ca) => Reply {
-                    status: StatusCode::OK,
-                    content_type: "application/x-pem-file",
-                    body: ca.cert_pem().to_vec(),
-                },
-                None => text(
+                Some(ca) => Reply::bytes(
+                    StatusCode::OK,
+                    "application/x-pem-file",
+                    ca.cert_pem().to_vec(),
+                ),
+                None => Reply::text(
                     StatusCode::NOT_FOUND,
                     "no interception CA is configured (tls.ca)\n",
                 ),
             },
-            (Method::GET, "/.well-known/jwks.json") => Reply {
-                status: StatusCode::OK,
-                content_type: "application/jwk-set+json",
-                body: serde_json::to_vec(&self.gateway.keys.jwks()).unwrap_or_default(),
-            },
-            (Method::GET, "/v1/revoke") => json(
+            (Method::GET, "/.well-known/jwks.json") => Reply::bytes(
                 StatusCode::OK,
-                &json!({ "revocations": self.gateway.revocations.list() }),
+                "application/jwk-set+json",
+                serde_json::to_vec(&self.gateway.keys.jwks()).unwrap_or_default(),
             ),
-            (Method::POST, "/v1/revoke") => self.revoke(session).await,
-            (Method::GET, "/v1/tasks") => {
-                let stats = self.gateway.ledger.stats();
-                json(
-                    StatusCode::OK,
-                    &json!({ "tasks": stats.tasks, "entries": stats.entries }),
-                )
+            (_, "/healthz" | "/readyz" | "/metrics" | "/.well-known/jwks.json" | "/ca.pem") => {
+                Reply::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+                    .with_header(http::header::ALLOW, "GET")
             }
-            (Method::GET, p) if p.starts_with("/v1/tasks/") => {
-                let task = p.trim_start_matches("/v1/tasks/");
-                let pools = self.gateway.ledger.describe(task);
-                let chain = pools
-                    .get("named")
-                    .or_else(|| pools.get("verified"))
-                    .and_then(|p| p.get("chain"))
-                    .cloned()
-                    .unwrap_or_else(|| json!([]));
-                json(
-                    StatusCode::OK,
-                    &json!({ "task": task, "chain": chain, "pools": pools }),
-                )
-            }
-            (
-                _,
-                "/healthz"
-                | "/readyz"
-                | "/metrics"
-                | "/.well-known/jwks.json"
-                | "/ca.pem"
-                | "/v1/revoke"
-                | "/v1/tasks",
-            ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
-            _ => text(StatusCode::NOT_FOUND, "not found\n"),
-        }
-    }
-
-    async fn revoke(&self, session: &mut ServerSession) -> Reply {
-        let body = match Admin::body(session).await {
-            Ok(b) => b,
-            Err(reply) => return reply,
-        };
-        let request: revocation::Request = match serde_json::from_slice(&body) {
-            Ok(r) => r,
-            Err(e) => {
-                return json(
-                    StatusCode::BAD_REQUEST,
-                    &json!({ "error": format!("invalid JSON: {e}") }),
-                )
-            }
-        };
-        let default_ttl = self.gateway.snapshot().config.admin.revocation_ttl;
-        match request.parse(default_ttl) {
-            Ok((kind, id, ttl)) => {
-                let entry = self.gateway.revocations.revoke(kind, id, ttl);
-                tracing::warn!(target: "toolgate::admin", kind = ?entry.kind, id = %entry.id, expires = %entry.expires, "revoked");
-                json(StatusCode::OK, &json!({ "revoked": entry }))
-            }
-            Err(e) => json(StatusCode::BAD_REQUEST, &json!({ "error": e.to_string() })),
+            _ => Reply::text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
 }
@@ -215,11 +113,14 @@ impl Admin {
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let reply = self.route(session).await;
-        Response::builder()
+        let mut response = Response::builder()
             .status(reply.status)
             .header(http::header::CONTENT_TYPE, reply.content_type)
             .header(http::header::CONTENT_LENGTH, reply.body.len())
-            .body(reply.body)
-            .unwrap_or_default()
+            .header(http::header::CACHE_CONTROL, "no-store");
+        for (name, value) in reply.headers {
+            response = response.header(name, value);
+        }
+        response.body(reply.body).unwrap_or_default()
     }
 }

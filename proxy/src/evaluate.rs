@@ -18,7 +18,6 @@ use crate::credential;
 use crate::gateway::{Gateway, Snapshot};
 use crate::pipeline::Exchange;
 use crate::problem::Refusal;
-use crate::revocation::Kind;
 
 /// Reason given for a revoked task or agent.
 pub const REVOKED: &str = "revoked";
@@ -66,10 +65,13 @@ pub fn evaluate(
     let class = &prepared.classification;
     let agent = config.agent.id.as_str();
     let now = SystemTime::now();
-    let revoked = gw.revocations.is_revoked(Kind::Task, &x.task_id)
-        || gw.revocations.is_revoked(Kind::Agent, agent);
+    // Revocation state that cannot be read counts as revoked: fail closed.
+    let state = gw.state.revoked(&x.task_id, agent, now);
+    let revoked = state != Ok(false);
     let mut eval_time = None;
-    let decision = if revoked {
+    let decision = if let Err(unavailable) = &state {
+        Decision::deny(unavailable.to_string())
+    } else if revoked {
         Decision::deny(REVOKED)
     } else {
         let accepted = &prepared.accepted;
@@ -148,7 +150,7 @@ pub fn evaluate(
     match decision.effect {
         _ if dry_run => Ok(decision),
         Effect::Allow => Ok(decision),
-        Effect::Deny if revoked => Err(Refusal::Revoked),
+        Effect::Deny if revoked => Err(state.map_or_else(Refusal::from, |_| Refusal::Revoked)),
         Effect::Error => Err(Refusal::PolicyError(decision.reason)),
         Effect::Deny if decision.approval_required => {
             Err(Refusal::ApprovalRequired(decision.reason))

@@ -13,11 +13,11 @@ use toolgate_policy::evaluate::{Policy, PolicyError};
 use x509_parser::prelude::FromDer;
 
 use toolgate_policy::chain::Ledger;
+use toolgate_policy::state::State;
 
 use crate::credential::{self, Exchanges, KeyRing};
 use crate::identify::DefaultTask;
 use crate::record::{DecisionLog, Metrics, Spans};
-use crate::revocation::Revocations;
 
 /// Why a configuration could not become the serving one.
 #[derive(Debug, thiserror::Error)]
@@ -97,14 +97,15 @@ fn upstream_roots(extra: &Path) -> Result<Arc<CaType>, LoadError> {
 }
 
 /// The serving state: the current snapshot, replaced atomically on reload, and the state that
-/// outlives reloads (task history, revocations, metrics, the decision log).
+/// outlives reloads (task history, operator state, metrics, the decision log).
 #[derive(Debug)]
 pub struct Gateway {
     current: ArcSwap<Snapshot>,
     ready: AtomicBool,
     pub metrics: Metrics,
     pub ledger: Ledger,
-    pub revocations: Revocations,
+    /// Operator state: revocations, kept in `state.dir` when set.
+    pub state: State,
     pub decision_log: DecisionLog,
     pub default_task: DefaultTask,
     /// Where action spans are exported; `None` when export is off.
@@ -116,9 +117,10 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway serving `snapshot`, logging decisions to `decision_log`. Chain bounds come
-    /// from this first snapshot and change only on restart.
-    pub fn new(snapshot: Snapshot, decision_log: DecisionLog) -> Gateway {
+    /// A gateway serving `snapshot`, logging decisions to `decision_log`, with the operator
+    /// `state` opened at start. Chain bounds come from this first snapshot and change only on
+    /// restart.
+    pub fn new(snapshot: Snapshot, decision_log: DecisionLog, state: State) -> Gateway {
         let ledger = Ledger::new(&snapshot.config.chain);
         let keys = KeyRing::default();
         keys.publish(&snapshot.config);
@@ -127,7 +129,7 @@ impl Gateway {
             ready: AtomicBool::new(false),
             metrics: Metrics::default(),
             ledger,
-            revocations: Revocations::default(),
+            state,
             decision_log,
             default_task: DefaultTask::default(),
             spans: None,

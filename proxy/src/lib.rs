@@ -13,12 +13,13 @@ pub mod forward;
 pub mod gateway;
 pub mod identify;
 pub mod mcp;
+pub mod operator;
 pub mod pipeline;
 pub mod problem;
 pub mod record;
 pub mod reload;
-pub mod revocation;
 pub mod server;
+pub mod upgrade;
 
 pub use gateway::{Gateway, LoadError, Snapshot};
 pub use server::{serve, ServeError};

@@ -28,6 +28,7 @@ use crate::identify;
 use crate::mcp;
 use crate::problem::{self, Ids, Refusal};
 use crate::record;
+use crate::upgrade;
 
 /// Per-request state carried across phases.
 #[derive(Debug)]
@@ -84,8 +85,10 @@ pub struct Exchange {
     pub rpc: Option<mcp::Reply>,
     /// Masks the injected credential in the response body, while it streams.
     pub scrubber: Option<credential::scrub::BodyScrubber>,
-    /// A body that replaces the tool's (it could not be checked for the credential).
-    pub replacement: Option<bytes::Bytes>,
+    /// Why toolgate stopped forwarding the tool's answer (answered by `fail_to_proxy`).
+    pub aborted: Option<Refusal>,
+    /// The protocol switch the action may make, and its tunnel once the tool switched.
+    pub tunnel: Option<upgrade::Tunnel>,
 }
 
 impl Default for Exchange {
@@ -131,7 +134,8 @@ impl Exchange {
             inbound: None,
             rpc: None,
             scrubber: None,
-            replacement: None,
+            aborted: None,
+            tunnel: None,
         }
     }
 
@@ -210,6 +214,7 @@ fn head(
     if let Some(h1) = session.as_downstream().as_http1() {
         normalise::raw_framing(&h1.get_headers_raw_bytes())?;
     }
+    upgrade::check(&req.headers)?;
     let head = prepare::head(
         config,
         destination,
@@ -252,6 +257,9 @@ async fn admit(
     }
     issue(gw, snapshot, &prepared, tool, batch, x).await?;
     x.plan = Some(forward::plan(&prepared.accepted, tool));
+    x.tunnel = toolgate_policy::classify::requested_upgrade(&req.headers)
+        .filter(|proto| tool.is_some_and(|t| t.may_upgrade(&x.action, proto)))
+        .map(upgrade::Tunnel::new);
     Ok(())
 }
 
@@ -324,6 +332,13 @@ async fn issue(
     }
 }
 
+/// Stop forwarding the tool's answer: `fail_to_proxy` answers the agent with `refusal`.
+fn abort(x: &mut Exchange, refusal: Refusal) -> Result<()> {
+    let message = refusal.to_string();
+    x.aborted = Some(refusal);
+    Error::e_explain(ErrorType::InternalError, message)
+}
+
 /// Map a pingora failure while proxying to the refusal the agent sees.
 fn upstream_refusal(e: &pingora::Error, forward_error: Option<forward::ForwardError>) -> Refusal {
     if let Some(f) = forward_error {
@@ -364,7 +379,13 @@ impl ProxyHttp for Pipeline {
         .await;
         x.snapshot = Some(snapshot);
         match admitted {
-            Ok(()) => Ok(false),
+            Ok(()) => {
+                if x.tunnel.is_none() && upgrade::asks(&session.req_header().headers) {
+                    // Not the action's to switch: forwarded as a plain request.
+                    upgrade::strip(session.req_header_mut());
+                }
+                Ok(false)
+            }
             Err(refusal) => {
                 x.refuse(&self.gateway, session, &refusal).await;
                 Ok(true)
@@ -425,17 +446,21 @@ impl ProxyHttp for Pipeline {
         response: &mut ResponseHeader,
         x: &mut Exchange,
     ) -> Result<()> {
+        if response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            match x.tunnel.as_mut() {
+                Some(tunnel) => tunnel.opened = Some(Instant::now()),
+                None => return abort(x, Refusal::UnexpectedUpgrade),
+            }
+        }
         let scrubbed = credential::scrub(response, x.injection.as_ref());
         self.gateway.metrics.cookies_dropped(scrubbed.cookies);
         if scrubbed.compressed {
             // Asked for identity and answered compressed anyway: the body cannot be checked
             // for the credential, so it is withheld.
-            let refusal = Refusal::CompressedAnswer;
-            x.failure = Some(refusal.to_string());
-            x.replacement = Some(problem::replace(response, &refusal, x.ids()));
-        } else {
-            x.scrubber = credential::body_scrubber(x.injection.as_ref());
+            self.gateway.metrics.scrubbed("compressed_body", 1);
+            return abort(x, Refusal::CompressedAnswer);
         }
+        x.scrubber = credential::body_scrubber(x.injection.as_ref());
         if let Some(sent) = x.upstream_sent {
             self.gateway
                 .metrics
@@ -451,6 +476,23 @@ impl ProxyHttp for Pipeline {
         Ok(())
     }
 
+    /// Runs for each chunk of the request body on its way to the tool (after a protocol
+    /// switch: the tunnel's bytes, counted for its span).
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        x: &mut Exchange,
+    ) -> Result<()> {
+        if let (Some(tunnel), Some(chunk)) = (x.tunnel.as_mut(), body.as_ref()) {
+            if tunnel.opened.is_some() {
+                tunnel.to_tool += chunk.len() as u64;
+            }
+        }
+        Ok(())
+    }
+
     /// Runs for each chunk of the response body on its way to the agent: the injected
     /// credential is masked (or the whole body replaced, when it could not be checked).
     fn response_body_filter(
@@ -460,9 +502,10 @@ impl ProxyHttp for Pipeline {
         end_of_stream: bool,
         x: &mut Exchange,
     ) -> Result<Option<Duration>> {
-        if let Some(replacement) = &x.replacement {
-            *body = end_of_stream.then(|| replacement.clone());
-            return Ok(None);
+        if let (Some(tunnel), Some(chunk)) = (x.tunnel.as_mut(), body.as_ref()) {
+            if tunnel.opened.is_some() {
+                tunnel.from_tool += chunk.len() as u64;
+            }
         }
         if let Some(scrubber) = x.scrubber.as_mut() {
             let mut out = match body.take() {
@@ -499,9 +542,10 @@ impl ProxyHttp for Pipeline {
                 can_reuse_downstream: false,
             };
         }
-        let refusal = match e.esource() {
-            ErrorSource::Downstream => Refusal::Rejected(normalise::Rejection::BadTarget),
-            _ => upstream_refusal(e, x.forward_error.take()),
+        let refusal = match (x.aborted.take(), e.esource()) {
+            (Some(aborted), _) => aborted,
+            (None, ErrorSource::Downstream) => Refusal::Rejected(normalise::Rejection::BadTarget),
+            (None, _) => upstream_refusal(e, x.forward_error.take()),
         };
         x.refuse(&self.gateway, session, &refusal).await;
         FailToProxy {

@@ -7,6 +7,7 @@ use pingora::proxy::Session;
 use serde::Serialize;
 use toolgate_policy::classify::ClassifyError;
 use toolgate_policy::normalise::Rejection;
+use toolgate_policy::state::StateUnavailable;
 
 use crate::body::BodyError;
 use crate::credential::{CredentialError, Unavailable, UnknownCredential};
@@ -24,6 +25,9 @@ pub enum Refusal {
     PolicyError(String),
     #[error("revoked")]
     Revoked,
+    /// The revocation state cannot be read: refused rather than decided without it.
+    #[error(transparent)]
+    StateUnavailable(#[from] StateUnavailable),
     #[error(transparent)]
     Rejected(#[from] Rejection),
     #[error(transparent)]
@@ -65,6 +69,11 @@ pub enum Refusal {
     /// `Accept-Encoding: identity`: it cannot be checked for the credential.
     #[error("the tool answered with a compressed body although toolgate asked for identity; a body that cannot be checked for the injected credential is withheld")]
     CompressedAnswer,
+    #[error(transparent)]
+    Upgrade(#[from] crate::upgrade::UpgradeError),
+    /// The tool switched protocols (101) for a request that was not allowed to.
+    #[error("the tool switched protocols (101) for a request whose action may not upgrade the connection; the connection is closed")]
+    UnexpectedUpgrade,
 }
 
 impl From<IdentifyError> for Refusal {
@@ -108,6 +117,7 @@ pub fn problem(refusal: &Refusal) -> Problem {
         Refusal::ApprovalRequired(_) => (403, "approval-required", "approval required"),
         Refusal::PolicyError(_) => (403, "policy-error", "policy error"),
         Refusal::Revoked => (403, "revoked", "revoked"),
+        Refusal::StateUnavailable(_) => (503, "state-unavailable", "state unavailable"),
         Refusal::UnknownCredential(_) => (403, "policy-error", "policy error"),
         Refusal::TaskToken(_) => (403, "task-token", "task token rejected"),
         Refusal::AgentExpired(_) => (403, "agent-identity", "agent identity expired"),
@@ -142,6 +152,8 @@ pub fn problem(refusal: &Refusal) -> Problem {
         Refusal::Body(BodyError::Timeout(_)) => (408, "body-timeout", "request body too slow"),
         Refusal::Body(BodyError::Read(_)) => (400, "rejected", "request rejected"),
         Refusal::CompressedAnswer => (502, "unchecked-response", "response withheld"),
+        Refusal::Upgrade(_) => (400, "rejected", "request rejected"),
+        Refusal::UnexpectedUpgrade => (502, "unexpected-upgrade", "unexpected protocol switch"),
     };
     Problem {
         status,
@@ -183,26 +195,6 @@ pub fn body(problem: &Problem, ids: Ids<'_>) -> Bytes {
         trace_id: ids.trace_id,
     };
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
-}
-
-/// Turn the tool's response head into `refusal`'s problem; returns the body that must replace
-/// the tool's (the caller drops the tool's body and sends this one).
-pub fn replace(response: &mut ResponseHeader, refusal: &Refusal, ids: Ids<'_>) -> Bytes {
-    let problem = problem(refusal);
-    let body = body(&problem, ids);
-    let _ = response.set_status(problem.status);
-    for name in [
-        http::header::CONTENT_ENCODING,
-        http::header::TRANSFER_ENCODING,
-        http::header::CONTENT_RANGE,
-        http::header::ETAG,
-    ] {
-        response.remove_header(&name);
-    }
-    let _ = response.insert_header(http::header::CONTENT_TYPE, "application/problem+json");
-    let _ = response.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
-    let _ = response.insert_header(http::header::CACHE_CONTROL, "no-store");
-    body
 }
 
 /// Write `refusal` as the response; returns the status written.

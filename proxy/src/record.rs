@@ -137,9 +137,7 @@ pub fn exchange(session: &Session, e: Option<&pingora::Error>, x: &mut Exchange,
     if let Some(s) = &x.scrubber {
         gw.metrics.scrubbed("masked", s.masked);
     }
-    if x.replacement.is_some() {
-        gw.metrics.scrubbed("compressed_body", 1);
-    }
+
     decisions(gw, x);
     let decision = span::decision(x);
     let status = x

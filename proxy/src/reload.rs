@@ -62,9 +62,11 @@ fn attempt(gateway: &Gateway, path: &Path, forced: bool, last_failure: &mut Opti
     if config.listen.proxy != current.config.listen.proxy
         || config.listen.admin != current.config.listen.admin
         || config.listen.transparent != current.config.listen.transparent
+        || config.listen.operator != current.config.listen.operator
+        || config.state != current.config.state
         || config.workers != current.config.workers
     {
-        tracing::warn!(target: "toolgate::reload", "listen addresses and workers change only on restart");
+        tracing::warn!(target: "toolgate::reload", "listen addresses (the operator socket included), state and workers change only on restart");
     }
     let origin = config.origin.clone();
     match Snapshot::build(config) {

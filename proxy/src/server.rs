@@ -1,9 +1,10 @@
-//! Serving: the pingora server with the proxy and admin listeners, and its shutdown.
+//! Serving: the pingora server with the proxy, admin and operator listeners, and its shutdown.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
@@ -12,10 +13,12 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
 use toolgate_policy::config::{ProcessEnv, Vars};
+use toolgate_policy::state::{FileError, State};
 
 use crate::accept::{ProxyListener, TransparentListener};
 use crate::admin::Admin;
 use crate::gateway::{Gateway, LoadError, Snapshot};
+use crate::operator::Listener;
 use crate::pipeline::Pipeline;
 use crate::record::export::{otlp, StartError};
 use crate::record::DecisionLog;
@@ -43,6 +46,10 @@ pub enum ServeError {
     Reload(#[source] std::io::Error),
     #[error("telemetry.otlp: {0}")]
     Telemetry(#[from] StartError),
+    #[error(transparent)]
+    State(#[from] FileError),
+    #[error("listen.operator: {path}: {problem}")]
+    Socket { path: PathBuf, problem: String },
 }
 
 /// Stops a server started with [`serve_with`] at once, from any thread.
@@ -89,6 +96,68 @@ fn ipv6_companion(addr: SocketAddr) -> Option<SocketAddr> {
     let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()));
     let loopback_v4 = addr.ip() == std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST);
     (loopback_v4 && TcpListener::bind(v6).is_ok()).then_some(v6)
+}
+
+/// Judge where the operator socket at `path` would live, as `toolgate run` and `toolgate
+/// check` both do. `Err` (refuse): its directory is missing; the directory is a shared
+/// temporary directory (writable by every user, with the sticky bit, like /tmp), which any
+/// local user — the agent — reaches; or something that is not a socket is at the path.
+/// `Ok(Some(note))`: the directory can be written by other users — safe only where the
+/// agent cannot reach it at all, like an emptyDir mounted into toolgate's container alone
+/// (Kubernetes creates those world-writable).
+pub fn check_socket(path: &Path) -> Result<Option<String>, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let mode = match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => m.mode(),
+        _ => {
+            return Err(format!(
+                "its directory {} does not exist: create it on a volume only toolgate's container mounts",
+                dir.display()
+            ))
+        }
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err("exists and is not a socket; toolgate will not replace it".into())
+        }
+        _ => {}
+    }
+    if mode & 0o002 != 0 && mode & 0o1000 != 0 {
+        return Err(format!(
+            "{} is a directory every local user can write (mode {:o}): the agent could reach or squat the socket; use a directory only toolgate's user can write, on a volume the agent does not mount",
+            dir.display(),
+            mode & 0o7777
+        ));
+    }
+    Ok((mode & 0o022 != 0).then(|| {
+        format!(
+            "{} can be written by other users (mode {:o}); keep it on a volume the agent's container does not mount",
+            dir.display(),
+            mode & 0o7777
+        )
+    }))
+}
+
+/// Make way for the operator socket at `path` (see [`check_socket`]): a stale socket left by
+/// an earlier run is removed; a live one is left alone and refuses the start.
+fn prepare_socket(path: &Path) -> Result<(), ServeError> {
+    let fail = |problem: String| ServeError::Socket {
+        path: path.to_path_buf(),
+        problem,
+    };
+    if let Some(note) = check_socket(path).map_err(fail)? {
+        tracing::warn!("listen.operator: {note}");
+    }
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(());
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(fail(
+            "another process is serving on this socket (a toolgate already running?)".into(),
+        ));
+    }
+    std::fs::remove_file(path).map_err(|e| fail(format!("cannot remove the stale socket: {e}")))
 }
 
 /// Mark the gateway ready once the proxy listener accepts connections: pingora binds its
@@ -154,7 +223,16 @@ pub fn serve_with(
         .map_err(ServeError::DecisionLog)?;
     let export = otlp::settings(snapshot.config.telemetry.otlp.as_ref(), vars)?;
     let resource = otlp::resource(&snapshot.config.agent.id, vars);
-    let mut gateway = Gateway::new(snapshot, decision_log);
+    let state = State::open(&snapshot.config.state, SystemTime::now())?;
+    match state.path() {
+        Some(path) => tracing::info!(file = %path.display(), revocations = state.revocations(SystemTime::now()).map(|r| r.len()).unwrap_or(0), "operator state kept in a file"),
+        None => tracing::warn!("state.dir is not set: revocations are kept in memory only and do not survive a restart"),
+    }
+    let socket = listen.operator.clone();
+    if let Some(path) = &socket {
+        prepare_socket(path)?;
+    }
+    let mut gateway = Gateway::new(snapshot, decision_log, state);
     if let Some(settings) = &export {
         let spans = otlp::start(settings, resource, gateway.metrics.spans_dropped())?;
         tracing::info!(destination = %spans.destination, "exporting spans");
@@ -189,11 +267,41 @@ pub fn serve_with(
         }
         server.add_service(transparent);
     }
-    let mut admin = Service::new("toolgate admin".to_string(), Admin::new(gateway.clone()));
+    let mut admin = Service::new(
+        "toolgate admin".to_string(),
+        Admin::new(gateway.clone(), Listener::Admin),
+    );
     admin.threads = Some(1);
     admin.add_tcp(&listen.admin.to_string());
     server.add_service(proxy);
     server.add_service(admin);
+    if let Some(path) = &socket {
+        let mut operator = Service::new(
+            "toolgate operator".to_string(),
+            Admin::new(gateway.clone(), Listener::Socket),
+        );
+        operator.threads = Some(1);
+        // The config checked that the path is UTF-8.
+        operator.add_uds(
+            &path.to_string_lossy(),
+            Some(std::fs::Permissions::from_mode(0o600)),
+        );
+        server.add_service(operator);
+    }
+    let token = gateway.snapshot().config.admin.token.is_some();
+    let operator = match (&socket, token) {
+        (Some(path), true) => format!(
+            "socket {} and admin listener, bearer token required on both",
+            path.display()
+        ),
+        (Some(path), false) => format!(
+            "socket {} only (no admin.token_file: off on the admin listener)",
+            path.display()
+        ),
+        (None, true) => "admin listener, bearer token required".to_string(),
+        (None, false) => "off (set admin.token_file and/or listen.operator)".to_string(),
+    };
+    tracing::info!(%operator, "operator API");
 
     ready_when_listening(gateway.clone(), listen.proxy);
     let transparent = listen.transparent.map(|a| a.to_string());
@@ -206,6 +314,9 @@ pub fn serve_with(
     };
     server.run(args);
     gateway.set_ready(false);
+    if let Some(path) = &socket {
+        let _ = std::fs::remove_file(path);
+    }
     if let Some(spans) = &gateway.spans {
         // pingora's runtimes are gone; the exporter's own runtime sends what is left.
         let before = spans.dropped();

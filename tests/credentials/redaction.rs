@@ -110,6 +110,7 @@ async fn no_secret_or_token_value_reaches_logs_metrics_or_responses() {
         ("agent identity token", w.svid.as_str()),
         ("task token", task_token.as_str()),
         ("signing key", key_body.as_str()),
+        ("operator token", crate::support::OPERATOR_TOKEN),
     ];
     // The tool did echo credentials: only scrubbing keeps them from the agent.
     assert!(surfaces
@@ -163,10 +164,16 @@ mod support_surfaces {
                 .push((format!("response #{}", self.texts.len()), text));
         }
 
-        /// Admin endpoints.
+        /// Admin endpoints; the operator API's (`/v1/…`) read with the operator token.
         pub fn admin(&mut self, tg: &support::Toolgate, paths: &[&str]) {
             for p in paths {
-                let (_, body) = support::http_get(tg.admin, p).unwrap();
+                let (status, body) = if p.starts_with("/v1/") {
+                    let answer = support::operator(tg.admin, "GET", p, None);
+                    (answer.status, answer.body)
+                } else {
+                    support::http_get(tg.admin, p).unwrap()
+                };
+                assert_eq!(status, 200, "{p}: {body}");
                 self.texts.push((format!("admin {p}"), body));
             }
         }

@@ -4,7 +4,7 @@ Kubernetes OpenAPI schemas bundled in PyPI kubernetes-validate. Driven by tests/
     validate.py render CHART OUT          lint, render every values case, validate manifests
     validate.py reject CHART              bad values must fail the chart's schema
     validate.py config CHART VALUES OUT   write the rendered ConfigMap's files to OUT, and
-                                          generated TLS Secrets to OUT/secrets/NAME/KEY
+                                          generated Secrets to OUT/secrets/NAME/KEY
     validate.py parent CHART OUT          render a parent chart that includes the named templates
 
 Each command prints one JSON document and exits non-zero when a check fails.
@@ -178,6 +178,11 @@ BAD_VALUES = {
     "port out of range": {"sidecar": {"ports": {"proxy": 70000, "admin": 15000, "transparent": 15006}}},
     "duration toolgate cannot parse": {"config": {"limits": {"upstream_timeout": "30 seconds please"}}},
     "shutdown timeout set twice": {"config": {"limits": {"shutdown_timeout": "5s"}}},
+    "operator socket path not absolute": {"operator": {"socket": {"path": "operator.sock"}}},
+    "operator token switch as a string": {"operator": {"token": {"enabled": "yes"}}},
+    "revocation ttl toolgate cannot parse": {"operator": {"maxRevocationTTL": "a month"}},
+    "state dir not absolute": {"state": {"dir": "var/lib/toolgate"}},
+    "require_task_token as a string": {"config": {"chain": {"require_task_token": "yes"}}},
 }
 
 
@@ -187,6 +192,10 @@ RENDER_FAILURES = {
         "agent": {"securityContext": {"runAsUser": 1337}},
     },
     "custom CA keys without an existing CA secret": {"ca": {"enabled": True, "certKey": "ca.pem"}},
+    "operator socket in a directory mounted for something else": {
+        "operator": {"socket": {"path": "/tmp/operator.sock"}}
+    },
+    "state in the operator socket's directory": {"state": {"dir": "/var/run/toolgate"}},
 }
 
 
@@ -232,10 +241,10 @@ def cmd_config(chart, values_file, out):
         return 1
     for key, text in maps[0]["data"].items():
         pathlib.Path(out, key).write_text(text)
-    # The chart-generated CA (what toolgate reads at /etc/toolgate/ca in the pod).
+    # The chart-generated CA and operator token (what toolgate reads from its mounts).
     secrets = {}
     for _, doc in documents(manifests):
-        if doc["kind"] == "Secret" and doc.get("type") == "kubernetes.io/tls":
+        if doc["kind"] == "Secret":
             name = doc["metadata"]["name"]
             where = pathlib.Path(out, "secrets", name)
             where.mkdir(parents=True, exist_ok=True)

@@ -273,13 +273,30 @@ impl Toolgate {
 
     /// [`Toolgate::start`] with extra environment variables for the process.
     pub fn start_with_env(config: &str, files: &[(&str, &str)], env: &[(&str, &str)]) -> Toolgate {
+        Toolgate::start_with_listen("", config, files, env)
+    }
+
+    /// [`Toolgate::start_with_env`] with more keys in the `listen` section, e.g.
+    /// `operator: "unix:run/operator.sock"`.
+    pub fn start_with_listen(
+        listen: &str,
+        config: &str,
+        files: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> Toolgate {
         let dir = tempfile::tempdir().unwrap();
         for (path, contents) in files {
             write(dir.path(), path, contents);
         }
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let yaml = format!("listen: {{ proxy: \"{proxy}\", admin: \"{admin}\" }}\n{config}");
+        let listen = if listen.is_empty() {
+            String::new()
+        } else {
+            format!(", {listen}")
+        };
+        let yaml =
+            format!("listen: {{ proxy: \"{proxy}\", admin: \"{admin}\"{listen} }}\n{config}");
         write(dir.path(), "toolgate.yaml", &yaml);
         let log = dir.path().join("toolgate.log");
         let child = Command::new(binary())
@@ -449,4 +466,110 @@ pub async fn problem(resp: reqwest::Response) -> (u16, serde_json::Value) {
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["status"], status);
     (status, body)
+}
+
+/// The operator token tests configure with `admin: { token_file: operator-token }` and the
+/// file [`OPERATOR_TOKEN_FILE`].
+pub const OPERATOR_TOKEN: &str = "0f4e8d2c6a1b9f3e7d5c0b8a2e6f4d1c9b7a3e5f";
+/// `("operator-token", OPERATOR_TOKEN)`, for `Toolgate::start`'s files.
+pub const OPERATOR_TOKEN_FILE: (&str, &str) = ("operator-token", OPERATOR_TOKEN);
+
+/// An HTTP/1.1 answer read to the end.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    /// The status line and headers, as received.
+    pub head: String,
+    pub body: String,
+}
+
+impl Answer {
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+}
+
+/// Send one request on `stream` (`Connection: close`) and read the whole answer.
+pub fn request_on(
+    mut stream: impl std::io::Read + std::io::Write,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Answer> {
+    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: toolgate\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out)?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok(Answer {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    })
+}
+
+/// [`request_on`] a TCP connection to `addr`.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Answer {
+    let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    request_on(s, method, target, headers, body).unwrap()
+}
+
+/// [`request_on`] the unix socket at `path`.
+pub fn request_unix(
+    path: &Path,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Answer {
+    let s = std::os::unix::net::UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    request_on(s, method, target, headers, body).unwrap()
+}
+
+/// An operator call on the admin listener at `admin`, with [`OPERATOR_TOKEN`].
+pub fn operator(admin: SocketAddr, method: &str, target: &str, body: Option<&str>) -> Answer {
+    let auth = format!("Bearer {OPERATOR_TOKEN}");
+    request(
+        admin,
+        method,
+        target,
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        body.unwrap_or_default().as_bytes(),
+    )
+}
+
+/// `GET target` on the operator API, which must answer 200 with JSON.
+pub fn operator_json(admin: SocketAddr, target: &str) -> serde_json::Value {
+    let answer = operator(admin, "GET", target, None);
+    assert_eq!(answer.status, 200, "{target}: {}", answer.body);
+    answer.json()
 }

@@ -52,6 +52,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "%s-ca" (include "toolgate.fullname" .)) .Values.ca.existingSecret }}
 {{- end }}
 
+{{- define "toolgate.operatorTokenSecretName" -}}
+{{- default (printf "%s-operator-token" (include "toolgate.fullname" .)) .Values.operator.token.existingSecret }}
+{{- end }}
+
+{{/* Where the operator token is mounted in toolgate's container. */}}
+{{- define "toolgate.operatorTokenDir" -}}
+/var/run/secrets/toolgate/operator
+{{- end }}
+
 {{- define "toolgate.signingKeySecretName" -}}
 {{- default (printf "%s-signing-key" (include "toolgate.fullname" .)) .Values.signingKey.existingSecret }}
 {{- end }}
@@ -83,6 +92,13 @@ the YAML. Only keys toolgate accepts are rendered; keys of features that are off
 {{- if eq $v.capture.mode "transparent" }}
 {{- $_ := set $listen "transparent" (printf "127.0.0.1:%d" (int $v.sidecar.ports.transparent)) }}
 {{- end }}
+{{- if $v.operator.socket.enabled }}
+{{- $_ := set $listen "operator" (printf "unix:%s" $v.operator.socket.path) }}
+{{- end }}
+{{- $admin := dict "revocation_ttl" $v.operator.revocationTTL "max_revocation_ttl" $v.operator.maxRevocationTTL -}}
+{{- if $v.operator.token.enabled }}
+{{- $_ := set $admin "token_file" (printf "%s/%s" (include "toolgate.operatorTokenDir" .) $v.operator.token.key) }}
+{{- end }}
 {{- $policy := dict "files" (include "toolgate.regoFiles" . | fromJsonArray) "query" $c.policy.query -}}
 {{- if $c.policy.data }}
 {{- $_ := set $policy "data" (list "data.yaml") }}
@@ -93,7 +109,11 @@ the YAML. Only keys toolgate accepts are rendered; keys of features that are off
   "workers" (int $v.sidecar.workers)
   "agent" (dict "id" (include "toolgate.agentId" .))
   "policy" $policy
+  "admin" $admin
   "limits" $limits -}}
+{{- if $v.state.enabled }}
+{{- $_ := set $cfg "state" (dict "backend" "memory" "dir" $v.state.dir) }}
+{{- end }}
 {{- with $c.tools }}{{ $_ := set $cfg "tools" (deepCopy .) }}{{ end }}
 {{- with $c.routes }}{{ $_ := set $cfg "routes" (deepCopy .) }}{{ end }}
 {{- with $c.credentials }}{{ $_ := set $cfg "credentials" (deepCopy .) }}{{ end }}
@@ -126,6 +146,13 @@ the YAML. Only keys toolgate accepts are rendered; keys of features that are off
 {{- end }}
 {{- if and .Values.ca.enabled (not .Values.ca.existingSecret) (or (ne .Values.ca.certKey "tls.crt") (ne .Values.ca.keyKey "tls.key")) }}
 {{- fail "ca.certKey and ca.keyKey name the keys of ca.existingSecret; a generated CA uses tls.crt and tls.key" }}
+{{- end }}
+{{- $taken := list "/tmp" "/etc/toolgate/config" "/etc/toolgate/ca" "/etc/toolgate/signing" (include "toolgate.operatorTokenDir" .) }}
+{{- if and .Values.operator.socket.enabled (has (dir .Values.operator.socket.path) $taken) }}
+{{- fail (printf "operator.socket.path: %s is a directory the chart mounts for something else; use a directory of its own, e.g. /var/run/toolgate" (dir .Values.operator.socket.path)) }}
+{{- end }}
+{{- if and .Values.state.enabled (or (has .Values.state.dir $taken) (and .Values.operator.socket.enabled (eq .Values.state.dir (dir .Values.operator.socket.path)))) }}
+{{- fail (printf "state.dir: %s is a directory the chart mounts for something else; use a directory of its own, e.g. /var/lib/toolgate" .Values.state.dir) }}
 {{- end }}
 {{- if and .Values.config.existingConfigMap .Values.config.rolloutOnChange }}
 {{- fail "config.rolloutOnChange needs the chart to render the ConfigMap: unset config.existingConfigMap" }}

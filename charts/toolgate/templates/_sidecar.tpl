@@ -80,6 +80,20 @@ seccompProfile:
       readOnly: true
     - name: toolgate-tmp
       mountPath: /tmp
+    # The operator socket, token and state: mounted here and nowhere else in the pod.
+    {{- if .Values.operator.socket.enabled }}
+    - name: toolgate-operator
+      mountPath: {{ dir .Values.operator.socket.path }}
+    {{- end }}
+    {{- if .Values.operator.token.enabled }}
+    - name: toolgate-operator-token
+      mountPath: {{ include "toolgate.operatorTokenDir" . }}
+      readOnly: true
+    {{- end }}
+    {{- if .Values.state.enabled }}
+    - name: toolgate-state
+      mountPath: {{ .Values.state.dir }}
+    {{- end }}
     {{- if .Values.ca.enabled }}
     - name: toolgate-ca
       mountPath: /etc/toolgate/ca
@@ -200,7 +214,8 @@ seccompProfile:
 {{- end }}
 {{- end }}
 
-{{/* Volume mounts for the agent's container: the CA certificate and the trust bundle. */}}
+{{/* Volume mounts for the agent's container: the CA certificate and the trust bundle —
+     never the operator socket, the operator token or the state. */}}
 {{- define "toolgate.agentVolumeMounts" -}}
 {{- if .Values.ca.enabled }}
 - name: toolgate-ca-cert
@@ -227,6 +242,26 @@ seccompProfile:
   emptyDir:
     medium: Memory
     sizeLimit: 1Mi
+{{- end }}
+{{- if .Values.operator.socket.enabled }}
+- name: toolgate-operator
+  emptyDir:
+    medium: Memory
+    sizeLimit: 1Mi
+{{- end }}
+{{- if .Values.operator.token.enabled }}
+- name: toolgate-operator-token
+  secret:
+    secretName: {{ include "toolgate.operatorTokenSecretName" . }}
+    items:
+      - key: {{ .Values.operator.token.key }}
+        path: {{ .Values.operator.token.key }}
+    defaultMode: 0440
+{{- end }}
+{{- if .Values.state.enabled }}
+- name: toolgate-state
+  emptyDir:
+    sizeLimit: 64Mi
 {{- end }}
 {{- if .Values.ca.enabled }}
 - name: toolgate-ca

@@ -17,6 +17,7 @@ fn action(
             .map(|(n, s)| (Arc::from(*n), s.clone()))
             .collect(),
         labels: Vec::new(),
+        upgrade: None,
     }
 }
 

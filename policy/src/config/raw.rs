@@ -32,6 +32,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub limits: RawLimits,
     pub task_tokens: Option<RawTaskTokens>,
+    #[serde(default)]
+    pub state: RawState,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -39,6 +41,8 @@ pub struct RawListen {
     pub proxy: Option<String>,
     pub transparent: Option<String>,
     pub admin: Option<String>,
+    /// `unix:/path`: the operator listener (config/operator.rs).
+    pub operator: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +94,8 @@ pub struct RawMatch {
     pub path: Option<String>,
     /// JSON pointer → expected value (a scalar, or `{in: [...]}`); checked in `config::matching`.
     pub body: Option<BTreeMap<String, serde_json::Value>>,
+    /// The protocol the action may switch the connection to (`websocket`).
+    pub upgrade: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +181,14 @@ pub struct RawOtlp {
 pub struct RawAdmin {
     pub token_file: Option<String>,
     pub revocation_ttl: Option<String>,
+    pub max_revocation_ttl: Option<String>,
+}
+
+/// `state`: where operator state (revocations) is kept.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawState {
+    pub backend: Option<String>,
+    pub dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

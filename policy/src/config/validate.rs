@@ -13,9 +13,8 @@ use super::matching;
 use super::raw::{RawAction, RawConfig, RawPolicy, RawRoute, RawTool};
 use super::{credentials, identity};
 use super::{
-    AdminSettings, ChainSettings, Config, ConfigError, ConfigErrors, CredentialSpec,
-    DecisionLogSink, Files, Limits, Listen, PolicyMode, PolicySource, Route, SecretValue,
-    Telemetry, TlsSettings, Vars,
+    ChainSettings, Config, ConfigError, ConfigErrors, CredentialSpec, DecisionLogSink, Files,
+    Limits, Listen, PolicyMode, PolicySource, Route, Telemetry, TlsSettings, Vars,
 };
 use crate::classify::{
     Action, AttributeSource, Catalog, Overrides, PathTemplate, ToolSpec, Upstream,
@@ -77,6 +76,7 @@ pub(super) fn compile(
             "listen.admin",
             raw.listen.admin.as_deref().unwrap_or(DEFAULT_ADMIN),
         ),
+        operator: super::operator::socket(&mut c, raw.listen.operator.as_deref(), files),
     };
     super::tls::distinct_listeners(&mut c, &listen);
     let workers = positive(&mut c, "workers", raw.workers.unwrap_or(2));
@@ -140,19 +140,8 @@ pub(super) fn compile(
         decision_log: decision_log(raw.telemetry.decision_log.as_deref(), files),
         otlp: super::telemetry::otlp(raw.telemetry.otlp.as_ref(), &mut c.errors),
     };
-    let admin = AdminSettings {
-        token: raw
-            .admin
-            .token_file
-            .as_deref()
-            .and_then(|f| admin_token(&mut c, f, files)),
-        revocation_ttl: duration(
-            &mut c,
-            "admin.revocation_ttl",
-            raw.admin.revocation_ttl.as_deref(),
-            "24h",
-        ),
-    };
+    let admin = super::operator::admin(&mut c, &raw.admin, files);
+    let state = super::operator::state(&mut c, &raw.state, files);
     let tls = TlsSettings {
         upstream_ca: raw
             .tls
@@ -198,6 +187,7 @@ pub(super) fn compile(
             credentials,
             telemetry,
             admin,
+            state,
             chain,
             tls,
             limits,
@@ -488,7 +478,34 @@ fn action(c: &mut Collector, path: &str, raw: &RawAction) -> Option<Action> {
         body,
         attributes,
         labels: labels(c, &format!("{path}.labels"), &raw.labels),
+        upgrade: raw
+            .matcher
+            .upgrade
+            .as_deref()
+            .and_then(|u| upgrade(c, &format!("{path}.match.upgrade"), u)),
     })
+}
+
+/// `match.upgrade`: a protocol token an action may switch to; never `h2c`, which toolgate
+/// always refuses (the tunnel would carry requests it cannot see).
+fn upgrade(c: &mut Collector, path: &str, raw: &str) -> Option<Arc<str>> {
+    let name = raw.to_ascii_lowercase();
+    if name == "h2c" {
+        c.push(path, "h2c is always refused: an upgraded HTTP/2 connection carries requests toolgate cannot classify");
+        return None;
+    }
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        c.push(
+            path,
+            format!("{raw:?} is not a protocol name like websocket"),
+        );
+        return None;
+    }
+    Some(Arc::from(name.as_str()))
 }
 
 fn labels(c: &mut Collector, path: &str, raw: &[String]) -> Vec<Arc<str>> {
@@ -645,31 +662,5 @@ fn decision_log(sink: Option<&str>, files: &dyn Files) -> DecisionLogSink {
         None | Some("stdout") => DecisionLogSink::Stdout,
         Some("off") => DecisionLogSink::Off,
         Some(path) => DecisionLogSink::File(files.locate(Path::new(path))),
-    }
-}
-
-fn admin_token(c: &mut Collector, file: &str, files: &dyn Files) -> Option<SecretValue> {
-    let token = files
-        .read(Path::new(file))
-        .map_err(|e| c.push("admin.token_file", format!("cannot read {file}: {e}")))
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())?;
-    let token = token.trim();
-    if token.len() < 16 {
-        c.push(
-            "admin.token_file",
-            "the token must be at least 16 characters",
-        );
-        return None;
-    }
-    match http::HeaderValue::from_str(&format!("Bearer {token}")) {
-        Ok(v) => Some(SecretValue::new(v)),
-        Err(_) => {
-            c.push(
-                "admin.token_file",
-                "the token holds characters not allowed in a header",
-            );
-            None
-        }
     }
 }

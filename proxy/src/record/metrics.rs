@@ -79,6 +79,8 @@ pub struct Metrics {
     /// What was kept from the agent in tool responses: `set_cookie`, `masked` (a credential
     /// form in a header or the body), `compressed_body` (withheld).
     scrubbed: Mutex<BTreeMap<&'static str, u64>>,
+    operator_auth_failures: Mutex<BTreeMap<&'static str, u64>>,
+    revocations_refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Default for Metrics {
@@ -91,6 +93,8 @@ impl Default for Metrics {
             policy_reloads: Mutex::default(),
             spans_dropped: Arc::default(),
             scrubbed: Mutex::default(),
+            operator_auth_failures: Mutex::default(),
+            revocations_refused: Mutex::default(),
         }
     }
 }
@@ -98,6 +102,22 @@ impl Default for Metrics {
 fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K, n: u64) {
     if let Ok(mut m) = map.lock() {
         *m.entry(key).or_default() += n;
+    }
+}
+
+/// A counter with one label, one row per value seen.
+fn counter(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    map: &Mutex<BTreeMap<&'static str, u64>>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    if let Ok(m) = map.lock() {
+        for (value, n) in m.iter() {
+            let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
+        }
     }
 }
 
@@ -144,6 +164,17 @@ impl Metrics {
     /// Count `Set-Cookie` headers dropped from responses to credentialed requests.
     pub fn cookies_dropped(&self, n: usize) {
         self.scrubbed("set_cookie", n as u64);
+    }
+
+    /// Count a request to the operator API that failed authentication, by listener
+    /// (`admin`, `socket`).
+    pub fn operator_auth_failure(&self, listener: &'static str) {
+        bump(&self.operator_auth_failures, listener, 1);
+    }
+
+    /// Count a revocation refused because its kind's room is full (`task`, `agent`, `jti`).
+    pub fn revocation_refused(&self, kind: &'static str) {
+        bump(&self.revocations_refused, kind, 1);
     }
 
     /// The counter of spans dropped before export (full queue, endpoint down), shared with
@@ -207,16 +238,27 @@ impl Metrics {
             "toolgate_spans_dropped_total {}",
             self.spans_dropped.load(Ordering::Relaxed)
         );
-        out.push_str("# HELP toolgate_response_scrubbed_total What tool responses lost before reaching the agent: set_cookie (dropped), masked (an injected credential's form), compressed_body (withheld: it could not be checked).\n");
-        out.push_str("# TYPE toolgate_response_scrubbed_total counter\n");
-        if let Ok(m) = self.scrubbed.lock() {
-            for (what, n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "toolgate_response_scrubbed_total{{what=\"{what}\"}} {n}"
-                );
-            }
-        }
+        counter(
+            &mut out,
+            "toolgate_response_scrubbed_total",
+            "What tool responses lost before reaching the agent: set_cookie (dropped), masked (an injected credential's form), compressed_body (withheld: it could not be checked).",
+            "what",
+            &self.scrubbed,
+        );
+        counter(
+            &mut out,
+            "toolgate_operator_auth_failures_total",
+            "Operator API requests refused for failed authentication, by listener.",
+            "listener",
+            &self.operator_auth_failures,
+        );
+        counter(
+            &mut out,
+            "toolgate_revocations_refused_total",
+            "Revocations refused because their kind's room was full, by kind.",
+            "kind",
+            &self.revocations_refused,
+        );
         out
     }
 }
@@ -232,6 +274,9 @@ mod tests {
         m.request(&Arc::from("ticket.read"), "allow");
         m.request(&Arc::from("payment.create"), "deny");
         m.credential_issued("secret");
+        m.operator_auth_failure("admin");
+        m.operator_auth_failure("admin");
+        m.revocation_refused("jti");
         m.policy_eval.observe(Duration::from_micros(3));
         m.policy_eval.observe(Duration::from_millis(50));
         let text = m.render();
@@ -259,6 +304,14 @@ mod tests {
         );
         assert!(
             text.contains("toolgate_policy_eval_seconds_count 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("toolgate_operator_auth_failures_total{listener=\"admin\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE toolgate_revocations_refused_total counter\ntoolgate_revocations_refused_total{kind=\"jti\"} 1\n"),
             "{text}"
         );
     }

@@ -107,6 +107,23 @@ pub fn action_span(x: &Exchange, credential: Option<&Credential<'_>>, end: &End<
     if let Some(via) = x.via {
         attributes.push(KeyValue::new("toolgate.via", via.as_str()));
     }
+    if let Some(t) = &x.tunnel {
+        attributes.push(KeyValue::new("toolgate.upgrade", t.protocol.clone()));
+        if let Some(open) = t.duration() {
+            attributes.push(KeyValue::new(
+                "toolgate.tunnel.bytes_to_tool",
+                int(t.to_tool),
+            ));
+            attributes.push(KeyValue::new(
+                "toolgate.tunnel.bytes_from_tool",
+                int(t.from_tool),
+            ));
+            attributes.push(KeyValue::new(
+                "toolgate.tunnel.duration_ms",
+                int(open.as_millis()),
+            ));
+        }
+    }
     if let Some(c) = credential {
         attributes.push(KeyValue::new(
             "toolgate.credential.name",
