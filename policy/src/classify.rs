@@ -282,19 +282,23 @@ impl Catalog {
         self.tools.get(id)
     }
 
-    /// The tool serving `host` (lower-case, no trailing dot) on `port`; exact names before
-    /// wildcards, a pattern with a port before one without.
-    pub fn tool_for_host(&self, host: &str, port: u16) -> Option<usize> {
+    /// The tool serving `host` (lower-case, no trailing dot) on `port`, for a request over
+    /// TLS (`tls`) or plain HTTP. A pattern with a port matches that port; one without
+    /// matches only the scheme's default port (443 for TLS, 80 for plain HTTP), so another
+    /// port of a catalogued host is no tool at all. Exact names before wildcards, a pattern
+    /// with a port before one without.
+    pub fn tool_for_host(&self, host: &str, port: u16, tls: bool) -> Option<usize> {
+        let default_port = if tls { 443 } else { 80 };
         let pick = |entries: &mut dyn Iterator<Item = (Option<u16>, usize)>| {
-            let mut any = None;
+            let mut portless = None;
             for (p, id) in entries {
                 match p {
                     Some(p) if p == port => return Some(id),
-                    None if any.is_none() => any = Some(id),
+                    None if port == default_port && portless.is_none() => portless = Some(id),
                     _ => {}
                 }
             }
-            any
+            portless
         };
         if let Some(entries) = self.hosts.get(host) {
             if let Some(id) = pick(&mut entries.iter().copied()) {

@@ -63,6 +63,9 @@ pub struct Config {
     pub task_tokens: Option<TaskTokens>,
     /// Hash of every file read to build this config: equal fingerprints, equal configs.
     pub fingerprint: u64,
+    /// Settings that are valid but weaken a guarantee (a plain-HTTP upstream or STS), with
+    /// their field paths; `toolgate check` and `toolgate run` print them.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// Socket addresses toolgate listens on.

@@ -303,7 +303,7 @@ fn credential_report(
             credential::preview(&selected, grant, subject, e.at)
         }
         Err(unknown) if e.decision.effect == Effect::Error && e.decision.error.is_some() => {
-            serde_json::json!({ "name": unknown.0, "error": unknown.to_string() })
+            serde_json::json!({ "name": unknown.name(), "error": unknown.to_string() })
         }
         Ok(_) | Err(_) => serde_json::Value::Null,
     }

@@ -90,6 +90,14 @@ fn probe(field: &'static str, addr: SocketAddr) -> Result<(), ServeError> {
         })
 }
 
+/// `[::1]:PORT` beside a `127.0.0.1:PORT` transparent listener, when the pod has IPv6
+/// loopback: `toolgate init-iptables` redirects the agent's IPv6 connections there.
+fn ipv6_companion(addr: SocketAddr) -> Option<SocketAddr> {
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()));
+    let loopback_v4 = addr.ip() == std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST);
+    (loopback_v4 && TcpListener::bind(v6).is_ok()).then_some(v6)
+}
+
 /// Judge where the operator socket at `path` would live, as `toolgate run` and `toolgate
 /// check` both do. `Err` (refuse): its directory is missing; the directory is a shared
 /// temporary directory (writable by every user, with the sticky bit, like /tmp), which any
@@ -254,6 +262,9 @@ pub fn serve_with(
             TransparentListener::new(http.clone(), gateway.clone()),
         );
         transparent.add_tcp(&addr.to_string());
+        if let Some(v6) = ipv6_companion(addr) {
+            transparent.add_tcp(&v6.to_string());
+        }
         server.add_service(transparent);
     }
     let mut admin = Service::new(

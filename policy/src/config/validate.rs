@@ -33,11 +33,20 @@ pub const DEFAULT_QUERY: &str = "data.toolgate.decision";
 #[derive(Default)]
 pub(super) struct Collector {
     errors: Vec<ConfigError>,
+    /// Settings that load but deserve the operator's attention (`toolgate check` prints them).
+    warnings: Vec<ConfigError>,
 }
 
 impl Collector {
     pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    pub(super) fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(ConfigError {
             path: path.into(),
             message: message.into(),
         });
@@ -186,6 +195,7 @@ pub(super) fn compile(
             limits,
             task_tokens,
             fingerprint: 0,
+            warnings: c.warnings,
         }),
         _ => Err(ConfigErrors {
             origin: origin.to_path_buf(),
@@ -269,6 +279,15 @@ fn catalog(
             .upstream
             .as_deref()
             .and_then(|u| upstream(c, &format!("{path}.upstream"), u));
+        if upstream.as_ref().is_some_and(|u| !u.tls) {
+            c.warn(
+                format!("{path}.upstream"),
+                format!(
+                    "tool {:?} is sent plain HTTP: its requests, and any credential injected into them, cross the network unencrypted; use https:// unless that network is trusted",
+                    tool.name
+                ),
+            );
+        }
         if hosts.is_empty() && upstream.is_none() {
             c.push(
                 format!("{path}.hosts"),

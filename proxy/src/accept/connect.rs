@@ -72,7 +72,12 @@ pub(super) async fn serve(
         decision_id: &decision_id,
         trace_id: &trace_id,
     };
-    let Some(tool_id) = snapshot.config.catalog.tool_for_host(&head.host, head.port) else {
+    // What a tunnel carries is TLS: a port-less host pattern matches only port 443.
+    let Some(tool_id) = snapshot
+        .config
+        .catalog
+        .tool_for_host(&head.host, head.port, true)
+    else {
         // Before any TLS: nothing is minted, nothing is connected to.
         let refusal = Refusal::NotCatalogued(target.clone());
         gw.metrics.request(&Arc::from(UNKNOWN), "reject");

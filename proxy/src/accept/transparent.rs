@@ -1,7 +1,8 @@
 //! The transparent listener: connections iptables redirected (`toolgate init-iptables`). The
 //! original destination comes from SO_ORIGINAL_DST. Plain HTTP is classified by `Host`, which
 //! must name the address the agent connected to; TLS by its SNI (or, without SNI, the
-//! original address), with the same interception as CONNECT.
+//! original address), with the same interception as CONNECT. Plain HTTP for a port captured
+//! as TLS (443) is refused with a 400 problem before anything is decided.
 //!
 //! Loops: toolgate's own upstream connections would be redirected back to it, so the rules
 //! exempt toolgate's uid (`--proxy-uid`, 1337); a connection made straight to this listener
@@ -27,6 +28,10 @@ use super::{intercept, serve_http, splice, Http, Inbound, FIRST_BYTE_TIMEOUT, HA
 use crate::gateway::Gateway;
 use crate::problem::Refusal;
 
+/// Original destination ports the capture treats as TLS: plain HTTP arriving for one is
+/// refused, never forwarded (it would carry a credential in cleartext where the agent's
+/// client, or its operator, expected TLS).
+const TLS_PORTS: &[u16] = &[443];
 /// Largest ClientHello read to find the SNI.
 const MAX_CLIENT_HELLO: usize = 16 * 1024;
 /// How long a name → address check is reused.
@@ -91,7 +96,7 @@ pub(super) async fn serve(
     let Some(tool_id) = snapshot
         .config
         .catalog
-        .tool_for_host(&host, original.port())
+        .tool_for_host(&host, original.port(), true)
     else {
         tracing::warn!(target: "toolgate::access", via = "transparent", original = %original, sni = %host, "closed: no tool in the catalog serves {host}; toolgate intercepts TLS only for catalogued hosts");
         gw.metrics
@@ -198,6 +203,12 @@ pub(super) async fn plain_destination(
     req: &RequestHeader,
     resolve_timeout: Duration,
 ) -> Result<Destination, Refusal> {
+    if TLS_PORTS.contains(&original.port()) {
+        return Err(Refusal::Misdirected(format!(
+            "plain HTTP to {original}: port {} is captured as TLS, and toolgate never forwards cleartext meant for it; use https://",
+            original.port()
+        )));
+    }
     let host = match host_header(&req.headers).map_err(Refusal::Rejected)? {
         Some(h) => {
             let (host, port) = normalise::authority(h).map_err(Refusal::Rejected)?;
