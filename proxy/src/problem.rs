@@ -69,6 +69,15 @@ pub enum Refusal {
     /// `Accept-Encoding: identity`: it cannot be checked for the credential.
     #[error("the tool answered with a compressed body although toolgate asked for identity; a body that cannot be checked for the injected credential is withheld")]
     CompressedAnswer,
+    #[error(
+        "the request head (request line and headers) is over {0} bytes (limits.max_head_bytes)"
+    )]
+    HeadTooLarge(usize),
+    #[error("the request head was not complete {} after its first byte (limits.head_timeout)", humantime::format_duration(*.0))]
+    HeadTimeout(std::time::Duration),
+    /// A listener or the buffer budget is full: the agent should retry shortly.
+    #[error("{0}; retry shortly")]
+    Overloaded(String),
 }
 
 impl From<IdentifyError> for Refusal {
@@ -147,6 +156,9 @@ pub fn problem(refusal: &Refusal) -> Problem {
         Refusal::Body(BodyError::Timeout(_)) => (408, "body-timeout", "request body too slow"),
         Refusal::Body(BodyError::Read(_)) => (400, "rejected", "request rejected"),
         Refusal::CompressedAnswer => (502, "unchecked-response", "response withheld"),
+        Refusal::HeadTooLarge(_) => (431, "head-too-large", "request head too large"),
+        Refusal::HeadTimeout(_) => (408, "head-timeout", "request head too slow"),
+        Refusal::Overloaded(_) => (503, "overloaded", "toolgate overloaded"),
     };
     Problem {
         status,

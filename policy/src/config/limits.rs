@@ -44,9 +44,7 @@ pub(super) fn limits(c: &mut Collector, raw: &RawLimits) -> Limits {
         idle_timeout: time(c, "idle_timeout", &raw.idle_timeout, "60s"),
         max_head_bytes,
         max_connections,
-        max_buffered_bytes: raw
-            .max_buffered_bytes
-            .unwrap_or(DEFAULT_MAX_BUFFERED_BYTES),
+        max_buffered_bytes: raw.max_buffered_bytes.unwrap_or(DEFAULT_MAX_BUFFERED_BYTES),
     };
     // One request must always fit, or every request would wait for a budget it can never get.
     let one_request = limits.max_head_bytes + matching::body_cap(&limits);

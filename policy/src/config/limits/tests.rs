@@ -9,9 +9,16 @@ fn load(limits: &str) -> Result<Config, ConfigErrors> {
     let yaml: &'static str = yaml.leak();
     let files = EmbeddedFiles::new(&[
         ("toolgate.yaml", yaml.as_bytes()),
-        ("main.rego", b"package toolgate\ndefault decision := false\n"),
+        (
+            "main.rego",
+            b"package toolgate\ndefault decision := false\n",
+        ),
     ]);
-    Config::load_from(Path::new("toolgate.yaml"), &files, &StaticEnv(Default::default()))
+    Config::load_from(
+        Path::new("toolgate.yaml"),
+        &files,
+        &StaticEnv(Default::default()),
+    )
 }
 
 fn errors(limits: &str) -> Vec<String> {
@@ -74,12 +81,17 @@ fn out_of_bounds_limits_are_each_reported_with_their_field() {
 
 #[test]
 fn the_buffer_budget_must_hold_one_whole_request() {
-    let found = errors("limits: { max_head_bytes: 4096, max_body_bytes: 1000, max_buffered_bytes: 5095 }\n");
+    let found = errors(
+        "limits: { max_head_bytes: 4096, max_body_bytes: 1000, max_buffered_bytes: 5095 }\n",
+    );
     assert_eq!(
         found,
         ["limits.max_buffered_bytes: 5095 is less than one request may need: max_head_bytes + max_body_bytes = 5096"]
     );
-    assert!(errors("limits: { max_head_bytes: 4096, max_body_bytes: 1000, max_buffered_bytes: 5096 }\n").is_empty());
+    assert!(errors(
+        "limits: { max_head_bytes: 4096, max_body_bytes: 1000, max_buffered_bytes: 5096 }\n"
+    )
+    .is_empty());
 }
 
 #[test]
