@@ -68,6 +68,11 @@ impl Tool {
 
 /// toolgate in front of `tool` (host `tool.test`), with `limits` inside `limits: { … }`.
 fn start(tool: &Tool, limits: &str) -> Toolgate {
+    start_with(tool, limits, "")
+}
+
+/// [`start`] with more top-level configuration (`extra`).
+fn start_with(tool: &Tool, limits: &str, extra: &str) -> Toolgate {
     let config = format!(
         r#"
 agent: {{ id: spiffe://test/ns/a/sa/agent }}
@@ -81,6 +86,7 @@ tools:
       - {{ name: tool.forbidden, match: {{ method: POST, path: "/forbidden" }} }}
 policy: {{ files: [policy.rego] }}
 limits: {{ {limits} }}
+{extra}
 "#,
         tool.server.url()
     );

@@ -36,8 +36,10 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use toolgate_policy::accept::Destination;
 
-pub use gate::{Gate, Listener};
+pub use gate::Gate;
 pub use guard::HeadRead;
+
+use gate::Listener;
 
 use crate::gateway::Gateway;
 use crate::pipeline::Pipeline;

@@ -18,7 +18,7 @@ use pingora::services::listening::Service;
 use toolgate_policy::config::{ProcessEnv, Vars};
 use toolgate_policy::state::{FileError, State};
 
-use crate::accept::gate::{self, AdminTicket};
+use crate::accept::gate;
 use crate::accept::{Front, Gate, HeadRead, ProxyListener, TransparentListener};
 use crate::admin::Admin;
 use crate::gateway::{Gateway, LoadError, Snapshot};
@@ -98,7 +98,7 @@ impl ServerApp for AdminListener {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let ticket: AdminTicket = self.gate.admit_admin(&self.gateway.metrics);
+        let ticket = self.gate.admit_admin(&self.gateway.metrics);
         tokio::select! {
             _ = ServerApp::process_new(&self.app, stream, shutdown) => None,
             _ = ticket.evicted() => None,

@@ -148,3 +148,106 @@ fn silent_connections_are_closed_and_kept_alive_ones_serve_requests_within_the_i
         .unwrap();
     assert!(kept.closed(), "the idle kept-alive connection was closed");
 }
+
+/// A CONNECT tunnel to `tool.test:443` through `proxy`, its TLS (toolgate's leaf) trusted
+/// through `ca_pem`: the decrypted side, ready for a request.
+fn tunnel(
+    proxy: std::net::SocketAddr,
+    ca_pem: &[u8],
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut tcp = TcpStream::connect(proxy).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.write_all(b"CONNECT tool.test:443 HTTP/1.1\r\nHost: tool.test:443\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(tcp.read(&mut byte).unwrap(), 1, "the tunnel was refused");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200 "),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("tool.test").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+#[test]
+fn inside_a_tls_tunnel_a_trickled_head_is_cut_and_a_whole_one_is_served() {
+    let tool = Tool::start();
+    let keep = tempfile::tempdir().unwrap();
+    let (cert, key) = (keep.path().join("ca.pem"), keep.path().join("ca-key.pem"));
+    let made = std::process::Command::new(support::binary())
+        .args(["ca", "init", "--cert"])
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let tg = start_with(
+        &tool,
+        "head_timeout: 1s",
+        &format!(
+            "tls: {{ ca: {{ cert: {}, key: {} }} }}",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let ca_pem = std::fs::read(&cert).unwrap();
+
+    // Positive control: a whole request in a tunnel is served.
+    let mut whole = tunnel(tg.proxy, &ca_pem);
+    whole
+        .write_all(b"GET /read/tls HTTP/1.1\r\nHost: tool.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = whole.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.ends_with(r#"{"ok":true}"#), "{answer}");
+
+    // A head trickled in through the tunnel: cut at the deadline, answered over TLS.
+    let mut slow = tunnel(tg.proxy, &ca_pem);
+    slow.write_all(b"GET /read/slow HTTP/1.1\r\nHost: tool.test\r\nX-Slow: ")
+        .unwrap();
+    slow.sock
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let began = Instant::now();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut closed = false;
+    while began.elapsed() < Duration::from_secs(20) && !closed {
+        let _ = slow.write_all(b"x");
+        match slow.read(&mut chunk) {
+            Ok(0) => closed = true,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => closed = true,
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        closed,
+        "the trickled head in the tunnel was still open after 20 s: {text}"
+    );
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(
+        text.contains(r#""type":"urn:toolgate:problem:head-timeout""#),
+        "{text}"
+    );
+    assert_eq!(tool.targets(), ["/read/tls"]);
+}
