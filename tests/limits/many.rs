@@ -7,20 +7,29 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
-/// Open `count` connections, each sending `bytes` of a head that never ends.
+/// Open `count` connections, each sending `bytes` of a head that never ends — at least the
+/// first 128 KiB of it (past any head limit), the rest as far as the kernel takes it without
+/// waiting: toolgate stops reading at its limit.
 fn unfinished_heads(addr: SocketAddr, count: usize, bytes: usize) -> Vec<TcpStream> {
     let mut head =
         b"GET http://tool.test/read/held HTTP/1.1\r\nHost: tool.test\r\nX-Pad: ".to_vec();
     head.resize(bytes, b'p');
+    let must = bytes.min(128 * 1024);
     (0..count)
         .map(|_| {
             let mut s = TcpStream::connect(addr).unwrap();
-            // Whatever the kernel takes: toolgate stops reading at its limit.
             s.set_nonblocking(true).unwrap();
+            let patience = Instant::now() + Duration::from_secs(2);
             let mut sent = 0;
             while sent < head.len() {
                 match s.write(&head[sent..]) {
                     Ok(n) => sent += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && sent < must => {
+                        if Instant::now() > patience {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
                     Err(_) => break,
                 }
             }
