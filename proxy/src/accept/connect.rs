@@ -6,12 +6,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::time::Instant as Deadline;
-
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant as Deadline;
 use toolgate_policy::accept::{Destination, Via};
 use toolgate_policy::classify::UNKNOWN;
 use toolgate_policy::normalise;
