@@ -6,6 +6,7 @@ mod credentials;
 mod files;
 mod identity;
 mod jwks;
+mod limits;
 mod matching;
 mod operator;
 mod raw;
@@ -249,13 +250,24 @@ pub struct TlsSettings {
 
 pub use tls::{CaSource, DEFAULT_LEAF_CACHE};
 
-/// Limits on what a client controls.
+/// Limits on what a client controls (see `config/limits.rs` for the defaults and bounds).
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_body_bytes: usize,
     pub upstream_timeout: Duration,
     pub connect_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// Time a request head may take from its first byte to its blank line.
+    pub head_timeout: Duration,
+    /// Time a connection may wait for the first byte of a request: a new connection, and a
+    /// kept-alive one between requests.
+    pub idle_timeout: Duration,
+    /// Largest request head (request line and headers) read from an agent.
+    pub max_head_bytes: usize,
+    /// Most concurrent agent connections on the proxy and transparent listeners together.
+    pub max_connections: usize,
+    /// Most bytes of request heads and bodies held for all agent connections together.
+    pub max_buffered_bytes: usize,
 }
 
 /// One problem found in a configuration file.

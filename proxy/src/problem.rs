@@ -94,6 +94,15 @@ pub enum Refusal {
     /// The tool switched protocols (101) for a request that was not allowed to.
     #[error("the tool switched protocols (101) for a request whose action may not upgrade the connection; the connection is closed")]
     UnexpectedUpgrade,
+    #[error(
+        "the request head (request line and headers) is over {0} bytes (limits.max_head_bytes)"
+    )]
+    HeadTooLarge(usize),
+    #[error("the request head was not complete {} after its first byte (limits.head_timeout)", humantime::format_duration(*.0))]
+    HeadTimeout(std::time::Duration),
+    /// A listener or the buffer budget is full: the agent should retry shortly.
+    #[error("{0}; retry shortly")]
+    Overloaded(String),
 }
 
 impl From<IdentifyError> for Refusal {
@@ -180,6 +189,9 @@ pub fn problem(refusal: &Refusal) -> Problem {
         Refusal::CompressedAnswer => (502, "unchecked-response", "response withheld"),
         Refusal::Upgrade(_) => (400, "rejected", "request rejected"),
         Refusal::UnexpectedUpgrade => (502, "unexpected-upgrade", "unexpected protocol switch"),
+        Refusal::HeadTooLarge(_) => (431, "head-too-large", "request head too large"),
+        Refusal::HeadTimeout(_) => (408, "head-timeout", "request head too slow"),
+        Refusal::Overloaded(_) => (503, "overloaded", "toolgate overloaded"),
     };
     Problem {
         status,

@@ -235,4 +235,9 @@ pub struct RawLimits {
     pub upstream_timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub shutdown_timeout: Option<String>,
+    pub head_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_head_bytes: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_buffered_bytes: Option<usize>,
 }

@@ -14,7 +14,7 @@ use super::raw::{RawAction, RawConfig, RawPolicy, RawRoute, RawTool};
 use super::{credentials, identity};
 use super::{
     ChainSettings, Config, ConfigError, ConfigErrors, CredentialSpec, DecisionLogSink, Files,
-    Limits, Listen, PolicyMode, PolicySource, Route, Telemetry, TlsSettings, Vars,
+    Listen, PolicyMode, PolicySource, Route, Telemetry, TlsSettings, Vars,
 };
 use crate::classify::{
     Action, AttributeSource, Catalog, Overrides, PathTemplate, ToolSpec, Upstream,
@@ -155,27 +155,7 @@ pub(super) fn compile(
             .as_ref()
             .and_then(|ca| super::tls::ca(&mut c, ca, files)),
     };
-    let limits = Limits {
-        max_body_bytes: matching::max_body_bytes(raw.limits.max_body_bytes),
-        upstream_timeout: duration(
-            &mut c,
-            "limits.upstream_timeout",
-            raw.limits.upstream_timeout.as_deref(),
-            "30s",
-        ),
-        connect_timeout: duration(
-            &mut c,
-            "limits.connect_timeout",
-            raw.limits.connect_timeout.as_deref(),
-            "5s",
-        ),
-        shutdown_timeout: duration(
-            &mut c,
-            "limits.shutdown_timeout",
-            raw.limits.shutdown_timeout.as_deref(),
-            "2s",
-        ),
-    };
+    let limits = super::limits::limits(&mut c, &raw.limits);
     match (c.errors.is_empty(), policy) {
         (true, Some(policy)) => Ok(Config {
             origin: origin.to_path_buf(),
