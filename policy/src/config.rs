@@ -11,6 +11,7 @@ mod matching;
 mod operator;
 mod raw;
 mod signing;
+mod state;
 mod telemetry;
 #[cfg(test)]
 mod tests;
@@ -31,10 +32,14 @@ pub use identity::{TaskTokens, TokenIssuer, AGENT_LEEWAY};
 pub use jwks::{unverified_claims, KeySet, TokenError, MAX_TOKEN_BYTES};
 pub use matching::{body_cap, MAX_BODY_BYTES};
 pub use operator::{
-    AdminSettings, StateBackend, StateSettings, DEFAULT_MAX_REVOCATION_TTL, LONGEST_REVOCATION_TTL,
-    MAX_SOCKET_PATH, MIN_DISTINCT_TOKEN_CHARS, MIN_TOKEN_CHARS,
+    AdminSettings, DEFAULT_MAX_REVOCATION_TTL, LONGEST_REVOCATION_TTL, MAX_SOCKET_PATH,
+    MIN_DISTINCT_TOKEN_CHARS, MIN_TOKEN_CHARS,
 };
 pub use signing::{generate_ed25519_pem, SigningKey};
+pub use state::{
+    OnUnavailable, RedisSettings, StateBackend, StateSettings, DEFAULT_REDIS_MAX_TASKS,
+    DEFAULT_REDIS_TIMEOUT,
+};
 
 use crate::classify::Catalog;
 

@@ -1,5 +1,5 @@
-//! What protects the operator API and where operator state lives: `admin.*` (the bearer
-//! token, revocation lifetimes), `listen.operator` (the unix socket) and `state.*`.
+//! What protects the operator API: `admin.*` (the bearer token, revocation lifetimes) and
+//! `listen.operator` (the unix socket). Where operator state lives, `state.*`, is `state.rs`.
 //!
 //! The token is judged here, once, so that `toolgate run` and `toolgate check` refuse the same
 //! guessable tokens. Filesystem checks on the socket's directory and the state file happen
@@ -11,7 +11,7 @@ mod tests;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{RawAdmin, RawState};
+use super::raw::RawAdmin;
 use super::validate::{duration, Collector};
 use super::{Files, SecretText};
 
@@ -37,22 +37,6 @@ pub struct AdminSettings {
     pub revocation_ttl: Duration,
     /// The longest lifetime a revocation may ask for.
     pub max_revocation_ttl: Duration,
-}
-
-/// Where operator state is kept (`state`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StateSettings {
-    pub backend: StateBackend,
-    /// The directory holding `state.json`; `None`: memory only, lost on restart.
-    pub dir: Option<PathBuf>,
-}
-
-/// The state backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StateBackend {
-    /// In this process, optionally kept in a file (`state.dir`).
-    #[default]
-    Memory,
 }
 
 pub(super) fn admin(c: &mut Collector, raw: &RawAdmin, files: &dyn Files) -> AdminSettings {
@@ -187,37 +171,4 @@ pub(super) fn socket(c: &mut Collector, raw: Option<&str>, files: &dyn Files) ->
         return None;
     }
     Some(located)
-}
-
-/// `state: { backend: memory, dir: PATH }`.
-pub(super) fn state(c: &mut Collector, raw: &RawState, files: &dyn Files) -> StateSettings {
-    let backend = match raw.backend.as_deref() {
-        None | Some("memory") => StateBackend::Memory,
-        Some("redis") => {
-            c.push(
-                "state.backend",
-                "the redis backend is not available in this version (it comes with toolgate issue 16); use `memory`, with `dir` to keep state across restarts",
-            );
-            StateBackend::Memory
-        }
-        Some(other) => {
-            c.push(
-                "state.backend",
-                format!("{other:?} is not a state backend; use `memory`"),
-            );
-            StateBackend::Memory
-        }
-    };
-    let dir = match raw.dir.as_deref() {
-        Some("") => {
-            c.push(
-                "state.dir",
-                "must name a directory (or leave it out to keep state in memory only)",
-            );
-            None
-        }
-        Some(d) => Some(files.locate(Path::new(d))),
-        None => None,
-    };
-    StateSettings { backend, dir }
 }

@@ -212,6 +212,14 @@ pub struct RawWebhook {
 pub struct RawState {
     pub backend: Option<String>,
     pub dir: Option<String>,
+    /// The Redis backend's keys (`state.url`, …): see `config/state.rs`.
+    pub url: Option<String>,
+    pub url_file: Option<String>,
+    pub password_file: Option<String>,
+    pub prefix: Option<String>,
+    pub on_unavailable: Option<String>,
+    pub timeout: Option<String>,
+    pub max_tasks: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

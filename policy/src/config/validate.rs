@@ -141,7 +141,7 @@ pub(super) fn compile(
         otlp: super::telemetry::otlp(raw.telemetry.otlp.as_ref(), &mut c.errors),
     };
     let admin = super::operator::admin(&mut c, &raw.admin, files);
-    let state = super::operator::state(&mut c, &raw.state, files);
+    let state = super::state::state(&mut c, &raw.state, files);
     let approvals = super::approvals::approvals(&mut c, &raw.approvals, &listen, files);
     let tls = TlsSettings {
         upstream_ca: raw

@@ -101,7 +101,7 @@ fn bad_operator_settings_are_all_reported_with_their_fields() {
         "listen.operator: \"127.0.0.1:15002\" must be unix:/path/to/operator.sock",
         "admin.token_file: cannot read <embedded>/missing-token",
         "admin.max_revocation_ttl: must be at most 3650d",
-        "state.backend: the redis backend is not available in this version (it comes with toolgate issue 16)",
+        "state.url: backend redis needs url",
     ];
     for w in want {
         assert!(errors.iter().any(|e| e.starts_with(w)), "{w}: {errors:?}");
@@ -115,7 +115,7 @@ fn bad_operator_settings_are_all_reported_with_their_fields() {
         errors,
         [
             "admin.revocation_ttl: 40d is longer than admin.max_revocation_ttl (30d)",
-            "state.backend: \"etcd\" is not a state backend; use `memory`",
+            "state.backend: \"etcd\" is not a state backend; use `memory` or `redis`",
             "state.dir: must name a directory (or leave it out to keep state in memory only)",
         ]
     );
