@@ -418,23 +418,7 @@ impl Ledger {
         for label in action.labels {
             entry.labels.set(label, &mark);
         }
-        let value = ChainEntry {
-            seq,
-            action: mark.by.clone(),
-            tool: action.tool.map(|t| Arc::from(cut(t))),
-            agent: Arc::from(cut(action.agent)),
-            decision: action.decision,
-            outcome: None,
-            attributes: bounded(action.attributes),
-            at: action.at,
-        }
-        .to_value();
-        let value = if action.dry_run {
-            with_field(value, "dry_run", Value::from(true))
-        } else {
-            value
-        };
-        entry.entries.push_back((seq, value));
+        entry.entries.push_back((seq, entry_value(action, seq)));
         while entry.entries.len() > self.max_actions {
             entry.entries.pop_front();
             entry.complete = false;
@@ -555,6 +539,33 @@ impl Ledger {
     }
 }
 
+/// Entry `seq` for `action` as it is stored and shown to policy, pending: names cut at
+/// [`MAX_NAME_BYTES`], attributes within [`MAX_ATTRIBUTE_WEIGHT`], `dry_run` when set. Every
+/// backend stores this value.
+pub fn entry_value(action: &Action<'_>, seq: u64) -> Value {
+    let value = ChainEntry {
+        seq,
+        action: Arc::from(cut(action.action)),
+        tool: action.tool.map(|t| Arc::from(cut(t))),
+        agent: Arc::from(cut(action.agent)),
+        decision: action.decision,
+        outcome: None,
+        attributes: bounded(action.attributes),
+        at: action.at,
+    }
+    .to_value();
+    if action.dry_run {
+        with_field(value, "dry_run", Value::from(true))
+    } else {
+        value
+    }
+}
+
+/// `value`, an entry, settled on `outcome` (what [`Ledger::settle`] does to a pending entry).
+pub fn settled_value(value: Value, outcome: Outcome) -> Value {
+    settled(value, outcome)
+}
+
 /// Attributes as stored: unchanged when within the weight budget, a marker when over it.
 fn bounded(attributes: &[(Arc<str>, Json)]) -> Vec<(Arc<str>, Json)> {
     let weight: usize = attributes.iter().map(|(k, v)| attribute_weight(k, v)).sum();
@@ -565,8 +576,9 @@ fn bounded(attributes: &[(Arc<str>, Json)]) -> Vec<(Arc<str>, Json)> {
     }
 }
 
-/// `s` cut to at most [`MAX_NAME_BYTES`] at a char boundary.
-fn cut(s: &str) -> &str {
+/// `s` cut to at most [`MAX_NAME_BYTES`] at a char boundary (how names are kept in entries
+/// and label marks).
+pub fn cut(s: &str) -> &str {
     let mut end = s.len().min(MAX_NAME_BYTES);
     while !s.is_char_boundary(end) {
         end -= 1;

@@ -71,6 +71,19 @@ impl LabelSet {
         }
     }
 
+    /// A set read back from a shared store: at most [`MAX_LABELS`] labels and [`OVERFLOW`]
+    /// (more are ignored), as they were stored.
+    pub fn from_marks(marks: impl IntoIterator<Item = (Arc<str>, Mark)>) -> LabelSet {
+        let mut labels = BTreeMap::new();
+        for (name, mark) in marks {
+            if labels.len() > MAX_LABELS {
+                break;
+            }
+            labels.insert(name, mark);
+        }
+        LabelSet { labels }
+    }
+
     /// Drop the labels `keep` refuses (expired ones).
     fn retain(&mut self, keep: impl Fn(&Mark) -> bool) {
         self.labels.retain(|_, m| keep(m));

@@ -44,7 +44,7 @@ pub use approvals::{
 };
 pub use file::{Document, FileError, StateFile, FILE_NAME, MAX_FILE_BYTES, VERSION};
 pub use revocations::{
-    parse_request, rfc3339, valid_id, Added, Entry, Kind, Lifetimes, Refused, RequestError,
+    parse_request, parse_rfc3339, rfc3339, valid_id, Added, Entry, Kind, Lifetimes, Refused, RequestError,
     Revocation, Revocations, CAPACITY, MAX_ID, MIN_TTL,
 };
 
@@ -189,6 +189,23 @@ impl State {
     pub fn revocations(&self, now: SystemTime) -> Result<Vec<Entry>, StateUnavailable> {
         let set = self.revocations.read().map_err(|_| StateUnavailable)?;
         Ok(set.list(now))
+    }
+
+    /// Replace the revocations with `entries` (kind, id, expiry in seconds since the epoch),
+    /// as a shared backend holds them: the copy a replica decides on while the backend is
+    /// unreachable. Expired ones are dropped; beyond a room's capacity the rest are ignored.
+    pub fn mirror_revocations(
+        &self,
+        entries: impl IntoIterator<Item = (Kind, String, u64)>,
+        now: SystemTime,
+    ) -> Result<(), StateUnavailable> {
+        let mut fresh = Revocations::default();
+        for (kind, id, expires) in entries {
+            let _ = fresh.restore(kind, id, expires, now);
+        }
+        let mut set = self.revocations.write().map_err(|_| StateUnavailable)?;
+        *set = fresh;
+        Ok(())
     }
 
     /// Apply `r` from `now` on (see [`Revocations::add`]), then keep the state on disk when

@@ -62,6 +62,27 @@ impl Admin {
         Admin { gateway, listener }
     }
 
+    /// `/readyz`: 200 once listening with a policy loaded and while the state backend answers
+    /// (or requests are decided on the local view without it); the line says which.
+    fn readiness(&self) -> Reply {
+        let health = self.gateway.store.health();
+        let state = health
+            .describe()
+            .map(|line| format!("; {line}"))
+            .unwrap_or_default();
+        if self.gateway.is_ready() {
+            Reply::text(
+                StatusCode::OK,
+                format!(
+                    "ready, policy revision {}{state}\n",
+                    self.gateway.snapshot().policy.revision()
+                ),
+            )
+        } else {
+            Reply::text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready{state}\n"))
+        }
+    }
+
     async fn route(&self, session: &mut ServerSession) -> Reply {
         let path = session.req_header().uri.path();
         // Only the operator module answers under /v1, and only once it has authenticated
@@ -72,19 +93,16 @@ impl Admin {
         let method = session.req_header().method.clone();
         match (method, path) {
             (Method::GET, "/healthz") => Reply::text(StatusCode::OK, "ok\n"),
-            (Method::GET, "/readyz") if self.gateway.is_ready() => Reply::text(
-                StatusCode::OK,
-                format!(
-                    "ready, policy revision {}\n",
-                    self.gateway.snapshot().policy.revision()
-                ),
-            ),
-            (Method::GET, "/readyz") => Reply::text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-            (Method::GET, "/metrics") => Reply::bytes(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.gateway.metrics.render().into_bytes(),
-            ),
+            (Method::GET, "/readyz") => self.readiness(),
+            (Method::GET, "/metrics") => {
+                let mut text = self.gateway.metrics.render();
+                self.gateway.store.render_metrics(&mut text);
+                Reply::bytes(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    text.into_bytes(),
+                )
+            }
             (Method::GET, "/ca.pem") => match &self.gateway.snapshot().authority {
                 Some(ca) => Reply::bytes(
                     StatusCode::OK,

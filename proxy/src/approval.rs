@@ -31,21 +31,18 @@ use toolgate_policy::approval::{self, Ask, Binding, Digest, ShownBody};
 use toolgate_policy::chain::Outcome;
 use toolgate_policy::config::{body_cap, Config};
 use toolgate_policy::prepare::Prepared;
-use toolgate_policy::state::approvals::{self as store, ApprovalError, ApprovalStore};
+use toolgate_policy::state::approvals as store;
 use toolgate_policy::state::{Approval, Event, EventKind, NewApproval, Status};
 
 use crate::gateway::{Gateway, Snapshot};
 use crate::pipeline::Exchange;
 use crate::problem::Refusal;
+use crate::state::ApprovalFailure;
 
 /// How often a held request looks at its approval even without a local change (a decision
 /// made through another replica's store, an expiry).
 const WAIT_POLL: Duration = Duration::from_secs(1);
 
-/// The approval store decisions read and the operator API changes.
-pub fn store(gw: &Gateway) -> &dyn ApprovalStore {
-    &gw.state
-}
 
 /// What the process keeps for approvals besides the store: held requests' wake-ups, their
 /// count, and the webhook sender.
@@ -286,17 +283,17 @@ pub async fn matching(
     bound: &mut Bound,
     x: &Exchange,
 ) -> Result<Option<Approval>, Refusal> {
-    let store = store(gw);
+    let store = &gw.store;
     if !store.any_approved() {
         return Ok(None);
     }
     let config = &snapshot.config;
     let head = bound.head(config, prepared, &session.req_header().headers, x);
-    if !store.approved_head(&head)? {
+    if !store.approved_head(&head).await? {
         return Ok(None);
     }
     let digest = bound.digest(session, config, prepared, x).await?;
-    Ok(store.approved(&digest, SystemTime::now())?)
+    Ok(store.approved(&digest, SystemTime::now()).await?)
 }
 
 /// The request as a human deciding on it is shown it: no credential of the agent's, nor the
@@ -403,8 +400,7 @@ pub async fn hold(
         trace_id: x.trace_id.clone(),
         ttl: settings.ttl(pending.ask.ttl),
     };
-    let store = store(gw);
-    let held = store.hold(new, settings.bounds(), SystemTime::now());
+    let held = gw.store.hold(new, settings.bounds(), SystemTime::now()).await;
     flush(gw, snapshot);
     let held = match held {
         Ok(stored) => {
@@ -413,13 +409,13 @@ pub async fn hold(
             }
             stored.value.approval
         }
-        Err(ApprovalError::Full(full)) => {
+        Err(ApprovalFailure::Full(full)) => {
             gw.metrics.approval_refused();
             tracing::error!(target: "toolgate::approvals", decision_id = %x.decision_id, action = %x.action, "approval refused: {full}");
             return Err(Refusal::ApprovalsFull(full));
         }
-        Err(ApprovalError::Unavailable(e)) => return Err(e.into()),
-        Err(e @ (ApprovalError::NotFound(_) | ApprovalError::NotPending { .. })) => {
+        Err(ApprovalFailure::Unavailable(e)) => return Err(e.into()),
+        Err(e @ (ApprovalFailure::NotFound(_) | ApprovalFailure::NotPending { .. })) => {
             // Holding never looks an approval up by id.
             tracing::error!(target: "toolgate::approvals", "unexpected: {e}");
             return Err(toolgate_policy::state::StateUnavailable.into());
@@ -436,10 +432,33 @@ pub async fn hold(
         (Status::Pending, Some(wait)) if gw.approvals.waiting() < settings.max_pending => {
             wait_for(gw, snapshot, held, wait, pending, x).await
         }
+        // Approved already (through another instance, which this one had not heard of when
+        // it looked for a match): decided again with it, like a retry.
+        (Status::Approved, _) => {
+            let note = Note::of(&held, config);
+            redecide(gw, x, note).await;
+            Ok(held)
+        }
         (Status::Denied, _) => Err(Refusal::ApprovalDenied(Box::new(pending))),
         (Status::Expired, _) => Err(Refusal::ApprovalExpired(Box::new(pending))),
         _ => Err(Refusal::ApprovalRequired(Box::new(pending))),
     }
+}
+
+/// The held decision ends here (refused, with the approval's note); the request is decided
+/// again with the approval, as a retry is.
+async fn redecide(gw: &Gateway, x: &mut Exchange, note: Note) {
+    let held_seq = x.decided.last_mut().map(|d| {
+        d.approval = Some(note);
+        d.settled = Some(Outcome::Refused(403));
+        d.seq
+    });
+    if let Some(seq) = held_seq.filter(|s| *s > 0) {
+        gw.store
+            .settle(&crate::evaluate::task_key(x), &[seq], Outcome::Refused(403))
+            .await;
+    }
+    x.decision_id = uuid::Uuid::now_v7().to_string();
 }
 
 /// Counts a held request for as long as it waits.
@@ -473,7 +492,10 @@ async fn wait_for(
         let step = (deadline - now).min(WAIT_POLL);
         // Woken by any change of any approval; then this one is looked at again.
         let _ = tokio::time::timeout(step, changes.changed()).await;
-        let current = store(gw).get(&held.id, config.approvals.bounds(), SystemTime::now())?;
+        let current = gw
+            .store
+            .approval(&held.id, config.approvals.bounds(), SystemTime::now())
+            .await?;
         flush(gw, snapshot);
         let Some(current) = current else {
             return Err(Refusal::ApprovalRequired(Box::new(pending)));
@@ -482,17 +504,7 @@ async fn wait_for(
         match current.status {
             Status::Pending => continue,
             Status::Approved => {
-                // The held decision ends here; the request is decided again, as a retry is.
-                let held_seq = x.decided.last_mut().map(|d| {
-                    d.approval = Some(note.clone());
-                    d.settled = Some(Outcome::Refused(403));
-                    d.seq
-                });
-                if let Some(seq) = held_seq {
-                    gw.ledger
-                        .settle(&crate::evaluate::task_key(x), seq, Outcome::Refused(403));
-                }
-                x.decision_id = uuid::Uuid::now_v7().to_string();
+                redecide(gw, x, note).await;
                 return Ok(current);
             }
             Status::Denied => {
@@ -512,11 +524,14 @@ async fn wait_for(
 /// After the credential is issued: use the approval the request matched, atomically and
 /// durably, before it goes out. Another identical request that used it a moment earlier
 /// leaves this one refused (`approval-used`).
-pub fn consume(gw: &Gateway, snapshot: &Snapshot, x: &mut Exchange) -> Result<(), Refusal> {
+pub async fn consume(gw: &Gateway, snapshot: &Snapshot, x: &mut Exchange) -> Result<(), Refusal> {
     let Some(matched) = x.matched.take() else {
         return Ok(());
     };
-    let consumed = store(gw).consume(&matched.id, &x.decision_id, SystemTime::now())?;
+    let consumed = gw
+        .store
+        .consume(&matched.id, &x.decision_id, SystemTime::now())
+        .await?;
     flush(gw, snapshot);
     if let Some(e) = consumed.unsaved {
         tracing::error!(target: "toolgate::approvals", approval = %matched.id, "approval used, in memory only: {e}");
@@ -548,7 +563,7 @@ pub fn consume(gw: &Gateway, snapshot: &Snapshot, x: &mut Exchange) -> Result<()
 
 /// Hand the store's events to metrics, the log, the webhook and held requests.
 pub fn flush(gw: &Gateway, snapshot: &Snapshot) {
-    let events = store(gw).take_events();
+    let events = gw.store.take_events();
     if events.is_empty() {
         return;
     }

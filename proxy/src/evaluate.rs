@@ -3,7 +3,8 @@
 //! an approved approval, which then satisfies a decision that asks for one; the action is then
 //! appended to the task's chain as pending (with the labels it sets) and kept in the exchange
 //! for the record stage, which settles it and writes its decision-log line when the exchange
-//! ends.
+//! ends. State is read before policy and written after it through the state store
+//! (`crate::state`), whichever backend holds it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -62,7 +63,7 @@ pub fn task_key(x: &Exchange) -> TaskKey<'_> {
 /// the decided action is appended to `x.decided`. `Ok` means forward (an allow, or a
 /// would-deny in dry-run); `Err` carries the refusal — for a decision that asks a human,
 /// [`Refusal::ApprovalRequired`] with no approval bound yet (`approval::hold` binds it).
-pub fn evaluate(
+pub async fn evaluate(
     gw: &Gateway,
     snapshot: &Snapshot,
     prepared: &Prepared,
@@ -71,13 +72,13 @@ pub fn evaluate(
     hidden: &[HeaderName],
     x: &mut Exchange,
 ) -> Result<Decision, Refusal> {
-    evaluate_approved(gw, snapshot, prepared, tool, headers, hidden, None, x)
+    evaluate_approved(gw, snapshot, prepared, tool, headers, hidden, None, x).await
 }
 
 /// [`evaluate`] a request that matched the approved approval `approved` (`input.approval`),
 /// which satisfies a decision that asks for approval.
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate_approved(
+pub async fn evaluate_approved(
     gw: &Gateway,
     snapshot: &Snapshot,
     prepared: &Prepared,
@@ -91,15 +92,14 @@ pub fn evaluate_approved(
     let class = &prepared.classification;
     let agent = config.agent.id.as_str();
     let now = SystemTime::now();
-    // Revocation state that cannot be read counts as revoked: fail closed.
-    let state = gw.state.revoked(&x.task_id, agent, now);
-    let revoked = state != Ok(false);
+    // State that cannot be read counts as revoked: fail closed.
+    let observed = gw.store.observe(&task_key(x), agent, now).await;
+    let revoked = observed.as_ref().map_or(true, |o| o.revoked);
     let mut eval_time = None;
-    let decision = if let Err(unavailable) = &state {
-        Decision::deny(unavailable.to_string())
-    } else if revoked {
-        Decision::deny(REVOKED)
-    } else {
+    let decision = match &observed {
+        Err(unavailable) => Decision::deny(unavailable.to_string()),
+        Ok(_) if revoked => Decision::deny(REVOKED),
+        Ok(observed) => {
         let accepted = &prepared.accepted;
         let params = credential::visible_params(config, tool, &accepted.request.params);
         let input = Input {
@@ -122,12 +122,16 @@ pub fn evaluate_approved(
                 hidden,
                 body: prepared.body.as_ref(),
             },
-            state: gw.ledger.view(&task_key(x), agent, now),
+            state: observed.view.clone(),
             now,
         };
         let mut input = input.to_value();
         if let Some(a) = approved {
             a.granted().annotate(&mut input);
+        }
+        if let Some(note) = &observed.note {
+            note.annotate(&mut input);
+            x.state_degraded = note.degraded;
         }
         let started = Instant::now();
         let mut decision = snapshot.policy.decide(input);
@@ -138,6 +142,7 @@ pub fn evaluate_approved(
         eval_time = Some(finished.duration_since(started));
         x.trace.evaluated_at = Some(finished);
         decision
+        }
     };
     if let Some(detail) = &decision.error {
         tracing::warn!(decision_id = %x.decision_id, action = %x.action, error = %detail, "policy failed; request denied");
@@ -146,7 +151,9 @@ pub fn evaluate_approved(
     let forwarded = decision.allowed() || dry_run;
     let catalog_labels = tool.map(|t| t.labels_of(&class.action)).unwrap_or_default();
     let labels = decision.labels_to_set(&catalog_labels, forwarded);
-    let recorded = gw.ledger.record_linked(
+    let recorded = gw
+        .store
+        .record(
         &task_key(x),
         &chain::Action {
             action: &class.action,
@@ -162,7 +169,20 @@ pub fn evaluate_approved(
             trace_id: x.trace.trace_id,
             span_id: x.span_id,
         },
-    );
+    )
+        .await;
+    // A chain that cannot be written refuses the request too (its decision is still logged):
+    // a request must not go out unrecorded.
+    let (recorded, unrecorded) = match recorded {
+        Ok(r) => (r, None),
+        Err(e) => (
+            chain::Recorded {
+                seq: 0,
+                previous: None,
+            },
+            Some(e),
+        ),
+    };
     x.effect = Some(decision.effect);
     x.reason.clone_from(&decision.reason);
     x.dry_run = dry_run;
@@ -182,10 +202,13 @@ pub fn evaluate_approved(
         approval: None,
         settled: None,
     });
+    if let Some(e) = unrecorded.or_else(|| observed.err()) {
+        return Err(Refusal::SharedState(e));
+    }
     match decision.effect {
         _ if dry_run => Ok(decision),
         Effect::Allow => Ok(decision),
-        Effect::Deny if revoked => Err(state.map_or_else(Refusal::from, |_| Refusal::Revoked)),
+        Effect::Deny if revoked => Err(Refusal::Revoked),
         Effect::Error => Err(Refusal::PolicyError(decision.reason)),
         Effect::Deny => match decision.approval {
             Some(ask) => Err(Refusal::ApprovalRequired(Box::new(Pending {

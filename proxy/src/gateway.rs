@@ -12,12 +12,9 @@ use toolgate_policy::config::Config;
 use toolgate_policy::evaluate::{Policy, PolicyError};
 use x509_parser::prelude::FromDer;
 
-use toolgate_policy::chain::Ledger;
-use toolgate_policy::state::State;
-
 use crate::credential::{self, Exchanges, KeyRing};
-use crate::identify::DefaultTask;
 use crate::record::{DecisionLog, Metrics, Spans};
+use crate::state::StateStore;
 
 /// Why a configuration could not become the serving one.
 #[derive(Debug, thiserror::Error)]
@@ -103,13 +100,13 @@ pub struct Gateway {
     current: ArcSwap<Snapshot>,
     ready: AtomicBool,
     pub metrics: Metrics,
-    pub ledger: Ledger,
-    /// Operator state: revocations and approvals, kept in `state.dir` when set.
-    pub state: State,
+    /// Everything decisions depend on beyond the request — task chains and labels, agent
+    /// labels, revocations, approvals, the default task — in the backend `state.backend`
+    /// chose at start.
+    pub store: Box<dyn StateStore>,
     /// Held requests' wake-ups and the approval webhook.
     pub approvals: crate::approval::Runtime,
     pub decision_log: DecisionLog,
-    pub default_task: DefaultTask,
     /// Where action spans are exported; `None` when export is off.
     pub spans: Option<Spans>,
     /// Public keys of minted credentials, current and recently rotated out.
@@ -119,22 +116,19 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway serving `snapshot`, logging decisions to `decision_log`, with the operator
-    /// `state` opened at start. Chain bounds come from this first snapshot and change only on
-    /// restart.
-    pub fn new(snapshot: Snapshot, decision_log: DecisionLog, state: State) -> Gateway {
-        let ledger = Ledger::new(&snapshot.config.chain);
+    /// A gateway serving `snapshot`, logging decisions to `decision_log`, with the state
+    /// `store` opened at start (chain bounds come from this first snapshot and change only on
+    /// restart).
+    pub fn new(snapshot: Snapshot, decision_log: DecisionLog, store: Box<dyn StateStore>) -> Gateway {
         let keys = KeyRing::default();
         keys.publish(&snapshot.config);
         Gateway {
             current: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
             metrics: Metrics::default(),
-            ledger,
-            state,
+            store,
             approvals: crate::approval::Runtime::default(),
             decision_log,
-            default_task: DefaultTask::default(),
             spans: None,
             keys,
             exchanges: Exchanges::default(),
@@ -157,8 +151,9 @@ impl Gateway {
         self.ready.store(ready, Ordering::Release);
     }
 
-    /// Whether `/readyz` answers 200.
+    /// Whether `/readyz` answers 200: listeners up, and the state backend answers (or
+    /// requests are decided without it, `state.on_unavailable: local`).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && self.store.health().ready()
     }
 }

@@ -105,13 +105,18 @@ pub fn request(
 
 /// Enter the task `identity` names (or the agent's default task) into exchange `x`: its id,
 /// whether a verified token named it, and the trace its actions join.
-pub fn enter(gw: &Gateway, config: &Config, identity: Identity, x: &mut Exchange) {
+pub async fn enter(gw: &Gateway, config: &Config, identity: Identity, x: &mut Exchange) {
     let named = identity.task_id.is_some();
     x.task_verified = identity.task_claims.is_some();
     x.task_began = identity.began;
-    x.task_id = identity
-        .task_id
-        .unwrap_or_else(|| gw.default_task.current(config.chain.idle_ttl));
+    x.task_id = match identity.task_id {
+        Some(id) => id,
+        None => {
+            gw.store
+                .default_task(&config.agent.id, config.chain.idle_ttl)
+                .await
+        }
+    };
     crate::record::trace::join(x, identity.parent, &config.agent.id, named);
     x.task_claims = identity.task_claims;
 }
@@ -168,8 +173,9 @@ pub fn identify(headers: &HeaderMap, chain: &ChainSettings) -> Result<Identity, 
     })
 }
 
-/// The agent's default task: requests that name no task belong to it until the agent has
-/// been idle for `idle_ttl`, after which a new default task begins.
+/// The agent's default task in this process (the memory backend; the Redis one shares it):
+/// requests that name no task belong to it until the agent has been idle for `idle_ttl`, after
+/// which a new default task begins.
 #[derive(Debug)]
 pub struct DefaultTask {
     state: Mutex<(u64, Option<Instant>)>,

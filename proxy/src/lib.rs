@@ -20,6 +20,7 @@ pub mod problem;
 pub mod record;
 pub mod reload;
 pub mod server;
+pub mod state;
 pub mod upgrade;
 
 pub use gateway::{Gateway, LoadError, Snapshot};

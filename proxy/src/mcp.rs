@@ -73,6 +73,10 @@ impl Reply {
     }
 }
 
+/// One member's decision in progress (it reads and writes the task's state).
+pub type Deciding<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Refusal>> + Send + 'a>>;
+
 /// Decide every member of a batch with `decide` (evaluate, select the credential), in order.
 /// All allowed: `Ok`, and the request is forwarded whole with one credential — only if every
 /// member selected the same one; its lifetime is the shortest any member was granted and its
@@ -80,13 +84,14 @@ impl Reply {
 /// changes nothing. A batch with a would-deny member in dry-run mode is forwarded as it came,
 /// with no credential injected, as a single would-deny request is. Otherwise the first
 /// refusal.
-pub fn decide_batch(
+pub async fn decide_batch<C: Sync>(
     prepared: &Prepared,
     x: &mut Exchange,
-    mut decide: impl FnMut(&Prepared, &mut Exchange) -> Result<(), Refusal>,
+    ctx: &C,
+    mut decide: impl for<'a> FnMut(&'a C, &'a Prepared, &'a mut Exchange) -> Deciding<'a>,
 ) -> Result<(), Refusal> {
     let Some(rpc) = prepared.rpc.as_ref() else {
-        return decide(prepared, x);
+        return decide(ctx, prepared, x).await;
     };
     let mut first_refusal: Option<(Refusal, Refuser)> = None;
     let mut dry_run = false;
@@ -95,7 +100,7 @@ pub fn decide_batch(
             x.decision_id = uuid::Uuid::now_v7().to_string();
         }
         x.action = member.classification.action.clone();
-        let outcome = decide(&prepared.member(member), x);
+        let outcome = decide(ctx, &prepared.member(member), x).await;
         dry_run |= x.dry_run;
         if let Some(answer) = x.rpc.as_mut().and_then(|r| r.members.get_mut(i)) {
             answer.decision_id.clone_from(&x.decision_id);

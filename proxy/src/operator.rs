@@ -118,12 +118,12 @@ pub async fn serve(gw: &Gateway, listener: Listener, session: &mut ServerSession
 async fn route(call: &mut Call<'_>, method: &Method, segments: &[Cow<'_, str>]) -> Reply {
     let segments: Vec<&str> = segments.iter().map(|s| s.as_ref()).collect();
     match (method, segments.as_slice()) {
-        (&Method::GET, ["revoke"]) => revoke::list(call),
+        (&Method::GET, ["revoke"]) => revoke::list(call).await,
         (&Method::POST, ["revoke"]) => revoke::create(call).await,
-        (&Method::GET, ["tasks"]) => tasks::stats(call),
-        (&Method::GET, ["tasks", id]) => tasks::chain(call, id),
-        (&Method::GET, ["approvals"]) => approvals::list(call),
-        (&Method::GET, ["approvals", id]) => approvals::show(call, id),
+        (&Method::GET, ["tasks"]) => tasks::stats(call).await,
+        (&Method::GET, ["tasks", id]) => tasks::chain(call, id).await,
+        (&Method::GET, ["approvals"]) => approvals::list(call).await,
+        (&Method::GET, ["approvals", id]) => approvals::show(call, id).await,
         (&Method::POST, ["approvals", id, "approve"]) => approvals::decide(call, id, true).await,
         (&Method::POST, ["approvals", id, "deny"]) => approvals::decide(call, id, false).await,
         (_, ["revoke"]) => method_not_allowed("GET, POST"),

@@ -51,6 +51,9 @@ pub struct Exchange {
     pub task_began: Option<SystemTime>,
     /// The action's sequence number in its task's chain, once recorded.
     pub seq: Option<u64>,
+    /// Decided on this instance's own view because the shared state was unreachable
+    /// (`state.on_unavailable: local`).
+    pub state_degraded: bool,
     pub via: Option<Via>,
     pub tool: Option<Arc<str>>,
     pub action: Arc<str>,
@@ -118,6 +121,7 @@ impl Exchange {
             task_verified: false,
             task_began: None,
             seq: None,
+            state_degraded: false,
             via: None,
             tool: None,
             action: Arc::from(UNKNOWN),
@@ -169,7 +173,7 @@ impl Exchange {
         self.failure = Some(refusal.to_string());
         // Settled before the agent can read the answer (and act on it): the chain records
         // the refusal's status, also when MCP gets it as HTTP 200.
-        record::settle(gw, self, Outcome::Refused(status));
+        record::settle(gw, self, Outcome::Refused(status)).await;
         let answered = mcp::answers(self, refusal);
         self.refused = Some(if answered { 200 } else { status });
         let written = if answered {
@@ -207,7 +211,7 @@ impl From<Refused> for Refusal {
 }
 
 /// identify → accept/normalise: who is asking, where to, and whether the body is needed.
-fn head(
+async fn head(
     gw: &Gateway,
     snapshot: &Snapshot,
     session: &Session,
@@ -217,7 +221,7 @@ fn head(
     let config = &snapshot.config;
     let req = session.req_header();
     let identity = identify::request(&req.headers, config, SystemTime::now())?;
-    identify::enter(gw, config, identity, x);
+    identify::enter(gw, config, identity, x).await;
     if let Some(h1) = session.as_downstream().as_http1() {
         normalise::raw_framing(&h1.get_headers_raw_bytes())?;
     }
@@ -257,11 +261,13 @@ async fn admit(
     let strip = credential::stripped_headers(config, tool);
     let batch = prepared.rpc.as_ref().is_some_and(|r| r.batch);
     if batch {
-        let headers = &session.req_header().headers;
-        let decide = |p: &Prepared, x: &mut Exchange| {
-            decide(gw, snapshot, p, headers, &strip, true, None, x)
+        let members = Members {
+            gw,
+            snapshot,
+            headers: &session.req_header().headers,
+            strip: &strip,
         };
-        mcp::decide_batch(&prepared, x, decide)?;
+        mcp::decide_batch(&prepared, x, &members, decide_member).await?;
     } else {
         let mut bound = approval::Bound::new(body);
         let mut matched =
@@ -277,7 +283,8 @@ async fn admit(
                 false,
                 matched.as_ref(),
                 x,
-            );
+            )
+            .await;
             match decided {
                 Err(Refusal::ApprovalRequired(pending)) if pending.note.is_none() => {
                     // Held for a human; with `wait`, decided again once approved.
@@ -295,7 +302,7 @@ async fn admit(
         x.matched = matched;
     }
     issue(gw, snapshot, &prepared, tool, batch, x).await?;
-    approval::consume(gw, snapshot, x)?;
+    approval::consume(gw, snapshot, x).await?;
     x.plan = Some(forward::plan(&prepared.accepted, tool));
     x.tunnel = toolgate_policy::classify::requested_upgrade(&session.req_header().headers)
         .filter(|proto| tool.is_some_and(|t| t.may_upgrade(&x.action, proto)))
@@ -303,12 +310,31 @@ async fn admit(
     Ok(())
 }
 
+/// What deciding each member of a batch needs.
+struct Members<'s> {
+    gw: &'s Gateway,
+    snapshot: &'s Snapshot,
+    headers: &'s http::HeaderMap,
+    strip: &'s [HeaderName],
+}
+
+/// [`decide`] one member of a batch.
+fn decide_member<'a>(
+    m: &'a Members<'_>,
+    prepared: &'a Prepared,
+    x: &'a mut Exchange,
+) -> mcp::Deciding<'a> {
+    Box::pin(decide(
+        m.gw, m.snapshot, prepared, m.headers, m.strip, true, None, x,
+    ))
+}
+
 /// evaluate, and select the credential, for one action. In a batch the selection is kept per
 /// member (`member_grants`), to be combined once every member is decided, and a member that
 /// needs approval refuses the batch (an approval binds one request). `approved`: the approved
 /// approval the request matched.
 #[allow(clippy::too_many_arguments)]
-fn decide(
+async fn decide(
     gw: &Gateway,
     snapshot: &Snapshot,
     prepared: &Prepared,
@@ -322,7 +348,9 @@ fn decide(
     let tool = prepared.accepted.tool.and_then(|t| config.catalog.tool(t));
     let decision = match evaluate::evaluate_approved(
         gw, snapshot, prepared, tool, headers, strip, approved, x,
-    ) {
+    )
+    .await
+    {
         Err(Refusal::ApprovalRequired(pending)) if batch => {
             return Err(Refusal::ApprovalInBatch(pending.reason))
         }
@@ -425,7 +453,7 @@ impl ProxyHttp for Pipeline {
             let inbound = x.inbound.clone();
             let destination =
                 accept::destination(inbound.as_deref(), session.req_header(), timeout).await?;
-            let head = head(gw, &snapshot, session, destination.as_ref(), x)?;
+            let head = head(gw, &snapshot, session, destination.as_ref(), x).await?;
             let body = body::read(session, &head, &snapshot.config.limits).await?;
             admit(gw, &snapshot, session, head, body, x).await
         }
@@ -525,7 +553,8 @@ impl ProxyHttp for Pipeline {
             &self.gateway,
             x,
             Outcome::Response(response.status.as_u16()),
-        );
+        )
+        .await;
         Ok(())
     }
 
@@ -609,7 +638,7 @@ impl ProxyHttp for Pipeline {
 
     /// Runs when the exchange is over: one record per request.
     async fn logging(&self, session: &mut Session, e: Option<&pingora::Error>, x: &mut Exchange) {
-        record::exchange(session, e, x, &self.gateway);
+        record::exchange(session, e, x, &self.gateway).await;
     }
 
     /// Runs before a request on a connection with a fixed destination (the first request

@@ -48,6 +48,9 @@ pub enum Refusal {
     /// The revocation state cannot be read: refused rather than decided without it.
     #[error(transparent)]
     StateUnavailable(#[from] StateUnavailable),
+    /// The state backend (Redis) cannot be reached, and `state.on_unavailable` is `deny`.
+    #[error(transparent)]
+    SharedState(#[from] crate::state::Unavailable),
     #[error(transparent)]
     Rejected(#[from] Rejection),
     #[error(transparent)]
@@ -152,7 +155,9 @@ pub fn problem(refusal: &Refusal) -> Problem {
         Refusal::ApprovalBody(_) => (413, "body-too-large", "request body too large"),
         Refusal::PolicyError(_) => (403, "policy-error", "policy error"),
         Refusal::Revoked => (403, "revoked", "revoked"),
-        Refusal::StateUnavailable(_) => (503, "state-unavailable", "state unavailable"),
+        Refusal::StateUnavailable(_) | Refusal::SharedState(_) => {
+            (503, "state-unavailable", "state unavailable")
+        }
         Refusal::UnknownCredential(_) => (403, "policy-error", "policy error"),
         Refusal::TaskToken(_) => (403, "task-token", "task token rejected"),
         Refusal::AgentExpired(_) => (403, "agent-identity", "agent identity expired"),

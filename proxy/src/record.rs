@@ -28,15 +28,25 @@ use crate::pipeline::Exchange;
 /// Settle every decided action of `x` on `outcome`, unless it has settled already: the first
 /// true account stands (the tool's status as its answer arrives, or toolgate's refusal before
 /// it is written), so the next request of the task sees it.
-pub fn settle(gw: &Gateway, x: &mut Exchange, outcome: Outcome) {
+pub async fn settle(gw: &Gateway, x: &mut Exchange, outcome: Outcome) {
     if x.outcome.is_some() {
         return;
     }
     x.outcome = Some(outcome);
-    let task = crate::evaluate::task_key(x);
-    for d in &x.decided {
-        gw.ledger.settle(&task, d.seq, outcome);
+    // Entries that settled on their own (a held decision decided again) and ones never
+    // recorded (seq 0) are left alone.
+    let seqs: Vec<u64> = x
+        .decided
+        .iter()
+        .filter(|d| d.settled.is_none() && d.seq > 0)
+        .map(|d| d.seq)
+        .collect();
+    if seqs.is_empty() {
+        return;
     }
+    gw.store
+        .settle(&crate::evaluate::task_key(x), &seqs, outcome)
+        .await;
 }
 
 /// How an exchange that ended without a recorded outcome ended, from pingora's error.
@@ -130,10 +140,15 @@ pub fn decisions(gw: &Gateway, x: &Exchange) {
 
 /// The end of exchange `x`: settle its actions (if nothing settled them yet), then its
 /// decision-log lines, span, metrics and access-log line.
-pub fn exchange(session: &Session, e: Option<&pingora::Error>, x: &mut Exchange, gw: &Gateway) {
+pub async fn exchange(
+    session: &Session,
+    e: Option<&pingora::Error>,
+    x: &mut Exchange,
+    gw: &Gateway,
+) {
     if x.outcome.is_none() {
         let outcome = ending(e, x.upstream_sent.is_some());
-        settle(gw, x, outcome);
+        settle(gw, x, outcome).await;
     }
     for t in x.decided.iter().filter_map(|d| d.eval_time) {
         gw.metrics.policy_eval.observe(t);

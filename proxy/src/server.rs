@@ -16,7 +16,6 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::listening::Service;
 use toolgate_policy::config::{ProcessEnv, Vars};
-use toolgate_policy::state::{FileError, State};
 
 use crate::accept::gate;
 use crate::accept::{Front, Gate, HeadRead, ProxyListener, TransparentListener};
@@ -51,7 +50,7 @@ pub enum ServeError {
     #[error("telemetry.otlp: {0}")]
     Telemetry(#[from] StartError),
     #[error(transparent)]
-    State(#[from] FileError),
+    State(#[from] crate::state::OpenError),
     #[error("listen.operator: {path}: {problem}")]
     Socket { path: PathBuf, problem: String },
 }
@@ -295,16 +294,12 @@ pub fn serve_with(
         .map_err(ServeError::DecisionLog)?;
     let export = otlp::settings(snapshot.config.telemetry.otlp.as_ref(), vars)?;
     let resource = otlp::resource(&snapshot.config.agent.id, vars);
-    let state = State::open(&snapshot.config.state, SystemTime::now())?;
-    match state.path() {
-        Some(path) => tracing::info!(file = %path.display(), revocations = state.revocations(SystemTime::now()).map(|r| r.len()).unwrap_or(0), "operator state kept in a file"),
-        None => tracing::warn!("state.dir is not set: revocations are kept in memory only and do not survive a restart"),
-    }
+    let store = crate::state::open(&snapshot.config, SystemTime::now())?;
     let socket = listen.operator.clone();
     if let Some(path) = &socket {
         prepare_socket(path)?;
     }
-    let mut gateway = Gateway::new(snapshot, decision_log, state);
+    let mut gateway = Gateway::new(snapshot, decision_log, store);
     if let Some(settings) = &export {
         let spans = otlp::start(settings, resource, gateway.metrics.spans_dropped())?;
         tracing::info!(destination = %spans.destination, "exporting spans");

@@ -306,7 +306,7 @@ fn parse_ms(text: &str) -> Option<u64> {
 }
 
 /// A new approval id: a UUIDv4 from the OS's randomness.
-fn new_id() -> String {
+pub fn new_id() -> String {
     let mut b: [u8; 16] = rand::random();
     if let Some(v) = b.get_mut(6) {
         *v = (*v & 0x0f) | 0x40;

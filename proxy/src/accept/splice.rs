@@ -57,7 +57,7 @@ pub(super) async fn serve(
         Err(refusal) => {
             let status = problem::problem(&refusal).status;
             x.refused = Some(status);
-            record::settle(gw, &mut x, Outcome::Refused(status));
+            record::settle(gw, &mut x, Outcome::Refused(status)).await;
             log(gw, &x, &target, status, Some(&refusal.to_string()), (0, 0));
             if answer == Answer::Http {
                 refuse_raw(&mut client, &refusal, x_ids(&x)).await;
@@ -85,7 +85,7 @@ pub(super) async fn serve(
         Ok(s) => s,
         Err(refusal) => {
             let status = problem::problem(&refusal).status;
-            record::settle(gw, &mut x, Outcome::Refused(status));
+            record::settle(gw, &mut x, Outcome::Refused(status)).await;
             log(gw, &x, &target, status, Some(&refusal.to_string()), (0, 0));
             if answer == Answer::Http {
                 refuse_raw(&mut client, &refusal, x_ids(&x)).await;
@@ -94,7 +94,7 @@ pub(super) async fn serve(
         }
     };
     // The tunnel is open: the tool's side answered the connect.
-    record::settle(gw, &mut x, Outcome::Response(200));
+    record::settle(gw, &mut x, Outcome::Response(200)).await;
     if answer == Answer::Http {
         // The downstream stream buffers writes: the 200 must be on the wire before splicing.
         let established = client
@@ -130,7 +130,7 @@ async fn decide(
     let config = &snapshot.config;
     let tool = config.catalog.tool(tool_id);
     let identity = identify::request(headers, config, std::time::SystemTime::now())?;
-    identify::enter(gw, config, identity, x);
+    identify::enter(gw, config, identity, x).await;
     let name = tool.map(|t| t.name.clone()).unwrap_or_default();
     x.tool = Some(name.clone());
     x.action = Arc::from(format!("{name}.{CONNECT_SUFFIX}"));
@@ -153,7 +153,7 @@ async fn decide(
         rpc: None,
     };
     let hidden = credential::stripped_headers(config, tool);
-    evaluate::evaluate(gw, snapshot, &prepared, tool, headers, &hidden, x)?;
+    evaluate::evaluate(gw, snapshot, &prepared, tool, headers, &hidden, x).await?;
     Ok(tool
         .and_then(|t| t.upstream.as_ref())
         .map(|u| (u.host.clone(), u.port)))

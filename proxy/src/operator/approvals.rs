@@ -8,11 +8,12 @@ use std::time::SystemTime;
 use http::StatusCode;
 use serde_json::{json, Map, Value};
 use toolgate_policy::approval::parse_verdict;
-use toolgate_policy::state::{Approval, ApprovalError, StateUnavailable};
+use toolgate_policy::state::Approval;
 
 use super::{invalid, json_reply, problem, problem_with, Call};
 use crate::admin::Reply;
-use crate::approval::{self, store, valid_approval_id};
+use crate::approval::{self, valid_approval_id};
+use crate::state::{ApprovalFailure, Unavailable};
 
 /// An approval as the API answers it: the stored fields and where a human approves it.
 fn shown(call: &Call<'_>, a: &Approval) -> Value {
@@ -25,9 +26,13 @@ fn shown(call: &Call<'_>, a: &Approval) -> Value {
 }
 
 /// The approvals in force, oldest first.
-pub(super) fn list(call: &Call<'_>) -> Reply {
+pub(super) async fn list(call: &Call<'_>) -> Reply {
     let snapshot = call.gw.snapshot();
-    let listed = store(call.gw).list(snapshot.config.approvals.bounds(), SystemTime::now());
+    let listed = call
+        .gw
+        .store
+        .approvals(snapshot.config.approvals.bounds(), SystemTime::now())
+        .await;
     approval::flush(call.gw, &snapshot);
     match listed {
         Ok(list) => {
@@ -39,16 +44,20 @@ pub(super) fn list(call: &Call<'_>) -> Reply {
 }
 
 /// One approval, whatever its status, with its task's chain as policy sees it now.
-pub(super) fn show(call: &Call<'_>, id: &str) -> Reply {
+pub(super) async fn show(call: &Call<'_>, id: &str) -> Reply {
     if !valid_approval_id(id) {
         return not_found(id);
     }
     let snapshot = call.gw.snapshot();
-    let found = store(call.gw).get(id, snapshot.config.approvals.bounds(), SystemTime::now());
+    let found = call
+        .gw
+        .store
+        .approval(id, snapshot.config.approvals.bounds(), SystemTime::now())
+        .await;
     approval::flush(call.gw, &snapshot);
     match found {
         Ok(Some(a)) => {
-            let pools = call.gw.ledger.describe(&a.task);
+            let pools = call.gw.store.task(&a.task).await.unwrap_or_default();
             let pool = if a.task_verified { "verified" } else { "named" };
             let chain = pools
                 .get(pool)
@@ -80,13 +89,17 @@ pub(super) async fn decide(call: &mut Call<'_>, id: &str, approve: bool) -> Repl
         return not_found(id);
     }
     let snapshot = call.gw.snapshot();
-    let decided = store(call.gw).decide(
-        id,
-        approve,
-        &verdict,
-        snapshot.config.approvals.bounds(),
-        SystemTime::now(),
-    );
+    let decided = call
+        .gw
+        .store
+        .decide(
+            id,
+            approve,
+            &verdict,
+            snapshot.config.approvals.bounds(),
+            SystemTime::now(),
+        )
+        .await;
     approval::flush(call.gw, &snapshot);
     let listener = call.listener.label();
     let verb = if approve { "approved" } else { "denied" };
@@ -111,8 +124,8 @@ pub(super) async fn decide(call: &mut Call<'_>, id: &str, approve: bool) -> Repl
                 }
             }
         }
-        Err(ApprovalError::NotFound(_)) => not_found(id),
-        Err(e @ ApprovalError::NotPending { status, .. }) => {
+        Err(ApprovalFailure::NotFound(_)) => not_found(id),
+        Err(e @ ApprovalFailure::NotPending { status, .. }) => {
             let mut extra = Map::new();
             extra.insert("approval_status".into(), json!(status.as_str()));
             problem_with(
@@ -123,8 +136,8 @@ pub(super) async fn decide(call: &mut Call<'_>, id: &str, approve: bool) -> Repl
                 extra,
             )
         }
-        Err(ApprovalError::Unavailable(e)) => unavailable(e),
-        Err(ApprovalError::Full(full)) => problem(
+        Err(ApprovalFailure::Unavailable(e)) => unavailable(e),
+        Err(ApprovalFailure::Full(full)) => problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "approvals-full",
             "approvals full",
@@ -143,7 +156,7 @@ fn not_found(id: &str) -> Reply {
     )
 }
 
-fn unavailable(e: StateUnavailable) -> Reply {
+fn unavailable(e: Unavailable) -> Reply {
     problem(
         StatusCode::SERVICE_UNAVAILABLE,
         "state-unavailable",

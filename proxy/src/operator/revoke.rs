@@ -4,14 +4,15 @@ use std::time::SystemTime;
 
 use http::StatusCode;
 use serde_json::{json, Map};
-use toolgate_policy::state::{self, Lifetimes, Refused, RevokeError, StateUnavailable};
+use toolgate_policy::state::{self, Lifetimes, Refused};
 
 use super::{invalid, json_reply, problem, problem_with, Call};
 use crate::admin::Reply;
+use crate::state::{RevokeFailure, Unavailable};
 
 /// Every revocation in force.
-pub(super) fn list(call: &Call<'_>) -> Reply {
-    match call.gw.state.revocations(SystemTime::now()) {
+pub(super) async fn list(call: &Call<'_>) -> Reply {
+    match call.gw.store.revocations(SystemTime::now()).await {
         Ok(list) => json_reply(StatusCode::OK, &json!({ "revocations": list })),
         Err(e) => unavailable(e),
     }
@@ -33,7 +34,7 @@ pub(super) async fn create(call: &mut Call<'_>) -> Reply {
         Err(e) => return invalid(e.to_string()),
     };
     let listener = call.listener.label();
-    match call.gw.state.revoke(&revocation, SystemTime::now()) {
+    match call.gw.store.revoke(&revocation, SystemTime::now()).await {
         Ok(added) => {
             let e = &added.entry;
             tracing::warn!(target: "toolgate::operator", listener, kind = e.kind.as_str(), id = ?e.id, expires = %e.expires, changed = added.changed, "revoked");
@@ -42,7 +43,7 @@ pub(super) async fn create(call: &mut Call<'_>) -> Reply {
                 &json!({ "revoked": added.entry, "changed": added.changed }),
             )
         }
-        Err(RevokeError::Refused(refused @ Refused::Full { kind, .. })) => {
+        Err(RevokeFailure::Refused(refused @ Refused::Full { kind, .. })) => {
             call.gw.metrics.revocation_refused(kind.as_str());
             tracing::error!(target: "toolgate::operator", listener, kind = kind.as_str(), id = ?revocation.id, "revocation refused: {refused}");
             problem(
@@ -52,26 +53,24 @@ pub(super) async fn create(call: &mut Call<'_>) -> Reply {
                 refused.to_string(),
             )
         }
-        Err(RevokeError::Refused(overflow @ Refused::Overflow)) => invalid(overflow.to_string()),
-        Err(RevokeError::Unavailable(e)) => unavailable(e),
-        Err(not_saved @ RevokeError::NotSaved { .. }) => {
-            tracing::error!(target: "toolgate::operator", listener, "{not_saved}");
+        Err(RevokeFailure::Refused(overflow @ Refused::Overflow)) => invalid(overflow.to_string()),
+        Err(RevokeFailure::Unavailable(e)) => unavailable(e),
+        Err(RevokeFailure::NotSaved { added, message }) => {
+            tracing::error!(target: "toolgate::operator", listener, "{message}");
             let mut extra = Map::new();
-            if let RevokeError::NotSaved { added, .. } = &not_saved {
-                extra.insert("revoked".into(), json!(added.entry));
-            }
+            extra.insert("revoked".into(), json!(added.entry));
             problem_with(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "state-not-saved",
                 "revocation not saved",
-                not_saved.to_string(),
+                message,
                 extra,
             )
         }
     }
 }
 
-fn unavailable(e: StateUnavailable) -> Reply {
+fn unavailable(e: Unavailable) -> Reply {
     problem(
         StatusCode::SERVICE_UNAVAILABLE,
         "state-unavailable",

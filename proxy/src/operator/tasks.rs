@@ -5,22 +5,27 @@
 use http::StatusCode;
 use serde_json::json;
 
-use super::{json_reply, Call};
+use super::{json_reply, problem, Call};
 use crate::admin::Reply;
 
-/// Tasks and entries held by the ledger.
-pub(super) fn stats(call: &Call<'_>) -> Reply {
-    let stats = call.gw.ledger.stats();
-    json_reply(
-        StatusCode::OK,
-        &json!({ "tasks": stats.tasks, "entries": stats.entries }),
-    )
+/// Tasks and entries held by the state backend.
+pub(super) async fn stats(call: &Call<'_>) -> Reply {
+    match call.gw.store.stats().await {
+        Ok(stats) => json_reply(
+            StatusCode::OK,
+            &json!({ "tasks": stats.tasks, "entries": stats.entries }),
+        ),
+        Err(e) => unavailable(e),
+    }
 }
 
 /// Task `id`: `chain` is the task the agent named (else the verified one; empty when the
 /// ledger holds neither), `pools` each pool's chain, labels and completeness.
-pub(super) fn chain(call: &Call<'_>, id: &str) -> Reply {
-    let pools = call.gw.ledger.describe(id);
+pub(super) async fn chain(call: &Call<'_>, id: &str) -> Reply {
+    let pools = match call.gw.store.task(id).await {
+        Ok(pools) => pools,
+        Err(e) => return unavailable(e),
+    };
     let chain = pools
         .get("named")
         .or_else(|| pools.get("verified"))
@@ -30,5 +35,15 @@ pub(super) fn chain(call: &Call<'_>, id: &str) -> Reply {
     json_reply(
         StatusCode::OK,
         &json!({ "task": id, "chain": chain, "pools": pools }),
+    )
+}
+
+/// The state backend cannot be read.
+pub(super) fn unavailable(e: crate::state::Unavailable) -> Reply {
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "state-unavailable",
+        "state unavailable",
+        e.to_string(),
     )
 }

@@ -97,6 +97,10 @@ pub fn action_span(x: &Exchange, credential: Option<&Credential<'_>>, end: &End<
     if let Some(seq) = x.seq {
         attributes.push(KeyValue::new("toolgate.chain.seq", int(seq)));
     }
+    if x.state_degraded {
+        // Decided on this instance's own view: the shared state (Redis) was unreachable.
+        attributes.push(KeyValue::new("toolgate.state.degraded", true));
+    }
     attributes.push(KeyValue::new("toolgate.decision_id", x.decision_id.clone()));
     attributes.push(KeyValue::new(
         "toolgate.policy.revision",

@@ -1,0 +1,1051 @@
+//! The Redis backend (`state.backend: redis`, Redis ≥ 7 or Valkey): one state shared by every
+//! toolgate pointed at the same Redis and `state.prefix`, so a task that spans pods has one
+//! chain, a revocation stops an agent everywhere and an approval is granted once for all.
+//!
+//! What it holds (`scripts.rs` has the key layout): per task and pool, its meta (last seq,
+//! last use, the last action's span, whether its history was cut), its chain (a list) and its
+//! labels (a hash); per pool, its tasks by last use and the tombstones of evicted ones; per
+//! agent, its labels and its default task; the revocations (one sorted set per kind); the
+//! approvals (one hash each, indexes by digest, head, in-force and ended).
+//!
+//! Bounds, in Redis: at most `chain.max_actions` entries per task (LTRIM), 33 labels per task
+//! and per agent, `state.max_tasks` tasks per pool (the least recently used evicted, with a
+//! tombstone so its return says its history was cut) — so at most
+//! 2 × max_tasks × (max_actions × ~2.5 KiB + 33 × ~200 B + ~300 B) plus 2 × max_tasks × ~60 B
+//! of tombstones; task keys expire `max(chain.idle_ttl, chain.agent_label_ttl)` after their
+//! last use, agent labels `chain.agent_label_ttl` after they were last set; revocations and
+//! approvals as in memory (10,000 per kind; `approvals.max_pending` in force, as many ended
+//! ones within `approvals.retention`). Agents are not capped: each agent's keys expire.
+//!
+//! When Redis is slow or gone: every call is bounded by `state.timeout` (the operator API's
+//! by at least one second); the connection manager reconnects in the background. With
+//! `on_unavailable: deny` the request is refused (503 `state-unavailable`); with `local` it
+//! is decided on this instance's own view — the actions it decided while Redis was away and
+//! the revocations it last copied from Redis (every 250 ms) — with `input.state.degraded:
+//! true` and `history_complete: false`. Approvals always need Redis. A background loop checks
+//! Redis every 250 ms: it drives `toolgate_state_available` and `/readyz`, copies revocations
+//! when they change, wakes requests held for approval when approvals change, and — if Redis
+//! lost its data (restarted without persistence) — writes back the revocations it copied.
+
+mod approvals;
+pub mod scripts;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{IntoConnectionInfo, Script, Value as Reply};
+use regorus::Value;
+use serde_json::{json, Value as Json};
+use toolgate_policy::approval::{Digest, Verdict};
+use toolgate_policy::chain::{
+    self, Action, Outcome, Recorded, SpanRef, Stats, TaskKey, View,
+};
+use toolgate_policy::config::{ChainSettings, OnUnavailable, RedisSettings};
+use toolgate_policy::labels::{LabelSet, Mark, MAX_LABELS};
+use toolgate_policy::state::{
+    rfc3339, Added, Approval, Bounds, Entry, Event, Held, Kind, NewApproval, Refused, Revocation,
+    State, Stored, CAPACITY,
+};
+
+use super::memory::MemoryStore;
+use super::{
+    ApprovalFailure, Health, Note, Observed, Op, RevokeFailure, StateMetrics, StateStore,
+    Unavailable,
+};
+
+/// How often the background loop looks at Redis.
+const SYNC_EVERY: Duration = Duration::from_millis(250);
+/// The shortest time an operator call may take before it is given up.
+const OPERATOR_TIMEOUT: Duration = Duration::from_secs(1);
+/// Locally decided entries remembered (to settle them locally); beyond it the set restarts.
+const MAX_LOCAL_ENTRIES: usize = 65_536;
+
+/// Why the Redis backend could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("state.url: {0}")]
+    Url(String),
+    #[error("cannot start the state backend's thread: {0}")]
+    Thread(String),
+}
+
+/// The Redis store.
+#[derive(Debug)]
+pub struct RedisStore {
+    shared: Arc<Shared>,
+    _loop: Option<std::thread::JoinHandle<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// What the store and its background loop share.
+#[derive(Debug)]
+struct Shared {
+    conn: ConnectionManager,
+    prefix: String,
+    settings: RedisSettings,
+    max_actions: usize,
+    idle_ttl: Duration,
+    agent_label_ttl: Duration,
+    /// The local view decided on while Redis is away (`on_unavailable: local`).
+    local: MemoryStore,
+    /// Entries recorded in the local view, to settle there: (pool, task, seq).
+    local_entries: Mutex<HashSet<(bool, String, u64)>>,
+    available: AtomicBool,
+    problem: Mutex<Option<String>>,
+    /// Approved, unused approvals as last seen (a hint: never trusted to refuse).
+    approved: AtomicU64,
+    /// The approvals' version as last seen (bumped by any change anywhere).
+    approvals_version: AtomicU64,
+    /// `approvals.retention` as last given (consume has no bounds of its own).
+    retention_ms: AtomicU64,
+    events: Mutex<Vec<Event>>,
+    /// The default task: agent, number, when Redis last confirmed it.
+    default_task: Mutex<Option<(String, u64, Instant)>>,
+    metrics: StateMetrics,
+    scripts: Scripts,
+}
+
+#[derive(Debug)]
+struct Scripts {
+    observe: Script,
+    record: Script,
+    settle: Script,
+    default_task: Script,
+    revoke: Script,
+    hold: Script,
+    decide: Script,
+    consume: Script,
+    read: Script,
+    by_digest: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            observe: Script::new(scripts::OBSERVE),
+            record: Script::new(scripts::RECORD),
+            settle: Script::new(scripts::SETTLE),
+            default_task: Script::new(scripts::DEFAULT_TASK),
+            revoke: Script::new(scripts::REVOKE),
+            hold: Script::new(&scripts::hold()),
+            decide: Script::new(&scripts::decide()),
+            consume: Script::new(&scripts::consume()),
+            read: Script::new(&scripts::read()),
+            by_digest: Script::new(scripts::BY_DIGEST),
+        }
+    }
+}
+
+fn ms(t: SystemTime) -> u64 {
+    u64::try_from(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis())
+        .unwrap_or(u64::MAX)
+}
+
+fn dur_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn pool(task: &TaskKey<'_>) -> &'static str {
+    if task.verified {
+        "v"
+    } else {
+        "n"
+    }
+}
+
+/// The text of a Redis error, for logs and problems (never holds the URL or a password).
+fn describe(e: &redis::RedisError) -> String {
+    format!("redis: {e}")
+}
+
+impl RedisStore {
+    /// Connect (lazily: toolgate starts while Redis is down, unready in `deny` mode) and start
+    /// the background loop on its own thread and runtime.
+    pub fn start(settings: &RedisSettings, chain: &ChainSettings) -> Result<RedisStore, StartError> {
+        let mut info = settings
+            .url
+            .expose()
+            .into_connection_info()
+            .map_err(|e| StartError::Url(format!("cannot be used: {:?}", e.kind())))?;
+        if let Some(password) = &settings.password {
+            let redis = info.redis_settings().clone().set_password(password.expose());
+            info = info.set_redis_settings(redis);
+        }
+        let client = redis::Client::open(info).map_err(|e| StartError::Url(describe(&e)))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.timeout.max(Duration::from_millis(500))))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(Duration::from_millis(500));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let settings = settings.clone();
+        let chain = chain.clone();
+        let handle = std::thread::Builder::new()
+            .name("toolgate-state".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let conn = match client.get_connection_manager_lazy(config) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(describe(&e)));
+                            return;
+                        }
+                    };
+                    let shared = Arc::new(Shared::new(conn, settings, &chain));
+                    if ready_tx.send(Ok(shared.clone())).is_err() {
+                        return;
+                    }
+                    tokio::select! {
+                        () = shared.sync_forever() => {}
+                        _ = stop_rx => {}
+                    }
+                });
+            })
+            .map_err(|e| StartError::Thread(e.to_string()))?;
+        let shared = match ready_rx.recv() {
+            Ok(Ok(shared)) => shared,
+            Ok(Err(e)) => return Err(StartError::Url(e)),
+            Err(e) => return Err(StartError::Thread(e.to_string())),
+        };
+        Ok(RedisStore {
+            shared,
+            _loop: Some(handle),
+            stop: Some(stop_tx),
+        })
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Shared {
+    fn new(conn: ConnectionManager, settings: RedisSettings, chain: &ChainSettings) -> Shared {
+        Shared {
+            conn,
+            prefix: format!("{}:", settings.prefix),
+            max_actions: chain.max_actions.max(1),
+            idle_ttl: chain.idle_ttl,
+            agent_label_ttl: chain.agent_label_ttl,
+            local: MemoryStore::new(chain, State::in_memory()),
+            local_entries: Mutex::default(),
+            available: AtomicBool::new(false),
+            problem: Mutex::new(Some("not connected yet".into())),
+            approved: AtomicU64::new(0),
+            approvals_version: AtomicU64::new(0),
+            retention_ms: AtomicU64::new(86_400_000),
+            events: Mutex::default(),
+            default_task: Mutex::default(),
+            metrics: StateMetrics::default(),
+            scripts: Scripts::new(),
+            settings,
+        }
+    }
+
+    fn key(&self, parts: &[&str]) -> String {
+        let mut k = self.prefix.clone();
+        k.push_str(&parts.concat());
+        k
+    }
+
+    fn task_key(&self, kind: &str, task: &TaskKey<'_>) -> String {
+        self.key(&[kind, ":", pool(task), ":", task.id])
+    }
+
+    /// Run `call` within `limit`; a failure marks Redis unavailable and is counted under `op`.
+    async fn run<T>(
+        &self,
+        op: Op,
+        limit: Duration,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Unavailable> {
+        let result = match tokio::time::timeout(limit, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(describe(&e)),
+            Err(_) => Err(format!(
+                "redis did not answer within {} (state.timeout)",
+                humantime::format_duration(limit)
+            )),
+        };
+        match result {
+            Ok(v) => {
+                self.available.store(true, Ordering::Release);
+                Ok(v)
+            }
+            Err(problem) => {
+                self.metrics.error(op);
+                self.down(&problem);
+                Err(Unavailable::new(format!(
+                    "toolgate's shared state (Redis) is unavailable, so this request cannot be checked against the task's history, labels and revocations: {problem}. Requests are refused until it answers again (state.on_unavailable: deny)"
+                )))
+            }
+        }
+    }
+
+    fn down(&self, problem: &str) {
+        if self.available.swap(false, Ordering::AcqRel) {
+            tracing::error!(target: "toolgate::state", problem, "shared state unavailable");
+        }
+        if let Ok(mut p) = self.problem.lock() {
+            *p = Some(problem.to_string());
+        }
+    }
+
+    fn local_mode(&self) -> bool {
+        self.settings.on_unavailable == OnUnavailable::Local
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// The background loop: every [`SYNC_EVERY`], one pipeline of four reads.
+    async fn sync_forever(&self) {
+        let mut seen_revocations: Option<u64> = None;
+        loop {
+            match self.sync_once(&mut seen_revocations).await {
+                Ok(()) => {
+                    if !self.available.swap(true, Ordering::AcqRel) {
+                        tracing::info!(target: "toolgate::state", "shared state available");
+                    }
+                    if let Ok(mut p) = self.problem.lock() {
+                        *p = None;
+                    }
+                }
+                Err(e) => {
+                    self.metrics.error(Op::Sync);
+                    self.down(&e);
+                }
+            }
+            tokio::time::sleep(SYNC_EVERY).await;
+        }
+    }
+
+    async fn sync_once(&self, seen_revocations: &mut Option<u64>) -> Result<(), String> {
+        let mut conn = self.conn();
+        let mut pipe = redis::pipe();
+        pipe.get(self.key(&["rv:ver"]))
+            .get(self.key(&["ap:ver"]))
+            .get(self.key(&["ap:n"]))
+            .get(self.key(&["epoch"]));
+        let read =
+            pipe.query_async::<(Option<u64>, Option<u64>, Option<i64>, Option<u64>)>(&mut conn);
+        let (revocations, approvals, approved, epoch) =
+            match tokio::time::timeout(OPERATOR_TIMEOUT, read).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => return Err(describe(&e)),
+                Err(_) => return Err("redis did not answer the health check within 1s".into()),
+            };
+        self.approved
+            .store(approved.unwrap_or(0).max(0).unsigned_abs(), Ordering::Release);
+        self.approvals_version
+            .store(approvals.unwrap_or(0), Ordering::Release);
+        let now = SystemTime::now();
+        if epoch.is_none() {
+            // A fresh (or flushed, or restarted without persistence) Redis: what this replica
+            // copied is written back, so no revocation lapses with the data set.
+            let copied = self.local.state.revocations(now).unwrap_or_default();
+            for entry in &copied {
+                let expires = toolgate_policy::state::parse_rfc3339(&entry.expires);
+                if let Some(expires) = expires {
+                    self.revoke_until(entry.kind, &entry.id, expires, now)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            let _: () = redis::cmd("SET")
+                .arg(self.key(&["epoch"]))
+                .arg(ms(now))
+                .arg("NX")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| describe(&e))?;
+            if !copied.is_empty() {
+                tracing::warn!(target: "toolgate::state", revocations = copied.len(), "redis had no data; wrote back the revocations this replica holds");
+            }
+            *seen_revocations = None;
+            return Ok(());
+        }
+        if revocations != *seen_revocations || seen_revocations.is_none() {
+            self.copy_revocations(now).await?;
+            *seen_revocations = revocations.or(Some(0));
+        }
+        Ok(())
+    }
+
+    /// Copy every revocation in force into the local view.
+    async fn copy_revocations(&self, now: SystemTime) -> Result<(), String> {
+        let list = self.list_revocations(now).await.map_err(|e| e.to_string())?;
+        let entries = list.into_iter().filter_map(|e| {
+            toolgate_policy::state::parse_rfc3339(&e.expires).map(|x| (e.kind, e.id, x))
+        });
+        self.local
+            .state
+            .mirror_revocations(entries, now)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn list_revocations(&self, now: SystemTime) -> Result<Vec<Entry>, Unavailable> {
+        let now_s = ms(now) / 1000;
+        let mut pipe = redis::pipe();
+        for kind in Kind::ALL {
+            pipe.cmd("ZRANGEBYSCORE")
+                .arg(self.key(&["rv:", kind.as_str()]))
+                .arg(format!("({now_s}"))
+                .arg("+inf")
+                .arg("WITHSCORES");
+        }
+        let mut conn = self.conn();
+        let rooms: Vec<Vec<(String, f64)>> = self
+            .run(
+                Op::Operator,
+                self.settings.timeout.max(OPERATOR_TIMEOUT),
+                pipe.query_async(&mut conn),
+            )
+            .await?;
+        let mut all: Vec<Entry> = Kind::ALL
+            .into_iter()
+            .zip(rooms)
+            .flat_map(|(kind, room)| {
+                room.into_iter().map(move |(id, expires)| Entry {
+                    kind,
+                    id,
+                    expires: rfc3339(expires as u64),
+                })
+            })
+            .collect();
+        all.sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
+        Ok(all)
+    }
+
+    async fn revoke_until(
+        &self,
+        kind: Kind,
+        id: &str,
+        expires: u64,
+        now: SystemTime,
+    ) -> Result<(i64, u64), Unavailable> {
+        let mut conn = self.conn();
+        let mut call = self.scripts.revoke.prepare_invoke();
+        call.key(self.key(&["rv:", kind.as_str()]))
+            .key(self.key(&["rv:ver"]))
+            .arg(id)
+            .arg(expires)
+            .arg(ms(now) / 1000)
+            .arg(CAPACITY);
+        let (status, kept): (i64, f64) = self
+            .run(
+                Op::Operator,
+                self.settings.timeout.max(OPERATOR_TIMEOUT),
+                call.invoke_async(&mut conn),
+            )
+            .await?;
+        Ok((status, kept as u64))
+    }
+
+    fn observe_local(
+        &self,
+        task: &TaskKey<'_>,
+        agent: &str,
+        now: SystemTime,
+    ) -> Result<Observed, Unavailable> {
+        self.metrics.degraded();
+        let revoked = self.local.state.revoked(task.id, agent, now)?;
+        let mut view = self.local.ledger.view(task, agent, now);
+        // The local view never holds the other replicas' actions.
+        view.history_complete = false;
+        Ok(Observed {
+            revoked,
+            view,
+            note: Some(Note {
+                backend: "redis",
+                degraded: true,
+            }),
+        })
+    }
+
+    fn remember_local(&self, task: &TaskKey<'_>, seq: u64) {
+        if let Ok(mut set) = self.local_entries.lock() {
+            if set.len() >= MAX_LOCAL_ENTRIES {
+                set.clear();
+            }
+            set.insert((task.verified, task.id.to_string(), seq));
+        }
+    }
+
+    fn take_local(&self, task: &TaskKey<'_>, seq: u64) -> bool {
+        self.local_entries
+            .lock()
+            .map(|mut set| set.remove(&(task.verified, task.id.to_string(), seq)))
+            .unwrap_or(false)
+    }
+}
+
+/// A label hash (`name → "<at ms>\t<by>"`) as a label set, without labels older than `ttl`.
+fn label_set(fields: Vec<(String, String)>, ttl: Option<(Duration, SystemTime)>) -> LabelSet {
+    LabelSet::from_marks(fields.into_iter().filter_map(|(name, value)| {
+        let (at, by) = value.split_once('\t')?;
+        let at = UNIX_EPOCH.checked_add(Duration::from_millis(at.parse().ok()?))?;
+        if let Some((ttl, now)) = ttl {
+            if at.checked_add(ttl).is_some_and(|end| end <= now) {
+                return None;
+            }
+        }
+        Some((
+            Arc::from(name.as_str()),
+            Mark {
+                by: Arc::from(by),
+                at,
+            },
+        ))
+    }))
+}
+
+fn pairs(flat: Vec<String>) -> Vec<(String, String)> {
+    let mut out = Vec::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        out.push((k, v));
+    }
+    out
+}
+
+/// How a settled element writes its outcome, and back.
+fn outcome_text(outcome: Outcome) -> String {
+    match outcome.status() {
+        Some(s) => format!("{}:{s}", outcome.as_str()),
+        None => format!("{}:", outcome.as_str()),
+    }
+}
+
+fn outcome_of(text: &str) -> Option<Outcome> {
+    let (kind, status) = text.split_once(':')?;
+    let status = status.parse::<u16>().ok();
+    match (kind, status) {
+        ("response", Some(s)) => Some(Outcome::Response(s)),
+        ("refused", Some(s)) => Some(Outcome::Refused(s)),
+        ("agent_disconnected", _) => Some(Outcome::AgentDisconnected),
+        ("upstream_error", _) => Some(Outcome::UpstreamError),
+        ("timeout", _) => Some(Outcome::Timeout),
+        _ => None,
+    }
+}
+
+/// One chain element as policy sees the entry; `None` for one that does not parse.
+fn entry_of(element: &str) -> Option<Value> {
+    let mut parts = element.splitn(3, '\t');
+    let (seq, settled, json) = (parts.next()?, parts.next()?, parts.next()?);
+    let seq: u64 = seq.parse().ok()?;
+    let json: Json = serde_json::from_str(json).ok()?;
+    let mut value = Value::from(json);
+    if let Ok(map) = value.as_object_mut() {
+        map.insert(Value::from("seq"), Value::from(seq));
+    }
+    Some(match outcome_of(settled) {
+        Some(outcome) => chain::settled_value(value, outcome),
+        None => value,
+    })
+}
+
+fn span_text(span: SpanRef) -> String {
+    format!("{}{}", hex::encode(span.trace_id), hex::encode(span.span_id))
+}
+
+fn span_of(text: &str) -> Option<SpanRef> {
+    let mut trace_id = [0u8; 16];
+    let mut span_id = [0u8; 8];
+    hex::decode_to_slice(text.get(..32)?, &mut trace_id).ok()?;
+    hex::decode_to_slice(text.get(32..48)?, &mut span_id).ok()?;
+    Some(SpanRef { trace_id, span_id })
+}
+
+#[async_trait]
+impl StateStore for RedisStore {
+    async fn default_task(&self, agent: &str, idle_ttl: Duration) -> String {
+        let s = &self.shared;
+        // Redis is asked at most once per refresh period (a quarter of idle_ttl, at most a
+        // second) — which keeps its expiry alive while the agent is active — not per request.
+        let refresh = (idle_ttl / 4).min(Duration::from_secs(1));
+        let cached = s.default_task.lock().ok().and_then(|c| {
+            c.as_ref()
+                .filter(|(a, _, at)| a == agent && at.elapsed() < refresh)
+                .map(|(_, n, _)| *n)
+        });
+        if let Some(n) = cached {
+            return format!("{}-{n}", crate::identify::DEFAULT_TASK);
+        }
+        let mut conn = s.conn();
+        let mut call = s.scripts.default_task.prepare_invoke();
+        call.key(s.key(&["dt:", agent]))
+            .key(s.key(&["dtn:", agent]))
+            .arg(dur_ms(idle_ttl));
+        match s
+            .run(Op::DefaultTask, s.settings.timeout, call.invoke_async::<u64>(&mut conn))
+            .await
+        {
+            Ok(n) => {
+                if let Ok(mut c) = s.default_task.lock() {
+                    *c = Some((agent.to_string(), n, Instant::now()));
+                }
+                format!("{}-{n}", crate::identify::DEFAULT_TASK)
+            }
+            // Unreachable: the last number known, else this process's own default task (the
+            // request is refused in `deny` mode anyway, when its state is read).
+            Err(_) => match s.default_task.lock().ok().and_then(|c| c.clone()) {
+                Some((a, n, _)) if a == agent => format!("{}-{n}", crate::identify::DEFAULT_TASK),
+                _ => s.local.default_task(agent, idle_ttl).await,
+            },
+        }
+    }
+
+    async fn observe(
+        &self,
+        task: &TaskKey<'_>,
+        agent: &str,
+        now: SystemTime,
+    ) -> Result<Observed, Unavailable> {
+        let s = &self.shared;
+        let mut conn = s.conn();
+        let mut call = s.scripts.observe.prepare_invoke();
+        call.key(s.task_key("tm", task))
+            .key(s.task_key("tc", task))
+            .key(s.task_key("tl", task))
+            .key(s.key(&["al:", agent]))
+            .key(s.key(&["rv:task"]))
+            .key(s.key(&["rv:agent"]))
+            .key(s.key(&["epoch"]))
+            .key(s.key(&["tomb:", pool(task)]))
+            .arg(task.id)
+            .arg(agent)
+            .arg(ms(now))
+            .arg(dur_ms(s.idle_ttl))
+            .arg(task.began.map(|b| ms(b).to_string()).unwrap_or_default());
+        let reply: Vec<Reply> = match s
+            .run(Op::Observe, s.settings.timeout, call.invoke_async(&mut conn))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if s.local_mode() => {
+                tracing::warn!(target: "toolgate::state", task = task.id, "deciding on the local view: {e}");
+                return s.observe_local(task, agent, now);
+            }
+            Err(e) => return Err(e),
+        };
+        let note = Some(Note {
+            backend: "redis",
+            degraded: false,
+        });
+        let mut parts = reply.into_iter();
+        let revoked: i64 = parts
+            .next()
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .unwrap_or(1);
+        if revoked != 0 {
+            return Ok(Observed {
+                revoked: true,
+                view: View::of_chain(Value::from(Vec::new())),
+                note,
+            });
+        }
+        let complete: i64 = parts
+            .next()
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .unwrap_or(0);
+        let mut next = || -> Vec<String> {
+            parts
+                .next()
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .unwrap_or_default()
+        };
+        let elements = next();
+        let task_labels = next();
+        let agent_labels = next();
+        let chain: Vec<Value> = elements.iter().filter_map(|e| entry_of(e)).collect();
+        let complete = complete == 1 && chain.len() == elements.len();
+        Ok(Observed {
+            revoked: false,
+            view: View {
+                chain: Value::from(chain),
+                task_labels: label_set(pairs(task_labels), None).to_value(),
+                agent_labels: label_set(
+                    pairs(agent_labels),
+                    Some((s.agent_label_ttl, now)),
+                )
+                .to_value(),
+                history_complete: complete,
+            },
+            note,
+        })
+    }
+
+    async fn record(
+        &self,
+        task: &TaskKey<'_>,
+        action: &Action<'_>,
+        span: SpanRef,
+    ) -> Result<Recorded, Unavailable> {
+        let s = &self.shared;
+        let entry = serde_json::to_string(&chain::entry_value(action, 0)).unwrap_or_default();
+        let mark = format!("{}\t{}", ms(action.at), chain::cut(action.action));
+        let task_ttl = s.idle_ttl.max(s.agent_label_ttl);
+        let mut conn = s.conn();
+        let mut call = s.scripts.record.prepare_invoke();
+        call.key(s.task_key("tm", task))
+            .key(s.task_key("tc", task))
+            .key(s.task_key("tl", task))
+            .key(s.key(&["al:", action.agent]))
+            .key(s.key(&["tasks:", pool(task)]))
+            .key(s.key(&["tomb:", pool(task)]))
+            .key(s.key(&["epoch"]))
+            .arg(task.id)
+            .arg(ms(SystemTime::now()))
+            .arg(dur_ms(s.idle_ttl))
+            .arg(dur_ms(task_ttl))
+            .arg(s.max_actions)
+            .arg(s.settings.max_tasks)
+            .arg(entry)
+            .arg(span_text(span))
+            .arg(task.began.map(|b| ms(b).to_string()).unwrap_or_default())
+            .arg(dur_ms(s.agent_label_ttl))
+            .arg(mark)
+            .arg(MAX_LABELS)
+            .arg(&s.prefix)
+            .arg(pool(task));
+        for label in action.labels {
+            call.arg(&**label);
+        }
+        match s
+            .run(
+                Op::Record,
+                s.settings.timeout,
+                call.invoke_async::<(u64, String)>(&mut conn),
+            )
+            .await
+        {
+            Ok((seq, previous)) => Ok(Recorded {
+                seq,
+                previous: span_of(&previous),
+            }),
+            Err(_) if s.local_mode() => {
+                let recorded = s.local.ledger.record_linked(task, action, span);
+                s.remember_local(task, recorded.seq);
+                Ok(recorded)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn settle(&self, task: &TaskKey<'_>, seqs: &[u64], outcome: Outcome) {
+        let s = &self.shared;
+        let mut remote = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            if s.take_local(task, *seq) {
+                s.local.ledger.settle(task, *seq, outcome);
+            } else {
+                remote.push(*seq);
+            }
+        }
+        if remote.is_empty() {
+            return;
+        }
+        let mut conn = s.conn();
+        let mut call = s.scripts.settle.prepare_invoke();
+        call.key(s.task_key("tc", task)).arg(outcome_text(outcome));
+        for seq in &remote {
+            call.arg(*seq);
+        }
+        if let Err(e) = s
+            .run(Op::Settle, s.settings.timeout, call.invoke_async::<i64>(&mut conn))
+            .await
+        {
+            tracing::error!(target: "toolgate::state", task = task.id, ?remote, outcome = outcome.as_str(), "outcome not written; the entry stays pending in the shared chain: {e}");
+        }
+    }
+
+    async fn revoke(&self, r: &Revocation, now: SystemTime) -> Result<Added, RevokeFailure> {
+        let s = &self.shared;
+        let now_d = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let end = now_d.checked_add(r.ttl).ok_or(Refused::Overflow)?;
+        let expires = end
+            .as_secs()
+            .checked_add(u64::from(end.subsec_nanos() > 0))
+            .ok_or(Refused::Overflow)?;
+        let (status, kept) = s.revoke_until(r.kind, &r.id, expires, now).await?;
+        if status < 0 {
+            return Err(Refused::Full {
+                kind: r.kind,
+                capacity: CAPACITY,
+            }
+            .into());
+        }
+        // Copied at once too: this replica refuses it even if Redis goes away right now.
+        let _ = s.copy_revocations(now).await;
+        Ok(Added {
+            entry: Entry {
+                kind: r.kind,
+                id: r.id.clone(),
+                expires: rfc3339(kept),
+            },
+            changed: status == 1,
+        })
+    }
+
+    async fn revocations(&self, now: SystemTime) -> Result<Vec<Entry>, Unavailable> {
+        self.shared.list_revocations(now).await
+    }
+
+    async fn task(&self, id: &str) -> Result<Json, Unavailable> {
+        let s = &self.shared;
+        let mut out = serde_json::Map::new();
+        let now = ms(SystemTime::now());
+        for (verified, name) in [(true, "verified"), (false, "named")] {
+            let key = TaskKey {
+                id,
+                verified,
+                began: None,
+            };
+            let mut conn = s.conn();
+            let mut pipe = redis::pipe();
+            pipe.cmd("HMGET")
+                .arg(s.task_key("tm", &key))
+                .arg("last")
+                .arg("inc")
+                .lrange(s.task_key("tc", &key), 0, -1)
+                .hgetall(s.task_key("tl", &key));
+            let read = pipe.query_async::<(
+                (Option<u64>, Option<String>),
+                Vec<String>,
+                Vec<(String, String)>,
+            )>(&mut conn);
+            let ((last, inc), elements, labels) = s
+                .run(Op::Operator, s.settings.timeout.max(OPERATOR_TIMEOUT), read)
+                .await?;
+            let Some(last) = last else { continue };
+            let idle = now.saturating_sub(last) >= dur_ms(s.idle_ttl);
+            let chain: Vec<Json> = elements
+                .iter()
+                .filter_map(|e| entry_of(e))
+                .map(|v| serde_json::to_value(v).unwrap_or_default())
+                .collect();
+            out.insert(
+                name.to_string(),
+                json!({
+                    "chain": chain,
+                    "labels": label_set(labels, None).to_json(),
+                    "history_complete": inc.as_deref() != Some("1") && !idle,
+                }),
+            );
+        }
+        Ok(Json::Object(out))
+    }
+
+    async fn stats(&self) -> Result<Stats, Unavailable> {
+        let s = &self.shared;
+        let mut conn = s.conn();
+        let mut pipe = redis::pipe();
+        pipe.zcard(s.key(&["tasks:n"])).zcard(s.key(&["tasks:v"]));
+        let read = pipe.query_async::<(usize, usize)>(&mut conn);
+        let (named, verified) = s
+            .run(Op::Operator, s.settings.timeout.max(OPERATOR_TIMEOUT), read)
+            .await?;
+        // Entries are not counted across the shared store (that would scan every task).
+        Ok(Stats {
+            tasks: named + verified,
+            entries: 0,
+        })
+    }
+
+    fn any_approved(&self) -> bool {
+        // The hint from the last check; a retry that arrives before this replica heard of
+        // its approval meets it when it is held, and is decided again with it.
+        self.shared.approved.load(Ordering::Acquire) > 0
+    }
+
+    async fn approved_head(&self, head: &Digest) -> Result<bool, Unavailable> {
+        approvals::approved_head(&self.shared, head).await
+    }
+
+    async fn approved(
+        &self,
+        digest: &Digest,
+        now: SystemTime,
+    ) -> Result<Option<Approval>, Unavailable> {
+        approvals::approved(&self.shared, digest, now).await
+    }
+
+    async fn consume(
+        &self,
+        id: &str,
+        decision_id: &str,
+        now: SystemTime,
+    ) -> Result<Stored<Option<Approval>>, Unavailable> {
+        approvals::consume(&self.shared, id, decision_id, now).await
+    }
+
+    async fn hold(
+        &self,
+        new: NewApproval,
+        bounds: Bounds,
+        now: SystemTime,
+    ) -> Result<Stored<Held>, ApprovalFailure> {
+        approvals::hold(&self.shared, new, bounds, now).await
+    }
+
+    async fn decide(
+        &self,
+        id: &str,
+        approve: bool,
+        verdict: &Verdict,
+        bounds: Bounds,
+        now: SystemTime,
+    ) -> Result<Stored<Approval>, ApprovalFailure> {
+        approvals::decide(&self.shared, id, approve, verdict, bounds, now).await
+    }
+
+    async fn approval(
+        &self,
+        id: &str,
+        bounds: Bounds,
+        now: SystemTime,
+    ) -> Result<Option<Approval>, Unavailable> {
+        Ok(approvals::read(&self.shared, Some(id), bounds, now)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    async fn approvals(
+        &self,
+        bounds: Bounds,
+        now: SystemTime,
+    ) -> Result<Vec<Approval>, Unavailable> {
+        approvals::read(&self.shared, None, bounds, now).await
+    }
+
+    fn take_events(&self) -> Vec<Event> {
+        self.shared
+            .events
+            .lock()
+            .map(|mut e| std::mem::take(&mut *e))
+            .unwrap_or_default()
+    }
+
+    fn approvals_changed(&self) -> u64 {
+        self.shared.approvals_version.load(Ordering::Acquire)
+    }
+
+    fn health(&self) -> Health {
+        let s = &self.shared;
+        let available = s.available.load(Ordering::Acquire);
+        Health {
+            backend: "redis",
+            available,
+            serves_degraded: s.local_mode(),
+            problem: if available {
+                None
+            } else {
+                s.problem.lock().ok().and_then(|p| p.clone())
+            },
+        }
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        let s = &self.shared;
+        s.metrics
+            .render(out, "redis", s.available.load(Ordering::Acquire));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn outcomes_round_trip_through_their_text() {
+        for o in [
+            Outcome::Response(200),
+            Outcome::Refused(403),
+            Outcome::AgentDisconnected,
+            Outcome::UpstreamError,
+            Outcome::Timeout,
+        ] {
+            assert_eq!(outcome_of(&outcome_text(o)), Some(o));
+        }
+        assert_eq!(outcome_of(""), None);
+        assert_eq!(outcome_of("response:"), None);
+    }
+
+    #[test]
+    fn an_element_becomes_the_entry_policy_sees() {
+        let attrs = vec![(Arc::from("n"), json!(12345678901234567890u64))];
+        let action = Action {
+            action: "ticket.read",
+            tool: Some("jira"),
+            agent: "agent-b",
+            decision: "allow",
+            dry_run: false,
+            attributes: &attrs,
+            labels: &[],
+            at: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        };
+        let json = serde_json::to_string(&chain::entry_value(&action, 0)).unwrap();
+        let pending = entry_of(&format!("7\t\t{json}")).unwrap();
+        assert_eq!(pending["seq"], Value::from(7u64));
+        assert_eq!(pending["pending"], Value::from(true));
+        assert_eq!(pending["agent"], Value::from("agent-b"));
+        // Large numbers in attributes survive: the JSON is never re-encoded by a script.
+        assert_eq!(
+            pending["attributes"]["n"],
+            Value::from(json!(12345678901234567890u64))
+        );
+        let done = entry_of(&format!("7\tresponse:201\t{json}")).unwrap();
+        assert_eq!(done["pending"], Value::from(false));
+        assert_eq!(done["status"], Value::from(201u64));
+        assert_eq!(done["outcome"], Value::from("response"));
+        assert!(entry_of("x\t\t{}").is_none());
+        assert!(entry_of("1\t\tnot json").is_none());
+    }
+
+    #[test]
+    fn spans_round_trip_and_labels_expire() {
+        let span = SpanRef {
+            trace_id: [7; 16],
+            span_id: [9; 8],
+        };
+        assert_eq!(span_of(&span_text(span)), Some(span));
+        assert_eq!(span_of(""), None);
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let old = ms(now - Duration::from_secs(120));
+        let fresh = ms(now - Duration::from_secs(10));
+        let set = label_set(
+            vec![
+                ("pii".into(), format!("{fresh}\tcrm.lookup")),
+                ("old".into(), format!("{old}\tcrm.lookup")),
+                ("bad".into(), "no tab".into()),
+            ],
+            Some((Duration::from_secs(60), now)),
+        );
+        assert!(set.contains("pii") && !set.contains("old") && !set.contains("bad"));
+    }
+}

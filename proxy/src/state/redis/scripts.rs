@@ -1,0 +1,341 @@
+//! The server-side scripts: each reads and writes one task, revocation or approval atomically
+//! in one round trip. Keys are `<prefix>:<kind>…`; task keys end with the pool (`n` named,
+//! `v` verified) and the task id, so an id cannot reach another kind of key.
+//!
+//! Chain elements are `<seq>\t<settled>\t<entry JSON>`: `settled` is empty while pending and
+//! `<outcome>:<status>` once settled, so settling rewrites a prefix and never re-encodes the
+//! JSON (Lua's cjson would round large numbers in attributes). Labels are
+//! `<at ms>\t<action that set it>`.
+
+/// Before a decision: revoked? the chain, the task's labels, the agent's labels, complete?
+///
+/// KEYS: task meta, chain, task labels, agent labels, task revocations, agent revocations,
+/// epoch, tombstones. ARGV: task id, agent id, now (ms), idle_ttl (ms), began (ms or "").
+pub const OBSERVE: &str = r#"
+local now = tonumber(ARGV[3])
+local now_s = math.floor(now / 1000)
+local r = redis.call('ZSCORE', KEYS[5], ARGV[1])
+if r and tonumber(r) > now_s then return {1} end
+r = redis.call('ZSCORE', KEYS[6], ARGV[2])
+if r and tonumber(r) > now_s then return {1} end
+local epoch = redis.call('GET', KEYS[7])
+if not epoch then
+  redis.call('SET', KEYS[7], ARGV[3], 'NX')
+  epoch = redis.call('GET', KEYS[7]) or ARGV[3]
+end
+local meta = redis.call('HMGET', KEYS[1], 'last', 'inc')
+local chain = {}
+local complete = 1
+if meta[1] then
+  if now - tonumber(meta[1]) >= tonumber(ARGV[4]) then
+    complete = 0
+  else
+    chain = redis.call('LRANGE', KEYS[2], 0, -1)
+    if meta[2] == '1' then complete = 0 end
+  end
+else
+  if redis.call('ZSCORE', KEYS[8], redis.sha1hex(ARGV[1])) then complete = 0 end
+  if ARGV[5] ~= '' and tonumber(ARGV[5]) + 60000 < tonumber(epoch) then complete = 0 end
+end
+return {0, complete, chain, redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4])}
+"#;
+
+/// After a decision: append the pending entry (its seq reserved here), link spans, set
+/// labels, keep the task's pool within `max_tasks` (least recently used evicted, remembered
+/// by a tombstone), refresh TTLs.
+///
+/// KEYS: task meta, chain, task labels, agent labels, pool LRU, tombstones, epoch.
+/// ARGV: 1 task id, 2 now (ms), 3 idle_ttl (ms), 4 task ttl (ms), 5 max_actions, 6 max_tasks,
+/// 7 entry JSON, 8 span, 9 began (ms or ""), 10 agent label ttl (ms), 11 mark, 12 max labels,
+/// 13 key prefix ("<prefix>:"), 14 pool, 15… labels.
+pub const RECORD: &str = r#"
+local id = ARGV[1]
+local now = tonumber(ARGV[2])
+local meta = redis.call('HMGET', KEYS[1], 'seq', 'last', 'span', 'inc')
+local seq = 0
+local prev = ''
+local inc = '0'
+if not meta[2] then
+  local cap = tonumber(ARGV[6])
+  local n = redis.call('ZCARD', KEYS[5])
+  if n >= cap then
+    local old = redis.call('ZPOPMIN', KEYS[5], n - cap + 1)
+    local p = ARGV[13]
+    local pool = ARGV[14]
+    for i = 1, #old, 2 do
+      local o = old[i]
+      redis.call('DEL', p .. 'tm:' .. pool .. ':' .. o, p .. 'tc:' .. pool .. ':' .. o, p .. 'tl:' .. pool .. ':' .. o)
+      redis.call('ZADD', KEYS[6], now, redis.sha1hex(o))
+    end
+    local t = redis.call('ZCARD', KEYS[6])
+    if t > cap then redis.call('ZREMRANGEBYRANK', KEYS[6], 0, t - cap - 1) end
+  end
+  if redis.call('ZSCORE', KEYS[6], redis.sha1hex(id)) then inc = '1' end
+  local epoch = redis.call('GET', KEYS[7])
+  if ARGV[9] ~= '' and epoch and tonumber(ARGV[9]) + 60000 < tonumber(epoch) then inc = '1' end
+else
+  seq = tonumber(meta[1]) or 0
+  prev = meta[3] or ''
+  inc = meta[4] or '0'
+  if now - tonumber(meta[2]) >= tonumber(ARGV[3]) then
+    redis.call('DEL', KEYS[2])
+    seq = 0
+    prev = ''
+    inc = '1'
+  end
+end
+seq = seq + 1
+redis.call('RPUSH', KEYS[2], seq .. '\t\t' .. ARGV[7])
+local max = tonumber(ARGV[5])
+if redis.call('LLEN', KEYS[2]) > max then
+  redis.call('LTRIM', KEYS[2], -max, -1)
+  inc = '1'
+end
+redis.call('HSET', KEYS[1], 'seq', seq, 'last', now, 'span', ARGV[8], 'inc', inc)
+local maxl = tonumber(ARGV[12])
+local ttl = tonumber(ARGV[10])
+for i = 15, #ARGV do
+  local l = ARGV[i]
+  if redis.call('HEXISTS', KEYS[3], l) == 1 or redis.call('HLEN', KEYS[3]) < maxl then
+    redis.call('HSET', KEYS[3], l, ARGV[11])
+  else
+    redis.call('HSET', KEYS[3], '_overflow', ARGV[11])
+  end
+  if redis.call('HEXISTS', KEYS[4], l) == 0 and redis.call('HLEN', KEYS[4]) >= maxl then
+    local all = redis.call('HGETALL', KEYS[4])
+    for j = 1, #all, 2 do
+      local at = tonumber(string.match(all[j + 1], '^(%d+)'))
+      if at and at + ttl <= now then redis.call('HDEL', KEYS[4], all[j]) end
+    end
+  end
+  if redis.call('HEXISTS', KEYS[4], l) == 1 or redis.call('HLEN', KEYS[4]) < maxl then
+    redis.call('HSET', KEYS[4], l, ARGV[11])
+  else
+    redis.call('HSET', KEYS[4], '_overflow', ARGV[11])
+  end
+end
+if #ARGV >= 15 then redis.call('PEXPIRE', KEYS[4], ttl) end
+redis.call('ZADD', KEYS[5], now, id)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], ARGV[4]) end
+return {seq, prev}
+"#;
+
+/// Settle pending entries, each once: scans the chain from its newest end.
+///
+/// KEYS: chain. ARGV: settled text (`response:200`), seq….
+pub const SETTLE: &str = r#"
+local want = {}
+local left = 0
+for i = 2, #ARGV do
+  want[ARGV[i]] = true
+  left = left + 1
+end
+local n = redis.call('LLEN', KEYS[1])
+local i = -1
+while i >= -n and left > 0 do
+  local v = redis.call('LINDEX', KEYS[1], i)
+  local s = string.match(v, '^(%d+)\t')
+  if s and want[s] then
+    want[s] = nil
+    left = left - 1
+    local rest = string.match(v, '^%d+\t\t(.*)$')
+    if rest then redis.call('LSET', KEYS[1], i, s .. '\t' .. ARGV[1] .. '\t' .. rest) end
+  end
+  i = i - 1
+end
+return 0
+"#;
+
+/// The agent's default task number, rolling over after `idle_ttl` of nobody using it.
+///
+/// KEYS: current, counter. ARGV: idle_ttl (ms).
+pub const DEFAULT_TASK: &str = r#"
+local n = redis.call('GET', KEYS[1])
+if not n then
+  n = redis.call('INCR', KEYS[2])
+  redis.call('PEXPIRE', KEYS[2], 2592000000)
+  redis.call('SET', KEYS[1], n, 'PX', ARGV[1])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return tonumber(n)
+"#;
+
+/// Add a revocation that only lengthens, in a room that never evicts one in force.
+///
+/// KEYS: the kind's revocations, the revocation version. ARGV: id, expires (s), now (s),
+/// capacity. Returns {1, expires} added or lengthened, {0, kept} kept, {-1, 0} full.
+pub const REVOKE: &str = r#"
+local cur = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local exp = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+if cur and tonumber(cur) > now then
+  if tonumber(cur) >= exp then return {0, tonumber(cur)} end
+elseif redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return {-1, 0} end
+end
+redis.call('ZADD', KEYS[1], exp, ARGV[1])
+redis.call('INCR', KEYS[2])
+return {1, exp}
+"#;
+
+/// Shared by the approval scripts: ARGV 1 prefix ("<prefix>:"), 2 now (ms), 3 capacity,
+/// 4 retention (ms). `sweep` ends what expired (returns their hashes) and forgets ended
+/// approvals beyond retention or capacity; `ended` moves one out of force.
+const APPROVAL_PRELUDE: &str = r#"
+local P = ARGV[1]
+local now = tonumber(ARGV[2])
+local cap = tonumber(ARGV[3])
+local retention = tonumber(ARGV[4])
+local function unapprove(k)
+  local head = redis.call('HGET', k, 'head')
+  if head and redis.call('HINCRBY', P .. 'ap:heads', head, -1) <= 0 then redis.call('HDEL', P .. 'ap:heads', head) end
+  if redis.call('DECR', P .. 'ap:n') < 0 then redis.call('SET', P .. 'ap:n', 0) end
+end
+local function ended(id, k, at, keep_digest)
+  redis.call('ZREM', P .. 'ap:live', id)
+  redis.call('ZREM', P .. 'ap:exp', id)
+  redis.call('ZADD', P .. 'ap:ended', at, id)
+  redis.call('PEXPIREAT', k, at + retention)
+  local d = P .. 'apd:' .. redis.call('HGET', k, 'digest')
+  if redis.call('GET', d) == id then
+    if keep_digest then redis.call('PEXPIREAT', d, at + retention) else redis.call('DEL', d) end
+  end
+end
+local function sweep()
+  local out = {}
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'ap:exp', '-inf', now)) do
+    local k = P .. 'ap:' .. id
+    local st = redis.call('HGET', k, 'status')
+    if st == 'approved' then unapprove(k) end
+    if st == 'pending' or st == 'approved' then
+      local exp = tonumber(redis.call('HGET', k, 'expires'))
+      redis.call('HSET', k, 'status', 'expired', 'ended', exp)
+      ended(id, k, exp, true)
+      table.insert(out, redis.call('HGETALL', k))
+    else
+      redis.call('ZREM', P .. 'ap:exp', id)
+      redis.call('ZREM', P .. 'ap:live', id)
+    end
+  end
+  redis.call('ZREMRANGEBYSCORE', P .. 'ap:ended', '-inf', now - retention)
+  local n = redis.call('ZCARD', P .. 'ap:ended')
+  if n > cap then
+    local old = redis.call('ZPOPMIN', P .. 'ap:ended', n - cap)
+    for i = 1, #old, 2 do
+      local k = P .. 'ap:' .. old[i]
+      local dg = redis.call('HGET', k, 'digest')
+      if dg and redis.call('GET', P .. 'apd:' .. dg) == old[i] then redis.call('DEL', P .. 'apd:' .. dg) end
+      redis.call('DEL', k)
+    end
+  end
+  if #out > 0 then redis.call('INCR', P .. 'ap:ver') end
+  return out
+end
+"#;
+
+/// Hold a request: the approval its digest meets, else a new pending one unless full.
+/// ARGV 5 id, 6 doc, 7 digest, 8 head, 9 expires (ms). Returns {1|0|-1, hash, expired}.
+pub fn hold() -> String {
+    format!(
+        "{APPROVAL_PRELUDE}{}",
+        r#"
+local expired = sweep()
+local existing = redis.call('GET', P .. 'apd:' .. ARGV[7])
+if existing then
+  local h = redis.call('HGETALL', P .. 'ap:' .. existing)
+  if #h > 0 then return {0, h, expired} end
+end
+if redis.call('ZCARD', P .. 'ap:live') >= cap then return {-1, {}, expired} end
+local k = P .. 'ap:' .. ARGV[5]
+local exp = tonumber(ARGV[9])
+redis.call('HSET', k, 'doc', ARGV[6], 'status', 'pending', 'digest', ARGV[7], 'head', ARGV[8], 'requested', now, 'expires', exp)
+redis.call('SET', P .. 'apd:' .. ARGV[7], ARGV[5])
+redis.call('ZADD', P .. 'ap:live', now, ARGV[5])
+redis.call('ZADD', P .. 'ap:exp', exp, ARGV[5])
+redis.call('PEXPIREAT', k, exp + retention)
+redis.call('PEXPIREAT', P .. 'apd:' .. ARGV[7], exp + retention)
+redis.call('INCR', P .. 'ap:ver')
+return {1, redis.call('HGETALL', k), expired}
+"#
+    )
+}
+
+/// Approve or deny a pending approval. ARGV 5 id, 6 "1" approve, 7 approver, 8 decided at
+/// (text), 9 comment ("" none), 10 "1" has a comment. Returns {1|-1 not found|-2 not
+/// pending, hash, expired}.
+pub fn decide() -> String {
+    format!(
+        "{APPROVAL_PRELUDE}{}",
+        r#"
+local expired = sweep()
+local id = ARGV[5]
+local k = P .. 'ap:' .. id
+local st = redis.call('HGET', k, 'status')
+if not st then return {-1, {}, expired} end
+if st ~= 'pending' then return {-2, redis.call('HGETALL', k), expired} end
+if ARGV[6] == '1' then
+  redis.call('HSET', k, 'status', 'approved', 'decided_by', ARGV[7], 'decided_at', ARGV[8])
+  redis.call('HINCRBY', P .. 'ap:heads', redis.call('HGET', k, 'head'), 1)
+  redis.call('INCR', P .. 'ap:n')
+else
+  redis.call('HSET', k, 'status', 'denied', 'decided_by', ARGV[7], 'decided_at', ARGV[8], 'ended', now)
+  ended(id, k, now, true)
+end
+if ARGV[10] == '1' then redis.call('HSET', k, 'comment', ARGV[9]) else redis.call('HDEL', k, 'comment') end
+redis.call('INCR', P .. 'ap:ver')
+return {1, redis.call('HGETALL', k), expired}
+"#
+    )
+}
+
+/// Use an approved approval once, everywhere. ARGV 5 id, 6 decision id, 7 consumed at
+/// (text). Returns {1, hash} used, {0} not approved (any more).
+pub fn consume() -> String {
+    format!(
+        "{APPROVAL_PRELUDE}{}",
+        r#"
+local id = ARGV[5]
+local k = P .. 'ap:' .. id
+local h = redis.call('HMGET', k, 'status', 'expires')
+if h[1] ~= 'approved' or now >= tonumber(h[2]) then return {0} end
+redis.call('HSET', k, 'status', 'consumed', 'consumed_by', ARGV[6], 'consumed_at', ARGV[7], 'ended', now)
+unapprove(k)
+ended(id, k, now, false)
+redis.call('INCR', P .. 'ap:ver')
+return {1, redis.call('HGETALL', k)}
+"#
+    )
+}
+
+/// One approval (ARGV 5 id), or the approvals in force (ARGV 5 ""), after a sweep. Returns
+/// {hashes, expired}.
+pub fn read() -> String {
+    format!(
+        "{APPROVAL_PRELUDE}{}",
+        r#"
+local expired = sweep()
+local out = {}
+if ARGV[5] ~= '' then
+  local h = redis.call('HGETALL', P .. 'ap:' .. ARGV[5])
+  if #h > 0 then table.insert(out, h) end
+else
+  for _, id in ipairs(redis.call('ZRANGE', P .. 'ap:live', 0, -1)) do
+    local h = redis.call('HGETALL', P .. 'ap:' .. id)
+    if #h > 0 then table.insert(out, h) end
+  end
+end
+return {out, expired}
+"#
+    )
+}
+
+/// The approval a digest is bound to. KEYS: digest key. ARGV 1 prefix.
+pub const BY_DIGEST: &str = r#"
+local id = redis.call('GET', KEYS[1])
+if not id then return {} end
+return redis.call('HGETALL', ARGV[1] .. 'ap:' .. id)
+"#;
