@@ -44,8 +44,8 @@ pub use approvals::{
 };
 pub use file::{Document, FileError, StateFile, FILE_NAME, MAX_FILE_BYTES, VERSION};
 pub use revocations::{
-    parse_request, parse_rfc3339, rfc3339, valid_id, Added, Entry, Kind, Lifetimes, Refused, RequestError,
-    Revocation, Revocations, CAPACITY, MAX_ID, MIN_TTL,
+    parse_request, parse_rfc3339, rfc3339, valid_id, Added, Entry, Kind, Lifetimes, Refused,
+    RequestError, Revocation, Revocations, CAPACITY, MAX_ID, MIN_TTL,
 };
 
 use crate::config::StateSettings;

@@ -79,7 +79,10 @@ impl Admin {
                 ),
             )
         } else {
-            Reply::text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready{state}\n"))
+            Reply::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready{state}\n"),
+            )
         }
     }
 

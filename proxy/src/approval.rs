@@ -43,7 +43,6 @@ use crate::state::ApprovalFailure;
 /// made through another replica's store, an expiry).
 const WAIT_POLL: Duration = Duration::from_secs(1);
 
-
 /// What the process keeps for approvals besides the store: held requests' wake-ups, their
 /// count, and the webhook sender.
 #[derive(Debug)]
@@ -400,7 +399,10 @@ pub async fn hold(
         trace_id: x.trace_id.clone(),
         ttl: settings.ttl(pending.ask.ttl),
     };
-    let held = gw.store.hold(new, settings.bounds(), SystemTime::now()).await;
+    let held = gw
+        .store
+        .hold(new, settings.bounds(), SystemTime::now())
+        .await;
     flush(gw, snapshot);
     let held = match held {
         Ok(stored) => {

@@ -100,48 +100,48 @@ pub async fn evaluate_approved(
         Err(unavailable) => Decision::deny(unavailable.to_string()),
         Ok(_) if revoked => Decision::deny(REVOKED),
         Ok(observed) => {
-        let accepted = &prepared.accepted;
-        let params = credential::visible_params(config, tool, &accepted.request.params);
-        let input = Input {
-            agent_id: agent,
-            agent_claims: config.agent.claims.as_ref(),
-            task_id: &x.task_id,
-            task_claims: x.task_claims.as_deref(),
-            task_verified: x.task_verified,
-            action: &class.action,
-            tool: tool.map(|t| &*t.name),
-            attributes: &class.attributes,
-            request: RequestView {
-                method: accepted.request.method.as_str(),
-                scheme: if accepted.tls { "https" } else { "http" },
-                host: &accepted.host,
-                port: accepted.port,
-                path: &accepted.request.path,
-                params: &params,
-                headers,
-                hidden,
-                body: prepared.body.as_ref(),
-            },
-            state: observed.view.clone(),
-            now,
-        };
-        let mut input = input.to_value();
-        if let Some(a) = approved {
-            a.granted().annotate(&mut input);
-        }
-        if let Some(note) = &observed.note {
-            note.annotate(&mut input);
-            x.state_degraded = note.degraded;
-        }
-        let started = Instant::now();
-        let mut decision = snapshot.policy.decide(input);
-        let finished = Instant::now();
-        if approved.is_some() {
-            decision = decision.satisfied_by_approval();
-        }
-        eval_time = Some(finished.duration_since(started));
-        x.trace.evaluated_at = Some(finished);
-        decision
+            let accepted = &prepared.accepted;
+            let params = credential::visible_params(config, tool, &accepted.request.params);
+            let input = Input {
+                agent_id: agent,
+                agent_claims: config.agent.claims.as_ref(),
+                task_id: &x.task_id,
+                task_claims: x.task_claims.as_deref(),
+                task_verified: x.task_verified,
+                action: &class.action,
+                tool: tool.map(|t| &*t.name),
+                attributes: &class.attributes,
+                request: RequestView {
+                    method: accepted.request.method.as_str(),
+                    scheme: if accepted.tls { "https" } else { "http" },
+                    host: &accepted.host,
+                    port: accepted.port,
+                    path: &accepted.request.path,
+                    params: &params,
+                    headers,
+                    hidden,
+                    body: prepared.body.as_ref(),
+                },
+                state: observed.view.clone(),
+                now,
+            };
+            let mut input = input.to_value();
+            if let Some(a) = approved {
+                a.granted().annotate(&mut input);
+            }
+            if let Some(note) = &observed.note {
+                note.annotate(&mut input);
+                x.state_degraded = note.degraded;
+            }
+            let started = Instant::now();
+            let mut decision = snapshot.policy.decide(input);
+            let finished = Instant::now();
+            if approved.is_some() {
+                decision = decision.satisfied_by_approval();
+            }
+            eval_time = Some(finished.duration_since(started));
+            x.trace.evaluated_at = Some(finished);
+            decision
         }
     };
     if let Some(detail) = &decision.error {
@@ -154,22 +154,22 @@ pub async fn evaluate_approved(
     let recorded = gw
         .store
         .record(
-        &task_key(x),
-        &chain::Action {
-            action: &class.action,
-            tool: tool.map(|t| &*t.name),
-            agent,
-            decision: decision.effect.as_str(),
-            dry_run,
-            attributes: &class.attributes,
-            labels: &labels,
-            at: now,
-        },
-        chain::SpanRef {
-            trace_id: x.trace.trace_id,
-            span_id: x.span_id,
-        },
-    )
+            &task_key(x),
+            &chain::Action {
+                action: &class.action,
+                tool: tool.map(|t| &*t.name),
+                agent,
+                decision: decision.effect.as_str(),
+                dry_run,
+                attributes: &class.attributes,
+                labels: &labels,
+                at: now,
+            },
+            chain::SpanRef {
+                trace_id: x.trace.trace_id,
+                span_id: x.span_id,
+            },
+        )
         .await;
     // A chain that cannot be written refuses the request too (its decision is still logged):
     // a request must not go out unrecorded.

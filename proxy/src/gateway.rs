@@ -119,7 +119,11 @@ impl Gateway {
     /// A gateway serving `snapshot`, logging decisions to `decision_log`, with the state
     /// `store` opened at start (chain bounds come from this first snapshot and change only on
     /// restart).
-    pub fn new(snapshot: Snapshot, decision_log: DecisionLog, store: Box<dyn StateStore>) -> Gateway {
+    pub fn new(
+        snapshot: Snapshot,
+        decision_log: DecisionLog,
+        store: Box<dyn StateStore>,
+    ) -> Gateway {
         let keys = KeyRing::default();
         keys.publish(&snapshot.config);
         Gateway {

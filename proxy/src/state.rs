@@ -286,8 +286,11 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Option<Approval>, Unavailable>;
 
     /// The approvals in force, oldest first.
-    async fn approvals(&self, bounds: Bounds, now: SystemTime)
-        -> Result<Vec<Approval>, Unavailable>;
+    async fn approvals(
+        &self,
+        bounds: Bounds,
+        now: SystemTime,
+    ) -> Result<Vec<Approval>, Unavailable>;
 
     /// The approval events this instance caused since the last call, oldest first.
     fn take_events(&self) -> Vec<Event>;

@@ -42,9 +42,7 @@ use redis::{IntoConnectionInfo, Script, Value as Reply};
 use regorus::Value;
 use serde_json::{json, Value as Json};
 use toolgate_policy::approval::{Digest, Verdict};
-use toolgate_policy::chain::{
-    self, Action, Outcome, Recorded, SpanRef, Stats, TaskKey, View,
-};
+use toolgate_policy::chain::{self, Action, Outcome, Recorded, SpanRef, Stats, TaskKey, View};
 use toolgate_policy::config::{ChainSettings, OnUnavailable, RedisSettings};
 use toolgate_policy::labels::{LabelSet, Mark, MAX_LABELS};
 use toolgate_policy::state::{
@@ -142,8 +140,7 @@ impl Scripts {
 }
 
 fn ms(t: SystemTime) -> u64 {
-    u64::try_from(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis())
-        .unwrap_or(u64::MAX)
+    u64::try_from(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(u64::MAX)
 }
 
 fn dur_ms(d: Duration) -> u64 {
@@ -166,14 +163,20 @@ fn describe(e: &redis::RedisError) -> String {
 impl RedisStore {
     /// Connect (lazily: toolgate starts while Redis is down, unready in `deny` mode) and start
     /// the background loop on its own thread and runtime.
-    pub fn start(settings: &RedisSettings, chain: &ChainSettings) -> Result<RedisStore, StartError> {
+    pub fn start(
+        settings: &RedisSettings,
+        chain: &ChainSettings,
+    ) -> Result<RedisStore, StartError> {
         let mut info = settings
             .url
             .expose()
             .into_connection_info()
             .map_err(|e| StartError::Url(format!("cannot be used: {:?}", e.kind())))?;
         if let Some(password) = &settings.password {
-            let redis = info.redis_settings().clone().set_password(password.expose());
+            let redis = info
+                .redis_settings()
+                .clone()
+                .set_password(password.expose());
             info = info.set_redis_settings(redis);
         }
         let client = redis::Client::open(info).map_err(|e| StartError::Url(describe(&e)))?;
@@ -296,7 +299,7 @@ impl Shared {
                 self.metrics.error(op);
                 self.down(&problem);
                 Err(Unavailable::new(format!(
-                    "toolgate's shared state (Redis) is unavailable, so this request cannot be checked against the task's history, labels and revocations: {problem}. Requests are refused until it answers again (state.on_unavailable: deny)"
+                    "toolgate's shared state (Redis) is unavailable: {problem}. What needs it (the task's history, labels, revocations, approvals) cannot be checked, so it is refused until Redis answers again"
                 )))
             }
         }
@@ -356,8 +359,10 @@ impl Shared {
                 Ok(Err(e)) => return Err(describe(&e)),
                 Err(_) => return Err("redis did not answer the health check within 1s".into()),
             };
-        self.approved
-            .store(approved.unwrap_or(0).max(0).unsigned_abs(), Ordering::Release);
+        self.approved.store(
+            approved.unwrap_or(0).max(0).unsigned_abs(),
+            Ordering::Release,
+        );
         self.approvals_version
             .store(approvals.unwrap_or(0), Ordering::Release);
         let now = SystemTime::now();
@@ -395,7 +400,10 @@ impl Shared {
 
     /// Copy every revocation in force into the local view.
     async fn copy_revocations(&self, now: SystemTime) -> Result<(), String> {
-        let list = self.list_revocations(now).await.map_err(|e| e.to_string())?;
+        let list = self
+            .list_revocations(now)
+            .await
+            .map_err(|e| e.to_string())?;
         let entries = list.into_iter().filter_map(|e| {
             toolgate_policy::state::parse_rfc3339(&e.expires).map(|x| (e.kind, e.id, x))
         });
@@ -568,7 +576,11 @@ fn entry_of(element: &str) -> Option<Value> {
 }
 
 fn span_text(span: SpanRef) -> String {
-    format!("{}{}", hex::encode(span.trace_id), hex::encode(span.span_id))
+    format!(
+        "{}{}",
+        hex::encode(span.trace_id),
+        hex::encode(span.span_id)
+    )
 }
 
 fn span_of(text: &str) -> Option<SpanRef> {
@@ -600,7 +612,11 @@ impl StateStore for RedisStore {
             .key(s.key(&["dtn:", agent]))
             .arg(dur_ms(idle_ttl));
         match s
-            .run(Op::DefaultTask, s.settings.timeout, call.invoke_async::<u64>(&mut conn))
+            .run(
+                Op::DefaultTask,
+                s.settings.timeout,
+                call.invoke_async::<u64>(&mut conn),
+            )
             .await
         {
             Ok(n) => {
@@ -641,7 +657,11 @@ impl StateStore for RedisStore {
             .arg(dur_ms(s.idle_ttl))
             .arg(task.began.map(|b| ms(b).to_string()).unwrap_or_default());
         let reply: Vec<Reply> = match s
-            .run(Op::Observe, s.settings.timeout, call.invoke_async(&mut conn))
+            .run(
+                Op::Observe,
+                s.settings.timeout,
+                call.invoke_async(&mut conn),
+            )
             .await
         {
             Ok(r) => r,
@@ -660,6 +680,15 @@ impl StateStore for RedisStore {
             .next()
             .and_then(|v| redis::from_redis_value(v).ok())
             .unwrap_or(1);
+        if revoked == 2 {
+            s.metrics.error(Op::Observe);
+            if s.local_mode() {
+                return s.observe_local(task, agent, now);
+            }
+            return Err(Unavailable::new(
+                "toolgate's shared state (Redis) holds no toolgate data: it restarted without persistence or was flushed. Revocations are being written back from the replicas' copies; requests are refused until then (a fraction of a second)",
+            ));
+        }
         if revoked != 0 {
             return Ok(Observed {
                 revoked: true,
@@ -687,11 +716,8 @@ impl StateStore for RedisStore {
             view: View {
                 chain: Value::from(chain),
                 task_labels: label_set(pairs(task_labels), None).to_value(),
-                agent_labels: label_set(
-                    pairs(agent_labels),
-                    Some((s.agent_label_ttl, now)),
-                )
-                .to_value(),
+                agent_labels: label_set(pairs(agent_labels), Some((s.agent_label_ttl, now)))
+                    .to_value(),
                 history_complete: complete,
             },
             note,
@@ -775,7 +801,11 @@ impl StateStore for RedisStore {
             call.arg(*seq);
         }
         if let Err(e) = s
-            .run(Op::Settle, s.settings.timeout, call.invoke_async::<i64>(&mut conn))
+            .run(
+                Op::Settle,
+                s.settings.timeout,
+                call.invoke_async::<i64>(&mut conn),
+            )
             .await
         {
             tracing::error!(target: "toolgate::state", task = task.id, ?remote, outcome = outcome.as_str(), "outcome not written; the entry stays pending in the shared chain: {e}");

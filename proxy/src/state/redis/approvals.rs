@@ -132,7 +132,11 @@ pub(super) async fn approved(
     let mut call = s.scripts.by_digest.prepare_invoke();
     call.key(s.key(&["apd:", &digest.to_hex()])).arg(&s.prefix);
     let hash: Vec<String> = s
-        .run(Op::Approval, s.settings.timeout, call.invoke_async(&mut conn))
+        .run(
+            Op::Approval,
+            s.settings.timeout,
+            call.invoke_async(&mut conn),
+        )
         .await?;
     let fields = pairs(hash.clone());
     let expires = fields
@@ -156,9 +160,7 @@ pub(super) async fn consume(
     };
     let mut conn = s.conn();
     let mut call = s.approval_call(&s.scripts.consume, bounds, now);
-    call.arg(id)
-        .arg(decision_id)
-        .arg(rfc3339_ms(millis(now)));
+    call.arg(id).arg(decision_id).arg(rfc3339_ms(millis(now)));
     let reply: Vec<Reply> = s
         .run(Op::Approval, s.limit(), call.invoke_async(&mut conn))
         .await?;

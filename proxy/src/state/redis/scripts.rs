@@ -8,6 +8,8 @@
 //! `<at ms>\t<action that set it>`.
 
 /// Before a decision: revoked? the chain, the task's labels, the agent's labels, complete?
+/// `{2}` when the data set has no epoch: Redis lost its data and the background loop has not
+/// yet written back the revocations — nothing can be decided on it until then.
 ///
 /// KEYS: task meta, chain, task labels, agent labels, task revocations, agent revocations,
 /// epoch, tombstones. ARGV: task id, agent id, now (ms), idle_ttl (ms), began (ms or "").
@@ -19,10 +21,7 @@ if r and tonumber(r) > now_s then return {1} end
 r = redis.call('ZSCORE', KEYS[6], ARGV[2])
 if r and tonumber(r) > now_s then return {1} end
 local epoch = redis.call('GET', KEYS[7])
-if not epoch then
-  redis.call('SET', KEYS[7], ARGV[3], 'NX')
-  epoch = redis.call('GET', KEYS[7]) or ARGV[3]
-end
+if not epoch then return {2} end
 local meta = redis.call('HMGET', KEYS[1], 'last', 'inc')
 local chain = {}
 local complete = 1

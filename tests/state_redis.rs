@@ -1,0 +1,621 @@
+//! Tasks that span pods: two real toolgate processes sharing a real `redis-server` (Debian's,
+//! one per test on a free loopback port, stopped by PID), as two sidecars of one task would.
+//! Each test is written from the side that must not get through — an action taken behind the
+//! other sidecar, a label set there, a revocation or approval made there, Redis gone — with
+//! the legitimate request as its positive control.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::{
+    free_port, http_get, operator, operator_json, ToolServer, Toolgate, OPERATOR_TOKEN_FILE,
+};
+
+/// A `redis-server` of our own on a free loopback port, without persistence.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let mut redis = Redis {
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/setup.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.ping() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not answer on {}", self.port);
+    }
+
+    fn ping(&self) -> bool {
+        use std::io::{Read as _, Write as _};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    /// Kill it (SIGKILL, by PID): its data is gone, as a pod's would be.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+const POLICY: &str = r#"
+package toolgate
+import rego.v1
+
+default decision := {"allow": false, "reason": "no rule allows this action"}
+
+decision := true if input.action.name in {"ticket.read", "crm.lookup"}
+
+# Closing needs the ticket read first in this task, by whichever agent: the reason names it.
+decision := {"allow": true, "reason": sprintf("read first by %s", [e.agent])} if {
+	input.action.name == "ticket.close"
+	some e in input.chain
+	e.action == "ticket.read"
+	e.attributes.issue == input.action.attributes.issue
+	e.status == 200
+}
+
+# No export once the task or the agent has touched PII.
+decision := {"allow": false, "reason": "pii was read in this task"} if {
+	input.action.name == "report.export"
+	input.task.labels.pii
+}
+
+decision := {"allow": false, "reason": "this agent read pii"} if {
+	input.action.name == "report.export"
+	not input.task.labels.pii
+	input.agent.labels.pii
+}
+
+decision := {"allow": false, "reason": "shared state degraded: no exports"} if {
+	input.action.name == "report.export"
+	input.state.degraded
+}
+
+decision := true if {
+	input.action.name == "report.export"
+	not input.task.labels.pii
+	not input.agent.labels.pii
+	not input.state.degraded
+}
+
+amount := to_number(input.action.attributes.amount)
+
+decision := true if {
+	input.action.name == "payment.create"
+	amount <= 100
+}
+
+decision := {"allow": true, "reason": "approved"} if {
+	input.action.name == "payment.create"
+	amount > 100
+	input.approval.approved_by
+}
+
+decision := {"allow": false, "reason": "a payment over 100 needs a human", "approval": "required"} if {
+	input.action.name == "payment.create"
+	amount > 100
+	not input.approval
+}
+"#;
+
+fn config(tool: &ToolServer, agent: &str, state: &str) -> String {
+    format!(
+        r#"
+agent: {{ id: "{agent}" }}
+tools:
+  - name: jira
+    hosts: [jira.test]
+    upstream: {upstream}
+    actions:
+      - name: ticket.read
+        match: {{ method: GET, path: "/rest/api/3/issue/{{issue}}" }}
+        attributes: {{ issue: "path:issue" }}
+      - name: ticket.close
+        match: {{ method: POST, path: "/rest/api/3/issue/{{issue}}/transitions" }}
+        attributes: {{ issue: "path:issue" }}
+  - name: crm
+    hosts: [crm.test]
+    upstream: {upstream}
+    actions:
+      - name: crm.lookup
+        match: {{ method: GET, path: "/customers/{{id}}" }}
+        labels: [pii]
+      - name: report.export
+        match: {{ method: POST, path: /reports }}
+  - name: payments
+    hosts: [payments.test]
+    upstream: {upstream}
+    actions:
+      - name: payment.create
+        match: {{ method: POST, path: /v1/payments }}
+        attributes: {{ amount: "query:amount" }}
+policy: {{ files: [policy/*.rego] }}
+admin: {{ token_file: operator-token }}
+limits: {{ shutdown_timeout: 1s }}
+state: {state}
+"#,
+        upstream = tool.url(),
+    )
+}
+
+/// One toolgate serving `agent`, on `redis` with `extra` state keys.
+fn sidecar(tool: &ToolServer, redis: &Redis, agent: &str, extra: &str) -> Toolgate {
+    let state = format!(
+        "{{ backend: redis, url: \"{}\", prefix: t1, timeout: 200ms{extra} }}",
+        redis.url()
+    );
+    Toolgate::start(
+        &config(tool, agent, &state),
+        &[("policy/main.rego", POLICY), OPERATOR_TOKEN_FILE],
+    )
+}
+
+const AGENT_A: &str = "spiffe://test/ns/a/sa/agent-a";
+const AGENT_B: &str = "spiffe://test/ns/a/sa/agent-b";
+
+async fn send(tg: &Toolgate, method: &str, url: &str, task: &str) -> (u16, Value) {
+    let resp = tg
+        .forward_client()
+        .request(method.parse().unwrap(), url)
+        .header("x-toolgate-task", task)
+        .body("")
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap();
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+fn close_url(issue: &str) -> String {
+    format!("http://jira.test/rest/api/3/issue/{issue}/transitions")
+}
+
+fn read_url(issue: &str) -> String {
+    format!("http://jira.test/rest/api/3/issue/{issue}")
+}
+
+/// The decision-log lines a toolgate wrote (stdout, JSON lines), once there are `at_least`
+/// (lines are written when each exchange ends, just after its answer).
+fn decision_log(tg: &Toolgate, at_least: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let lines: Vec<Value> = tg
+            .stdout()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.get("decision_id").is_some())
+            .collect();
+        if lines.len() >= at_least || Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chain_rule_sees_an_action_taken_through_the_other_sidecar() {
+    let redis = Redis::start();
+    let tool = ToolServer::http().await;
+    let a = sidecar(&tool, &redis, AGENT_A, "");
+    let b = sidecar(&tool, &redis, AGENT_B, "");
+
+    // Nothing read yet: closing is refused behind either sidecar.
+    assert_eq!(send(&b, "POST", &close_url("SUP-1"), "T-1").await.0, 403);
+    // Agent A reads the ticket behind its own sidecar …
+    assert_eq!(send(&a, "GET", &read_url("SUP-1"), "T-1").await.0, 200);
+    // … and the very next decision behind B's sidecar, in the same task, sees it, with who.
+    let (status, body) = send(&b, "POST", &close_url("SUP-1"), "T-1").await;
+    assert_eq!(status, 200, "{body}");
+    let closes: Vec<_> = tool
+        .received()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert_eq!(
+        closes.len(),
+        1,
+        "exactly the allowed close reached the tool"
+    );
+    let b_log = decision_log(&b, 2);
+    let allowed = b_log
+        .iter()
+        .find(|l| l["action"] == "ticket.close" && l["result"]["allow"] == true)
+        .expect("B logged the allowed close");
+    assert_eq!(
+        allowed["result"]["reason"],
+        format!("read first by {AGENT_A}")
+    );
+
+    // Another task never saw the read, nor another issue: refused (the rule is not blind).
+    assert_eq!(send(&b, "POST", &close_url("SUP-1"), "T-2").await.0, 403);
+    assert_eq!(send(&b, "POST", &close_url("SUP-9"), "T-1").await.0, 403);
+
+    // Both sidecars show one chain: A's read, then B's actions, each with its agent, settled.
+    let task = operator_json(a.admin, "/v1/tasks/T-1");
+    let chain = task["chain"].as_array().unwrap();
+    let summary: Vec<(String, String, Value)> = chain
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_string(),
+                e["agent"].as_str().unwrap().to_string(),
+                e["status"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("ticket.close".into(), AGENT_B.into(), json!(403)),
+            ("ticket.read".into(), AGENT_A.into(), json!(200)),
+            ("ticket.close".into(), AGENT_B.into(), json!(200)),
+            ("ticket.close".into(), AGENT_B.into(), json!(403)),
+        ]
+    );
+    let seqs: Vec<u64> = chain.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2, 3, 4], "one sequence across both sidecars");
+    assert!(chain.iter().all(|e| e["pending"] == false));
+    assert_eq!(
+        operator_json(b.admin, "/v1/tasks/T-1")["chain"],
+        task["chain"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn labels_set_through_one_sidecar_hold_through_the_other() {
+    let redis = Redis::start();
+    let tool = ToolServer::http().await;
+    // Two replicas of one agent.
+    let a = sidecar(&tool, &redis, AGENT_A, "");
+    let b = sidecar(&tool, &redis, AGENT_A, "");
+
+    // Positive control: before any PII, exporting is allowed behind B.
+    assert_eq!(
+        send(&b, "POST", "http://crm.test/reports", "T-5").await.0,
+        200
+    );
+    // The lookup behind A labels its task and its agent `pii`.
+    assert_eq!(
+        send(&a, "GET", "http://crm.test/customers/7", "T-6")
+            .await
+            .0,
+        200
+    );
+    let (status, body) = send(&b, "POST", "http://crm.test/reports", "T-6").await;
+    assert_eq!(
+        (status, body["detail"].clone()),
+        (403, json!("pii was read in this task"))
+    );
+    // A fresh task does not escape it: the agent's label holds, through the other replica.
+    let (status, body) = send(&b, "POST", "http://crm.test/reports", "T-7").await;
+    assert_eq!(
+        (status, body["detail"].clone()),
+        (403, json!("this agent read pii"))
+    );
+    let labels = &operator_json(b.admin, "/v1/tasks/T-6")["pools"]["named"]["labels"];
+    assert_eq!(labels["pii"]["by"], "crm.lookup");
+    let exports = tool
+        .received()
+        .into_iter()
+        .filter(|r| r.target == "/reports")
+        .count();
+    assert_eq!(
+        exports, 1,
+        "only the export before the lookup reached the tool"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_through_one_sidecar_refuses_within_a_second_through_the_other() {
+    let redis = Redis::start();
+    let tool = ToolServer::http().await;
+    let a = sidecar(&tool, &redis, AGENT_A, "");
+    let b = sidecar(&tool, &redis, AGENT_B, "");
+    assert_eq!(send(&b, "GET", &read_url("SUP-2"), "T-9").await.0, 200);
+
+    let revoked = operator(
+        a.admin,
+        "POST",
+        "/v1/revoke",
+        Some(r#"{"task": "T-9", "ttl": "1h"}"#),
+    );
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    let at = Instant::now();
+    let (status, body) = send(&b, "GET", &read_url("SUP-2"), "T-9").await;
+    assert_eq!((status, body["detail"].clone()), (403, json!("revoked")));
+    assert!(at.elapsed() < Duration::from_secs(1), "{:?}", at.elapsed());
+    // Listed on both; another task still served behind B (positive control).
+    for tg in [&a, &b] {
+        let list = operator_json(tg.admin, "/v1/revoke");
+        assert_eq!(list["revocations"][0]["id"], "T-9", "{list}");
+    }
+    assert_eq!(send(&b, "GET", &read_url("SUP-2"), "T-10").await.0, 200);
+    // The agent cannot shorten it from the other side either.
+    let shorter = operator(
+        b.admin,
+        "POST",
+        "/v1/revoke",
+        Some(r#"{"task": "T-9", "ttl": "1s"}"#),
+    );
+    assert_eq!(shorter.json()["changed"], false, "{}", shorter.body);
+    // An agent revocation stops that agent behind every sidecar, and only it.
+    let agent = format!(r#"{{"agent": "{AGENT_B}", "ttl": "1h"}}"#);
+    assert_eq!(
+        operator(a.admin, "POST", "/v1/revoke", Some(&agent)).status,
+        200
+    );
+    assert_eq!(send(&b, "GET", &read_url("SUP-3"), "T-11").await.0, 403);
+    assert_eq!(send(&a, "GET", &read_url("SUP-3"), "T-11").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_granted_through_one_sidecar_releases_the_retry_through_the_other_once() {
+    let redis = Redis::start();
+    let tool = ToolServer::http().await;
+    let a = sidecar(&tool, &redis, AGENT_A, "");
+    let b = sidecar(&tool, &redis, AGENT_A, "");
+    let pay = "http://payments.test/v1/payments?amount=250";
+
+    // Positive control: a small payment goes straight out.
+    assert_eq!(
+        send(
+            &a,
+            "POST",
+            "http://payments.test/v1/payments?amount=5",
+            "T-20"
+        )
+        .await
+        .0,
+        200
+    );
+    let (status, held) = send(&a, "POST", pay, "T-20").await;
+    assert_eq!(status, 403, "{held}");
+    assert_eq!(held["type"], "urn:toolgate:problem:approval-required");
+    let id = held["approval_id"].as_str().unwrap().to_string();
+    // B lists it (it lives in Redis) and a human approves it there.
+    let listed = operator_json(b.admin, "/v1/approvals");
+    assert_eq!(listed["approvals"][0]["id"], id.as_str());
+    let approved = operator(
+        b.admin,
+        "POST",
+        &format!("/v1/approvals/{id}/approve"),
+        Some(r#"{"approver": "alice@example.com"}"#),
+    );
+    assert_eq!(approved.status, 200, "{}", approved.body);
+    // The identical retry behind B — at once, before any background refresh — goes out.
+    let (status, body) = send(&b, "POST", pay, "T-20").await;
+    assert_eq!(status, 200, "{body}");
+    // Once: the same retry behind A is refused, whichever sidecar it reaches.
+    let (status, again) = send(&a, "POST", pay, "T-20").await;
+    assert_eq!(status, 403, "{again}");
+    let payments = tool
+        .received()
+        .into_iter()
+        .filter(|r| r.target.contains("amount=250"))
+        .count();
+    assert_eq!(
+        payments, 1,
+        "the approved payment reached the tool exactly once"
+    );
+    let shown = operator_json(a.admin, &format!("/v1/approvals/{id}"));
+    assert_eq!(shown["status"], "consumed");
+    assert_eq!(shown["decided_by"], "alice@example.com");
+}
+
+/// Send `n` reads behind `tg` in task `task`; the statuses.
+async fn reads(tg: &Toolgate, task: &str, n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(
+            send(tg, "GET", &read_url(&format!("SUP-{i}")), task)
+                .await
+                .0,
+        );
+    }
+    out
+}
+
+fn metric(tg: &Toolgate, line_start: &str) -> f64 {
+    let (_, text) = http_get(tg.admin, "/metrics").unwrap();
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{line_start} not in metrics:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_gone_refuses_with_state_unavailable_and_service_resumes_with_every_decision_logged()
+{
+    let mut redis = Redis::start();
+    let tool = ToolServer::http().await;
+    let a = sidecar(&tool, &redis, AGENT_A, "");
+    assert_eq!(reads(&a, "T-30", 2).await, [200, 200]);
+
+    redis.kill();
+    let (status, body) = send(&a, "GET", &read_url("SUP-1"), "T-30").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["type"], "urn:toolgate:problem:state-unavailable");
+    assert!(body["detail"].as_str().unwrap().contains("Redis"), "{body}");
+    let refused_id = body["decision_id"].as_str().unwrap().to_string();
+    assert_eq!(reads(&a, "T-31", 2).await, [503, 503]);
+    let (ready, text) = http_get(a.admin, "/readyz").unwrap();
+    assert_eq!(ready, 503, "{text}");
+    assert!(text.contains("state redis unavailable"), "{text}");
+    assert!(metric(&a, "toolgate_state_errors_total{op=\"observe\"}") >= 3.0);
+    assert_eq!(
+        metric(&a, "toolgate_state_available{backend=\"redis\"}"),
+        0.0
+    );
+
+    // Redis returns (empty: it had no persistence): toolgate reconnects on its own.
+    redis.spawn();
+    let mut unavailable = 3;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match send(&a, "GET", &read_url("SUP-1"), "T-32").await.0 {
+            200 => break,
+            503 => unavailable += 1,
+            other => panic!("{other}"),
+        }
+        assert!(Instant::now() < deadline, "service did not resume");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http_get(a.admin, "/readyz").unwrap().0 != 200 {
+        assert!(Instant::now() < deadline, "not ready again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        metric(&a, "toolgate_state_available{backend=\"redis\"}"),
+        1.0
+    );
+
+    // Nothing lost from the decision log: every request, refused or not, has its line.
+    let sent = tool.received().len();
+    let log = decision_log(&a, sent + unavailable);
+    let refused = log.iter().filter(|l| l["outcome"]["status"] == 503).count();
+    assert_eq!(refused, unavailable, "{log:#?}");
+    assert!(log.iter().any(|l| l["decision_id"] == refused_id.as_str()));
+    let served = log.iter().filter(|l| l["outcome"]["status"] == 200).count();
+    assert_eq!(served, sent, "one line per request that reached the tool");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_mode_decides_on_its_own_view_flagged_degraded_and_keeps_revocations() {
+    let mut redis = Redis::start();
+    let tool = ToolServer::http().await;
+    let a = sidecar(&tool, &redis, AGENT_A, ", on_unavailable: local");
+    let b = sidecar(&tool, &redis, AGENT_B, ", on_unavailable: local");
+    // Positive control while Redis answers: exports are allowed.
+    assert_eq!(
+        send(&b, "POST", "http://crm.test/reports", "T-40").await.0,
+        200
+    );
+    let revoked = operator(
+        a.admin,
+        "POST",
+        "/v1/revoke",
+        Some(r#"{"task": "T-41", "ttl": "1h"}"#),
+    );
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    // B copies revocations every 250 ms: long enough for it to hold its own copy.
+    std::thread::sleep(Duration::from_millis(800));
+
+    redis.kill();
+    // Reads go on, decided on the local view; the degraded flag reaches policy.
+    assert_eq!(reads(&b, "T-40", 2).await, [200, 200]);
+    let (status, body) = send(&b, "POST", "http://crm.test/reports", "T-40").await;
+    assert_eq!(
+        (status, body["detail"].clone()),
+        (403, json!("shared state degraded: no exports"))
+    );
+    // The revocation made through A before Redis went away still holds behind B.
+    let (status, body) = send(&b, "GET", &read_url("SUP-1"), "T-41").await;
+    assert_eq!((status, body["detail"].clone()), (403, json!("revoked")));
+    let (ready, text) = http_get(b.admin, "/readyz").unwrap();
+    assert_eq!(ready, 200, "{text}");
+    assert!(text.contains("degraded"), "{text}");
+    assert!(metric(&b, "toolgate_state_degraded_total") >= 4.0);
+
+    redis.spawn();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if send(&b, "POST", "http://crm.test/reports", "T-42").await.0 == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "exports did not resume");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Redis came back empty; B wrote back the revocation it held, so it lapsed nowhere.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let list = operator(a.admin, "GET", "/v1/revoke", None);
+        if list.status == 200 && list.json()["revocations"][0]["id"] == "T-41" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "revocation not restored: {}",
+            list.body
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(send(&a, "GET", &read_url("SUP-1"), "T-41").await.0, 403);
+    // Every decision, degraded or not, is in the log.
+    let log = decision_log(&b, 6);
+    assert!(log.len() >= 6, "{log:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn default_tasks_are_shared_by_replicas_of_one_agent() {
+    let redis = Redis::start();
+    let tool = ToolServer::http().await;
+    let a = sidecar(&tool, &redis, AGENT_A, "");
+    let b = sidecar(&tool, &redis, AGENT_A, "");
+    let client = |tg: &Toolgate| tg.forward_client();
+    // No task named: both replicas' requests join the agent's one default task.
+    let r = client(&a).get(read_url("SUP-1")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client(&b)
+        .post(close_url("SUP-1"))
+        .body("")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the read behind A is in B's default task");
+    let chain = &operator_json(a.admin, "/v1/tasks/default-1")["chain"];
+    assert_eq!(chain.as_array().map(Vec::len), Some(2), "{chain}");
+}
