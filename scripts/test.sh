@@ -25,6 +25,10 @@ command -v chromium >/dev/null || apt_install chromium
 python3 -c 'import playwright.sync_api' 2>/dev/null ||
   python3 -m pip install -q 'playwright>=1.49,<2'
 
+# The shared state backend's tests (tests/state_redis.rs) run Debian's redis-server, one per
+# test on a free loopback port.
+command -v redis-server >/dev/null || apt_install redis-server
+
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --workspace --all-targets

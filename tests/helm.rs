@@ -788,6 +788,76 @@ fn every_operator_setting_renders_a_config_toolgate_check_accepts_and_none_is_op
 }
 
 #[test]
+fn every_replica_points_at_redis_through_a_secret_mounted_into_toolgate_alone() {
+    let objects = objects("redis");
+    let pod = pod(&objects);
+    assert_eq!(find(&objects, "Deployment")["spec"]["replicas"], 3);
+    let agent = find(&objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!agent_mounts(pod, &agent).contains(&"toolgate-redis".to_string()));
+    assert_eq!(mounted_by(pod, "toolgate-redis"), ["toolgate"]);
+    let toolgate = named(&pod["initContainers"], "toolgate");
+    let mount = named(&toolgate["volumeMounts"], "toolgate-redis");
+    assert_eq!(mount["mountPath"], "/var/run/secrets/toolgate/redis");
+    assert_eq!(mount["readOnly"], true);
+    let secret = &named(&pod["volumes"], "toolgate-redis")["secret"];
+    assert_eq!(secret["secretName"], "toolgate-redis");
+    assert_eq!(secret["defaultMode"], 0o440);
+
+    // The rendered config reads the URL from the Secret, and toolgate check accepts it.
+    let dir = tempfile::tempdir().unwrap();
+    let (code, files) = validate(&[
+        "config",
+        chart().to_str().unwrap(),
+        &ci_values("redis"),
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{files}");
+    let rendered = localize(dir.path());
+    let config: Value = serde_yaml::from_str(&rendered).unwrap();
+    assert_eq!(config["state"]["backend"], "redis", "{rendered}");
+    assert_eq!(config["state"]["url_file"], "/var/run/secrets/toolgate/redis/url");
+    assert_eq!(config["state"]["prefix"], "support-agents");
+    assert_eq!(config["state"]["on_unavailable"], "deny");
+    assert!(config["state"]["dir"].is_null(), "{rendered}");
+    let secrets = dir.path().join("redis-secret");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("url"), "redis://toolgate:pw@redis.data:6379/0\n").unwrap();
+    let yaml = dir.path().join("toolgate.yaml");
+    let local = std::fs::read_to_string(&yaml).unwrap().replace(
+        "/var/run/secrets/toolgate/redis/",
+        &format!("{}/", secrets.display()),
+    );
+    std::fs::write(&yaml, local).unwrap();
+    let check = Command::new(BINARY)
+        .args(["check", "-c"])
+        .arg(&yaml)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert_eq!(check.status.code(), Some(0), "{text}");
+    assert!(!text.contains(":pw@"), "the URL's password is never printed: {text}");
+
+    // Without a Secret the chart refuses to render, naming the value to set.
+    let (code, report) = validate(&["reject", chart().to_str().unwrap()]);
+    assert_eq!(code, 0, "{report:#}");
+    let refused = report["render_failures"]["redis without a secret"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(refused.contains("state.redis.existingSecret"), "{refused}");
+    let rejected = report["rejected"]["redis onUnavailable neither deny nor local"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(rejected.contains("onUnavailable"), "{rejected}");
+}
+
+#[test]
 fn require_task_token_is_a_chart_value_rendered_into_the_config() {
     let dir = tempfile::tempdir().unwrap();
     let values = dir.path().join("values.yaml");

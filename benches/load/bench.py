@@ -193,6 +193,10 @@ def toolgate_config(variant, ports, workers):
         "jwt": "  tool-key: { kind: jwt, audience: tool.example, max_ttl: 60s, key_file: signing-key.pem }",
     }[variant["credential"]]
     telemetry = ""
+    state = ""
+    if variant.get("redis"):
+        # Shared state on a loopback Redis: every decision reads and writes it.
+        state = f"state: {{ backend: redis, url: \"redis://127.0.0.1:{variant['redis']}\", prefix: \"bench-{variant['port']}\" }}\n"
     if variant.get("otlp"):
         telemetry = f"telemetry:\n  otlp: {{ endpoint: \"http://127.0.0.1:{ports['otlp']}\", protocol: http }}\n  decision_log: off\n"
     return f"""
@@ -215,7 +219,7 @@ tools:
 policy: {{ files: [policy.rego] }}
 credentials:
 {credential}
-{telemetry}"""
+{telemetry}{state}"""
 
 
 def wrk(url_path, port, duration, connections, method="GET"):
@@ -273,8 +277,9 @@ def main():
                     help="earlier actions the chain rule scans on the typical toolgate rows")
     ap.add_argument("--latency-duration", type=int, default=8)
     ap.add_argument("--only", default="", help="comma-separated row keys to run")
-    ap.add_argument("--features", default="jwt,otlp",
-                    help="toolgate features to exercise (jwt: minted-JWT row; otlp: export spans)")
+    ap.add_argument("--features", default="jwt,otlp,redis",
+                    help="toolgate features to exercise (jwt: minted-JWT row; otlp: export spans; "
+                         "redis: the secret row again with state on a loopback redis-server)")
     args = ap.parse_args()
 
     procs = Procs()
@@ -314,13 +319,20 @@ def main():
             ("toolgate_chain64", "toolgate: secret credential, worst-case chain (64 earlier actions scanned)", {"credential": "secret", "otlp": True, "chain": 64}, "GET", path),
         ]
         features = set(filter(None, args.features.split(",")))
+        if "redis" in features:
+            ports["redis"] = free_port()
+            redis = procs.start("redis", ["redis-server", "--port", str(ports["redis"]), "--bind", "127.0.0.1",
+                                          "--save", "", "--appendonly", "no", "--dir", procs.dir])
+            wait_port(ports["redis"], redis, "redis-server")
+            variants.append(("toolgate_redis", "toolgate: same as the secret row, state on Redis (loopback)",
+                             {"credential": "secret", "otlp": True, "chain": args.chain, "redis": ports["redis"]}, "GET", path))
         if "jwt" not in features:
             variants = [v for v in variants if v[2]["credential"] != "jwt"]
         if "otlp" not in features:
             variants = [(k, l.replace(" + OTLP spans", ""), dict(v, otlp=False), m, p) for k, l, v, m, p in variants]
         started = {}
         for key, label, variant, method, vpath in variants:
-            cfg_key = (variant["credential"], variant.get("otlp"), variant["chain"])
+            cfg_key = (variant["credential"], variant.get("otlp"), variant["chain"], variant.get("redis"))
             if cfg_key not in started:
                 variant = dict(variant, port=free_port(), admin=free_port())
                 d = os.path.join(procs.dir, key)
@@ -392,6 +404,12 @@ def main():
             per_req = secs / reqs * 1e6 if reqs else None
             print(f"| {label} | {rps:.0f} | {ra} | {rd} | {fmt(per_req)} | {fmt(p50)} | {fmt(p90)} | {fmt(p99)} | {fmt(added)} | "
                   f"{idle[key] / 1024:.1f} | {peak[key] / 1024:.1f} |")
+        if "toolgate_redis" in med and "toolgate_secret" in med:
+            p50_mem, p50_redis = latency["toolgate_secret"][0], latency["toolgate_redis"][0]
+            added = "–" if p50_mem is None or p50_redis is None else f"{p50_redis - p50_mem:.0f}"
+            print(f"\nRedis state backend vs memory (same pipeline, secret credential): added p50 {added} µs; "
+                  f"throughput {med['toolgate_redis'] / med['toolgate_secret']:.2f}× the memory backend's "
+                  f"({med['toolgate_redis']:.0f} vs {med['toolgate_secret']:.0f} req/s).")
     finally:
         procs.stop_all()
         shutil.rmtree(procs.dir, ignore_errors=True)

@@ -167,6 +167,7 @@ def cmd_render(chart, out):
 # Each must fail the chart's values.schema.json: wrong types, unknown keys, bad formats.
 BAD_VALUES = {
     "wrong type: workers as a string": {"sidecar": {"workers": "two"}},
+    "redis onUnavailable neither deny nor local": {"state": {"redis": {"onUnavailable": "open"}}},
     "wrong type: native as a string": {"sidecar": {"native": "yes"}},
     "unknown key at the top": {"replicaCount": 2},
     "unknown key in sidecar": {"sidecar": {"wrokers": 2}},
@@ -196,6 +197,7 @@ RENDER_FAILURES = {
         "operator": {"socket": {"path": "/tmp/operator.sock"}}
     },
     "state in the operator socket's directory": {"state": {"dir": "/var/run/toolgate"}},
+    "redis without a secret": {"state": {"redis": {"enabled": True}}},
 }
 
 

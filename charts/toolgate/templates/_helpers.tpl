@@ -111,7 +111,11 @@ the YAML. Only keys toolgate accepts are rendered; keys of features that are off
   "policy" $policy
   "admin" $admin
   "limits" $limits -}}
-{{- if $v.state.enabled }}
+{{- if $v.state.redis.enabled }}
+{{- $redis := dict "backend" "redis" "url_file" (printf "/var/run/secrets/toolgate/redis/%s" $v.state.redis.urlKey) "prefix" $v.state.redis.prefix "on_unavailable" $v.state.redis.onUnavailable "timeout" $v.state.redis.timeout }}
+{{- with $v.state.redis.passwordKey }}{{ $_ := set $redis "password_file" (printf "/var/run/secrets/toolgate/redis/%s" .) }}{{ end }}
+{{- $_ := set $cfg "state" $redis }}
+{{- else if $v.state.enabled }}
 {{- $_ := set $cfg "state" (dict "backend" "memory" "dir" $v.state.dir) }}
 {{- end }}
 {{- with $c.tools }}{{ $_ := set $cfg "tools" (deepCopy .) }}{{ end }}
@@ -150,6 +154,9 @@ the YAML. Only keys toolgate accepts are rendered; keys of features that are off
 {{- $taken := list "/tmp" "/etc/toolgate/config" "/etc/toolgate/ca" "/etc/toolgate/signing" (include "toolgate.operatorTokenDir" .) }}
 {{- if and .Values.operator.socket.enabled (has (dir .Values.operator.socket.path) $taken) }}
 {{- fail (printf "operator.socket.path: %s is a directory the chart mounts for something else; use a directory of its own, e.g. /var/run/toolgate" (dir .Values.operator.socket.path)) }}
+{{- end }}
+{{- if and .Values.state.redis.enabled (not .Values.state.redis.existingSecret) }}
+{{- fail "state.redis.existingSecret: name the Secret that holds the Redis URL (key state.redis.urlKey, e.g. redis://user:password@redis:6379/0); it is mounted into toolgate alone" }}
 {{- end }}
 {{- if and .Values.state.enabled (or (has .Values.state.dir $taken) (and .Values.operator.socket.enabled (eq .Values.state.dir (dir .Values.operator.socket.path)))) }}
 {{- fail (printf "state.dir: %s is a directory the chart mounts for something else; use a directory of its own, e.g. /var/lib/toolgate" .Values.state.dir) }}

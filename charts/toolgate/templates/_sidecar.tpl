@@ -94,6 +94,11 @@ seccompProfile:
     - name: toolgate-state
       mountPath: {{ .Values.state.dir }}
     {{- end }}
+    {{- if .Values.state.redis.enabled }}
+    - name: toolgate-redis
+      mountPath: /var/run/secrets/toolgate/redis
+      readOnly: true
+    {{- end }}
     {{- if .Values.ca.enabled }}
     - name: toolgate-ca
       mountPath: /etc/toolgate/ca
@@ -262,6 +267,12 @@ seccompProfile:
 - name: toolgate-state
   emptyDir:
     sizeLimit: 64Mi
+{{- end }}
+{{- if .Values.state.redis.enabled }}
+- name: toolgate-redis
+  secret:
+    secretName: {{ .Values.state.redis.existingSecret }}
+    defaultMode: 0440
 {{- end }}
 {{- if .Values.ca.enabled }}
 - name: toolgate-ca

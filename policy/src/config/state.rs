@@ -9,7 +9,7 @@
 //!   prefix: toolgate                        # every key starts with it (share one Redis)
 //!   on_unavailable: deny                    # or local: decide on this instance's view
 //!   timeout: 50ms                           # per call on the request path
-//!   max_tasks: 65536                        # tasks per pool held in Redis
+//!   max_tasks: 10000                        # tasks per pool held in Redis
 //! ```
 //!
 //! The URL may hold a password, so it is a [`SecretText`] and no message here quotes it. Only
@@ -30,7 +30,7 @@ pub const DEFAULT_REDIS_TIMEOUT: &str = "50ms";
 /// Longest `state.timeout`: a request waits at most this long on each state call.
 pub const MAX_REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default `state.max_tasks`: tasks held per pool (named, verified) in Redis.
-pub const DEFAULT_REDIS_MAX_TASKS: usize = 65_536;
+pub const DEFAULT_REDIS_MAX_TASKS: usize = 10_000;
 /// Largest `state.max_tasks`.
 pub const MAX_REDIS_MAX_TASKS: usize = 10_000_000;
 /// Longest `state.prefix`.

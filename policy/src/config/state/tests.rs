@@ -40,7 +40,7 @@ fn redis_takes_its_defaults() {
     assert_eq!(r.prefix, "toolgate");
     assert_eq!(r.on_unavailable, OnUnavailable::Deny);
     assert_eq!(r.timeout, Duration::from_millis(50));
-    assert_eq!(r.max_tasks, 65_536);
+    assert_eq!(r.max_tasks, 10_000);
     assert!(r.password.is_none());
 }
 
