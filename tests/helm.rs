@@ -818,13 +818,20 @@ fn every_replica_points_at_redis_through_a_secret_mounted_into_toolgate_alone() 
     let rendered = localize(dir.path());
     let config: Value = serde_yaml::from_str(&rendered).unwrap();
     assert_eq!(config["state"]["backend"], "redis", "{rendered}");
-    assert_eq!(config["state"]["url_file"], "/var/run/secrets/toolgate/redis/url");
+    assert_eq!(
+        config["state"]["url_file"],
+        "/var/run/secrets/toolgate/redis/url"
+    );
     assert_eq!(config["state"]["prefix"], "support-agents");
     assert_eq!(config["state"]["on_unavailable"], "deny");
     assert!(config["state"]["dir"].is_null(), "{rendered}");
     let secrets = dir.path().join("redis-secret");
     std::fs::create_dir_all(&secrets).unwrap();
-    std::fs::write(secrets.join("url"), "redis://toolgate:pw@redis.data:6379/0\n").unwrap();
+    std::fs::write(
+        secrets.join("url"),
+        "redis://toolgate:pw@redis.data:6379/0\n",
+    )
+    .unwrap();
     let yaml = dir.path().join("toolgate.yaml");
     let local = std::fs::read_to_string(&yaml).unwrap().replace(
         "/var/run/secrets/toolgate/redis/",
@@ -842,7 +849,10 @@ fn every_replica_points_at_redis_through_a_secret_mounted_into_toolgate_alone() 
         String::from_utf8_lossy(&check.stderr)
     );
     assert_eq!(check.status.code(), Some(0), "{text}");
-    assert!(!text.contains(":pw@"), "the URL's password is never printed: {text}");
+    assert!(
+        !text.contains(":pw@"),
+        "the URL's password is never printed: {text}"
+    );
 
     // Without a Secret the chart refuses to render, naming the value to set.
     let (code, report) = validate(&["reject", chart().to_str().unwrap()]);

@@ -42,6 +42,8 @@ use crate::state::ApprovalFailure;
 /// How often a held request looks at its approval even without a local change (a decision
 /// made through another replica's store, an expiry).
 const WAIT_POLL: Duration = Duration::from_secs(1);
+/// How often a held request looks at whether the shared store saw approvals change.
+const WAIT_TICK: Duration = Duration::from_millis(250);
 
 /// What the process keeps for approvals besides the store: held requests' wake-ups, their
 /// count, and the webhook sender.
@@ -486,14 +488,30 @@ async fn wait_for(
     let config = &snapshot.config;
     let deadline = Instant::now() + wait;
     let mut changes = gw.approvals.changed.subscribe();
+    let mut seen = gw.store.approvals_changed();
     loop {
         let now = Instant::now();
         if now >= deadline {
             return Err(Refusal::ApprovalRequired(Box::new(pending)));
         }
-        let step = (deadline - now).min(WAIT_POLL);
-        // Woken by any change of any approval; then this one is looked at again.
-        let _ = tokio::time::timeout(step, changes.changed()).await;
+        // Woken by any change of any approval here, or — for a shared store — noticed within
+        // a quarter second to have changed anywhere; else looked at every WAIT_POLL.
+        let poll_until = now + (deadline - now).min(WAIT_POLL);
+        loop {
+            let left = poll_until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let step = left.min(WAIT_TICK);
+            if tokio::time::timeout(step, changes.changed()).await.is_ok() {
+                break;
+            }
+            let current = gw.store.approvals_changed();
+            if current != seen {
+                seen = current;
+                break;
+            }
+        }
         let current = gw
             .store
             .approval(&held.id, config.approvals.bounds(), SystemTime::now())

@@ -205,7 +205,11 @@ pub fn check(config: &Config) -> Findings {
     if let Err(e) = State::open(&config.state, SystemTime::now()) {
         f.errors.push(e.to_string());
     }
-    if config.state.dir.is_none() {
+    let memory = matches!(
+        config.state.backend,
+        toolgate_policy::config::StateBackend::Memory
+    );
+    if memory && config.state.dir.is_none() {
         f.notes
             .push("state.dir is not set: revocations are kept in memory only".into());
     }
