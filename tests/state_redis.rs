@@ -25,14 +25,21 @@ struct Redis {
     port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    args: Vec<String>,
 }
 
 impl Redis {
     fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// A redis-server with extra arguments (`--requirepass …`).
+    fn start_with(args: &[&str]) -> Redis {
         let mut redis = Redis {
             port: free_port(),
             child: None,
             dir: tempfile::tempdir().unwrap(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         redis.spawn();
         redis
@@ -41,7 +48,9 @@ impl Redis {
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(&self.args)
+            .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -58,6 +67,7 @@ impl Redis {
         panic!("redis-server did not answer on {}", self.port);
     }
 
+    /// Whether it answers (a password-protected one answers NOAUTH: answering is enough).
     fn ping(&self) -> bool {
         use std::io::{Read as _, Write as _};
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
@@ -65,8 +75,8 @@ impl Redis {
         };
         s.set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+        let mut buf = [0u8; 1];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok()
     }
 
     /// Kill it (SIGKILL, by PID): its data is gone, as a pod's would be.
@@ -145,6 +155,14 @@ decision := {"allow": true, "reason": "approved"} if {
 decision := {"allow": false, "reason": "a payment over 100 needs a human", "approval": "required"} if {
 	input.action.name == "payment.create"
 	amount > 100
+	amount <= 1000
+	not input.approval
+}
+
+# Over 1000: the request is held open until a human decides.
+decision := {"allow": false, "reason": "a payment over 1000 waits for a human", "approval": {"required": true, "wait": "20s"}} if {
+	input.action.name == "payment.create"
+	amount > 1000
 	not input.approval
 }
 "#;
@@ -618,4 +636,109 @@ async fn default_tasks_are_shared_by_replicas_of_one_agent() {
     assert_eq!(r.status(), 200, "the read behind A is in B's default task");
     let chain = &operator_json(a.admin, "/v1/tasks/default-1")["chain"];
     assert_eq!(chain.as_array().map(Vec::len), Some(2), "{chain}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_held_open_behind_one_sidecar_goes_out_once_approved_through_the_other() {
+    let redis = Redis::start();
+    let tool = ToolServer::http().await;
+    let a = sidecar(&tool, &redis, AGENT_A, "");
+    let b = sidecar(&tool, &redis, AGENT_A, "");
+    let client = a.forward_client();
+    let held = tokio::spawn(async move {
+        let resp = client
+            .post("http://payments.test/v1/payments?amount=5000")
+            .header("x-toolgate-task", "T-50")
+            .body("")
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), Instant::now())
+    });
+    // The approval appears behind B; nothing has reached the tool yet.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        let listed = operator_json(b.admin, "/v1/approvals");
+        if let Some(id) = listed["approvals"][0]["id"].as_str() {
+            break id.to_string();
+        }
+        assert!(Instant::now() < deadline, "no approval listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(tool.received().is_empty());
+    let approved = operator(
+        b.admin,
+        "POST",
+        &format!("/v1/approvals/{id}/approve"),
+        Some(r#"{"approver": "bob@example.com"}"#),
+    );
+    assert_eq!(approved.status, 200, "{}", approved.body);
+    let at = Instant::now();
+    let (status, released) = held.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        released.duration_since(at) < Duration::from_secs(1),
+        "released {:?} after the approval",
+        released.duration_since(at)
+    );
+    assert_eq!(tool.received().len(), 1, "it went out once");
+}
+
+fn with_password(tool: &ToolServer, redis: &Redis, password: &str) -> Toolgate {
+    let state = format!(
+        "{{ backend: redis, url: \"{}\", password_file: redis-password, prefix: t2, on_unavailable: local }}",
+        redis.url()
+    );
+    Toolgate::start(
+        &config(tool, AGENT_A, &state),
+        &[
+            ("policy/main.rego", POLICY),
+            OPERATOR_TOKEN_FILE,
+            ("redis-password", &format!("{password}\n")),
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_password_from_a_file_reaches_a_protected_redis_and_a_wrong_one_is_never_printed() {
+    let redis = Redis::start_with(&["--requirepass", "s3cret-redis-pw"]);
+    let tool = ToolServer::http().await;
+    let good = with_password(&tool, &redis, "s3cret-redis-pw");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !http_get(good.admin, "/readyz")
+        .unwrap()
+        .1
+        .contains("state redis available")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            http_get(good.admin, "/readyz")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Served from Redis: the export is allowed, not degraded.
+    assert_eq!(
+        send(&good, "POST", "http://crm.test/reports", "T-60")
+            .await
+            .0,
+        200
+    );
+
+    let bad = with_password(&tool, &redis, "not-the-password");
+    let (status, body) = send(&bad, "POST", "http://crm.test/reports", "T-61").await;
+    assert_eq!(
+        (status, body["detail"].clone()),
+        (403, json!("shared state degraded: no exports"))
+    );
+    let (_, ready) = http_get(bad.admin, "/readyz").unwrap();
+    assert!(ready.contains("state redis unavailable"), "{ready}");
+    let logs = bad.logs();
+    for text in [&ready, &logs] {
+        assert!(
+            !text.contains("not-the-password") && !text.contains("s3cret-redis-pw"),
+            "{text}"
+        );
+    }
 }
