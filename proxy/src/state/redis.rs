@@ -28,7 +28,9 @@
 //! lost its data (restarted without persistence) — writes back the revocations it copied.
 
 mod approvals;
+mod codec;
 pub mod scripts;
+mod sync;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -44,12 +46,13 @@ use serde_json::{json, Value as Json};
 use toolgate_policy::approval::{Digest, Verdict};
 use toolgate_policy::chain::{self, Action, Outcome, Recorded, SpanRef, Stats, TaskKey, View};
 use toolgate_policy::config::{ChainSettings, OnUnavailable, RedisSettings};
-use toolgate_policy::labels::{LabelSet, Mark, MAX_LABELS};
+use toolgate_policy::labels::MAX_LABELS;
 use toolgate_policy::state::{
-    rfc3339, Added, Approval, Bounds, Entry, Event, Held, Kind, NewApproval, Refused, Revocation,
-    State, Stored, CAPACITY,
+    rfc3339, Added, Approval, Bounds, Entry, Event, Held, NewApproval, Refused, Revocation, State,
+    Stored, CAPACITY,
 };
 
+use self::codec::{entry_of, label_set, outcome_text, pairs, span_of, span_text};
 use super::memory::MemoryStore;
 use super::{
     ApprovalFailure, Health, Note, Observed, Op, RevokeFailure, StateMetrics, StateStore,
@@ -322,155 +325,6 @@ impl Shared {
         self.conn.clone()
     }
 
-    /// The background loop: every [`SYNC_EVERY`], one pipeline of four reads.
-    async fn sync_forever(&self) {
-        let mut seen_revocations: Option<u64> = None;
-        loop {
-            match self.sync_once(&mut seen_revocations).await {
-                Ok(()) => {
-                    if !self.available.swap(true, Ordering::AcqRel) {
-                        tracing::info!(target: "toolgate::state", "shared state available");
-                    }
-                    if let Ok(mut p) = self.problem.lock() {
-                        *p = None;
-                    }
-                }
-                Err(e) => {
-                    self.metrics.error(Op::Sync);
-                    self.down(&e);
-                }
-            }
-            tokio::time::sleep(SYNC_EVERY).await;
-        }
-    }
-
-    async fn sync_once(&self, seen_revocations: &mut Option<u64>) -> Result<(), String> {
-        let mut conn = self.conn();
-        let mut pipe = redis::pipe();
-        pipe.get(self.key(&["rv:ver"]))
-            .get(self.key(&["ap:ver"]))
-            .get(self.key(&["ap:n"]))
-            .get(self.key(&["epoch"]));
-        let read =
-            pipe.query_async::<(Option<u64>, Option<u64>, Option<i64>, Option<u64>)>(&mut conn);
-        let (revocations, approvals, approved, epoch) =
-            match tokio::time::timeout(OPERATOR_TIMEOUT, read).await {
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => return Err(describe(&e)),
-                Err(_) => return Err("redis did not answer the health check within 1s".into()),
-            };
-        self.approved.store(
-            approved.unwrap_or(0).max(0).unsigned_abs(),
-            Ordering::Release,
-        );
-        self.approvals_version
-            .store(approvals.unwrap_or(0), Ordering::Release);
-        let now = SystemTime::now();
-        if epoch.is_none() {
-            // A fresh (or flushed, or restarted without persistence) Redis: what this replica
-            // copied is written back, so no revocation lapses with the data set.
-            let copied = self.local.state.revocations(now).unwrap_or_default();
-            for entry in &copied {
-                let expires = toolgate_policy::state::parse_rfc3339(&entry.expires);
-                if let Some(expires) = expires {
-                    self.revoke_until(entry.kind, &entry.id, expires, now)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-            }
-            let _: () = redis::cmd("SET")
-                .arg(self.key(&["epoch"]))
-                .arg(ms(now))
-                .arg("NX")
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| describe(&e))?;
-            if !copied.is_empty() {
-                tracing::warn!(target: "toolgate::state", revocations = copied.len(), "redis had no data; wrote back the revocations this replica holds");
-            }
-            *seen_revocations = None;
-            return Ok(());
-        }
-        if revocations != *seen_revocations || seen_revocations.is_none() {
-            self.copy_revocations(now).await?;
-            *seen_revocations = revocations.or(Some(0));
-        }
-        Ok(())
-    }
-
-    /// Copy every revocation in force into the local view.
-    async fn copy_revocations(&self, now: SystemTime) -> Result<(), String> {
-        let list = self
-            .list_revocations(now)
-            .await
-            .map_err(|e| e.to_string())?;
-        let entries = list.into_iter().filter_map(|e| {
-            toolgate_policy::state::parse_rfc3339(&e.expires).map(|x| (e.kind, e.id, x))
-        });
-        self.local
-            .state
-            .mirror_revocations(entries, now)
-            .map_err(|e| e.to_string())
-    }
-
-    async fn list_revocations(&self, now: SystemTime) -> Result<Vec<Entry>, Unavailable> {
-        let now_s = ms(now) / 1000;
-        let mut pipe = redis::pipe();
-        for kind in Kind::ALL {
-            pipe.cmd("ZRANGEBYSCORE")
-                .arg(self.key(&["rv:", kind.as_str()]))
-                .arg(format!("({now_s}"))
-                .arg("+inf")
-                .arg("WITHSCORES");
-        }
-        let mut conn = self.conn();
-        let rooms: Vec<Vec<(String, f64)>> = self
-            .run(
-                Op::Operator,
-                self.settings.timeout.max(OPERATOR_TIMEOUT),
-                pipe.query_async(&mut conn),
-            )
-            .await?;
-        let mut all: Vec<Entry> = Kind::ALL
-            .into_iter()
-            .zip(rooms)
-            .flat_map(|(kind, room)| {
-                room.into_iter().map(move |(id, expires)| Entry {
-                    kind,
-                    id,
-                    expires: rfc3339(expires as u64),
-                })
-            })
-            .collect();
-        all.sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
-        Ok(all)
-    }
-
-    async fn revoke_until(
-        &self,
-        kind: Kind,
-        id: &str,
-        expires: u64,
-        now: SystemTime,
-    ) -> Result<(i64, u64), Unavailable> {
-        let mut conn = self.conn();
-        let mut call = self.scripts.revoke.prepare_invoke();
-        call.key(self.key(&["rv:", kind.as_str()]))
-            .key(self.key(&["rv:ver"]))
-            .arg(id)
-            .arg(expires)
-            .arg(ms(now) / 1000)
-            .arg(CAPACITY);
-        let (status, kept): (i64, f64) = self
-            .run(
-                Op::Operator,
-                self.settings.timeout.max(OPERATOR_TIMEOUT),
-                call.invoke_async(&mut conn),
-            )
-            .await?;
-        Ok((status, kept as u64))
-    }
-
     fn observe_local(
         &self,
         task: &TaskKey<'_>,
@@ -507,88 +361,6 @@ impl Shared {
             .map(|mut set| set.remove(&(task.verified, task.id.to_string(), seq)))
             .unwrap_or(false)
     }
-}
-
-/// A label hash (`name → "<at ms>\t<by>"`) as a label set, without labels older than `ttl`.
-fn label_set(fields: Vec<(String, String)>, ttl: Option<(Duration, SystemTime)>) -> LabelSet {
-    LabelSet::from_marks(fields.into_iter().filter_map(|(name, value)| {
-        let (at, by) = value.split_once('\t')?;
-        let at = UNIX_EPOCH.checked_add(Duration::from_millis(at.parse().ok()?))?;
-        if let Some((ttl, now)) = ttl {
-            if at.checked_add(ttl).is_some_and(|end| end <= now) {
-                return None;
-            }
-        }
-        Some((
-            Arc::from(name.as_str()),
-            Mark {
-                by: Arc::from(by),
-                at,
-            },
-        ))
-    }))
-}
-
-fn pairs(flat: Vec<String>) -> Vec<(String, String)> {
-    let mut out = Vec::with_capacity(flat.len() / 2);
-    let mut it = flat.into_iter();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        out.push((k, v));
-    }
-    out
-}
-
-/// How a settled element writes its outcome, and back.
-fn outcome_text(outcome: Outcome) -> String {
-    match outcome.status() {
-        Some(s) => format!("{}:{s}", outcome.as_str()),
-        None => format!("{}:", outcome.as_str()),
-    }
-}
-
-fn outcome_of(text: &str) -> Option<Outcome> {
-    let (kind, status) = text.split_once(':')?;
-    let status = status.parse::<u16>().ok();
-    match (kind, status) {
-        ("response", Some(s)) => Some(Outcome::Response(s)),
-        ("refused", Some(s)) => Some(Outcome::Refused(s)),
-        ("agent_disconnected", _) => Some(Outcome::AgentDisconnected),
-        ("upstream_error", _) => Some(Outcome::UpstreamError),
-        ("timeout", _) => Some(Outcome::Timeout),
-        _ => None,
-    }
-}
-
-/// One chain element as policy sees the entry; `None` for one that does not parse.
-fn entry_of(element: &str) -> Option<Value> {
-    let mut parts = element.splitn(3, '\t');
-    let (seq, settled, json) = (parts.next()?, parts.next()?, parts.next()?);
-    let seq: u64 = seq.parse().ok()?;
-    let json: Json = serde_json::from_str(json).ok()?;
-    let mut value = Value::from(json);
-    if let Ok(map) = value.as_object_mut() {
-        map.insert(Value::from("seq"), Value::from(seq));
-    }
-    Some(match outcome_of(settled) {
-        Some(outcome) => chain::settled_value(value, outcome),
-        None => value,
-    })
-}
-
-fn span_text(span: SpanRef) -> String {
-    format!(
-        "{}{}",
-        hex::encode(span.trace_id),
-        hex::encode(span.span_id)
-    )
-}
-
-fn span_of(text: &str) -> Option<SpanRef> {
-    let mut trace_id = [0u8; 16];
-    let mut span_id = [0u8; 8];
-    hex::decode_to_slice(text.get(..32)?, &mut trace_id).ok()?;
-    hex::decode_to_slice(text.get(32..48)?, &mut span_id).ok()?;
-    Some(SpanRef { trace_id, span_id })
 }
 
 #[async_trait]
@@ -1003,79 +775,5 @@ impl StateStore for RedisStore {
         let s = &self.shared;
         s.metrics
             .render(out, "redis", s.available.load(Ordering::Acquire));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
-    use super::*;
-
-    #[test]
-    fn outcomes_round_trip_through_their_text() {
-        for o in [
-            Outcome::Response(200),
-            Outcome::Refused(403),
-            Outcome::AgentDisconnected,
-            Outcome::UpstreamError,
-            Outcome::Timeout,
-        ] {
-            assert_eq!(outcome_of(&outcome_text(o)), Some(o));
-        }
-        assert_eq!(outcome_of(""), None);
-        assert_eq!(outcome_of("response:"), None);
-    }
-
-    #[test]
-    fn an_element_becomes_the_entry_policy_sees() {
-        let attrs = vec![(Arc::from("n"), json!(12345678901234567890u64))];
-        let action = Action {
-            action: "ticket.read",
-            tool: Some("jira"),
-            agent: "agent-b",
-            decision: "allow",
-            dry_run: false,
-            attributes: &attrs,
-            labels: &[],
-            at: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
-        };
-        let json = serde_json::to_string(&chain::entry_value(&action, 0)).unwrap();
-        let pending = entry_of(&format!("7\t\t{json}")).unwrap();
-        assert_eq!(pending["seq"], Value::from(7u64));
-        assert_eq!(pending["pending"], Value::from(true));
-        assert_eq!(pending["agent"], Value::from("agent-b"));
-        // Large numbers in attributes survive: the JSON is never re-encoded by a script.
-        assert_eq!(
-            pending["attributes"]["n"],
-            Value::from(json!(12345678901234567890u64))
-        );
-        let done = entry_of(&format!("7\tresponse:201\t{json}")).unwrap();
-        assert_eq!(done["pending"], Value::from(false));
-        assert_eq!(done["status"], Value::from(201u64));
-        assert_eq!(done["outcome"], Value::from("response"));
-        assert!(entry_of("x\t\t{}").is_none());
-        assert!(entry_of("1\t\tnot json").is_none());
-    }
-
-    #[test]
-    fn spans_round_trip_and_labels_expire() {
-        let span = SpanRef {
-            trace_id: [7; 16],
-            span_id: [9; 8],
-        };
-        assert_eq!(span_of(&span_text(span)), Some(span));
-        assert_eq!(span_of(""), None);
-        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let old = ms(now - Duration::from_secs(120));
-        let fresh = ms(now - Duration::from_secs(10));
-        let set = label_set(
-            vec![
-                ("pii".into(), format!("{fresh}\tcrm.lookup")),
-                ("old".into(), format!("{old}\tcrm.lookup")),
-                ("bad".into(), "no tab".into()),
-            ],
-            Some((Duration::from_secs(60), now)),
-        );
-        assert!(set.contains("pii") && !set.contains("old") && !set.contains("bad"));
     }
 }

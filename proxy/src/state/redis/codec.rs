@@ -1,0 +1,174 @@
+//! How the Redis backend writes what it stores, and reads it back: chain elements
+//! (`<seq>\t<outcome>\t<entry JSON>`), labels (`<at ms>\t<action>`), spans (hex) and outcomes
+//! (`response:200`). Anything that does not parse is left out, never guessed at.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use regorus::Value;
+use serde_json::Value as Json;
+use toolgate_policy::chain::{self, Outcome, SpanRef};
+use toolgate_policy::labels::{LabelSet, Mark};
+
+/// A label hash (`name → "<at ms>\t<by>"`) as a label set, without labels older than `ttl`.
+pub(super) fn label_set(
+    fields: Vec<(String, String)>,
+    ttl: Option<(Duration, SystemTime)>,
+) -> LabelSet {
+    LabelSet::from_marks(fields.into_iter().filter_map(|(name, value)| {
+        let (at, by) = value.split_once('\t')?;
+        let at = UNIX_EPOCH.checked_add(Duration::from_millis(at.parse().ok()?))?;
+        if let Some((ttl, now)) = ttl {
+            if at.checked_add(ttl).is_some_and(|end| end <= now) {
+                return None;
+            }
+        }
+        Some((
+            Arc::from(name.as_str()),
+            Mark {
+                by: Arc::from(by),
+                at,
+            },
+        ))
+    }))
+}
+
+pub(super) fn pairs(flat: Vec<String>) -> Vec<(String, String)> {
+    let mut out = Vec::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        out.push((k, v));
+    }
+    out
+}
+
+/// How a settled element writes its outcome, and back.
+pub(super) fn outcome_text(outcome: Outcome) -> String {
+    match outcome.status() {
+        Some(s) => format!("{}:{s}", outcome.as_str()),
+        None => format!("{}:", outcome.as_str()),
+    }
+}
+
+pub(super) fn outcome_of(text: &str) -> Option<Outcome> {
+    let (kind, status) = text.split_once(':')?;
+    let status = status.parse::<u16>().ok();
+    match (kind, status) {
+        ("response", Some(s)) => Some(Outcome::Response(s)),
+        ("refused", Some(s)) => Some(Outcome::Refused(s)),
+        ("agent_disconnected", _) => Some(Outcome::AgentDisconnected),
+        ("upstream_error", _) => Some(Outcome::UpstreamError),
+        ("timeout", _) => Some(Outcome::Timeout),
+        _ => None,
+    }
+}
+
+/// One chain element as policy sees the entry; `None` for one that does not parse.
+pub(super) fn entry_of(element: &str) -> Option<Value> {
+    let mut parts = element.splitn(3, '\t');
+    let (seq, settled, json) = (parts.next()?, parts.next()?, parts.next()?);
+    let seq: u64 = seq.parse().ok()?;
+    let json: Json = serde_json::from_str(json).ok()?;
+    let mut value = Value::from(json);
+    if let Ok(map) = value.as_object_mut() {
+        map.insert(Value::from("seq"), Value::from(seq));
+    }
+    Some(match outcome_of(settled) {
+        Some(outcome) => chain::settled_value(value, outcome),
+        None => value,
+    })
+}
+
+pub(super) fn span_text(span: SpanRef) -> String {
+    format!(
+        "{}{}",
+        hex::encode(span.trace_id),
+        hex::encode(span.span_id)
+    )
+}
+
+pub(super) fn span_of(text: &str) -> Option<SpanRef> {
+    let mut trace_id = [0u8; 16];
+    let mut span_id = [0u8; 8];
+    hex::decode_to_slice(text.get(..32)?, &mut trace_id).ok()?;
+    hex::decode_to_slice(text.get(32..48)?, &mut span_id).ok()?;
+    Some(SpanRef { trace_id, span_id })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use serde_json::json;
+    use toolgate_policy::chain::Action;
+
+    use crate::state::redis::ms;
+
+    #[test]
+    fn outcomes_round_trip_through_their_text() {
+        for o in [
+            Outcome::Response(200),
+            Outcome::Refused(403),
+            Outcome::AgentDisconnected,
+            Outcome::UpstreamError,
+            Outcome::Timeout,
+        ] {
+            assert_eq!(outcome_of(&outcome_text(o)), Some(o));
+        }
+        assert_eq!(outcome_of(""), None);
+        assert_eq!(outcome_of("response:"), None);
+    }
+
+    #[test]
+    fn an_element_becomes_the_entry_policy_sees() {
+        let attrs = vec![(Arc::from("n"), json!(12345678901234567890u64))];
+        let action = Action {
+            action: "ticket.read",
+            tool: Some("jira"),
+            agent: "agent-b",
+            decision: "allow",
+            dry_run: false,
+            attributes: &attrs,
+            labels: &[],
+            at: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        };
+        let json = serde_json::to_string(&chain::entry_value(&action, 0)).unwrap();
+        let pending = entry_of(&format!("7\t\t{json}")).unwrap();
+        assert_eq!(pending["seq"], Value::from(7u64));
+        assert_eq!(pending["pending"], Value::from(true));
+        assert_eq!(pending["agent"], Value::from("agent-b"));
+        // Large numbers in attributes survive: the JSON is never re-encoded by a script.
+        assert_eq!(
+            pending["attributes"]["n"],
+            Value::from(json!(12345678901234567890u64))
+        );
+        let done = entry_of(&format!("7\tresponse:201\t{json}")).unwrap();
+        assert_eq!(done["pending"], Value::from(false));
+        assert_eq!(done["status"], Value::from(201u64));
+        assert_eq!(done["outcome"], Value::from("response"));
+        assert!(entry_of("x\t\t{}").is_none());
+        assert!(entry_of("1\t\tnot json").is_none());
+    }
+
+    #[test]
+    fn spans_round_trip_and_labels_expire() {
+        let span = SpanRef {
+            trace_id: [7; 16],
+            span_id: [9; 8],
+        };
+        assert_eq!(span_of(&span_text(span)), Some(span));
+        assert_eq!(span_of(""), None);
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let old = ms(now - Duration::from_secs(120));
+        let fresh = ms(now - Duration::from_secs(10));
+        let set = label_set(
+            vec![
+                ("pii".into(), format!("{fresh}\tcrm.lookup")),
+                ("old".into(), format!("{old}\tcrm.lookup")),
+                ("bad".into(), "no tab".into()),
+            ],
+            Some((Duration::from_secs(60), now)),
+        );
+        assert!(set.contains("pii") && !set.contains("old") && !set.contains("bad"));
+    }
+}
