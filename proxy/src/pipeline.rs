@@ -169,7 +169,7 @@ impl Exchange {
         self.failure = Some(refusal.to_string());
         // Settled before the agent can read the answer (and act on it): the chain records
         // the refusal's status, also when MCP gets it as HTTP 200.
-        record::settle(gw, self, Outcome::Refused(status));
+        record::settle(gw, self, problem::outcome(refusal));
         let answered = mcp::answers(self, refusal);
         self.refused = Some(if answered { 200 } else { status });
         let written = if answered {

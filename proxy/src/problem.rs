@@ -201,6 +201,18 @@ pub fn problem(refusal: &Refusal) -> Problem {
     }
 }
 
+/// How a request toolgate answered with `refusal` ended, as its chain entry says: the tool
+/// failing or timing out is the tool's outcome (`upstream_error`, `timeout`); anything else
+/// toolgate refused (`refused`, with the status it answered).
+pub fn outcome(refusal: &Refusal) -> toolgate_policy::chain::Outcome {
+    use toolgate_policy::chain::Outcome;
+    match refusal {
+        Refusal::UpstreamTimeout => Outcome::Timeout,
+        Refusal::UpstreamUnreachable(_) | Refusal::Forward(_) => Outcome::UpstreamError,
+        other => Outcome::Refused(problem(other).status),
+    }
+}
+
 /// Identifiers that tie a problem to its decision log line and trace.
 #[derive(Debug, Clone, Copy)]
 pub struct Ids<'a> {
