@@ -1,10 +1,16 @@
 //! Token exchange (RFC 8693): the agent's identity token is exchanged at an STS for a token
 //! with the credential's audience and the decision's scopes. Tokens are cached per
-//! (credential, endpoint, audience, scopes, subject) until shortly before they expire;
+//! (credential, endpoint, audience, scopes, subject, task) until shortly before they expire;
 //! concurrent requests for the same key wait for one exchange. The subject is a SHA-256 of
 //! the identity token, so a rotated identity never gets the previous one's token, and the
 //! first exchange under a new identity drops every entry of the old one. A failed exchange
 //! is an error: the request is answered 503 and never forwarded without its credential.
+//!
+//! Per task, so that a task's tokens die with it: when a task ends (or its agent is revoked)
+//! [`Exchanges::end_task`] takes every token exchanged for it out of the cache — also tokens
+//! a refresh replaced or the cache's bound pushed out, which are still valid at the STS
+//! (kept in `retired`, at most [`MAX_RETIRED`], until they expire) — for revocation at the
+//! STS (`credential/revocation.rs`).
 //!
 //! Problems and logs name the STS by scheme, host and path only ([`sts_name`]), never by
 //! its query or userinfo (config refuses both; this holds even if one slipped through).
@@ -22,12 +28,18 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use toolgate_policy::config::{Config, CredentialSpec, ExchangeSpec, SecretText};
 
+use super::revocation::RevocationTarget;
+
 /// The RFC 8693 grant type.
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// Largest STS response read.
 pub const MAX_RESPONSE: usize = 64 * 1024;
 /// Most cache keys remembered.
 pub const MAX_ENTRIES: usize = 1024;
+/// How long a token exchanged without `expires_in` is remembered for revocation.
+const UNKNOWN_LIFETIME: Duration = Duration::from_secs(3600);
+/// Most replaced or evicted tokens remembered (still valid, so still to revoke with their task).
+pub const MAX_RETIRED: usize = 1024;
 /// Longest a token is used before its expiry is near: a tenth of its life, at most this.
 const MAX_REFRESH_MARGIN: Duration = Duration::from_secs(30);
 
@@ -58,6 +70,7 @@ struct Key {
     audience: String,
     scope: String,
     subject: SubjectHash,
+    task: String,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +79,8 @@ struct Cached {
     /// From here on, a new token is fetched.
     refresh_at: Instant,
     expires_at: Instant,
+    /// How to revoke it at the STS, when the credential has a `revocation_endpoint`.
+    revocation: Option<Arc<RevocationTarget>>,
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
@@ -82,6 +97,53 @@ struct Inner {
     /// The identity the cached tokens belong to.
     subject: Option<SubjectHash>,
     slots: HashMap<Key, Slot>,
+    /// Tokens no longer served (refreshed, evicted, another identity's) but still valid:
+    /// (task, token, expiry, how to revoke it).
+    retired: Vec<(String, Retired)>,
+}
+
+/// A token taken out of service that may still be presented until it expires.
+#[derive(Debug, Clone)]
+pub struct Retired {
+    pub token: SecretText,
+    pub expires_at: Instant,
+    /// `None` when its credential has no `revocation_endpoint`.
+    pub revocation: Option<Arc<RevocationTarget>>,
+}
+
+impl Inner {
+    /// Remember `cached` (of `task`) as retired, if it is still valid; bounded.
+    fn retire(&mut self, task: &str, cached: Cached, now: Instant) {
+        if cached.expires_at <= now {
+            return;
+        }
+        if self.retired.len() >= MAX_RETIRED {
+            self.retired.retain(|(_, r)| r.expires_at > now);
+        }
+        if self.retired.len() >= MAX_RETIRED {
+            self.retired.remove(0);
+            tracing::warn!(target: "toolgate::credential", "more than {MAX_RETIRED} replaced exchanged tokens are still valid; the oldest is no longer remembered and will not be revoked when its task ends");
+        }
+        self.retired.push((
+            task.to_string(),
+            Retired {
+                token: cached.token,
+                expires_at: cached.expires_at,
+                revocation: cached.revocation,
+            },
+        ));
+    }
+
+    /// Take slots whose key matches `which` out of the cache.
+    fn take(&mut self, which: impl Fn(&Key) -> bool) -> Vec<(String, Slot)> {
+        let keys: Vec<Key> = self.slots.keys().filter(|k| which(k)).cloned().collect();
+        keys.into_iter()
+            .filter_map(|k| {
+                let slot = self.slots.remove(&k)?;
+                Some((k.task, slot))
+            })
+            .collect()
+    }
 }
 
 /// Why an exchange failed; shown to the agent, so it never holds a token.
@@ -129,20 +191,40 @@ impl Exchanges {
         let Ok(mut inner) = self.inner.lock() else {
             return Slot::default();
         };
+        let now = Instant::now();
         if inner.subject != Some(key.subject) {
-            // A new identity (an SVID rotated on reload): the old one's tokens go.
-            inner.slots.clear();
+            // A new identity (an SVID rotated on reload): the old one's tokens go out of
+            // service (still revocable with their task).
+            for (task, slot) in inner.take(|_| true) {
+                if let Some(cached) = slot.try_lock().ok().and_then(|mut c| c.take()) {
+                    inner.retire(&task, cached, now);
+                }
+            }
             inner.subject = Some(key.subject);
         }
-        let slots = &mut inner.slots;
-        if slots.len() >= MAX_ENTRIES && !slots.contains_key(&key) {
-            // Keep the slots someone is using; forget the rest.
-            slots.retain(|_, slot| Arc::strong_count(slot) > 1);
+        if inner.slots.len() >= MAX_ENTRIES && !inner.slots.contains_key(&key) {
+            // Keep the slots someone is using; take the rest out of service.
+            let unused: Vec<Key> = inner
+                .slots
+                .iter()
+                .filter(|(_, slot)| Arc::strong_count(slot) == 1)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in unused {
+                let Some(slot) = inner.slots.remove(&k) else {
+                    continue;
+                };
+                if let Some(cached) = slot.try_lock().ok().and_then(|mut c| c.take()) {
+                    inner.retire(&k.task, cached, now);
+                }
+            }
         }
-        slots.entry(key).or_default().clone()
+        inner.slots.entry(key).or_default().clone()
     }
 
-    /// A token for `spec` with `scope`, from the cache or from the STS.
+    /// A token for `spec` with `scope` in `task`, from the cache or from the STS.
+    /// `revocation`: how to revoke what is exchanged now, when the credential says.
+    #[allow(clippy::too_many_arguments)]
     pub async fn token(
         &self,
         client: &reqwest::Client,
@@ -150,6 +232,8 @@ impl Exchanges {
         spec: &ExchangeSpec,
         subject: &SecretText,
         scope: &str,
+        task: &str,
+        revocation: Option<Arc<RevocationTarget>>,
     ) -> Result<SecretText, ExchangeError> {
         let slot = self.slot(Key {
             credential: name.to_string(),
@@ -157,6 +241,7 @@ impl Exchanges {
             audience: spec.audience.clone(),
             scope: scope.to_string(),
             subject: SubjectHash::of(subject),
+            task: task.to_string(),
         });
         let mut cached = slot.lock().await;
         let now = Instant::now();
@@ -164,18 +249,30 @@ impl Exchanges {
             return Ok(c.token.clone());
         }
         match exchange(client, spec, subject, scope).await {
-            Ok((token, Some(lifetime))) if lifetime > Duration::from_secs(1) => {
+            Ok((token, lifetime)) => {
                 let at = Instant::now();
-                *cached = Some(Cached {
+                let fresh = Cached {
                     token: token.clone(),
-                    refresh_at: at + lifetime.saturating_sub(margin(lifetime)),
-                    expires_at: at + lifetime,
-                });
-                Ok(token)
-            }
-            // No lifetime given: used for this request only.
-            Ok((token, _)) => {
-                *cached = None;
+                    refresh_at: at,
+                    // Without a lifetime the STS's own is unknown: remembered (to revoke with
+                    // its task) for an hour.
+                    expires_at: at + lifetime.unwrap_or(UNKNOWN_LIFETIME),
+                    revocation,
+                };
+                let replaced = match lifetime {
+                    Some(lifetime) if lifetime > Duration::from_secs(1) => cached.replace(Cached {
+                        refresh_at: at + lifetime.saturating_sub(margin(lifetime)),
+                        ..fresh
+                    }),
+                    // No usable lifetime: used for this request only.
+                    _ => {
+                        self.retire(task, fresh);
+                        cached.take()
+                    }
+                };
+                if let Some(old) = replaced {
+                    self.retire(task, old);
+                }
                 Ok(token)
             }
             Err(e) => match cached.as_ref().filter(|c| Instant::now() < c.expires_at) {
@@ -187,6 +284,49 @@ impl Exchanges {
                 None => Err(e),
             },
         }
+    }
+
+    fn retire(&self, task: &str, cached: Cached) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.retire(task, cached, Instant::now());
+        }
+    }
+
+    /// Take every token exchanged for `task` (for any task with `None`: the agent was
+    /// revoked) out of service; the ones still valid, to be revoked at the STS.
+    pub async fn end_task(&self, task: Option<&str>) -> Vec<Retired> {
+        let matches = |t: &str| task.is_none_or(|want| want == t);
+        let now = Instant::now();
+        let (slots, mut out) = {
+            let Ok(mut inner) = self.inner.lock() else {
+                return Vec::new();
+            };
+            let slots = inner.take(|k| matches(&k.task));
+            let mut out = Vec::new();
+            inner.retired.retain(|(t, r)| {
+                if !matches(t) {
+                    return true;
+                }
+                if r.expires_at > now {
+                    out.push(r.clone());
+                }
+                false
+            });
+            (slots, out)
+        };
+        for (_, slot) in slots {
+            // A request exchanging for the task right now finishes first.
+            if let Some(c) = slot.lock().await.take() {
+                if c.expires_at > now {
+                    out.push(Retired {
+                        token: c.token,
+                        expires_at: c.expires_at,
+                        revocation: c.revocation,
+                    });
+                }
+            }
+        }
+        out
     }
 }
 

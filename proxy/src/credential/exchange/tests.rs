@@ -16,6 +16,7 @@ fn key(scope: &str, subject: &str) -> Key {
         audience: "github".to_string(),
         scope: scope.to_string(),
         subject: SubjectHash::of(&SecretText::new(subject)),
+        task: "T-1".to_string(),
     }
 }
 
