@@ -18,6 +18,10 @@ mod servers;
 mod forged;
 #[path = "delegation/lifecycle.rs"]
 mod lifecycle;
+#[path = "support/otlp.rs"]
+mod otlp;
+#[path = "delegation/trace.rs"]
+mod trace;
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -123,6 +127,8 @@ pub(crate) struct Setup<'a> {
     pub max_depth: u64,
     /// Extra configuration (e.g. `state: { dir: state }`).
     pub extra: &'a str,
+    /// An OTLP/HTTP endpoint to export spans to, quickly.
+    pub otlp: Option<String>,
 }
 
 impl Agent {
@@ -190,6 +196,7 @@ task_tokens:
 introspection: {{ clients: [{{ id: jira-tool, secret_file: secrets/introspection }}] }}
 admin: {{ token_file: operator-token }}
 limits: {{ connect_timeout: 2s, upstream_timeout: 5s, shutdown_timeout: 1s }}
+{telemetry}
 {extra}
 "#,
             id = s.id,
@@ -198,12 +205,22 @@ limits: {{ connect_timeout: 2s, upstream_timeout: 5s, shutdown_timeout: 1s }}
             issuer = issuer_of(s.id),
             issuers = issuers.join("\n"),
             extra = s.extra,
+            telemetry = s
+                .otlp
+                .as_ref()
+                .map(|e| format!("telemetry: {{ otlp: {{ endpoint: \"{e}\", protocol: http }} }}"))
+                .unwrap_or_default(),
         );
         let refs: Vec<(&str, &str)> = files
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let tg = Toolgate::start(&config, &refs);
+        // Export soon after each action, so tests need not wait for the 5 s default.
+        let env: &[(&str, &str)] = match s.otlp {
+            Some(_) => &[("OTEL_BSP_SCHEDULE_DELAY", "50")],
+            None => &[],
+        };
+        let tg = Toolgate::start_with_env(&config, &refs, env);
         Agent {
             id: s.id,
             tg,
@@ -417,6 +434,7 @@ impl Pair {
             trusts: Vec::new(),
             max_depth: 1,
             extra: "",
+            otlp: None,
         });
         let b = Agent::start(Setup {
             id: AGENT_B,
@@ -426,6 +444,7 @@ impl Pair {
             trusts: vec![a.trust()],
             max_depth: 1,
             extra: b_extra,
+            otlp: None,
         });
         Pair {
             tool,

@@ -40,6 +40,7 @@ async fn forged_and_widened_delegation_tokens_are_refused_each_with_a_clear_prob
         trusts,
         max_depth,
         extra: "",
+        otlp: None,
     };
     let a = Agent::start(setup(AGENT_A, Vec::new(), 2));
     let b = Agent::start(setup(AGENT_B, vec![a.trust()], 2));

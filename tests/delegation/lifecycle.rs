@@ -315,6 +315,7 @@ async fn an_end_survives_a_restart_and_revoking_the_agent_kills_its_tokens() {
         trusts: vec![p.a.trust()],
         max_depth: 1,
         extra: &extra,
+        otlp: None,
     });
     let (status, body) = problem(p.b.read_ticket(&t9, "SUP-9").await).await;
     assert_eq!((status, body["type"].as_str()), (403, Some("urn:toolgate:problem:task-ended")));
