@@ -31,7 +31,7 @@ use serde_json::{json, Value as Json};
 use toolgate_policy::config::{generate_ed25519_pem, SigningKey};
 
 use servers::Sts;
-use support::{Toolgate, ToolServer};
+use support::{ToolServer, Toolgate};
 
 pub(crate) const AGENT_A: &str = "spiffe://test.example/ns/agents/sa/agent-a";
 pub(crate) const AGENT_B: &str = "spiffe://test.example/ns/agents/sa/agent-b";
@@ -148,10 +148,7 @@ impl Agent {
             ("policy.rego".into(), POLICY.into()),
             ("data.yaml".into(), format!("max_depth: {}\n", s.max_depth)),
             ("identity/svid.jwt".into(), svid),
-            (
-                "identity/orchestrator.json".into(),
-                jwks(&[s.orchestrator]),
-            ),
+            ("identity/orchestrator.json".into(), jwks(&[s.orchestrator])),
             ("keys/delegation.pem".into(), delegation_pem),
             ("keys/signing.pem".into(), signing_pem),
             ("secrets/sts-client".into(), STS_CLIENT_SECRET.into()),
@@ -379,7 +376,11 @@ pub(crate) fn bearer(received: &support::Received) -> String {
 }
 
 /// Verify `tokens` with PyJWT against `jwks` for `audience`; the (header, claims) of each.
-pub(crate) fn verify_independently(jwks: &Json, audience: &str, tokens: &[String]) -> Vec<(Json, Json)> {
+pub(crate) fn verify_independently(
+    jwks: &Json,
+    audience: &str,
+    tokens: &[String],
+) -> Vec<(Json, Json)> {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), jwks.to_string()).unwrap();
     let script = concat!(

@@ -107,7 +107,10 @@ fn demo_prints_the_decisions_and_the_linked_timeline_and_exits_0() {
     let handoff_span = delegate.rsplit("span ").next().unwrap();
     let billing: Vec<&&str> = lines
         .iter()
-        .filter(|l| l.contains(" [seq ") && (l.contains("ticket.read [seq 1]") || l.contains("ticket.transition [seq 2]")))
+        .filter(|l| {
+            l.contains(" [seq ")
+                && (l.contains("ticket.read [seq 1]") || l.contains("ticket.transition [seq 2]"))
+        })
         .filter(|l| column(l) > column(delegate))
         .collect();
     assert_eq!(billing.len(), 2, "{stdout}");

@@ -99,7 +99,9 @@ impl<'a> Subject<'a> {
             action,
             act: act(task_claims).or(act(config.agent.claims.as_ref())),
             approval: None,
-            not_after: task_claims.and_then(|c| c.get("exp")).and_then(Json::as_u64),
+            not_after: task_claims
+                .and_then(|c| c.get("exp"))
+                .and_then(Json::as_u64),
         }
     }
 }

@@ -172,8 +172,12 @@ fn strings(v: Option<&Json>) -> Option<Vec<String>> {
 }
 
 fn scopes_of(v: Option<&Json>) -> Option<Vec<String>> {
-    v?.as_str()
-        .map(|s| s.split(' ').filter(|x| !x.is_empty()).map(str::to_string).collect())
+    v?.as_str().map(|s| {
+        s.split(' ')
+            .filter(|x| !x.is_empty())
+            .map(str::to_string)
+            .collect()
+    })
 }
 
 impl Own {
@@ -261,7 +265,9 @@ pub fn grant(request: &Request, own: &Own, me: &str) -> Result<Grant, GrantError
 
 /// Seconds since the epoch.
 pub fn secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// When a delegation issued at `now` for `ttl` (default and cap `max_ttl`) expires: never
@@ -393,13 +399,17 @@ impl Delegation {
         let depth = depth
             .as_u64()
             .filter(|d| *d >= 1)
-            .ok_or(DelegationError::Malformed("`depth` must be a whole number from 1"))?;
+            .ok_or(DelegationError::Malformed(
+                "`depth` must be a whole number from 1",
+            ))?;
         if depth > MAX_DEPTH {
             return Err(DelegationError::TooDeep(depth));
         }
         let sub = field(claims, "sub")
             .and_then(Json::as_str)
-            .ok_or(DelegationError::Malformed("no `sub` naming the receiving agent"))?;
+            .ok_or(DelegationError::Malformed(
+                "no `sub` naming the receiving agent",
+            ))?;
         if sub != me {
             return Err(DelegationError::NotForThisAgent(clip(sub)));
         }
@@ -493,7 +503,9 @@ impl Hop {
             None => Vec::new(),
             Some(v) => scopes_of(Some(v))
                 .filter(|s| s.len() <= MAX_ITEMS && s.iter().all(|x| name_ok(x)))
-                .ok_or(DelegationError::Malformed("`scope` must be space-separated scopes"))?,
+                .ok_or(DelegationError::Malformed(
+                    "`scope` must be space-separated scopes",
+                ))?,
         };
         Ok(Hop {
             iss: text("iss").unwrap_or_default().to_string(),
@@ -514,13 +526,12 @@ impl Hop {
 /// Verify `parent` (a delegation token) as the hop before `child`: signed by a trusted
 /// issuer and current, for the agent that delegated `child`, in the same task, one hop
 /// shallower, and holding everything `child` holds; then its own parent, the same way.
-fn check_parent(
-    child: &Hop,
-    parent: &str,
-    issuers: &TaskTokens,
-) -> Result<(), DelegationError> {
+fn check_parent(child: &Hop, parent: &str, issuers: &TaskTokens) -> Result<(), DelegationError> {
     let unverified = crate::config::unverified_claims(parent).map_err(DelegationError::Parent)?;
-    let iss = unverified.get("iss").and_then(Json::as_str).unwrap_or_default();
+    let iss = unverified
+        .get("iss")
+        .and_then(Json::as_str)
+        .unwrap_or_default();
     let issuer = issuers
         .issuers
         .iter()
@@ -554,13 +565,17 @@ fn check_parent(
         _ => false,
     };
     if !aud_ok {
-        return Err(DelegationError::Broken("its parent's audience is not its subject"));
+        return Err(DelegationError::Broken(
+            "its parent's audience is not its subject",
+        ));
     }
     if hop.task != child.task {
         return Err(DelegationError::Broken("its parent is for another task"));
     }
     if hop.depth.checked_add(1) != Some(child.depth) {
-        return Err(DelegationError::Broken("its depth is not its parent's plus one"));
+        return Err(DelegationError::Broken(
+            "its depth is not its parent's plus one",
+        ));
     }
     if child.act.as_ref().and_then(|a| a.get("act")) != hop.act.as_ref() {
         return Err(DelegationError::Broken(

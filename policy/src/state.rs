@@ -44,11 +44,11 @@ pub use approvals::{
     Status, Stored,
 };
 pub use file::{Document, FileError, StateFile, FILE_NAME, MAX_FILE_BYTES, VERSION};
-pub use tasks::{End, EndBounds, EndError, EndedTask, EndedView, Ending, Issued, TaskStore};
 pub use revocations::{
     parse_request, rfc3339, valid_id, Added, Entry, Kind, Lifetimes, Refused, RequestError,
     Revocation, Revocations, CAPACITY, MAX_ID, MIN_TTL,
 };
+pub use tasks::{End, EndBounds, EndError, EndedTask, EndedView, Ending, Issued, TaskStore};
 
 use crate::config::StateSettings;
 

@@ -133,12 +133,12 @@ pub async fn serve(
     };
     let token = jsonwebtoken::encode(settings.key.header(), &claims, settings.key.encoding_key())
         .map_err(|e| {
-            evaluate::failed_after_allow(x);
-            Unavailable {
-                name: "delegation".to_string(),
-                reason: format!("cannot sign the delegation token: {e}"),
-            }
-        })?;
+        evaluate::failed_after_allow(x);
+        Unavailable {
+            name: "delegation".to_string(),
+            reason: format!("cannot sign the delegation token: {e}"),
+        }
+    })?;
     gw.state.issued(
         &x.task_id,
         Issued {

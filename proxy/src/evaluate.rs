@@ -25,7 +25,6 @@ use crate::gateway::{Gateway, Snapshot};
 use crate::pipeline::Exchange;
 use crate::problem::Refusal;
 
-
 /// One decided action of an exchange (one, or one per member of a JSON-RPC batch): what the
 /// record stage writes for it once the exchange is over.
 #[derive(Debug, Clone)]

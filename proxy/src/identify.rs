@@ -138,7 +138,12 @@ pub fn enter(gw: &Gateway, config: &Config, identity: Identity, x: &mut Exchange
         .and_then(|c| c.get("traceparent"))
         .and_then(Json::as_str)
         .and_then(parse_traceparent);
-    crate::record::trace::join(x, identity.parent.or(delegated_from), &config.agent.id, named);
+    crate::record::trace::join(
+        x,
+        identity.parent.or(delegated_from),
+        &config.agent.id,
+        named,
+    );
     x.task_claims = identity.task_claims;
     x.delegation = identity.delegation;
     x.delegation_token = identity.delegation_token;

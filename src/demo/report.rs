@@ -304,7 +304,10 @@ pub fn problems(
         if linked != before.map(|(_, id)| id.clone()) {
             problems.push(format!("step {}: does not link to the step before", i + 1));
         }
-        if step.by == Who::Billing && before.is_none() && handoff.as_ref() != Some(&span.parent_span_id) {
+        if step.by == Who::Billing
+            && before.is_none()
+            && handoff.as_ref() != Some(&span.parent_span_id)
+        {
             problems.push(format!(
                 "step {}: the second agent's first action is not under the handoff",
                 i + 1

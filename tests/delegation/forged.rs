@@ -6,8 +6,8 @@
 use base64::Engine as _;
 use serde_json::{json, Value as Json};
 
-use crate::support::{problem, ToolServer};
 use crate::servers::Sts;
+use crate::support::{problem, ToolServer};
 use crate::{
     bearer, claims_of, issuer_of, new_key, now, sign, task_token, verify_independently, Agent,
     Setup, AGENT_A, AGENT_B, AGENT_C, USER,
@@ -125,9 +125,14 @@ async fn forged_and_widened_delegation_tokens_are_refused_each_with_a_clear_prob
         json!({ "sub": AGENT_B, "act": { "sub": AGENT_A, "act": { "sub": USER } } })
     );
     // A delegation of nothing B holds is refused before policy.
-    let (status, body) =
-        problem(b.delegate(&ab, json!({ "to": AGENT_C, "actions": ["ticket.transition"] })).await)
-            .await;
+    let (status, body) = problem(
+        b.delegate(
+            &ab,
+            json!({ "to": AGENT_C, "actions": ["ticket.transition"] }),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(status, 403);
     assert_eq!(body["type"], "urn:toolgate:problem:delegation-scope");
 
@@ -155,7 +160,10 @@ async fn forged_and_widened_delegation_tokens_are_refused_each_with_a_clear_prob
     let mut widened = bc_claims.clone();
     widened["scope"] = json!("tickets:read tickets:admin");
     let detail = refused(&c, &sign(&b.delegation_key, &widened)).await;
-    assert!(detail.contains("scope \"tickets:admin\" was not delegated"), "{detail}");
+    assert!(
+        detail.contains("scope \"tickets:admin\" was not delegated"),
+        "{detail}"
+    );
     // A second hop without its parent cannot be checked: refused.
     let mut orphan = bc_claims.clone();
     orphan.as_object_mut().unwrap().remove("parent");
@@ -165,7 +173,10 @@ async fn forged_and_widened_delegation_tokens_are_refused_each_with_a_clear_prob
     let mut false_parent = bc_claims.clone();
     false_parent["parent"] = json!(sign(&mallory, &ab_claims));
     let detail = refused(&c, &sign(&b.delegation_key, &false_parent)).await;
-    assert!(detail.starts_with("the delegation token has a parent delegation that is signed with key"), "{detail}");
+    assert!(
+        detail.starts_with("the delegation token has a parent delegation that is signed with key"),
+        "{detail}"
+    );
     // Re-signed faithfully, the same claims are accepted: the refusals above were the edits.
     assert_eq!(
         c.read_ticket(&sign(&b.delegation_key, &bc_claims), "SUP-1")
@@ -176,8 +187,11 @@ async fn forged_and_widened_delegation_tokens_are_refused_each_with_a_clear_prob
     assert_eq!(issuer_of(AGENT_B), bc_claims["iss"]);
 
     // An agent cannot delegate to itself.
-    let (status, body) =
-        problem(b.delegate(&ab, json!({ "to": AGENT_B, "actions": ["ticket.read"] })).await).await;
+    let (status, body) = problem(
+        b.delegate(&ab, json!({ "to": AGENT_B, "actions": ["ticket.read"] }))
+            .await,
+    )
+    .await;
     assert_eq!(status, 400);
     assert_eq!(body["type"], "urn:toolgate:problem:delegation-request");
 }

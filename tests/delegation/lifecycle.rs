@@ -9,8 +9,8 @@ use serde_json::json;
 
 use crate::support::{self, problem};
 use crate::{
-    bearer, claims_of, issuer_of, task_token, verify_independently, Agent, Pair, Setup,
-    AGENT_A, AGENT_B, AGENT_C, USER,
+    bearer, claims_of, issuer_of, task_token, verify_independently, Agent, Pair, Setup, AGENT_A,
+    AGENT_B, AGENT_C, USER,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -41,7 +41,7 @@ async fn a_task_handed_from_a_to_b_is_narrowed_traced_and_dies_with_its_end() {
     let delegation = answer["token"].as_str().unwrap().to_string();
 
     // The delegation token, verified by PyJWT against A's JWKS, for B.
-    let verified = verify_independently(&p.a.jwks(), AGENT_B, &[delegation.clone()]);
+    let verified = verify_independently(&p.a.jwks(), AGENT_B, std::slice::from_ref(&delegation));
     let (header, claims) = &verified[0];
     assert_eq!(header["alg"], "EdDSA");
     assert!(p.a.jwks()["keys"]
@@ -55,7 +55,10 @@ async fn a_task_handed_from_a_to_b_is_narrowed_traced_and_dies_with_its_end() {
     assert_eq!(claims["actions"], json!(["ticket.read", "repo.read"]));
     assert_eq!(claims["scope"], "tickets:read");
     assert_eq!(claims["depth"], 1);
-    assert_eq!(claims["act"], json!({ "sub": AGENT_A, "act": { "sub": USER } }));
+    assert_eq!(
+        claims["act"],
+        json!({ "sub": AGENT_A, "act": { "sub": USER } })
+    );
     assert_eq!(claims["jti"], answer["jti"]);
     let exp = claims["exp"].as_u64().unwrap();
     assert!(exp <= root_exp, "a delegation outlives its task's token");
@@ -75,11 +78,14 @@ async fn a_task_handed_from_a_to_b_is_narrowed_traced_and_dies_with_its_end() {
     let received = p.tool.received();
     let jwt = bearer(received.last().unwrap());
     let b_jwks = p.b.jwks();
-    let verified = verify_independently(&b_jwks, "jira.test", &[jwt.clone()]);
+    let verified = verify_independently(&b_jwks, "jira.test", std::slice::from_ref(&jwt));
     let claims = &verified[0].1;
     assert_eq!(claims["sub"], AGENT_B);
     assert_eq!(claims["task"], "T-42");
-    assert_eq!(claims["act"], json!({ "sub": AGENT_A, "act": { "sub": USER } }));
+    assert_eq!(
+        claims["act"],
+        json!({ "sub": AGENT_A, "act": { "sub": USER } })
+    );
     assert_eq!(
         claims["scope"], "ticket.read tickets:read",
         "the policy asked for tickets:admin too; the delegation carries only tickets:read"
@@ -93,7 +99,10 @@ async fn a_task_handed_from_a_to_b_is_narrowed_traced_and_dies_with_its_end() {
         line["result"]["reason"],
         format!("reading tickets, handed on by {AGENT_A} at depth 1")
     );
-    assert_eq!(line["delegation"], json!({ "depth": 1, "agents": [AGENT_A, AGENT_B] }));
+    assert_eq!(
+        line["delegation"],
+        json!({ "depth": 1, "agents": [AGENT_A, AGENT_B] })
+    );
     assert_eq!(line["task"], "T-42");
 
     // Closing is outside the delegation: refused before policy (which would allow it), and
@@ -102,9 +111,15 @@ async fn a_task_handed_from_a_to_b_is_narrowed_traced_and_dies_with_its_end() {
     assert_eq!(status, 403);
     assert_eq!(body["type"], "urn:toolgate:problem:delegation-scope");
     assert_eq!(body["action"], "ticket.transition");
-    assert_eq!(body["delegated_actions"], json!(["ticket.read", "repo.read"]));
+    assert_eq!(
+        body["delegated_actions"],
+        json!(["ticket.read", "repo.read"])
+    );
     assert!(
-        body["detail"].as_str().unwrap().contains("ticket.transition"),
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ticket.transition"),
         "{body}"
     );
     assert_eq!(p.tool.received().len(), before + 1);
@@ -115,8 +130,11 @@ async fn a_task_handed_from_a_to_b_is_narrowed_traced_and_dies_with_its_end() {
 
     // B cannot hand the task on again: policy limits delegation to one hop.
     let (status, body) = problem(
-        p.b.delegate(&delegation, json!({ "to": AGENT_C, "actions": ["ticket.read"] }))
-            .await,
+        p.b.delegate(
+            &delegation,
+            json!({ "to": AGENT_C, "actions": ["ticket.read"] }),
+        )
+        .await,
     )
     .await;
     assert_eq!(status, 403);
@@ -129,15 +147,14 @@ async fn a_task_handed_from_a_to_b_is_narrowed_traced_and_dies_with_its_end() {
 
     // Introspection: B's JWT is active now; so is one of B's own tasks (the later control).
     assert_eq!(p.b.introspect(&jwt)["active"], true);
-    let own = p
-        .b
-        .tg
-        .forward_client()
-        .get("http://jira.test/issue/SUP-2")
-        .header("x-toolgate-task", "B-own")
-        .send()
-        .await
-        .unwrap();
+    let own =
+        p.b.tg
+            .forward_client()
+            .get("http://jira.test/issue/SUP-2")
+            .header("x-toolgate-task", "B-own")
+            .send()
+            .await
+            .unwrap();
     assert_eq!(own.status(), 200);
     let live = bearer(p.tool.received().last().unwrap());
     let seen = p.b.introspect(&live);
@@ -199,9 +216,8 @@ async fn a_task_handed_from_a_to_b_is_narrowed_traced_and_dies_with_its_end() {
     assert_eq!(body["type"], "urn:toolgate:problem:task-ended");
     assert_eq!(body["ended_by"], "orchestrator");
     assert_eq!(p.tool.received().len(), before);
-    let line = p
-        .b
-        .decision(|l| l["result"]["effect"] == "deny" && l["action"] == "ticket.read");
+    let line =
+        p.b.decision(|l| l["result"]["effect"] == "deny" && l["action"] == "ticket.read");
     assert_eq!(line["task_ended"]["by"], "orchestrator");
 
     // The JWT issued under it is dead; the one of B's own task lives (the control).
@@ -249,7 +265,10 @@ async fn introspection_admits_only_its_clients_and_the_operator() {
         "POST",
         "/v1/introspect",
         &[
-            ("Authorization", &format!("Bearer {}", support::OPERATOR_TOKEN)),
+            (
+                "Authorization",
+                &format!("Bearer {}", support::OPERATOR_TOKEN),
+            ),
             ("Content-Type", "application/x-www-form-urlencoded"),
         ],
         body.as_bytes(),
@@ -257,7 +276,11 @@ async fn introspection_admits_only_its_clients_and_the_operator() {
     assert_eq!(by_operator.status, 200, "{}", by_operator.body);
     assert_eq!(by_operator.json()["active"], true);
     // Nobody else.
-    for client in [None, Some(("jira-tool", "wrong-secret")), Some(("other", crate::INTROSPECTION_SECRET))] {
+    for client in [
+        None,
+        Some(("jira-tool", "wrong-secret")),
+        Some(("other", crate::INTROSPECTION_SECRET)),
+    ] {
         let answer = p.a.introspect_as(client, &jwt);
         assert_eq!(answer.status, 401, "{client:?}: {}", answer.body);
         assert!(!answer.body.contains("active"), "{}", answer.body);
@@ -281,7 +304,10 @@ async fn an_end_survives_a_restart_and_revoking_the_agent_kills_its_tokens() {
         let a = &p.a;
         async move {
             let answer: serde_json::Value = a
-                .delegate(&root, json!({ "to": AGENT_B, "actions": ["ticket.read", "repo.read"] }))
+                .delegate(
+                    &root,
+                    json!({ "to": AGENT_B, "actions": ["ticket.read", "repo.read"] }),
+                )
                 .await
                 .json()
                 .await
@@ -318,7 +344,10 @@ async fn an_end_survives_a_restart_and_revoking_the_agent_kills_its_tokens() {
         otlp: None,
     });
     let (status, body) = problem(p.b.read_ticket(&t9, "SUP-9").await).await;
-    assert_eq!((status, body["type"].as_str()), (403, Some("urn:toolgate:problem:task-ended")));
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (403, Some("urn:toolgate:problem:task-ended"))
+    );
     assert_eq!(p.b.read_ticket(&t10, "SUP-10").await.status(), 200);
     let jwt = bearer(p.tool.received().last().unwrap());
     assert_eq!(p.b.read_repo(&t10, "toolgate").await.status(), 200);

@@ -53,8 +53,14 @@ async fn a_handoff_is_one_trace_across_both_toolgates() {
     assert_eq!(hex(&trace), answer["trace_id"].as_str().unwrap());
     let attrs = &delegate.attributes;
     assert_eq!(otlp::string(attrs, "toolgate.delegation.to"), Some(AGENT_B));
-    assert_eq!(otlp::string(attrs, "toolgate.credential.kind"), Some("delegation"));
-    assert_eq!(otlp::string(attrs, "toolgate.credential.id"), answer["jti"].as_str());
+    assert_eq!(
+        otlp::string(attrs, "toolgate.credential.kind"),
+        Some("delegation")
+    );
+    assert_eq!(
+        otlp::string(attrs, "toolgate.credential.id"),
+        answer["jti"].as_str()
+    );
     assert_eq!(otlp::string(attrs, "toolgate.decision"), Some("allow"));
 
     // B's three actions: in A's trace, under A's delegate span, linked to each other.
@@ -72,7 +78,10 @@ async fn a_handoff_is_one_trace_across_both_toolgates() {
             Some(otlp_value) => format!("{otlp_value:?}"),
             None => panic!("no toolgate.delegation.agents on {s:#?}"),
         };
-        assert!(agents.contains(AGENT_A) && agents.contains(AGENT_B), "{agents}");
+        assert!(
+            agents.contains(AGENT_A) && agents.contains(AGENT_B),
+            "{agents}"
+        );
     }
     let refused_after_end = of_b
         .iter()

@@ -95,7 +95,7 @@ pub struct ExchangeSpec {
     pub client: Option<(String, SecretText)>,
     /// The STS's RFC 7009 revocation endpoint: tokens exchanged for a task are revoked there
     /// when the task ends (or its agent is revoked).
-    pub revocation_endpoint: Option<http::Uri>,
+    pub revocation_endpoint: Option<Box<http::Uri>>,
     pub timeout: Duration,
     pub header: HeaderName,
     pub format: Format,

@@ -126,14 +126,14 @@ pub(super) fn judge_token(token: &str) -> Result<(), String> {
 /// Why `token` (`what`, for messages) is too weak to authenticate anyone; `Ok` when it is not.
 pub(super) fn judge_secret(token: &str, what: &str) -> Result<(), String> {
     if token.is_empty() {
-        return Err(
-            format!("{what} is empty: write a random one, e.g. `openssl rand -hex 32 > FILE`"),
-        );
+        return Err(format!(
+            "{what} is empty: write a random one, e.g. `openssl rand -hex 32 > FILE`"
+        ));
     }
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(
-            format!("{what} may hold only visible ASCII characters (no spaces or controls)"),
-        );
+        return Err(format!(
+            "{what} may hold only visible ASCII characters (no spaces or controls)"
+        ));
     }
     let chars = token.len();
     if chars < MIN_TOKEN_CHARS {

@@ -227,7 +227,10 @@ fn reserved_host(c: &mut Collector, tools: &[RawTool]) {
             if name.eq_ignore_ascii_case(crate::delegation::HOST) {
                 c.push(
                     format!("tools[{i}].hosts[{j}]"),
-                    format!("{} is toolgate's own host (delegation requests); no tool may use it", crate::delegation::HOST),
+                    format!(
+                        "{} is toolgate's own host (delegation requests); no tool may use it",
+                        crate::delegation::HOST
+                    ),
                 );
             }
         }

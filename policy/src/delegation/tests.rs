@@ -30,14 +30,32 @@ fn a_request_is_read_strictly() {
     for (body, want) in [
         (json!({"to": B}), "missing field `actions`"),
         (json!({"to": B, "actions": []}), "at least one action"),
-        (json!({"to": "has space", "actions": ["a"]}), "receiving agent's id"),
+        (
+            json!({"to": "has space", "actions": ["a"]}),
+            "receiving agent's id",
+        ),
         (json!({"to": "", "actions": ["a"]}), "receiving agent's id"),
-        (json!({"to": B, "actions": ["a b"]}), "is not an action name"),
-        (json!({"to": B, "actions": ["a"], "scopes": ["q\""]}), "is not a scope token"),
+        (
+            json!({"to": B, "actions": ["a b"]}),
+            "is not an action name",
+        ),
+        (
+            json!({"to": B, "actions": ["a"], "scopes": ["q\""]}),
+            "is not a scope token",
+        ),
         (json!({"to": B, "actions": many}), "at most 64 actions"),
-        (json!({"to": B, "actions": ["a"], "ttl": "soon"}), "is not a duration"),
-        (json!({"to": B, "actions": ["a"], "ttl": "10ms"}), "is not a duration"),
-        (json!({"to": B, "actions": ["a"], "extra": 1}), "unknown field"),
+        (
+            json!({"to": B, "actions": ["a"], "ttl": "soon"}),
+            "is not a duration",
+        ),
+        (
+            json!({"to": B, "actions": ["a"], "ttl": "10ms"}),
+            "is not a duration",
+        ),
+        (
+            json!({"to": B, "actions": ["a"], "extra": 1}),
+            "unknown field",
+        ),
     ] {
         let err = parse_request(body.to_string().as_bytes()).unwrap_err();
         assert!(err.to_string().contains(want), "{body}: {err}");
@@ -61,14 +79,20 @@ fn a_grant_is_never_wider_than_what_the_delegator_holds() {
     assert_eq!(root.actions, None);
     assert!(root.task_verified);
     let g = grant(&request(&["r", "w"], &["s"]), &root, A).unwrap();
-    assert_eq!((g.actions, g.scopes, g.depth), (vec!["r".into(), "w".into()], vec!["s".into()], 1));
+    assert_eq!(
+        (g.actions, g.scopes, g.depth),
+        (vec!["r".into(), "w".into()], vec!["s".into()], 1)
+    );
     assert!(g.dropped.is_empty());
     // A delegated task holds exactly its token's actions and scopes: the intersection.
     let delegated = Own::of(
         Some(&json!({"depth": 1, "actions": ["r"], "scope": "s", "task_verified": false})),
         true,
     );
-    assert!(!delegated.task_verified, "the delegation says where the task started");
+    assert!(
+        !delegated.task_verified,
+        "the delegation says where the task started"
+    );
     let g = grant(&request(&["r", "w"], &["s", "t"]), &delegated, A).unwrap();
     assert_eq!(g.actions, ["r"]);
     assert_eq!(g.scopes, ["s"]);
@@ -76,25 +100,42 @@ fn a_grant_is_never_wider_than_what_the_delegator_holds() {
     assert_eq!(g.depth, 2);
     // A delegation without scopes holds none.
     let bare = Own::of(Some(&json!({"depth": 1, "actions": ["r"]})), true);
-    assert_eq!(grant(&request(&["r"], &["s"]), &bare, A).unwrap().scopes, Vec::<String>::new());
+    assert_eq!(
+        grant(&request(&["r"], &["s"]), &bare, A).unwrap().scopes,
+        Vec::<String>::new()
+    );
     // Nothing held, itself, too deep.
     assert_eq!(
         grant(&request(&["w"], &[]), &delegated, A),
         Err(GrantError::NothingHeld("w".into()))
     );
-    assert_eq!(grant(&request(&["r"], &[]), &root, B), Err(GrantError::ToSelf));
+    assert_eq!(
+        grant(&request(&["r"], &[]), &root, B),
+        Err(GrantError::ToSelf)
+    );
     let deep = Own::of(Some(&json!({"depth": MAX_DEPTH, "actions": ["r"]})), true);
-    assert_eq!(grant(&request(&["r"], &[]), &deep, A), Err(GrantError::TooDeep(MAX_DEPTH)));
+    assert_eq!(
+        grant(&request(&["r"], &[]), &deep, A),
+        Err(GrantError::TooDeep(MAX_DEPTH))
+    );
     // An orchestrator's token that does restrict: its own actions bound the grant.
     let scoped = Own::of(Some(&json!({"actions": ["r"], "scope": "s"})), true);
-    assert_eq!(grant(&request(&["r", "w"], &["s", "t"]), &scoped, A).unwrap().dropped, ["w", "t"]);
+    assert_eq!(
+        grant(&request(&["r", "w"], &["s", "t"]), &scoped, A)
+            .unwrap()
+            .dropped,
+        ["w", "t"]
+    );
 }
 
 #[test]
 fn a_delegation_expires_by_its_ttl_its_cap_and_the_delegators_token() {
     let hour = Duration::from_secs(3600);
     assert_eq!(expiry(1000, None, hour, None), 4600);
-    assert_eq!(expiry(1000, Some(Duration::from_secs(60)), hour, None), 1060);
+    assert_eq!(
+        expiry(1000, Some(Duration::from_secs(60)), hour, None),
+        1060
+    );
     assert_eq!(expiry(1000, Some(hour * 5), hour, None), 4600);
     assert_eq!(expiry(1000, None, hour, Some(2000)), 2000);
     // Never born expired.
@@ -112,7 +153,10 @@ fn the_actor_chain_names_the_delegator_then_where_the_task_came_from() {
     assert_eq!(act(A, Some(&json!({"sub": A}))), json!({"sub": A}));
     // An orchestrator's own actor chain is kept as it is.
     let root = json!({"sub": "user:alice", "act": {"sub": "orchestrator"}});
-    assert_eq!(act(A, Some(&root)), json!({"sub": A, "act": {"sub": "orchestrator"}}));
+    assert_eq!(
+        act(A, Some(&root)),
+        json!({"sub": A, "act": {"sub": "orchestrator"}})
+    );
     // A delegated task's chain grows by one.
     let delegated = json!({"depth": 1, "sub": B, "act": {"sub": A, "act": {"sub": "user:alice"}}});
     assert_eq!(
@@ -185,7 +229,10 @@ fn second_hop(parent: &str) -> Map<String, Json> {
     claims.as_object().unwrap().clone()
 }
 
-fn received(i: &Issuers, claims: &Map<String, Json>) -> Result<Option<Delegation>, DelegationError> {
+fn received(
+    i: &Issuers,
+    claims: &Map<String, Json>,
+) -> Result<Option<Delegation>, DelegationError> {
     Delegation::from_claims(claims, C, i.config.task_tokens.as_ref().unwrap())
 }
 

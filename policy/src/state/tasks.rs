@@ -133,7 +133,8 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
     fn ended(&self, id: &str, now: SystemTime) -> Result<Option<EndedView>, StateUnavailable>;
 
     /// End a task (see the module doc); the unexpired credentials issued under it.
-    fn end(&self, end: End, bounds: EndBounds, now: SystemTime) -> Result<Stored<Ending>, EndError>;
+    fn end(&self, end: End, bounds: EndBounds, now: SystemTime)
+        -> Result<Stored<Ending>, EndError>;
 
     /// Every ended task within its retention at `now`, sorted by id.
     fn ended_tasks(&self, now: SystemTime) -> Result<Vec<EndedTask>, StateUnavailable>;
@@ -204,7 +205,12 @@ impl EndedTasks {
     }
 
     /// End `end.task` at `now` (seconds) unless it is ended already.
-    pub fn end(&mut self, end: End, bounds: EndBounds, now: u64) -> Result<(EndedTask, bool), EndError> {
+    pub fn end(
+        &mut self,
+        end: End,
+        bounds: EndBounds,
+        now: u64,
+    ) -> Result<(EndedTask, bool), EndError> {
         if let Some(h) = self.held.get(&end.task).filter(|h| h.until > now) {
             return Ok((h.task.clone(), false));
         }
@@ -287,10 +293,13 @@ impl EndedTasks {
 
     /// Task `id`'s end at `now`, if in force.
     pub fn get(&self, id: &str, now: u64) -> Option<EndedView> {
-        self.held.get(id).filter(|h| h.until > now).map(|h| EndedView {
-            task: h.task.clone(),
-            chain: h.chain.clone(),
-        })
+        self.held
+            .get(id)
+            .filter(|h| h.until > now)
+            .map(|h| EndedView {
+                task: h.task.clone(),
+                chain: h.chain.clone(),
+            })
     }
 
     /// Every end in force at `now`, sorted by id.
@@ -388,7 +397,12 @@ impl TaskStore for State {
         Ok(set.get(id, since_epoch(now).as_secs()))
     }
 
-    fn end(&self, end: End, bounds: EndBounds, now: SystemTime) -> Result<Stored<Ending>, EndError> {
+    fn end(
+        &self,
+        end: End,
+        bounds: EndBounds,
+        now: SystemTime,
+    ) -> Result<Stored<Ending>, EndError> {
         let secs = since_epoch(now).as_secs();
         let task = end.task.clone();
         let (ended, changed) = {

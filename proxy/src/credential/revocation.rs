@@ -37,7 +37,7 @@ impl std::fmt::Debug for RevocationTarget {
 impl RevocationTarget {
     /// The target of credential `name`, when its spec has a `revocation_endpoint`.
     pub fn of(name: &str, spec: &ExchangeSpec, http: &reqwest::Client) -> Option<Arc<Self>> {
-        let endpoint = spec.revocation_endpoint.clone()?;
+        let endpoint = http::Uri::clone(spec.revocation_endpoint.as_deref()?);
         Some(Arc::new(RevocationTarget {
             credential: name.to_string(),
             endpoint,

@@ -34,7 +34,11 @@ pub(super) fn chain(call: &Call<'_>, id: &str) -> Reply {
     };
     let mut pools = call.gw.ledger.describe(id);
     let empty = pools.as_object().is_none_or(Map::is_empty);
-    if let Some(copy) = ended.as_ref().and_then(|e| e.chain.clone()).filter(|_| empty) {
+    if let Some(copy) = ended
+        .as_ref()
+        .and_then(|e| e.chain.clone())
+        .filter(|_| empty)
+    {
         pools = copy;
     }
     let chain = pools

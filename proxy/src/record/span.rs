@@ -122,13 +122,19 @@ pub fn action_span(x: &Exchange, credential: Option<&Credential<'_>>, end: &End<
         attributes.push(KeyValue::new(
             "toolgate.delegation.agents",
             Value::Array(Array::String(
-                d.agents.iter().map(|a| StringValue::from(a.clone())).collect(),
+                d.agents
+                    .iter()
+                    .map(|a| StringValue::from(a.clone()))
+                    .collect(),
             )),
         ));
     }
     if let Some(d) = &x.delegated {
         attributes.push(KeyValue::new("toolgate.delegation.to", d.to.clone()));
-        attributes.push(KeyValue::new("toolgate.delegation.granted_depth", int(d.depth)));
+        attributes.push(KeyValue::new(
+            "toolgate.delegation.granted_depth",
+            int(d.depth),
+        ));
     }
     if let Some(e) = &x.ended {
         attributes.push(KeyValue::new("toolgate.task.ended_at", e.at.clone()));

@@ -32,7 +32,8 @@ pub(super) fn compile(
     let revocation_endpoint = cred
         .revocation_endpoint
         .as_deref()
-        .and_then(|e| sts_url(c, &format!("{path}.revocation_endpoint"), e));
+        .and_then(|e| sts_url(c, &format!("{path}.revocation_endpoint"), e))
+        .map(Box::new);
     let audience = required(
         c,
         path,
@@ -126,10 +127,7 @@ fn sts_url(c: &mut Collector, field: &str, e: &str) -> Option<http::Uri> {
             Some(uri)
         }
         _ => {
-            c.push(
-                field,
-                format!("{e:?} must be an http:// or https:// URL"),
-            );
+            c.push(field, format!("{e:?} must be an http:// or https:// URL"));
             None
         }
     }

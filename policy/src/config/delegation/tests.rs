@@ -13,7 +13,8 @@ use crate::config::{generate_ed25519_pem, Config, ConfigErrors, EmbeddedFiles, S
 const STRONG: &str = "3c9e1f7a5b2d8c4e6f0a1b3d5e7f9a2c4e6b8d0f";
 
 fn load(extra: &str) -> Result<Config, ConfigErrors> {
-    let yaml = format!("agent: {{ id: spiffe://t/agent-a }}\npolicy: {{ files: [p.rego] }}\n{extra}");
+    let yaml =
+        format!("agent: {{ id: spiffe://t/agent-a }}\npolicy: {{ files: [p.rego] }}\n{extra}");
     let leak = |s: String| -> &'static [u8] { Box::leak(s.into_boxed_str()).as_bytes() };
     let files = EmbeddedFiles::new(&[
         ("toolgate.yaml", leak(yaml)),
@@ -44,8 +45,14 @@ fn delegation_signs_with_its_key_in_the_agents_name_by_default() {
     let c = load("delegation: { key_file: keys/d.pem, issuer: https://tg-a.test, max_ttl: 10m }")
         .unwrap();
     let d = c.delegation.unwrap();
-    assert_eq!((d.issuer.as_str(), d.max_ttl), ("https://tg-a.test", Duration::from_secs(600)));
-    assert!(load("").unwrap().delegation.is_none(), "off unless configured");
+    assert_eq!(
+        (d.issuer.as_str(), d.max_ttl),
+        ("https://tg-a.test", Duration::from_secs(600))
+    );
+    assert!(
+        load("").unwrap().delegation.is_none(),
+        "off unless configured"
+    );
     assert_eq!(
         load("").unwrap().chain.ended_retention,
         Duration::from_secs(86_400)

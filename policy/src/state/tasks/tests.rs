@@ -53,20 +53,32 @@ fn an_ended_task_stays_ended_for_its_retention_and_the_first_end_stands() {
     state.issued("T-1", jwt("j-1", "a", t0 + 60), at(t0));
     state.issued("T-1", jwt("j-old", "a", t0 - 1), at(t0 - 61));
     state.issued("T-2", jwt("j-2", "a", t0 + 60), at(t0));
-    let ended = state.end(end("T-1", "orchestrator"), bounds(8), at(t0)).unwrap();
+    let ended = state
+        .end(end("T-1", "orchestrator"), bounds(8), at(t0))
+        .unwrap();
     assert!(ended.unsaved.is_none());
     assert!(ended.value.changed);
     assert_eq!(ended.value.ended.by, "orchestrator");
     assert_eq!(ended.value.ended.at, "2027-01-15T08:00:00Z");
     assert_eq!(ended.value.ended.until, "2027-01-16T08:00:00Z");
-    let jtis: Vec<&str> = ended.value.credentials.iter().map(|c| c.jti.as_str()).collect();
+    let jtis: Vec<&str> = ended
+        .value
+        .credentials
+        .iter()
+        .map(|c| c.jti.as_str())
+        .collect();
     assert_eq!(jtis, ["j-1"], "only the task's unexpired credentials");
     assert!(state.any_ended());
     let view = state.ended("T-1", at(t0 + 10)).unwrap().unwrap();
-    assert_eq!(view.chain.unwrap()["named"]["chain"][0]["action"], "ticket.read");
+    assert_eq!(
+        view.chain.unwrap()["named"]["chain"][0]["action"],
+        "ticket.read"
+    );
     assert_eq!(state.ended("T-2", at(t0)).unwrap(), None);
     // Again: unchanged, the first end stands.
-    let again = state.end(end("T-1", "someone-else"), bounds(8), at(t0 + 5)).unwrap();
+    let again = state
+        .end(end("T-1", "someone-else"), bounds(8), at(t0 + 5))
+        .unwrap();
     assert!(!again.value.changed);
     assert_eq!(again.value.ended.by, "orchestrator");
     // Past its retention it is no longer ended (nor listed).
@@ -80,12 +92,17 @@ fn ends_are_never_evicted_and_chain_copies_are_bounded() {
     let mut set = EndedTasks::default();
     let t0 = 1_000;
     for i in 0..CAPACITY {
-        set.end(end(&format!("T-{i}"), "op"), bounds(3), t0).unwrap();
+        set.end(end(&format!("T-{i}"), "op"), bounds(3), t0)
+            .unwrap();
     }
     assert_eq!(set.held(), CAPACITY);
     assert_eq!(set.chains(), 3, "only the newest copies are kept");
     assert!(set.get("T-0", t0).unwrap().chain.is_none());
-    assert!(set.get(&format!("T-{}", CAPACITY - 1), t0).unwrap().chain.is_some());
+    assert!(set
+        .get(&format!("T-{}", CAPACITY - 1), t0)
+        .unwrap()
+        .chain
+        .is_some());
     // Full: refused, nothing evicted.
     assert_eq!(
         set.end(end("T-new", "op"), bounds(3), t0 + 1),
@@ -112,7 +129,10 @@ fn the_issued_index_is_bounded_per_task_and_in_tasks() {
     let (found, truncated) = index.find(&["T"], &[], now);
     assert_eq!(found.len(), MAX_PER_TASK);
     assert!(truncated, "the cut is said");
-    assert!(!found.iter().any(|(_, c)| c.jti == "j0"), "the oldest left first");
+    assert!(
+        !found.iter().any(|(_, c)| c.jti == "j0"),
+        "the oldest left first"
+    );
     // Expired credentials leave before live ones.
     let mut index = IssuedIndex::default();
     index.add("T", jwt("live", "a", now + 60), now);
@@ -172,13 +192,21 @@ fn ends_are_kept_in_the_state_file_without_their_chains() {
     };
     let now = SystemTime::now();
     let state = State::open(&settings, now).unwrap();
-    state.end(end("T-1", "orchestrator"), bounds(8), now).unwrap();
+    state
+        .end(end("T-1", "orchestrator"), bounds(8), now)
+        .unwrap();
     let written = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
     assert!(written.contains("\"ended_tasks\""), "{written}");
-    assert!(!written.contains("ticket.read"), "no chain in the file: {written}");
+    assert!(
+        !written.contains("ticket.read"),
+        "no chain in the file: {written}"
+    );
     drop(state);
     let reopened = State::open(&settings, now + Duration::from_secs(1)).unwrap();
-    let view = reopened.ended("T-1", now + Duration::from_secs(1)).unwrap().unwrap();
+    let view = reopened
+        .ended("T-1", now + Duration::from_secs(1))
+        .unwrap()
+        .unwrap();
     assert_eq!(view.task.by, "orchestrator");
     assert!(view.chain.is_none());
     // After its retention, a restart drops it.
