@@ -183,6 +183,9 @@ async fn issue_selected(
                     subject_token,
                     &scope,
                     subject.task,
+                    subject.not_after.and_then(|s| {
+                        std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(s))
+                    }),
                     revocation,
                 )
                 .await

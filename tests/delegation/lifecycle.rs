@@ -389,3 +389,40 @@ async fn an_end_survives_a_restart_and_revoking_the_agent_kills_its_tokens() {
     let a_jwt = bearer(p.tool.received().last().unwrap());
     assert_eq!(p.a.introspect(&a_jwt)["active"], true);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tasks_credentials_die_with_its_token() {
+    let p = Pair::start("").await;
+    let short = task_token(&p.orchestrator, "T-short", AGENT_A, 3);
+    let exp = claims_of(&short)["exp"].as_u64().unwrap();
+    let long = task_token(&p.orchestrator, "T-long", AGENT_A, 600);
+    // A minted JWT never outlives its task's token (the credential's max_ttl is 60s).
+    assert_eq!(p.a.read_ticket(&short, "SUP-1").await.status(), 200);
+    let jwt = crate::claims_of(&bearer(p.tool.received().last().unwrap()));
+    assert!(jwt["exp"].as_u64().unwrap() <= exp, "{jwt}");
+    // Tokens exchanged for both tasks; only the expired task's is revoked at the STS.
+    assert_eq!(p.a.read_repo(&short, "toolgate").await.status(), 200);
+    let short_token = bearer(p.tool.received().last().unwrap());
+    assert_eq!(p.a.read_repo(&long, "toolgate").await.status(), 200);
+    let long_token = bearer(p.tool.received().last().unwrap());
+    assert_ne!(short_token, long_token, "exchanged tokens are per task");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let revoked = loop {
+        let revoked: Vec<String> = p
+            .sts
+            .server
+            .seen()
+            .into_iter()
+            .filter(|s| s.target == "/revoke")
+            .map(|s| s.form()["token"].clone())
+            .collect();
+        if !revoked.is_empty() || std::time::Instant::now() > deadline {
+            break revoked;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(revoked, [short_token]);
+    // The other task goes on with its token.
+    assert_eq!(p.a.read_repo(&long, "toolgate").await.status(), 200);
+    assert_eq!(bearer(p.tool.received().last().unwrap()), long_token);
+}

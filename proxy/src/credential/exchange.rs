@@ -21,7 +21,7 @@ mod tests;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use serde::Deserialize;
@@ -89,7 +89,9 @@ type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
 /// they were exchanged for changes).
 #[derive(Debug, Default)]
 pub struct Exchanges {
-    inner: Mutex<Inner>,
+    inner: Arc<Mutex<Inner>>,
+    /// Started with the first token that has a task expiry and a revocation endpoint.
+    sweeper: std::sync::OnceLock<()>,
 }
 
 #[derive(Debug, Default)]
@@ -100,6 +102,8 @@ struct Inner {
     /// Tokens no longer served (refreshed, evicted, another identity's) but still valid:
     /// (task, token, expiry, how to revoke it).
     retired: Vec<(String, Retired)>,
+    /// When each task's token expires (the latest seen): its exchanged tokens then go.
+    deadlines: HashMap<String, Instant>,
 }
 
 /// A token taken out of service that may still be presented until it expires.
@@ -233,8 +237,12 @@ impl Exchanges {
         subject: &SecretText,
         scope: &str,
         task: &str,
+        task_expires: Option<SystemTime>,
         revocation: Option<Arc<RevocationTarget>>,
     ) -> Result<SecretText, ExchangeError> {
+        if let (Some(at), Some(_)) = (task_expires, &revocation) {
+            self.expires_with(task, at);
+        }
         let slot = self.slot(Key {
             credential: name.to_string(),
             endpoint: spec.endpoint.to_string(),
@@ -286,6 +294,24 @@ impl Exchanges {
         }
     }
 
+    /// Remember that `task`'s token expires at `at` (the latest seen wins): once it has, the
+    /// tokens exchanged for the task are taken out of service and revoked.
+    fn expires_with(&self, task: &str, at: SystemTime) {
+        let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+        let deadline = Instant::now() + left;
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        if inner.deadlines.len() >= MAX_ENTRIES && !inner.deadlines.contains_key(task) {
+            let now = Instant::now();
+            inner.deadlines.retain(|_, d| *d > now);
+        }
+        let entry = inner.deadlines.entry(task.to_string()).or_insert(deadline);
+        *entry = (*entry).max(deadline);
+        drop(inner);
+        self.sweeper.get_or_init(|| sweep(self.inner.clone()));
+    }
+
     fn retire(&self, task: &str, cached: Cached) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.retire(task, cached, Instant::now());
@@ -295,38 +321,89 @@ impl Exchanges {
     /// Take every token exchanged for `task` (for any task with `None`: the agent was
     /// revoked) out of service; the ones still valid, to be revoked at the STS.
     pub async fn end_task(&self, task: Option<&str>) -> Vec<Retired> {
-        let matches = |t: &str| task.is_none_or(|want| want == t);
-        let now = Instant::now();
-        let (slots, mut out) = {
-            let Ok(mut inner) = self.inner.lock() else {
-                return Vec::new();
-            };
-            let slots = inner.take(|k| matches(&k.task));
-            let mut out = Vec::new();
-            inner.retired.retain(|(t, r)| {
-                if !matches(t) {
-                    return true;
-                }
-                if r.expires_at > now {
-                    out.push(r.clone());
-                }
-                false
-            });
-            (slots, out)
+        end_task(&self.inner, task).await
+    }
+}
+
+/// [`Exchanges::end_task`] on `inner`.
+async fn end_task(inner: &Mutex<Inner>, task: Option<&str>) -> Vec<Retired> {
+    let matches = |t: &str| task.is_none_or(|want| want == t);
+    let now = Instant::now();
+    let (slots, mut out) = {
+        let Ok(mut inner) = inner.lock() else {
+            return Vec::new();
         };
-        for (_, slot) in slots {
-            // A request exchanging for the task right now finishes first.
-            if let Some(c) = slot.lock().await.take() {
-                if c.expires_at > now {
-                    out.push(Retired {
-                        token: c.token,
-                        expires_at: c.expires_at,
-                        revocation: c.revocation,
+        inner.deadlines.retain(|t, _| !matches(t));
+        let slots = inner.take(|k| matches(&k.task));
+        let mut out = Vec::new();
+        inner.retired.retain(|(t, r)| {
+            if !matches(t) {
+                return true;
+            }
+            if r.expires_at > now {
+                out.push(r.clone());
+            }
+            false
+        });
+        (slots, out)
+    };
+    for (_, slot) in slots {
+        // A request exchanging for the task right now finishes first.
+        if let Some(c) = slot.lock().await.take() {
+            if c.expires_at > now {
+                out.push(Retired {
+                    token: c.token,
+                    expires_at: c.expires_at,
+                    revocation: c.revocation,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// How often token expiries are checked.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Start the thread that, once a second, takes the tokens exchanged for tasks whose token
+/// has expired out of service and revokes them at their STS: a task's credentials die with
+/// its token, also when nobody asks for them again.
+fn sweep(inner: Arc<Mutex<Inner>>) {
+    let spawned = std::thread::Builder::new()
+        .name("toolgate-exchange-sweep".into())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                tracing::error!(target: "toolgate::credential", "cannot start the exchanged-token sweeper's runtime; tokens of expired tasks are revoked only when their task ends");
+                return;
+            };
+            loop {
+                std::thread::sleep(SWEEP_INTERVAL);
+                let now = Instant::now();
+                let expired: Vec<String> = match inner.lock() {
+                    Ok(i) => i
+                        .deadlines
+                        .iter()
+                        .filter(|(_, d)| **d <= now)
+                        .map(|(t, _)| t.clone())
+                        .collect(),
+                    Err(_) => return,
+                };
+                for task in expired {
+                    runtime.block_on(async {
+                        let retired = end_task(&inner, Some(&task)).await;
+                        if !retired.is_empty() {
+                            tracing::info!(target: "toolgate::credential", %task, tokens = retired.len(), "the task's token expired: revoking the tokens exchanged for it");
+                            super::revocation::revoke_all(retired).await;
+                        }
                     });
                 }
             }
-        }
-        out
+        });
+    if spawned.is_err() {
+        tracing::error!(target: "toolgate::credential", "cannot start the exchanged-token sweeper; tokens of expired tasks are revoked only when their task ends");
     }
 }
 
