@@ -20,6 +20,8 @@ mod forged;
 mod lifecycle;
 #[path = "support/otlp.rs"]
 mod otlp;
+#[path = "delegation/properties.rs"]
+mod properties;
 #[path = "delegation/trace.rs"]
 mod trace;
 
