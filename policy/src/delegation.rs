@@ -35,8 +35,9 @@ pub const ACTION: &str = "task.delegate";
 pub const HOST: &str = "toolgate.internal";
 /// The delegation endpoint's path on [`HOST`].
 pub const PATH: &str = "/delegate";
-/// Most hops a task may be handed on.
-pub const MAX_DEPTH: u64 = 5;
+/// Most hops a task may be handed on: each embeds the one before (`parent`), and a fifth
+/// would pass the 8 KiB every JWT is held to with ids of typical length.
+pub const MAX_DEPTH: u64 = 4;
 /// Most actions, and most scopes, one delegation carries.
 pub const MAX_ITEMS: usize = 64;
 /// Longest action or scope name.
@@ -222,6 +223,8 @@ pub enum GrantError {
     TooDeep(u64),
     #[error("an agent cannot delegate to itself: its own delegation token would launder the task")]
     ToSelf,
+    #[error("the delegation token would be {0} bytes, more than the {max} receivers accept: the task has been handed on too often", max = crate::config::MAX_TOKEN_BYTES)]
+    TooLong(usize),
 }
 
 /// What `request` may grant, from a task that holds `own`, as agent `me`: the intersection.

@@ -17,7 +17,9 @@ use serde_json::{json, Value as Json};
 use toolgate_policy::accept::Via;
 use toolgate_policy::chain::Outcome;
 use toolgate_policy::classify::Classification;
-use toolgate_policy::delegation::{self, Claims, Own, RequestError, ACTION, HOST, PATH};
+use toolgate_policy::delegation::{
+    self, Claims, GrantError, Own, RequestError, ACTION, HOST, PATH,
+};
 use toolgate_policy::prepare::{Head, Prepared};
 use toolgate_policy::state::{Issued, TaskStore};
 
@@ -139,6 +141,11 @@ pub async fn serve(
             reason: format!("cannot sign the delegation token: {e}"),
         }
     })?;
+    if token.len() > toolgate_policy::config::MAX_TOKEN_BYTES {
+        // No receiver would accept it (every JWT is held to this size).
+        evaluate::failed_after_allow(x);
+        return Err(GrantError::TooLong(token.len()).into());
+    }
     gw.state.issued(
         &x.task_id,
         Issued {

@@ -169,9 +169,9 @@ pub fn problem(refusal: &Refusal) -> Problem {
         Refusal::DelegationGrant(GrantError::ToSelf) => {
             (400, "delegation-request", "bad delegation request")
         }
-        Refusal::DelegationGrant(GrantError::NothingHeld(_) | GrantError::TooDeep(_)) => {
-            (403, "delegation-scope", "outside the delegation")
-        }
+        Refusal::DelegationGrant(
+            GrantError::NothingHeld(_) | GrantError::TooDeep(_) | GrantError::TooLong(_),
+        ) => (403, "delegation-scope", "outside the delegation"),
         Refusal::DelegationOff => (403, "delegation-off", "delegation not configured"),
         Refusal::StateUnavailable(_) => (503, "state-unavailable", "state unavailable"),
         Refusal::UnknownCredential(_) => (403, "policy-error", "policy error"),
