@@ -9,6 +9,8 @@ use std::path::Path;
 
 use serde_json::json;
 
+use regorus::Value;
+
 use super::*;
 use crate::config::{generate_ed25519_pem, Config, EmbeddedFiles, SigningKey, StaticEnv};
 
