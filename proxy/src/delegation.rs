@@ -7,6 +7,9 @@
 //! delegation token signed with `delegation.key_file` (see `toolgate_policy::delegation` for
 //! its claims). Nothing is forwarded. `toolgate.internal` is reserved: no tool may use it.
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 use std::time::SystemTime;
 
