@@ -229,7 +229,7 @@ impl State {
     }
 
     /// Write everything in force at `now` to the state file, if there is one.
-    pub(crate) fn save(&self, now: SystemTime) -> Result<(), (String, std::io::Error)> {
+    fn save(&self, now: SystemTime) -> Result<(), (String, std::io::Error)> {
         let Some(file) = &self.file else {
             return Ok(());
         };
