@@ -78,6 +78,9 @@ enum Command {
     /// Requests held for human approval: list, show, approve or deny them through the
     /// operator API.
     Approvals(cli::approvals::Args),
+    /// End a task (refuse it, kill its credentials) or show its chain, through the operator
+    /// API.
+    Tasks(cli::tasks::Args),
 }
 
 /// `toolgate ca …`
@@ -623,6 +626,7 @@ fn main() -> ExitCode {
         }
         Command::Revoke(args) => cli::revoke::run(args),
         Command::Approvals(args) => cli::approvals::run(args),
+        Command::Tasks(args) => cli::tasks::run(args),
         Command::Test { config, paths } => test(&config, paths),
         Command::Eval(args) => eval(args),
         Command::Demo { otlp } => {

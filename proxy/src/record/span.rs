@@ -1,9 +1,11 @@
 //! The span of one action (DESIGN.md §8): named after the action, kind CLIENT, with the
 //! decision and its reason, the task's chain position, the credential's id (never its value),
 //! the approval it was held for or went out on (`toolgate.approval.id`, `.status`,
-//! `.approver`) and the HTTP semantic-convention attributes, typed (numbers as integers). It links to the
-//! previous action's span in the same task, and is a child of the agent's span when the agent
-//! sent `traceparent`.
+//! `.approver`), the task's delegation (`toolgate.delegation.depth`, `.agents`) or end
+//! (`toolgate.task.ended_at`, `.ended_by`) and the HTTP semantic-convention attributes, typed
+//! (numbers as integers). It links to the previous action's span in the same task, and is a
+//! child of the agent's span when the agent sent `traceparent` (else, for a delegated task, of
+//! the delegating action's span).
 
 #[cfg(test)]
 mod tests;
@@ -15,7 +17,7 @@ use std::time::SystemTime;
 use opentelemetry::trace::{
     Event, Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
-use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 use crate::pipeline::Exchange;
@@ -114,6 +116,29 @@ pub fn action_span(x: &Exchange, credential: Option<&Credential<'_>>, end: &End<
         if let Some(by) = &a.decided_by {
             attributes.push(KeyValue::new("toolgate.approval.approver", by.clone()));
         }
+    }
+    if let Some(d) = &x.delegation {
+        attributes.push(KeyValue::new("toolgate.delegation.depth", int(d.depth)));
+        attributes.push(KeyValue::new(
+            "toolgate.delegation.agents",
+            Value::Array(Array::String(
+                d.agents
+                    .iter()
+                    .map(|a| StringValue::from(a.clone()))
+                    .collect(),
+            )),
+        ));
+    }
+    if let Some(d) = &x.delegated {
+        attributes.push(KeyValue::new("toolgate.delegation.to", d.to.clone()));
+        attributes.push(KeyValue::new(
+            "toolgate.delegation.granted_depth",
+            int(d.depth),
+        ));
+    }
+    if let Some(e) = &x.ended {
+        attributes.push(KeyValue::new("toolgate.task.ended_at", e.at.clone()));
+        attributes.push(KeyValue::new("toolgate.task.ended_by", e.by.clone()));
     }
     if let Some(t) = &x.tunnel {
         attributes.push(KeyValue::new("toolgate.upgrade", t.protocol.clone()));
