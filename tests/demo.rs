@@ -97,6 +97,17 @@ fn demo_prints_the_decisions_and_the_linked_timeline_and_exits_0() {
         assert!(stdout.contains(credential), "{stdout}");
     }
     assert_eq!(stdout.matches("links to span ").count(), 4, "{stdout}");
+    // The task's root span: the parent of the five, counted, exported when toolgate stopped.
+    let root = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("task demo-"))
+        .unwrap_or_else(|| panic!("no task root line in\n{stdout}"));
+    assert!(
+        root.contains(
+            "— 5 actions (4 allow, 1 deny), the parent of every span below; closed at shutdown"
+        ),
+        "{root}"
+    );
     assert!(
         stdout.contains("(jira, payments, crm) faked on 127.0.0.1"),
         "{stdout}"
@@ -113,15 +124,18 @@ async fn demo_also_sends_its_spans_to_a_given_otlp_endpoint() {
         .unwrap();
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    let spans = store.wait_for(5).await;
+    let spans = store.wait_for(6).await;
     let mut names: Vec<&str> = spans.iter().map(|s| s.span.name.as_str()).collect();
     names.sort();
+    assert!(names[3].starts_with("task demo-"), "{names:?}");
+    names[3] = "task";
     assert_eq!(
         names,
         [
             "crm.lookup_customer",
             "payment.create",
             "payment.create",
+            "task",
             "ticket.read",
             "ticket.transition"
         ]
