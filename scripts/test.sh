@@ -14,6 +14,10 @@ python3 -c 'import requests' 2>/dev/null || python3 -m pip install -q 'requests>
 # mcp.server.mcpserver.MCPServer and mcp.Client exist from 2.x on).
 python3 -c 'from mcp import Client; import mcp.server.mcpserver' 2>/dev/null ||
   python3 -m pip install -q 'mcp>=2.3,<3'
+# A real trace store (tests/phoenix.rs): Arize Phoenix, which receives OTLP and answers span
+# queries over REST. About 1.5 minutes to install here (measured 2026-12-02), nothing after.
+python3 -c 'import phoenix.server.main' 2>/dev/null ||
+  python3 -m pip install -q 'arize-phoenix>=20.26,<21'
 # Minted credentials are verified by an independent JWT implementation (tests/credentials).
 python3 -c 'import jwt, cryptography' 2>/dev/null ||
   python3 -m pip install -q 'pyjwt[crypto]>=2.8,<3'
