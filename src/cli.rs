@@ -2,5 +2,6 @@
 //! `tasks`), with the client they share to reach the operator API.
 
 pub mod approvals;
+pub mod inject;
 pub mod operator;
 pub mod revoke;
