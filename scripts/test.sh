@@ -8,6 +8,9 @@ source scripts/setup.sh
 # The Helm chart's offline checks (tests/helm.rs): Helm's Go SDK and Kubernetes' schemas.
 python3 -c 'import helm_python, kubernetes_validate' 2>/dev/null ||
   python3 -m pip install -q 'helm-python-sdk>=0.2,<0.3' 'kubernetes-validate>=1.37,<2'
+# The admission webhook's patches, applied by an independent RFC 6902 implementation
+# (tests/inject.rs).
+python3 -c 'import jsonpatch' 2>/dev/null || python3 -m pip install -q 'jsonpatch>=1.33,<2'
 # HTTPS through the proxy with a real Python client (tests/https.rs).
 python3 -c 'import requests' 2>/dev/null || python3 -m pip install -q 'requests>=2.31,<3'
 # The official MCP Python SDK, both sides of toolgate in tests/mcp.rs (server class
