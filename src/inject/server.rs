@@ -176,11 +176,11 @@ async fn handle(
     };
     match review::answer(&template, selection, &body) {
         Ok(answer) => {
-            let r = &answer["response"];
+            let r = answer.get("response").cloned().unwrap_or_default();
             tracing::info!(
                 target: "toolgate::inject",
-                uid = r["uid"].as_str().unwrap_or("-"),
-                allowed = r["allowed"].as_bool().unwrap_or(false),
+                uid = r.get("uid").and_then(|u| u.as_str()).unwrap_or("-"),
+                allowed = r.get("allowed").and_then(|a| a.as_bool()).unwrap_or(false),
                 patched = r.get("patch").is_some(),
                 message = r.pointer("/status/message").and_then(|m| m.as_str()).unwrap_or("-"),
                 "admission review"
