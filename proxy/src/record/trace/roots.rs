@@ -29,8 +29,9 @@ pub const MAX_LABELS: usize = toolgate_policy::labels::MAX_LABELS;
 pub const MAX_LABEL_BYTES: usize = toolgate_policy::labels::MAX_LABEL_BYTES;
 /// Longest task id kept (identify refuses longer ones already).
 pub const MAX_TASK_BYTES: usize = crate::identify::MAX_TASK_ID;
-/// Estimated heap of one root besides its labels: the map slot, the struct, the task id.
-pub const ROOT_OVERHEAD: usize = 512 + MAX_TASK_BYTES;
+/// Estimated heap of one root besides its labels: its map slot (the map may hold twice as
+/// many slots as roots), the struct, its copy of the agent id, the task id.
+pub const ROOT_OVERHEAD: usize = 1024 + MAX_TASK_BYTES;
 /// Estimated heap of one label held in a root's set.
 pub const LABEL_OVERHEAD: usize = 64;
 
