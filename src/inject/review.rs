@@ -251,7 +251,8 @@ fn run_as(
 }
 
 /// Operations that add `items` (each with a unique `name`) to the list at `at` of `current`:
-/// an item whose name is there already replaces it, the others are appended.
+/// an item whose name is there already replaces it — every time it is there, so a duplicate
+/// the container's runtime would read last cannot win — and the others are appended.
 fn merge_named(current: Option<&[Value]>, at: &str, items: Vec<Value>, ops: &mut Vec<Value>) {
     let Some(current) = current else {
         if !items.is_empty() {
@@ -260,11 +261,15 @@ fn merge_named(current: Option<&[Value]>, at: &str, items: Vec<Value>, ops: &mut
         return;
     };
     for item in items {
-        match current.iter().position(|c| name_of(c) == name_of(&item)) {
-            Some(i) => {
-                ops.push(json!({ "op": "replace", "path": format!("{at}/{i}"), "value": item }))
+        let mut found = false;
+        for (i, c) in current.iter().enumerate() {
+            if name_of(c) == name_of(&item) {
+                found = true;
+                ops.push(json!({ "op": "replace", "path": format!("{at}/{i}"), "value": item }));
             }
-            None => ops.push(json!({ "op": "add", "path": format!("{at}/-"), "value": item })),
+        }
+        if !found {
+            ops.push(json!({ "op": "add", "path": format!("{at}/-"), "value": item }));
         }
     }
 }

@@ -193,3 +193,28 @@ fn a_bad_injector_configuration_names_every_field() {
         assert!(err.contains(says), "{says}: {err}");
     }
 }
+
+#[test]
+fn every_copy_of_a_proxy_variable_the_agent_set_becomes_toolgates() {
+    let t = template();
+    let spec = json!({ "containers": [{
+        "name": "agent", "image": "a",
+        "env": [
+            { "name": "HTTPS_PROXY", "value": "http://evil.example:3128" },
+            { "name": "KEEP", "value": "1" },
+            { "name": "HTTPS_PROXY", "value": "http://evil.example:3128" }
+        ]
+    }] });
+    let p = pod(json!({ "toolgate.io/inject": "true" }), json!({}), spec);
+    let ops = ops(decide(&t, Selection::OptIn, &p, "agents"));
+    for i in [0, 2] {
+        assert!(
+            ops.contains(&json!({
+                "op": "replace", "path": format!("/spec/containers/0/env/{i}"),
+                "value": { "name": "HTTPS_PROXY", "value": "http://127.0.0.1:15001" }
+            })),
+            "{i}: {ops:#?}"
+        );
+    }
+    assert!(!ops.iter().any(|o| o["path"] == "/spec/containers/0/env/1"));
+}
