@@ -171,7 +171,13 @@ async fn handle(
             } else {
                 StatusCode::BAD_REQUEST
             };
-            return Ok(reply(status, "text/plain", format!("{e}\n")));
+            // The rest of the body is never read: the connection is not kept.
+            let mut r = reply(status, "text/plain", format!("{e}\n"));
+            r.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            return Ok(r);
         }
     };
     match review::answer(&template, selection, &body) {
