@@ -2,6 +2,7 @@
 //! `toolgate tasks`), with the client they share to reach the operator API.
 
 pub mod approvals;
+pub mod inject;
 pub mod operator;
 pub mod revoke;
 pub mod tasks;

@@ -504,7 +504,9 @@ async fn demo(files: &[(&str, &'static [u8])], forward: Option<http::Uri>) -> an
     stopped.0?;
     stopped.1?;
 
-    let chain = report::chain(&receiver.spans(), &task);
+    let received = receiver.spans();
+    let chain = report::chain(&received, &task);
+    let root = report::root(&received, &task);
     let seen: Vec<tools::Seen> = fakes.iter().flat_map(|f| f.seen()).collect();
     println!(
         "toolgate demo: the embedded quickstart's catalog and policy, its tools ({}) faked on \
@@ -539,8 +541,9 @@ async fn demo(files: &[(&str, &'static [u8])], forward: Option<http::Uri>) -> an
         })
         .unwrap_or_default();
     println!(
-        "The task's chain, rebuilt from the {} spans received (trace {trace}):\n\n{}",
+        "The task's chain, rebuilt from the {} spans received (trace {trace}):\n\n{}{}",
         chain.len(),
+        root.as_ref().map(report::root_line).unwrap_or_default(),
         report::timeline(&chain)
     );
     if let Some(uri) = &forward {
@@ -552,7 +555,7 @@ async fn demo(files: &[(&str, &'static [u8])], forward: Option<http::Uri>) -> an
             (_, errors) => eprintln!("could not pass spans on: {}", errors.join("; ")),
         }
     }
-    let problems = report::problems(SCRIPT, &outcomes, &chain, &seen);
+    let problems = report::problems(SCRIPT, &outcomes, &chain, root.as_ref(), &seen);
     for p in &problems {
         eprintln!("demo check failed: {p}");
     }

@@ -130,6 +130,18 @@ fn demo_prints_the_decisions_and_the_linked_timeline_and_exits_0() {
         stdout.contains("After step 6 the first agent's toolgate signed a delegation token for spiffe://example.org/ns/support/sa/billing-agent (task demo-"),
         "{stdout}"
     );
+    // The task's root span (the first toolgate's: the second one's actions are under the
+    // delegate action instead): the parent of the six, counted, exported when it stopped.
+    let root = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("task demo-"))
+        .unwrap_or_else(|| panic!("no task root line in\n{stdout}"));
+    assert!(
+        root.contains(
+            "— 6 actions (5 allow, 1 deny), the parent of every span below; closed at shutdown"
+        ),
+        "{root}"
+    );
     assert!(
         stdout.contains("(jira, payments, crm) faked on 127.0.0.1"),
         "{stdout}"
@@ -146,15 +158,19 @@ async fn demo_also_sends_its_spans_to_a_given_otlp_endpoint() {
         .unwrap();
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    let spans = store.wait_for(8).await;
+    // Eight actions from the two toolgates, and the task's root.
+    let spans = store.wait_for(9).await;
     let mut names: Vec<&str> = spans.iter().map(|s| s.span.name.as_str()).collect();
     names.sort();
+    assert!(names[3].starts_with("task demo-"), "{names:?}");
+    names[3] = "task";
     assert_eq!(
         names,
         [
             "crm.lookup_customer",
             "payment.create",
             "payment.create",
+            "task",
             "task.delegate",
             "ticket.read",
             "ticket.read",

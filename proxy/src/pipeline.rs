@@ -267,6 +267,7 @@ async fn admit(
     let tool = prepared.accepted.tool.and_then(|t| config.catalog.tool(t));
     x.action = prepared.classification.action.clone();
     x.rpc = mcp::reply(&prepared);
+    x.trace.mcp = record::trace::Mcp::of(prepared.rpc.as_ref(), &session.req_header().headers);
     let strip = credential::stripped_headers(config, tool);
     let batch = prepared.rpc.as_ref().is_some_and(|r| r.batch);
     if batch {

@@ -182,7 +182,7 @@ pub fn exchange(session: &Session, e: Option<&pingora::Error>, x: &mut Exchange,
             policy_revision: snapshot.policy.revision(),
             error: e.map(|e| e.etype().as_str()),
         };
-        spans.submit(span::action_span(x, credential.as_ref(), &end));
+        spans.action(x, credential.as_ref(), &end, &snapshot.config.chain);
     }
     let metrics = &gw.metrics;
     metrics.request(&x.action, decision);

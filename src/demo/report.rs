@@ -46,12 +46,13 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The task's spans, from both agents, in the order they started (each agent's in its chain
-/// order: the script's steps run one after another).
+/// The task's action spans (not its root), from both agents, in the order they started
+/// (each agent's in its chain order: the script's steps run one after another).
 pub fn chain(spans: &[Span], task: &str) -> Vec<Span> {
     let mut chain: Vec<Span> = spans
         .iter()
         .filter(|s| text(&s.attributes, "toolgate.task.id") == task)
+        .filter(|s| int(&s.attributes, "toolgate.chain.seq").is_some())
         .cloned()
         .collect();
     chain.sort_by_key(|s| s.start_time_unix_nano);
@@ -78,6 +79,33 @@ pub fn handoff(step: usize, outcome: &Outcome) -> String {
         field("actions"),
         field("depth"),
         field("jti"),
+    )
+}
+
+/// The task's root span (`task <id>`), once toolgate exported it.
+pub fn root(spans: &[Span], task: &str) -> Option<Span> {
+    spans
+        .iter()
+        .find(|s| {
+            s.name == format!("task {task}") && text(&s.attributes, "toolgate.task.id") == task
+        })
+        .cloned()
+}
+
+/// One line for the task's root span: its id, and what its actions came to.
+pub fn root_line(root: &Span) -> String {
+    let a = &root.attributes;
+    let counts: Vec<String> = ["allow", "deny", "error"]
+        .iter()
+        .filter_map(|d| int(a, &format!("toolgate.task.decisions.{d}")).map(|n| format!("{n} {d}")))
+        .collect();
+    format!(
+        "  {}  span {} — {} actions ({}), the parent of every span below; closed at {}\n",
+        root.name,
+        hex(&root.span_id),
+        int(a, "toolgate.task.actions").unwrap_or(0),
+        counts.join(", "),
+        text(a, "toolgate.task.closed"),
     )
 }
 
@@ -245,9 +273,29 @@ pub fn problems(
     script: &[Step],
     outcomes: &[Outcome],
     chain: &[Span],
+    root: Option<&Span>,
     seen: &[Seen],
 ) -> Vec<String> {
     let mut problems = Vec::new();
+    match root {
+        None => problems.push("no root span for the task".into()),
+        Some(root) => {
+            if chain.iter().any(|s| s.parent_span_id != root.span_id) {
+                problems.push("not every action is a child of the task's root span".into());
+            }
+            if int(&root.attributes, "toolgate.task.actions") != Some(script.len() as i64) {
+                problems.push("the task's root span does not count every action".into());
+            }
+        }
+    }
+    for span in chain {
+        let a = &span.attributes;
+        if text(a, "gen_ai.operation.name") != "execute_tool"
+            || text(a, "openinference.span.kind") != "TOOL"
+        {
+            problems.push(format!("{}: not a GenAI tool execution span", span.name));
+        }
+    }
     // An allowed MCP call is answered by the (fake) server in JSON-RPC, for its request id.
     for (i, (step, outcome)) in script.iter().zip(outcomes).enumerate() {
         let Ok(call) = serde_json::from_str::<serde_json::Value>(step.body) else {
