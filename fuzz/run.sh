@@ -30,4 +30,10 @@ cargo +nightly fuzz run --fuzz-dir "$root/fuzz" "$target" "$work/corpus" "$root/
   status=$?
 grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|^stat::|ERROR|panicked|SUMMARY' "$work/fuzz-0.log" ||
   tail -20 "$work/run.log"
+# A job that crashed still exits 0 in libFuzzer's -jobs mode: its log tells.
+if grep -qE '^==[0-9]+== ERROR: libFuzzer|^SUMMARY: libFuzzer' "$work/fuzz-0.log"; then
+  grep -m1 -A3 'panicked at' "$work/fuzz-0.log" || true
+  echo "$target: crashed; the input is under fuzz/artifacts/$target/" >&2
+  status=1
+fi
 exit "$status"

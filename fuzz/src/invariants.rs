@@ -109,11 +109,33 @@ fn upstream_segments(path: &str) -> Option<Vec<String>> {
 pub fn accepted(config: &Config, a: &Accepted) {
     normalised(&a.request);
     assert_ne!(a.port, 0, "accepted port 0");
-    assert!(
-        !a.host.is_empty() && !a.host.bytes().any(|b| b.is_ascii_uppercase()),
+    // The host is a fixed point of canonicalisation, and a host a resolver reads as an IPv4
+    // address (its last label a number, as WHATWG URLs and inet_aton decide) is one, spelled
+    // as a dotted quad: otherwise policy sees one host and the connection reaches another.
+    let bracketed = if a.host.contains(':') {
+        format!("[{}]", a.host)
+    } else {
+        a.host.clone()
+    };
+    assert_eq!(
+        normalise::authority(&bracketed),
+        Ok((a.host.clone(), None)),
         "host {:?} is not canonical",
         a.host
     );
+    let last = a.host.rsplit('.').next().unwrap_or_default();
+    let hex = last
+        .strip_prefix("0x")
+        .or_else(|| last.strip_prefix("0X"))
+        .is_some_and(|d| d.bytes().all(|b| b.is_ascii_hexdigit()));
+    let numeric = hex || last.bytes().all(|b| b.is_ascii_digit());
+    if !a.host.contains(':') && numeric {
+        assert!(
+            a.host.parse::<std::net::Ipv4Addr>().is_ok(),
+            "host {:?} is an IPv4 address to a resolver, spelled otherwise",
+            a.host
+        );
+    }
     if a.via != Via::Route {
         assert_eq!(
             a.tool,
