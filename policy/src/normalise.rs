@@ -173,7 +173,7 @@ fn canonical_method(method: &str) -> Result<Method, Rejection> {
     if !valid {
         return Err(Rejection::Method(method.chars().take(32).collect()));
     }
-    Method::from_bytes(method.as_bytes()).map_err(|_| Rejection::Method(method.to_string()))
+    Method::from_bytes(method.as_bytes()).map_err(|_| Rejection::Method(clip(method)))
 }
 
 fn is_unreserved(b: u8) -> bool {
