@@ -51,6 +51,7 @@ fn action(i: usize) -> Action {
         body: Vec::new(),
         attributes: vec![(Arc::from("id"), AttributeSource::Path(0))],
         labels: Vec::new(),
+        upgrade: None,
     }
 }
 

@@ -56,6 +56,7 @@ fn bench(c: &mut Criterion) {
         task: "T-42",
         action: "payment.create",
         act: None,
+        approval: None,
     };
     c.bench_function("mint/eddsa", |b| {
         b.iter(|| mint(spec, &grant, &subject, SystemTime::now()).unwrap())

@@ -116,6 +116,7 @@ fn one_request(config: &Config, policy: &Policy, ledger: &Ledger, headers: &Head
                 task: "T-1",
                 action: &class.action,
                 act: None,
+                approval: None,
             };
             mint(spec, &decision.credential, &subject, now)
                 .unwrap()

@@ -18,6 +18,13 @@ python3 -c 'from mcp import Client; import mcp.server.mcpserver' 2>/dev/null ||
 python3 -c 'import jwt, cryptography' 2>/dev/null ||
   python3 -m pip install -q 'pyjwt[crypto]>=2.8,<3'
 
+# The approval page in a real browser (tests/approvals/page.rs): Debian's Chromium, driven
+# headless by Playwright for Python against /usr/bin/chromium (never `playwright install`,
+# which downloads a browser build). A few minutes the first time, nothing after.
+command -v chromium >/dev/null || apt_install chromium
+python3 -c 'import playwright.sync_api' 2>/dev/null ||
+  python3 -m pip install -q 'playwright>=1.49,<2'
+
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --workspace --all-targets

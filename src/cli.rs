@@ -1,5 +1,6 @@
-//! Operator commands, one file each (`toolgate revoke`, and later `approvals`, `tasks`), with
-//! the client they share to reach the operator API.
+//! Operator commands, one file each (`toolgate revoke`, `toolgate approvals`, and later
+//! `tasks`), with the client they share to reach the operator API.
 
+pub mod approvals;
 pub mod operator;
 pub mod revoke;

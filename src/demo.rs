@@ -1,9 +1,11 @@
 //! `toolgate demo`: the quickstart end to end, in one process. toolgate serves the embedded
 //! quickstart, except that each catalogued tool's `upstream` points at a fake tool on a
-//! loopback port and spans go to an in-process OTLP receiver (an overlay on the parsed YAML:
-//! `toolgate run` serves the quickstart unchanged). A scripted agent runs one task; the demo
-//! prints the decisions and the task's chain as rebuilt from the exported spans, and fails if
-//! the chain is not one linked trace.
+//! loopback port, spans go to an in-process OTLP receiver and the operator API gets a token of
+//! the demo's own (an overlay on the parsed YAML: `toolgate run` serves the quickstart
+//! unchanged). A scripted agent runs one task — with a payment held for a human, which the
+//! demo approves as an operator through the operator API before the agent retries it; the
+//! demo prints the decisions and the task's chain as rebuilt from the exported spans, and
+//! fails if the chain is not one linked trace.
 
 mod receiver;
 mod report;
@@ -37,6 +39,8 @@ pub struct Step {
     /// The action the catalog must classify it as, and the quickstart policy's decision.
     pub action: &'static str,
     pub decision: &'static str,
+    /// The answer names an approval, which the demo then approves as an operator.
+    pub approve: bool,
 }
 
 /// The agent's task.
@@ -49,6 +53,7 @@ pub const SCRIPT: &[Step] = &[
         body: "",
         action: "ticket.read",
         decision: "allow",
+        approve: false,
     },
     Step {
         says: "closes SUP-12",
@@ -58,6 +63,7 @@ pub const SCRIPT: &[Step] = &[
         body: r#"{"transition":{"id":"31"}}"#,
         action: "ticket.transition",
         decision: "allow",
+        approve: false,
     },
     Step {
         says: "pays out 5000 EUR",
@@ -67,6 +73,17 @@ pub const SCRIPT: &[Step] = &[
         body: "",
         action: "payment.create",
         decision: "deny",
+        approve: true,
+    },
+    Step {
+        says: "retries it once approved",
+        method: "POST",
+        url: "http://payments.example.com/v1/payments?amount=5000&currency=EUR",
+        content_type: None,
+        body: "",
+        action: "payment.create",
+        decision: "allow",
+        approve: false,
     },
     Step {
         says: "looks up customer ACME (MCP)",
@@ -76,23 +93,31 @@ pub const SCRIPT: &[Step] = &[
         body: r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"lookup_customer","arguments":{"customer":"ACME"}}}"#,
         action: "crm.lookup_customer",
         decision: "allow",
+        approve: false,
     },
 ];
+
+/// Who the demo approves as.
+pub const APPROVER: &str = "demo-operator";
 
 /// The agent's own token: toolgate must keep it from every tool.
 const AGENT_TOKEN: &str = "agent-own-token-never-forwarded";
 
-/// The quickstart with one file replaced: the demo's version of `toolgate.yaml`.
+/// The quickstart with the demo's `toolgate.yaml` and operator token.
 #[derive(Debug)]
 struct Overlay {
     base: EmbeddedFiles,
     config: Vec<u8>,
+    token: String,
 }
 
 impl Files for Overlay {
     fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
         if path == Path::new(CONFIG) {
             return Ok(self.config.clone());
+        }
+        if path == Path::new(TOKEN_FILE) {
+            return Ok(self.token.clone().into_bytes());
         }
         self.base.read(path)
     }
@@ -107,6 +132,50 @@ impl Files for Overlay {
 }
 
 const CONFIG: &str = "toolgate.yaml";
+const TOKEN_FILE: &str = "operator-token";
+
+/// A token for this run's operator API: 64 hex digits from the process's random hash keys.
+fn operator_token() -> String {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    (0..4)
+        .map(|i| {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(i);
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0),
+            );
+            format!("{:016x}", h.finish())
+        })
+        .collect()
+}
+
+/// Approve, as an operator, the approval the answer `held` names.
+async fn approve(admin: SocketAddr, token: &str, held: &[u8]) -> anyhow::Result<String> {
+    let problem: serde_json::Value = serde_json::from_slice(held)?;
+    let id = problem
+        .get("approval_id")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| anyhow!("the held payment's answer names no approval: {problem}"))?
+        .to_string();
+    let body =
+        serde_json::json!({ "approver": APPROVER, "comment": "approved by the demo script" });
+    let req = Request::post(format!("/v1/approvals/{id}/approve"))
+        .header(http::header::HOST, admin.to_string())
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))?;
+    let (status, answer) = exchange(admin, req).await?;
+    if status != 200 {
+        bail!(
+            "approving {id} failed: {status} {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    Ok(id)
+}
 
 fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?)
@@ -258,10 +327,17 @@ async fn demo(files: &[(&str, &'static [u8])], forward: Option<http::Uri>) -> an
         receiver.addr
     ))?;
     set(&mut doc, "telemetry", telemetry)?;
+    let token = operator_token();
+    set(
+        &mut doc,
+        "admin",
+        serde_yaml::from_str(&format!("{{ token_file: {TOKEN_FILE} }}"))?,
+    )?;
 
     let overlay = Overlay {
         base: EmbeddedFiles::new(files),
         config: serde_yaml::to_string(&doc)?.into_bytes(),
+        token: token.clone(),
     };
     let origin = Path::new("<embedded quickstart>").join(CONFIG);
     let config = Config::load_from(&origin, &overlay, &ProcessEnv).map_err(|e| anyhow!("{e}"))?;
@@ -295,8 +371,14 @@ async fn demo(files: &[(&str, &'static [u8])], forward: Option<http::Uri>) -> an
 
     let task = format!("demo-{}", run_id());
     let mut outcomes = Vec::new();
-    for step in SCRIPT {
-        outcomes.push(send(proxy, step, &task).await?);
+    let mut approved = Vec::new();
+    for (i, step) in SCRIPT.iter().enumerate() {
+        let outcome = send(proxy, step, &task).await?;
+        if step.approve {
+            let id = approve(admin, &token, &outcome.body).await?;
+            approved.push((i + 1, id));
+        }
+        outcomes.push(outcome);
     }
     // Spans are queued once their request is counted; then stopping flushes them all.
     let all = SCRIPT.len() as u64;
@@ -324,6 +406,11 @@ async fn demo(files: &[(&str, &'static [u8])], forward: Option<http::Uri>) -> an
             .join(", ")
     );
     println!("Decisions\n\n{}", report::table(SCRIPT, &outcomes, &chain));
+    for (step, id) in &approved {
+        println!(
+            "After step {step} the demo approved it as an operator ({APPROVER}): POST /v1/approvals/{id}/approve\n"
+        );
+    }
     let trace = chain
         .first()
         .map(|s| {

@@ -4,12 +4,13 @@
 mod cli;
 mod demo;
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use toolgate_policy::config::{Config, ConfigErrors, EmbeddedFiles, ProcessEnv};
-use toolgate_proxy::capture::{self, CaptureSpec, Cidr, Iptables};
+use toolgate_proxy::capture::{self, CaptureSpec, Cidr, Egress, Family, Iptables, Jumps};
 use toolgate_proxy::Snapshot;
 
 // glibc's allocator serialises pingora's worker threads on arena locks (measured: malloc and
@@ -60,8 +61,10 @@ enum Command {
         #[arg(long, value_name = "URL")]
         otlp: Option<String>,
     },
-    /// Pod init step for transparent capture: redirect the agent's outbound TCP to toolgate's
-    /// transparent listener with iptables `nat` rules (needs NET_ADMIN and NET_RAW).
+    /// Pod init step for transparent capture: redirect the agent's outbound TCP (IPv4 and
+    /// IPv6) to toolgate's transparent listener, refuse UDP to those ports, optionally drop
+    /// all other egress (iptables/ip6tables `nat` and `filter` rules; needs NET_ADMIN and
+    /// NET_RAW).
     InitIptables(InitIptables),
     /// The CA toolgate intercepts HTTPS with (`tls.ca`).
     #[command(subcommand)]
@@ -72,6 +75,9 @@ enum Command {
     /// Revoke a task, an agent or a credential id through the operator API, or list the
     /// revocations in force.
     Revoke(cli::revoke::Args),
+    /// Requests held for human approval: list, show, approve or deny them through the
+    /// operator API.
+    Approvals(cli::approvals::Args),
 }
 
 /// `toolgate ca …`
@@ -139,39 +145,57 @@ enum Keys {
 /// `toolgate init-iptables` arguments; lists are comma-separated.
 #[derive(Debug, clap::Args)]
 struct InitIptables {
-    /// Print the iptables-restore input instead of applying it.
+    /// Print the iptables-restore (and ip6tables-restore) input instead of applying it.
     #[arg(long)]
     dry_run: bool,
-    /// Port of toolgate's transparent listener on 127.0.0.1.
+    /// Port of toolgate's transparent listener on loopback (127.0.0.1 and [::1]).
     #[arg(long, default_value_t = 15006)]
     transparent_port: u16,
     /// Port of toolgate's admin listener (never redirected).
     #[arg(long, default_value_t = 15000)]
     admin_port: u16,
-    /// The uid toolgate runs as; its connections are never redirected.
+    /// The uid toolgate runs as; its connections are never redirected nor filtered.
     #[arg(long, default_value_t = 1337)]
     proxy_uid: u32,
     /// Also exempt connections made with this gid.
     #[arg(long)]
     proxy_gid: Option<u32>,
-    /// Destination TCP ports to redirect.
+    /// Destination TCP ports to redirect; UDP to them is refused (HTTP/3 falls back to TCP).
     #[arg(long, value_delimiter = ',', default_value = "80,443")]
     ports: Vec<u16>,
-    /// Destination networks to redirect (IPv4 CIDRs).
-    #[arg(long, value_delimiter = ',', default_value = "0.0.0.0/0")]
+    /// Destination networks to redirect (IPv4 and IPv6 CIDRs); a family none of them names
+    /// is redirected whole.
+    #[arg(long, value_delimiter = ',', default_value = "0.0.0.0/0,::/0")]
     include_cidrs: Vec<Cidr>,
-    /// Destination networks never redirected.
+    /// Destination networks never redirected nor filtered.
     #[arg(long, value_delimiter = ',')]
     exclude_cidrs: Vec<Cidr>,
-    /// Destination ports never redirected.
+    /// Destination TCP ports never redirected (and, with deny-other, allowed out).
     #[arg(long, value_delimiter = ',')]
     exclude_ports: Vec<u16>,
+    /// The agent's other egress: allow-other, or deny-other (dropped, except DNS to
+    /// --dns-servers, the exclusions and replies on connections the pod accepted).
+    #[arg(long, default_value = "allow-other")]
+    egress: Egress,
+    /// With --egress deny-other: the resolvers the agent may query on UDP/TCP 53; default:
+    /// the nameservers in /etc/resolv.conf.
+    #[arg(long, value_delimiter = ',')]
+    dns_servers: Vec<IpAddr>,
+    /// IPv6 capture: auto (whenever the kernel has IPv6) or off.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "off"])]
+    ipv6: String,
     /// The iptables program (e.g. iptables-legacy on legacy nodes).
     #[arg(long, default_value = "iptables")]
     iptables: String,
     /// The iptables-restore program (e.g. iptables-legacy-restore).
     #[arg(long, default_value = "iptables-restore")]
     iptables_restore: String,
+    /// The ip6tables program (e.g. ip6tables-legacy on legacy nodes).
+    #[arg(long, default_value = "ip6tables")]
+    ip6tables: String,
+    /// The ip6tables-restore program (e.g. ip6tables-legacy-restore).
+    #[arg(long, default_value = "ip6tables-restore")]
+    ip6tables_restore: String,
 }
 
 /// Exit code for configuration and policy errors.
@@ -325,6 +349,7 @@ fn eval(args: Eval) -> ExitCode {
         body.as_deref(),
         &args.task,
         &ledger,
+        None,
     );
     let report = match decided {
         Ok(outcome) => offline::report(&s.config, &outcome),
@@ -351,6 +376,13 @@ fn init_logging(default: &str) {
 }
 
 fn init_iptables(args: InitIptables) -> ExitCode {
+    let dns_servers = if args.dns_servers.is_empty() && args.egress == Egress::DenyOther {
+        std::fs::read_to_string("/etc/resolv.conf")
+            .map(|text| capture::nameservers(&text))
+            .unwrap_or_default()
+    } else {
+        args.dns_servers
+    };
     let spec = CaptureSpec {
         transparent_port: args.transparent_port,
         admin_port: args.admin_port,
@@ -360,36 +392,77 @@ fn init_iptables(args: InitIptables) -> ExitCode {
         include_cidrs: args.include_cidrs,
         exclude_cidrs: args.exclude_cidrs,
         exclude_ports: args.exclude_ports,
+        egress: args.egress,
+        dns_servers,
     };
     if let Err(e) = spec.validate() {
         eprintln!("toolgate init-iptables: {e}");
         return ExitCode::from(CONFIG_ERROR);
     }
-    if args.dry_run {
-        print!("{}", spec.restore_input(true));
-        return ExitCode::SUCCESS;
-    }
     let programs = Iptables {
         iptables: args.iptables,
         restore: args.iptables_restore,
+        ip6tables: args.ip6tables,
+        ip6_restore: args.ip6tables_restore,
     };
-    match capture::apply(&spec, &programs) {
-        Ok(applied) => {
-            println!(
-                "toolgate init-iptables: {} rules in nat {}{}; TCP to ports {:?} redirected to 127.0.0.1:{}",
-                applied.rules,
-                capture::CHAIN,
-                if applied.jump_added { ", jump from OUTPUT added" } else { ", jump from OUTPUT already present" },
-                spec.ports,
-                spec.transparent_port,
-            );
-            ExitCode::SUCCESS
+    let skip_v6 = if args.ipv6 == "off" {
+        Some("IPv6: not captured (--ipv6 off)")
+    } else if !capture::ipv6_available() {
+        Some("IPv6: skipped, the kernel has no IPv6 (no /proc/net/if_inet6)")
+    } else {
+        None
+    };
+    let families: Vec<Family> = Family::ALL
+        .into_iter()
+        .filter(|f| *f == Family::V4 || skip_v6.is_none())
+        .collect();
+    if args.dry_run {
+        for family in &families {
+            let restore = match family {
+                Family::V4 => &programs.restore,
+                Family::V6 => &programs.ip6_restore,
+            };
+            println!("# {}: {restore} --noflush", family.name());
+            print!("{}", spec.restore_input(*family, Jumps::BOTH));
         }
-        Err(e) => {
-            eprintln!("toolgate init-iptables: {e}");
-            ExitCode::FAILURE
+        if let Some(note) = skip_v6 {
+            println!("# {note}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    for family in families {
+        match capture::apply(&spec, &programs, family) {
+            Ok(applied) => {
+                let added = applied.jumps_added.nat || applied.jumps_added.filter;
+                let listener = match family {
+                    Family::V4 => format!("127.0.0.1:{}", spec.transparent_port),
+                    Family::V6 => format!("[::1]:{}", spec.transparent_port),
+                };
+                println!(
+                    "toolgate init-iptables: {}: {} rules in nat {}, {} in filter {}, {}; TCP to ports {:?} redirected to {listener}, UDP to them refused, other egress {}",
+                    family.name(),
+                    applied.nat_rules,
+                    capture::CHAIN,
+                    applied.filter_rules,
+                    capture::EGRESS_CHAIN,
+                    if added { "jumps from OUTPUT added" } else { "jumps from OUTPUT already present" },
+                    spec.ports,
+                    match spec.egress {
+                        Egress::AllowOther => "allowed",
+                        Egress::DenyOther => "dropped",
+                    },
+                );
+            }
+            Err(e) => {
+                eprintln!("toolgate init-iptables: {}: {e}", family.name());
+                return ExitCode::FAILURE;
+            }
         }
     }
+    if let Some(note) = skip_v6 {
+        println!("toolgate init-iptables: {note}");
+    }
+    ExitCode::SUCCESS
 }
 
 fn ca(command: CaCommand) -> ExitCode {
@@ -543,9 +616,13 @@ fn main() -> ExitCode {
             for note in &operator.notes {
                 println!("note: {note}");
             }
+            for w in &s.config.warnings {
+                eprintln!("warning: {}: {}: {}", config.display(), w.path, w.message);
+            }
             ExitCode::SUCCESS
         }
         Command::Revoke(args) => cli::revoke::run(args),
+        Command::Approvals(args) => cli::approvals::run(args),
         Command::Test { config, paths } => test(&config, paths),
         Command::Eval(args) => eval(args),
         Command::Demo { otlp } => {
@@ -564,6 +641,9 @@ fn main() -> ExitCode {
             let Some(s) = snapshot(config.as_deref()) else {
                 return ExitCode::from(CONFIG_ERROR);
             };
+            for w in &s.config.warnings {
+                tracing::warn!(field = %w.path, "{}", w.message);
+            }
             match toolgate_proxy::serve(s, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

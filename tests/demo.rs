@@ -36,13 +36,30 @@ fn demo_prints_the_decisions_and_the_linked_timeline_and_exits_0() {
     for row in [
         "1  reads ticket SUP-12           ticket.read          allow     200     reading tickets is allowed",
         "2  closes SUP-12                 ticket.transition    allow     200     SUP-12 was read earlier in this task",
-        "3  pays out 5000 EUR             payment.create       deny      403     payment of 5000 exceeds the limit of 100",
-        "4  looks up customer ACME (MCP)  crm.lookup_customer  allow     200     looking customers up is allowed",
+        "3  pays out 5000 EUR             payment.create       held      403     payment of 5000 exceeds the limit of 100: a human must approve it",
+        "4  retries it once approved      payment.create       allow     200     payment of 5000 approved by demo-operator",
+        "5  looks up customer ACME (MCP)  crm.lookup_customer  allow     200     looking customers up is allowed",
     ] {
         assert!(stdout.contains(row), "missing row {row:?} in\n{stdout}");
     }
     assert!(
-        stdout.contains("rebuilt from the 4 spans received (trace "),
+        stdout.contains("rebuilt from the 5 spans received (trace "),
+        "{stdout}"
+    );
+    // Held, approved by the demo as an operator through the operator API, then retried.
+    let approved = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("After step 3 the demo approved it as an operator (demo-operator): POST /v1/approvals/"))
+        .unwrap_or_else(|| panic!("no approval line in\n{stdout}"));
+    let id = approved.trim_end_matches("/approve");
+    assert!(
+        stdout.contains(&format!("held for approval {id}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "approval {id} consumed, approved by demo-operator"
+        )),
         "{stdout}"
     );
     // The timeline: each action one level under the one it links to.
@@ -60,18 +77,26 @@ fn demo_prints_the_decisions_and_the_linked_timeline_and_exits_0() {
         at("payment.create"),
         at("crm.lookup_customer"),
     );
+    let retry = lines
+        .iter()
+        .find(|l| l.contains(" payment.create [seq 4]"))
+        .unwrap_or_else(|| panic!("no retried payment in\n{stdout}"));
     assert!(read.contains("● +"), "{read}");
     assert!(
-        column(read) < column(close) && column(close) < column(pay) && column(pay) < column(lookup),
+        column(read) < column(close)
+            && column(close) < column(pay)
+            && column(pay) < column(retry)
+            && column(retry) < column(lookup),
         "{stdout}"
     );
     for credential in [
         "credential issued: jira-token (secret)",
+        "credential issued: payments-key (secret)",
         "credential issued: crm-token (secret)",
     ] {
         assert!(stdout.contains(credential), "{stdout}");
     }
-    assert_eq!(stdout.matches("links to span ").count(), 3, "{stdout}");
+    assert_eq!(stdout.matches("links to span ").count(), 4, "{stdout}");
     assert!(
         stdout.contains("(jira, payments, crm) faked on 127.0.0.1"),
         "{stdout}"
@@ -88,13 +113,14 @@ async fn demo_also_sends_its_spans_to_a_given_otlp_endpoint() {
         .unwrap();
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    let spans = store.wait_for(4).await;
+    let spans = store.wait_for(5).await;
     let mut names: Vec<&str> = spans.iter().map(|s| s.span.name.as_str()).collect();
     names.sort();
     assert_eq!(
         names,
         [
             "crm.lookup_customer",
+            "payment.create",
             "payment.create",
             "ticket.read",
             "ticket.transition"

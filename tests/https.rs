@@ -91,7 +91,7 @@ tools:
       - name: ticket.delete
         match: {{ method: DELETE, path: "/rest/api/3/issue/{{issue}}" }}
   - name: vault
-    hosts: [localhost]
+    hosts: ["localhost:{port}"]
     intercept: false
     credential: jira-token
   - name: locked
@@ -294,6 +294,66 @@ async fn connect_to_an_unlisted_host_is_refused_before_any_tls() {
     let (_, stderr) = curl(s.tg.proxy, &s.ca, &[args(&["https://evil.test/"])]);
     assert!(stderr.contains("403"), "{stderr}");
     assert!(s.tool.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_to_another_port_of_a_catalogued_host_is_refused_before_any_tls() {
+    let s = setup(true).await;
+    // `jira.test` is catalogued without a port: only 443 is jira for a tunnel.
+    for target in ["jira.test:8443", "jira.test:80", "127.0.0.1:8443"] {
+        let reply = raw_connect(s.tg.proxy, target, b"");
+        assert!(reply.starts_with("HTTP/1.1 403 "), "{target}: {reply}");
+        assert!(reply.contains(r#""action":"unknown""#), "{target}: {reply}");
+    }
+    // Positive control: the default port is the tool, tunnelled and served.
+    let (t, stderr) = curl(
+        s.tg.proxy,
+        &s.ca,
+        &[args(&["https://jira.test/rest/api/3/issue/SUP-1"])],
+    );
+    assert_eq!(t.first().map(|t| t.status), Some(200), "{stderr}");
+    assert_eq!(
+        s.tool.only().headers["authorization"],
+        format!("Bearer {SECRET}")
+    );
+}
+
+#[test]
+fn check_warns_about_a_plain_http_upstream_naming_the_tool() {
+    let dir = tempfile::tempdir().unwrap();
+    support::write(
+        dir.path(),
+        "policy.rego",
+        "package toolgate\ndefault decision := false\n",
+    );
+    let config = |upstream: &str| {
+        format!(
+            "agent: {{ id: spiffe://test/agent }}\ntools:\n  - {{ name: legacy, hosts: [legacy.test], upstream: \"{upstream}\" }}\npolicy: {{ files: [policy.rego] }}\n"
+        )
+    };
+    let check = |upstream: &str| {
+        support::write(dir.path(), "toolgate.yaml", &config(upstream));
+        let out = Command::new(support::binary())
+            .args(["check", "-c"])
+            .arg(dir.path().join("toolgate.yaml"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let stderr = check("http://10.0.0.7:8080");
+    let warning = stderr
+        .lines()
+        .find(|l| l.starts_with("warning: "))
+        .unwrap_or_else(|| panic!("no warning: {stderr}"));
+    assert!(
+        warning.ends_with(
+            "toolgate.yaml: tools[0].upstream: tool \"legacy\" is sent plain HTTP: its requests, and any credential injected into them, cross the network unencrypted; use https:// unless that network is trusted"
+        ),
+        "{warning}"
+    );
+    // Positive control: https loads without a word.
+    assert_eq!(check("https://legacy.internal"), "");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,10 +1,11 @@
 //! `toolgate init-iptables`: the printed rules, and the applied rules redirecting an agent's
 //! traffic inside network namespaces this test creates and removes (needs root, as CI has).
 //!
-//! Topology: namespace `agent` (192.0.2.1) ── veth ── namespace `tool` (192.0.2.2). A listener
-//! on 127.0.0.1:15006 in `agent` stands in for toolgate's transparent listener; the tool
-//! listens on 192.0.2.2:80, :443 and :8080. Both answer with their name and the original
-//! destination they recovered with SO_ORIGINAL_DST. The agent's client is curl, run as
+//! Topology: namespace `agent` (192.0.2.1, fd00::1) ── veth ── namespace `tool` (192.0.2.2,
+//! fd00::2). A listener on 127.0.0.1:15006 and [::1]:15006 in `agent` stands in for
+//! toolgate's transparent listener; the tool listens on ports 53, 80, 443, 8080 and 8443 (TCP
+//! and UDP). Both answer with their name and, over TCP, the original destination they
+//! recovered with SO_ORIGINAL_DST. The agent's clients are curl and tests/netns/udp.py, run as
 //! several uids with `setpriv`.
 #![allow(
     clippy::unwrap_used,
@@ -19,7 +20,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_toolgate");
 const LISTENER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/netns/listener.py");
+const UDP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/netns/udp.py");
 const TOOL_IP: &str = "192.0.2.2";
+const TOOL_IP6: &str = "fd00::2";
 
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -36,11 +39,14 @@ fn ip(args: &[&str]) {
     run(Command::new("ip").args(args));
 }
 
-/// Two network namespaces joined by a veth pair; deleted (with everything in them) on drop.
+/// Two network namespaces joined by a veth pair; deleted (with everything in them, and the
+/// agent's /etc/netns directory) on drop.
 struct Namespaces {
     agent: String,
     tool: String,
     children: Vec<Child>,
+    /// Whether the kernel has IPv6: the namespaces then have IPv6 addresses too.
+    ipv6: bool,
 }
 
 impl Namespaces {
@@ -62,6 +68,7 @@ impl Namespaces {
             agent: format!("tg8-agent-{tag}"),
             tool: format!("tg8-tool-{tag}"),
             children: Vec::new(),
+            ipv6: std::path::Path::new("/proc/net/if_inet6").exists(),
         };
         ip(&["netns", "add", &ns.agent]);
         ip(&["netns", "add", &ns.tool]);
@@ -88,7 +95,23 @@ impl Namespaces {
             ip(&["-n", n, "link", "set", dev, "up"]);
             ip(&["-n", n, "link", "set", "lo", "up"]);
         }
+        if ns.ipv6 {
+            // nodad: usable at once, without duplicate address detection's delay.
+            for (n, dev, addr) in [
+                (&ns.agent, "veth-agent", "fd00::1/64"),
+                (&ns.tool, "veth-tool", "fd00::2/64"),
+            ] {
+                ip(&["-n", n, "-6", "addr", "add", addr, "dev", dev, "nodad"]);
+            }
+        }
         ns
+    }
+
+    /// The agent namespace's /etc/resolv.conf (`ip netns exec` mounts it over the host's).
+    fn resolv_conf(&self, text: &str) {
+        let etc = std::path::Path::new("/etc/netns").join(&self.agent);
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(etc.join("resolv.conf"), text).unwrap();
     }
 
     fn exec(ns: &str) -> Command {
@@ -121,14 +144,38 @@ impl Namespaces {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    /// The agent namespace's `nat` table as `iptables -S` prints it.
-    fn nat_rules(&self) -> Vec<String> {
-        let out = run(Namespaces::exec(&self.agent).args(["iptables", "-t", "nat", "-S"]));
+    /// The agent namespace's `table` as `program -S` prints it (iptables or ip6tables).
+    fn table(&self, program: &str, table: &str) -> Vec<String> {
+        let out = run(Namespaces::exec(&self.agent).args([program, "-t", table, "-S"]));
         String::from_utf8(out.stdout)
             .unwrap()
             .lines()
             .map(str::to_string)
             .collect()
+    }
+
+    /// The agent namespace's `nat` table as `iptables -S` prints it.
+    fn nat_rules(&self) -> Vec<String> {
+        self.table("iptables", "nat")
+    }
+
+    /// One UDP datagram from the agent namespace as `uid`: `reply …`, `error …` or `timeout`.
+    fn udp_as(&self, uid: u32, host: &str, port: u16) -> String {
+        let uid = uid.to_string();
+        let out = Namespaces::exec(&self.agent)
+            .args([
+                "setpriv",
+                "--reuid",
+                &uid,
+                "--regid",
+                &uid,
+                "--clear-groups",
+            ])
+            .arg(python_for_any_uid())
+            .args([UDP, host, &port.to_string()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// curl `url` from the agent namespace as `uid`; returns the body, or the failure.
@@ -143,7 +190,7 @@ impl Namespaces {
                 &uid,
                 "--clear-groups",
             ])
-            .args(["curl", "-sS", "--max-time", "5", url])
+            .args(["curl", "-gsS", "--max-time", "5", url])
             .output()
             .unwrap();
         if out.status.success() {
@@ -166,7 +213,16 @@ impl Drop for Namespaces {
         for ns in [&self.agent, &self.tool] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
+        let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(&self.agent));
     }
+}
+
+/// A python3 every uid can run (a per-user install, e.g. under /root, is not).
+fn python_for_any_uid() -> &'static str {
+    ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("python3")
 }
 
 /// Who answered: the first word of a listener's reply (`tool` or `transparent`). Where no
@@ -180,8 +236,13 @@ fn who(reply: &str) -> &str {
 fn topology() -> Namespaces {
     let mut ns = Namespaces::create();
     let (agent, tool) = (ns.agent.clone(), ns.tool.clone());
-    ns.listen(&agent, "transparent", "127.0.0.1", &[15006]);
-    ns.listen(&tool, "tool", "0.0.0.0", &[80, 443, 8080]);
+    let (loopback, any) = if ns.ipv6 {
+        ("127.0.0.1,::1", "0.0.0.0,::")
+    } else {
+        ("127.0.0.1", "0.0.0.0")
+    };
+    ns.listen(&agent, "transparent", loopback, &[15006]);
+    ns.listen(&tool, "tool", any, &[53, 80, 443, 8080, 8443]);
     ns
 }
 
@@ -195,7 +256,10 @@ fn redirects_the_agents_web_traffic_and_exempts_the_proxy_uid() {
     );
 
     let out = ns.init_iptables(&[]);
-    assert!(out.contains("jump from OUTPUT added"), "{out}");
+    assert!(
+        out.contains("IPv4: ") && out.contains("jumps from OUTPUT added"),
+        "{out}"
+    );
 
     // The agent, whatever uid it runs as, lands on the transparent port; the listener
     // recovers where the agent meant to go.
@@ -228,18 +292,174 @@ fn redirects_the_agents_web_traffic_and_exempts_the_proxy_uid() {
 }
 
 #[test]
+fn redirects_ipv6_like_ipv4_or_says_why_not() {
+    let ns = topology();
+    let out = ns.init_iptables(&[]);
+    if !ns.ipv6 {
+        assert!(
+            out.contains("IPv6: skipped, the kernel has no IPv6"),
+            "{out}"
+        );
+        return;
+    }
+    assert!(
+        out.contains("IPv6: ") && out.contains("[::1]:15006"),
+        "{out}"
+    );
+    let url = format!("http://[{TOOL_IP6}]/issue/1");
+    // Not only IPv4: an agent that connects over IPv6 lands on the transparent port too.
+    for uid in [1000, 0] {
+        assert_eq!(
+            ns.curl_as(uid, &url),
+            format!("transparent [{TOOL_IP6}]:80"),
+            "uid {uid}"
+        );
+    }
+    assert_eq!(
+        ns.curl_as(1000, &format!("http://[{TOOL_IP6}]:443/")),
+        format!("transparent [{TOOL_IP6}]:443")
+    );
+    // Positive controls: toolgate's uid and an uncaptured port go straight to the tool.
+    assert_eq!(who(&ns.curl_as(1337, &url)), "tool");
+    assert_eq!(
+        who(&ns.curl_as(1000, &format!("http://[{TOOL_IP6}]:8080/"))),
+        "tool"
+    );
+    let v6 = ns.table("ip6tables", "nat");
+    assert!(
+        v6.iter()
+            .any(|r| r
+                == "-A TOOLGATE_OUTPUT -p tcp -m tcp --dport 443 -j REDIRECT --to-ports 15006"),
+        "{v6:#?}"
+    );
+}
+
+#[test]
+fn udp_to_the_captured_ports_is_refused_so_quic_falls_back_to_tcp() {
+    let ns = topology();
+    let mut hosts = vec![TOOL_IP];
+    if ns.ipv6 {
+        hosts.push(TOOL_IP6);
+    }
+    // Before capture, UDP 443 reaches the tool.
+    for host in &hosts {
+        assert_eq!(ns.udp_as(1000, host, 443), "reply tool udp", "{host}");
+    }
+    ns.init_iptables(&[]);
+    for host in &hosts {
+        let refused = ns.udp_as(1000, host, 443);
+        assert!(refused.starts_with("error "), "{host}: {refused}");
+        // Positive controls: another UDP port, and toolgate's own uid, still get through;
+        // TCP 443 is captured as before.
+        assert_eq!(ns.udp_as(1000, host, 8443), "reply tool udp", "{host}");
+        assert_eq!(ns.udp_as(1337, host, 443), "reply tool udp", "{host}");
+    }
+    assert_eq!(
+        ns.curl_as(1000, &format!("http://{TOOL_IP}:443/")),
+        format!("transparent {TOOL_IP}:443")
+    );
+}
+
+#[test]
+fn deny_other_blocks_direct_egress_while_the_redirect_dns_and_the_proxy_uid_still_work() {
+    let ns = topology();
+    // The agent's resolver, as the pod's resolv.conf names it.
+    ns.resolv_conf("search test\nnameserver 192.0.2.2\n");
+    // Before: a direct connection to an uncaptured port works.
+    assert_eq!(
+        who(&ns.curl_as(1000, &format!("http://{TOOL_IP}:8080/"))),
+        "tool"
+    );
+    let out = ns.init_iptables(&["--egress", "deny-other"]);
+    assert!(out.contains("other egress dropped"), "{out}");
+
+    // Denied: direct TCP to a port the capture does not redirect, and any other UDP.
+    let direct = ns.curl_as(1000, &format!("http://{TOOL_IP}:8080/"));
+    assert!(direct.starts_with("curl failed"), "{direct}");
+    let udp = ns.udp_as(1000, TOOL_IP, 8443);
+    assert!(udp.starts_with("error "), "{udp}");
+    // Positive controls: the redirected port still reaches toolgate; DNS to the resolver
+    // from resolv.conf is open; toolgate's own uid goes anywhere.
+    assert_eq!(
+        ns.curl_as(1000, &format!("http://{TOOL_IP}/issue/1")),
+        format!("transparent {TOOL_IP}:80")
+    );
+    assert_eq!(ns.udp_as(1000, TOOL_IP, 53), "reply tool udp");
+    assert_eq!(
+        who(&ns.curl_as(1337, &format!("http://{TOOL_IP}:8080/"))),
+        "tool"
+    );
+    if ns.ipv6 {
+        let direct = ns.curl_as(1000, &format!("http://[{TOOL_IP6}]:8080/"));
+        assert!(direct.starts_with("curl failed"), "{direct}");
+        // No IPv6 resolver is configured: IPv6 DNS is dropped like the rest.
+        assert!(ns.udp_as(1000, TOOL_IP6, 53).starts_with("error "));
+        assert_eq!(
+            ns.curl_as(1000, &format!("http://[{TOOL_IP6}]/x")),
+            format!("transparent [{TOOL_IP6}]:80")
+        );
+        assert_eq!(
+            who(&ns.curl_as(1337, &format!("http://[{TOOL_IP6}]:8080/"))),
+            "tool"
+        );
+    }
+
+    // An excluded port is let out; rerunning without deny-other opens the rest again.
+    ns.init_iptables(&["--egress", "deny-other", "--exclude-ports", "8080"]);
+    assert_eq!(
+        who(&ns.curl_as(1000, &format!("http://{TOOL_IP}:8080/"))),
+        "tool"
+    );
+    ns.init_iptables(&[]);
+    assert_eq!(ns.udp_as(1000, TOOL_IP, 8443), "reply tool udp");
+
+    // Without a resolver to allow, deny-other refuses to run rather than cut DNS off.
+    ns.resolv_conf("search test\n");
+    let out = Namespaces::exec(&ns.agent)
+        .args([BINARY, "init-iptables", "--egress", "deny-other"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pass --dns-servers"),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn rerunning_replaces_the_rules_instead_of_adding_more() {
     let ns = topology();
     ns.init_iptables(&[]);
     let first = ns.nat_rules();
+    let filter = ns.table("iptables", "filter");
     let out = ns.init_iptables(&[]);
-    assert!(out.contains("jump from OUTPUT already present"), "{out}");
+    assert!(out.contains("jumps from OUTPUT already present"), "{out}");
+    assert!(!out.contains("jumps from OUTPUT added"), "{out}");
     assert_eq!(ns.nat_rules(), first, "a rerun changed the rules");
-    let jumps = first
-        .iter()
-        .filter(|r| r.as_str() == "-A OUTPUT -p tcp -j TOOLGATE_OUTPUT")
-        .count();
-    assert_eq!(jumps, 1, "{first:#?}");
+    assert_eq!(ns.table("iptables", "filter"), filter);
+    let programs: &[&str] = if ns.ipv6 {
+        &["iptables", "ip6tables"]
+    } else {
+        &["iptables"]
+    };
+    for program in programs {
+        let count = |table: &str, jump: &str| {
+            ns.table(program, table)
+                .iter()
+                .filter(|r| r.as_str() == jump)
+                .count()
+        };
+        assert_eq!(
+            count("nat", "-A OUTPUT -p tcp -j TOOLGATE_OUTPUT"),
+            1,
+            "{program}"
+        );
+        assert_eq!(
+            count("filter", "-A OUTPUT -j TOOLGATE_EGRESS"),
+            1,
+            "{program}"
+        );
+    }
 
     // A rerun with different settings replaces the chain's contents: the tool's address is
     // now excluded, and only port 8080 is captured.
@@ -281,25 +501,58 @@ fn dry_run_prints_the_restore_input_without_touching_iptables() {
         "init-iptables",
         "--dry-run",
         "--exclude-cidrs",
-        "10.96.0.0/12",
+        "10.96.0.0/12,fd00:10::/108",
         "--exclude-ports",
         "5432",
     ]));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
-        text.starts_with("*nat\n:TOOLGATE_OUTPUT - [0:0]\n"),
+        text.starts_with("# IPv4: iptables-restore --noflush\n*nat\n:TOOLGATE_OUTPUT - [0:0]\n"),
         "{text}"
     );
+    let (v4, v6) = match text.split_once("# IPv6: ip6tables-restore --noflush\n") {
+        Some((v4, v6)) => (v4, Some(v6)),
+        None => (text.as_str(), None),
+    };
     for rule in [
         "-A TOOLGATE_OUTPUT -m owner --uid-owner 1337 -j RETURN",
         "-A TOOLGATE_OUTPUT -p tcp --dport 5432 -j RETURN",
         "-A TOOLGATE_OUTPUT -d 10.96.0.0/12 -j RETURN",
         "-A TOOLGATE_OUTPUT -p tcp --dport 443 -j REDIRECT --to-ports 15006",
         "-A OUTPUT -p tcp -j TOOLGATE_OUTPUT",
+        "*filter",
+        ":TOOLGATE_EGRESS - [0:0]",
+        "-A TOOLGATE_EGRESS -p udp --dport 443 -j REJECT",
+        "-A OUTPUT -j TOOLGATE_EGRESS",
     ] {
-        assert!(text.lines().any(|l| l == rule), "missing {rule}:\n{text}");
+        assert!(v4.lines().any(|l| l == rule), "missing {rule}:\n{text}");
     }
-    assert!(text.ends_with("COMMIT\n"), "{text}");
+    assert!(!v4.contains("fd00"), "{text}");
+    assert!(!v4.contains("DROP"), "allow-other drops nothing:\n{text}");
+    match v6 {
+        Some(v6) => {
+            for rule in [
+                "-A TOOLGATE_OUTPUT -d ::1/128 -j RETURN",
+                "-A TOOLGATE_OUTPUT -d fd00:10::/108 -j RETURN",
+                "-A TOOLGATE_OUTPUT -p tcp --dport 443 -j REDIRECT --to-ports 15006",
+                "-A TOOLGATE_EGRESS -p udp --dport 443 -j REJECT",
+            ] {
+                assert!(v6.lines().any(|l| l == rule), "missing {rule}:\n{text}");
+            }
+            assert!(!v6.contains("10.96.0.0"), "{text}");
+            assert!(v6.ends_with("COMMIT\n"), "{text}");
+        }
+        None => assert!(text.contains("# IPv6: skipped"), "{text}"),
+    }
+
+    // --ipv6 off prints IPv4 only, and says so.
+    let out = run(Command::new(BINARY).args(["init-iptables", "--dry-run", "--ipv6", "off"]));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains("ip6tables-restore"), "{text}");
+    assert!(
+        text.ends_with("# IPv6: not captured (--ipv6 off)\n"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -314,6 +567,14 @@ fn bad_arguments_exit_2_with_the_reason() {
             "--ports must not contain the admin port",
         ),
         (vec!["--proxy-uid", "0"], "--proxy-uid 0 would exempt"),
+        (
+            vec!["--egress", "deny"],
+            "expected allow-other or deny-other",
+        ),
+        (
+            vec!["--include-cidrs", "fd00::1/64"],
+            "did you mean fd00::/64?",
+        ),
     ] {
         let out = Command::new(BINARY)
             .args(["init-iptables", "--dry-run"])

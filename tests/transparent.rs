@@ -4,9 +4,14 @@
 //! plain curl — with no proxy settings — reaches a tool in another namespace only through
 //! toolgate: classified, decided, the credential injected.
 //!
-//! Topology: namespace `agent` (192.0.2.1) ── veth ── namespace `tool` (192.0.2.2, HTTP :80 and
-//! HTTPS :443, tests/netns/tool.py). `jira.test` resolves to 192.0.2.2 in the agent namespace
-//! through /etc/netns/<agent>/hosts, which `ip netns exec` mounts over /etc/hosts.
+//! Topology: namespace `agent` (192.0.2.1, fd00::1) ── veth ── namespace `tool` (192.0.2.2,
+//! fd00::2; plain HTTP on :80, :8080 and :8081, HTTPS on :443, tests/netns/tool.py, which logs
+//! every request it receives). `jira.test` resolves to 192.0.2.2 in the agent namespace
+//! through /etc/netns/<agent>/hosts, which `ip netns exec` mounts over /etc/hosts — for
+//! toolgate (which runs there) as for the agent.
+//!
+//! The tool has no `upstream`: toolgate reaches it over TLS on port 443 whatever scheme the
+//! agent used, and no credential ever reaches one of its plain-HTTP ports.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -26,6 +31,7 @@ use support::TestCa;
 
 const TOOL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/netns/tool.py");
 const TOOL_IP: &str = "192.0.2.2";
+const TOOL_IP6: &str = "fd00::2";
 const SECRET: &str = "jira-secret-value-7f3a";
 const PROXY_UID: u32 = 1337;
 const AGENT_UID: u32 = 1000;
@@ -41,6 +47,18 @@ decision := {"allow": true, "reason": "reading tickets is allowed"} if input.act
 decision := {"allow": false, "reason": "deleting tickets needs a human"} if input.action.name == "ticket.delete"
 
 decision := {"allow": true, "reason": "vault is spliced"} if input.action.name == "vault.connect"
+
+# A careless rule: another port of the tool's host is `unknown`, and this names a credential
+# for it anyway. toolgate refuses to send a credential to a destination no tool serves.
+decision := {"allow": true, "reason": "port 8080 is open", "credential": {"name": "jira-token"}} if {
+	input.action.name == "unknown"
+	input.request.port == 8080
+}
+
+decision := {"allow": true, "reason": "port 8081 is open"} if {
+	input.action.name == "unknown"
+	input.request.port == 8081
+}
 "#;
 
 fn run(cmd: &mut Command) -> Output {
@@ -64,6 +82,8 @@ struct Pod {
     tool: String,
     children: Vec<Child>,
     dir: tempfile::TempDir,
+    /// Whether the kernel has IPv6: the namespaces then have IPv6 addresses too.
+    ipv6: bool,
 }
 
 impl Pod {
@@ -86,6 +106,7 @@ impl Pod {
             tool: format!("tgt-tool-{tag}"),
             children: Vec::new(),
             dir: tempfile::tempdir().unwrap(),
+            ipv6: Path::new("/proc/net/if_inet6").exists(),
         };
         // Before anything runs in the namespace: `ip netns exec` mounts it over /etc/hosts.
         let etc = pod.etc();
@@ -129,6 +150,14 @@ impl Pod {
             "dev",
             "veth-tool",
         ]);
+        if pod.ipv6 {
+            for (n, dev, addr) in [
+                (&pod.agent, "veth-agent", "fd00::1/64"),
+                (&pod.tool, "veth-tool", "fd00::2/64"),
+            ] {
+                ip(&["-n", n, "-6", "addr", "add", addr, "dev", dev, "nodad"]);
+            }
+        }
         pod
     }
 
@@ -150,13 +179,20 @@ impl Pod {
         path
     }
 
+    /// Start the tool: plain HTTP on 80, 8080 and 8081, HTTPS on 443, logging each request.
     fn start_tool(&mut self, ca: &TestCa) {
         let cert = self.file("tool/cert.pem", &ca.leaf_pem());
         let key = self.file("tool/key.pem", &ca.leaf_key_pem());
+        let hosts = if self.ipv6 { "0.0.0.0,::" } else { "0.0.0.0" };
         let mut child = Pod::exec(&self.tool)
-            .args(["python3", TOOL, "0.0.0.0", "80", "443"])
+            .args(["python3", TOOL, "--hosts", hosts])
+            .args(["--http", "80,8080,8081", "--https", "443"])
+            .arg("--cert")
             .arg(cert)
+            .arg("--key")
             .arg(key)
+            .arg("--log")
+            .arg(self.tool_log_path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -167,6 +203,27 @@ impl Pod {
             .unwrap();
         self.children.push(child);
         assert_eq!(line.trim(), "ready", "the tool did not start");
+    }
+
+    fn tool_log_path(&self) -> PathBuf {
+        self.dir.path().join("tool-received.jsonl")
+    }
+
+    /// The last request the tool received (what it saw; its answer to the agent may be
+    /// masked where it echoes the injected credential).
+    fn last_received(&self) -> serde_json::Value {
+        self.tool_received()
+            .pop()
+            .unwrap_or_else(|| panic!("the tool received nothing"))
+    }
+
+    /// Every request the tool received, on any port, in order.
+    fn tool_received(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.tool_log_path())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     /// Start toolgate in the agent namespace as uid 1337 and wait until it is ready.
@@ -213,6 +270,14 @@ impl Pod {
 
     /// curl from the agent namespace as `uid` (no proxy settings); returns status and body.
     fn curl_as(&self, uid: u32, args: &[&str]) -> (u16, String) {
+        let mut all = vec!["--noproxy", "*"];
+        all.extend_from_slice(args);
+        self.curl_with(uid, &all)
+    }
+
+    /// curl from the agent namespace as `uid` with exactly `args` (e.g. `-x` for the proxy
+    /// listener); returns status and body.
+    fn curl_with(&self, uid: u32, args: &[&str]) -> (u16, String) {
         let uid = uid.to_string();
         let out = Pod::exec(&self.agent)
             .args([
@@ -223,7 +288,7 @@ impl Pod {
                 &uid,
                 "--clear-groups",
             ])
-            .args(["curl", "-sS", "--max-time", "10", "--noproxy", "*"])
+            .args(["curl", "-gsS", "--max-time", "10"])
             .args(["-w", "\n%{http_code}"])
             .args(args)
             .output()
@@ -268,10 +333,11 @@ fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
-#[test]
-fn redirected_http_and_https_are_classified_decided_and_injected_and_the_proxy_uid_is_exempt() {
+/// A pod with the tool running, toolgate serving the jira/vault catalog (neither with an
+/// `upstream`) and `toolgate init-iptables ARGS` applied.
+fn jira_pod(init_args: &[&str]) -> (Pod, PathBuf, String) {
     let mut pod = Pod::create();
-    let tool_ca = TestCa::for_names(&[TOOL_IP, "jira.test", "192.0.2.3"]);
+    let tool_ca = TestCa::for_names(&[TOOL_IP, "jira.test", "192.0.2.3", TOOL_IP6]);
     pod.start_tool(&tool_ca);
 
     let dir = pod.dir.path().to_path_buf();
@@ -291,7 +357,7 @@ listen: {{ proxy: 127.0.0.1:15001, transparent: 127.0.0.1:15006, admin: 127.0.0.
 agent: {{ id: spiffe://test/ns/a/sa/agent }}
 tools:
   - name: jira
-    hosts: [{TOOL_IP}, jira.test]
+    hosts: [{TOOL_IP}, jira.test, "[{TOOL_IP6}]"]
     credential: jira-token
     actions:
       - name: ticket.read
@@ -312,14 +378,24 @@ tls: {{ ca: {{ cert: ca.pem, key: ca-key.pem }}, upstream_ca: tool-ca.pem }}
     );
     chown_all(&dir);
     let log = pod.start_toolgate(&config);
+    let out = run(Pod::exec(&pod.agent)
+        .args([support::binary(), "init-iptables"])
+        .args(init_args));
+    (pod, log, String::from_utf8(out.stdout).unwrap())
+}
+
+#[test]
+fn redirected_http_and_https_are_classified_decided_and_injected_and_the_proxy_uid_is_exempt() {
+    let (pod, log, _) = jira_pod(&[]);
+    let dir = pod.dir.path().to_path_buf();
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
-    run(Pod::exec(&pod.agent).args([support::binary(), "init-iptables"]));
 
     let ca = dir.join("ca.pem");
     let ca = ca.to_str().unwrap();
     let agent_auth = "authorization: Bearer agent-own-token";
 
-    // Plain HTTP to the tool's address: redirected, classified by Host, credential injected.
+    // Plain HTTP to the tool's address: redirected, classified by Host, credential injected
+    // — and sent to the tool over TLS on 443 (it has no `upstream`: http:// is upgraded).
     let (status, body) = pod.curl_as(
         AGENT_UID,
         &[
@@ -329,9 +405,12 @@ tls: {{ ca: {{ cert: ca.pem, key: ca-key.pem }}, upstream_ca: tool-ca.pem }}
         ],
     );
     assert_eq!(status, 200, "{body}\n{}", logs());
-    let got = json(&body);
+    let got = pod.last_received();
     assert_eq!(got["target"], "/rest/api/3/issue/SUP-1");
-    assert_eq!(got["tls"], false);
+    assert_eq!(
+        (got["tls"].as_bool(), got["port"].as_u64()),
+        (Some(true), Some(443))
+    );
     assert_eq!(got["headers"]["authorization"], format!("Bearer {SECRET}"));
 
     // A denied action never leaves the namespace.
@@ -358,7 +437,7 @@ tls: {{ ca: {{ cert: ca.pem, key: ca-key.pem }}, upstream_ca: tool-ca.pem }}
         ],
     );
     assert_eq!(status, 200, "{body}\n{}", logs());
-    let got = json(&body);
+    let got = pod.last_received();
     assert_eq!(got["tls"], true);
     assert_eq!(got["headers"]["authorization"], format!("Bearer {SECRET}"));
 
@@ -369,7 +448,7 @@ tls: {{ ca: {{ cert: ca.pem, key: ca-key.pem }}, upstream_ca: tool-ca.pem }}
     );
     assert_eq!(status, 200, "{body}\n{}", logs());
     assert_eq!(
-        json(&body)["headers"]["authorization"],
+        pod.last_received()["headers"]["authorization"],
         format!("Bearer {SECRET}")
     );
     let (status, body) = pod.curl_as(
@@ -398,7 +477,7 @@ tls: {{ ca: {{ cert: ca.pem, key: ca-key.pem }}, upstream_ca: tool-ca.pem }}
         ],
     );
     assert_eq!(status, 200, "{body}\n{}", logs());
-    let got = json(&body);
+    let got = pod.last_received();
     assert_eq!(
         (got["tls"].as_bool(), got["target"].as_str()),
         (Some(true), Some("/v1/secret"))
@@ -431,7 +510,7 @@ tls: {{ ca: {{ cert: ca.pem, key: ca-key.pem }}, upstream_ca: tool-ca.pem }}
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(
-        json(&body)["headers"]["authorization"],
+        pod.last_received()["headers"]["authorization"],
         "Bearer agent-own-token"
     );
 
@@ -450,6 +529,179 @@ tls: {{ ca: {{ cert: ca.pem, key: ca-key.pem }}, upstream_ca: tool-ca.pem }}
         "{}",
         logs()
     );
+}
+
+#[test]
+fn http_to_a_tool_without_upstream_goes_over_tls_and_no_credential_reaches_a_plain_port() {
+    // 8080 and 8081 are captured too: the agent cannot reach them but through toolgate.
+    let (pod, log, _) = jira_pod(&["--ports", "80,443,8080,8081"]);
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let ca = pod.dir.path().join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let proxy = "http://127.0.0.1:15001";
+    let delivered = |status: u16, body: &str, target: &str| {
+        assert_eq!(status, 200, "{body}\n{}", logs());
+        let got = pod.last_received();
+        assert_eq!(got["target"], target);
+        assert_eq!(
+            (got["tls"].as_bool(), got["port"].as_u64()),
+            (Some(true), Some(443)),
+            "{got}"
+        );
+        assert_eq!(got["headers"]["authorization"], format!("Bearer {SECRET}"));
+    };
+
+    // Positive control: HTTPS carries the credential to the tool's TLS port.
+    let (status, body) = pod.curl_as(
+        AGENT_UID,
+        &["--cacert", ca, "https://jira.test/rest/api/3/issue/SUP-1"],
+    );
+    delivered(status, &body, "/rest/api/3/issue/SUP-1");
+    // The agent's http://, captured or through the forward proxy: upgraded, never cleartext.
+    let (status, body) = pod.curl_as(AGENT_UID, &["http://jira.test/rest/api/3/issue/SUP-2"]);
+    delivered(status, &body, "/rest/api/3/issue/SUP-2");
+    let (status, body) = pod.curl_with(
+        AGENT_UID,
+        &["-x", proxy, "http://jira.test/rest/api/3/issue/SUP-3"],
+    );
+    delivered(status, &body, "/rest/api/3/issue/SUP-3");
+
+    // Another port of the catalogued host is no tool: `unknown`. The policy's careless rule
+    // names the credential for it; toolgate refuses rather than send it.
+    for (status, body) in [
+        pod.curl_as(AGENT_UID, &["http://jira.test:8080/rest/api/3/issue/SUP-4"]),
+        pod.curl_with(
+            AGENT_UID,
+            &["-x", proxy, "http://jira.test:8080/rest/api/3/issue/SUP-4"],
+        ),
+    ] {
+        assert_eq!(status, 403, "{body}\n{}", logs());
+        let problem = json(&body);
+        assert_eq!(problem["type"], "urn:toolgate:problem:policy-error");
+        assert_eq!(problem["action"], "unknown");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("no catalogued tool serves"),
+            "{problem}"
+        );
+    }
+    // Allowed without a credential, the other port gets the request as asked, bare.
+    for (status, body) in [
+        pod.curl_as(AGENT_UID, &["http://jira.test:8081/open"]),
+        pod.curl_with(AGENT_UID, &["-x", proxy, "http://jira.test:8081/open"]),
+    ] {
+        assert_eq!(status, 200, "{body}\n{}", logs());
+        let got = pod.last_received();
+        assert_eq!(
+            (got["tls"].as_bool(), got["port"].as_u64()),
+            (Some(false), Some(8081))
+        );
+        assert!(got["headers"].get("authorization").is_none(), "{got}");
+    }
+    // Plain HTTP for the port captured as TLS: refused before any decision.
+    let (status, body) = pod.curl_as(AGENT_UID, &["http://jira.test:443/rest/api/3/issue/SUP-5"]);
+    assert_eq!(status, 400, "{body}");
+    let problem = json(&body);
+    assert_eq!(problem["type"], "urn:toolgate:problem:rejected");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("captured as TLS"),
+        "{problem}"
+    );
+
+    // What the tool's listeners received: the credential only ever over TLS on 443; its
+    // plain ports 80 and 8080 nothing at all; 8081 only the two bare requests.
+    let received = pod.tool_received();
+    let on = |port: u64| received.iter().filter(|r| r["port"] == port).count();
+    assert_eq!(on(443), 3, "{received:#?}");
+    assert_eq!((on(80), on(8080), on(8081)), (0, 0, 2), "{received:#?}");
+    for r in &received {
+        if r.to_string().contains(SECRET) {
+            assert_eq!(
+                (r["tls"].as_bool(), r["port"].as_u64()),
+                (Some(true), Some(443)),
+                "{r}"
+            );
+        }
+    }
+    assert!(
+        !received
+            .iter()
+            .any(|r| r["target"] == "/rest/api/3/issue/SUP-5"),
+        "{received:#?}"
+    );
+}
+
+#[test]
+fn ipv6_egress_is_captured_decided_and_sent_over_tls_like_ipv4() {
+    let (pod, log, init) = jira_pod(&[]);
+    if !pod.ipv6 {
+        assert!(init.contains("IPv6: skipped"), "{init}");
+        return;
+    }
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let ca = pod.dir.path().join("ca.pem");
+    let ca = ca.to_str().unwrap();
+
+    // Plain HTTP to the tool's IPv6 address: redirected to toolgate on [::1], upgraded to TLS.
+    let (status, body) = pod.curl_as(
+        AGENT_UID,
+        &[&format!("http://[{TOOL_IP6}]/rest/api/3/issue/SUP-6")],
+    );
+    assert_eq!(status, 200, "{body}\n{}", logs());
+    let got = pod.last_received();
+    assert_eq!(
+        (got["tls"].as_bool(), got["port"].as_u64()),
+        (Some(true), Some(443))
+    );
+    assert_eq!(got["headers"]["authorization"], format!("Bearer {SECRET}"));
+    // HTTPS over IPv6: intercepted with an IP-SAN leaf for the address.
+    let (status, body) = pod.curl_as(
+        AGENT_UID,
+        &[
+            "--cacert",
+            ca,
+            &format!("https://[{TOOL_IP6}]/rest/api/3/issue/SUP-7"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}\n{}", logs());
+    assert_eq!(
+        pod.last_received()["headers"]["authorization"],
+        format!("Bearer {SECRET}")
+    );
+    // Decided like IPv4: a denied action never reaches the tool.
+    let (status, body) = pod.curl_as(
+        AGENT_UID,
+        &[
+            "-X",
+            "DELETE",
+            &format!("http://[{TOOL_IP6}]/rest/api/3/issue/SUP-6"),
+        ],
+    );
+    assert_eq!(status, 403, "{body}");
+    // Positive control: toolgate's own uid is not redirected.
+    let (status, body) = pod.curl_as(
+        PROXY_UID,
+        &[&format!("http://[{TOOL_IP6}]/rest/api/3/issue/SUP-8")],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (
+            pod.last_received()["tls"].as_bool(),
+            pod.last_received()["port"].as_u64()
+        ),
+        (Some(false), Some(80))
+    );
+    let received = pod.tool_received();
+    assert!(
+        !received.iter().any(|r| r["method"] == "DELETE"),
+        "{received:#?}"
+    );
+    assert_eq!(received.len(), 3, "{received:#?}");
 }
 
 #[test]

@@ -1,5 +1,9 @@
 //! Accept: read where a request is going — a named route, an absolute-form target (as
 //! clients honouring HTTP_PROXY send), or an origin-form target with a `Host` header.
+//!
+//! The destination's tool is looked up by host, port and scheme: a host pattern without a
+//! port matches only the scheme's default port (80 for `http://`, 443 for `https://`), so
+//! `http://jira.example.com:8080/` is no tool at all (action `unknown`).
 
 #[cfg(test)]
 mod tests;
@@ -119,7 +123,7 @@ pub fn accept_at(
         via: destination.via,
         tool: config
             .catalog
-            .tool_for_host(&destination.host, destination.port),
+            .tool_for_host(&destination.host, destination.port, destination.tls),
         tls: destination.tls,
         host: destination.host.clone(),
         port: destination.port,
@@ -174,7 +178,7 @@ pub fn accept(
     let host_header = host_header(headers)?.ok_or(Rejection::NoHost)?;
     let (host, port) = normalise::authority(host_header)?;
     let port = port.unwrap_or(80);
-    let tool = config.catalog.tool_for_host(&host, port);
+    let tool = config.catalog.tool_for_host(&host, port, false);
     Ok(Accepted {
         via: Via::Host,
         tool,
@@ -213,7 +217,7 @@ fn absolute_form(
         // `http://host` and `http://host?q` name the root path.
         _ => normalise::request(method, &[b"/", target].concat())?,
     };
-    let tool = config.catalog.tool_for_host(&host, port);
+    let tool = config.catalog.tool_for_host(&host, port, tls);
     Ok(Accepted {
         via: Via::AbsoluteForm,
         tool,

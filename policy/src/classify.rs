@@ -56,6 +56,8 @@ pub struct Tool {
     actions: Vec<Action>,
     /// Labels per action name, for actions that set any.
     action_labels: HashMap<Arc<str>, Vec<Arc<str>>>,
+    /// Per action name, the protocols it may switch the connection to (`match.upgrade`).
+    action_upgrades: HashMap<Arc<str>, Vec<Arc<str>>>,
     /// Per method: that method's actions and the any-method ones, in precedence order.
     by_method: HashMap<Method, Trie>,
     /// Any-method actions, for methods no action names.
@@ -105,6 +107,18 @@ pub struct Action {
     pub attributes: Vec<(Arc<str>, AttributeSource)>,
     /// Labels this action sets on its task and agent when it is forwarded.
     pub labels: Vec<Arc<str>>,
+    /// `match.upgrade`: the protocol (`websocket`) this action may switch the connection to;
+    /// it then matches only requests asking for it.
+    pub upgrade: Option<Arc<str>>,
+}
+
+/// The protocol a request asks to switch to (`Upgrade: websocket` → `websocket`, lower-case;
+/// several offered: the first), if it asks.
+pub fn requested_upgrade(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(http::header::UPGRADE)?.to_str().ok()?;
+    let first = value.split(',').next()?.trim();
+    let name = first.split('/').next().unwrap_or(first).trim();
+    (!name.is_empty()).then(|| name.to_ascii_lowercase())
 }
 
 impl Action {
@@ -213,7 +227,7 @@ impl Catalog {
         let key = |i: usize| {
             let a = tool.actions.get(i);
             (
-                a.is_none_or(|a| a.body.is_empty()),
+                a.is_none_or(|a| a.body.is_empty() && a.upgrade.is_none()),
                 a.is_none_or(|a| a.method.is_none()),
                 i,
             )
@@ -231,6 +245,15 @@ impl Catalog {
                 }
             }
         }
+        let mut action_upgrades: HashMap<Arc<str>, Vec<Arc<str>>> = HashMap::new();
+        for action in &tool.actions {
+            if let Some(proto) = &action.upgrade {
+                action_upgrades
+                    .entry(action.name.clone())
+                    .or_default()
+                    .push(proto.clone());
+            }
+        }
         self.tools.push(Tool {
             name: tool.name,
             hosts: tool.hosts,
@@ -242,6 +265,7 @@ impl Catalog {
             overrides: tool.overrides,
             actions: tool.actions,
             action_labels,
+            action_upgrades,
             by_method,
             any_method,
         });
@@ -258,19 +282,23 @@ impl Catalog {
         self.tools.get(id)
     }
 
-    /// The tool serving `host` (lower-case, no trailing dot) on `port`; exact names before
-    /// wildcards, a pattern with a port before one without.
-    pub fn tool_for_host(&self, host: &str, port: u16) -> Option<usize> {
+    /// The tool serving `host` (lower-case, no trailing dot) on `port`, for a request over
+    /// TLS (`tls`) or plain HTTP. A pattern with a port matches that port; one without
+    /// matches only the scheme's default port (443 for TLS, 80 for plain HTTP), so another
+    /// port of a catalogued host is no tool at all. Exact names before wildcards, a pattern
+    /// with a port before one without.
+    pub fn tool_for_host(&self, host: &str, port: u16, tls: bool) -> Option<usize> {
+        let default_port = if tls { 443 } else { 80 };
         let pick = |entries: &mut dyn Iterator<Item = (Option<u16>, usize)>| {
-            let mut any = None;
+            let mut portless = None;
             for (p, id) in entries {
                 match p {
                     Some(p) if p == port => return Some(id),
-                    None if any.is_none() => any = Some(id),
+                    None if port == default_port && portless.is_none() => portless = Some(id),
                     _ => {}
                 }
             }
-            any
+            portless
         };
         if let Some(entries) = self.hosts.get(host) {
             if let Some(id) = pick(&mut entries.iter().copied()) {
@@ -302,7 +330,7 @@ impl Catalog {
                     if action.reads_body() {
                         return Some(true);
                     }
-                    if action.body.is_empty() {
+                    if action.body.is_empty() && action.upgrade.is_none() {
                         return Some(false);
                     }
                 }
@@ -349,7 +377,14 @@ impl Catalog {
                 None => unknown(tool),
             });
         }
+        let upgrade = requested_upgrade(headers);
         let holds = |a: &Action| -> Result<bool, CaseVariant> {
+            if a.upgrade
+                .as_deref()
+                .is_some_and(|want| upgrade.as_deref() != Some(want))
+            {
+                return Ok(false);
+            }
             for rule in &a.body {
                 if !body.map(|b| rule.holds(b)).transpose()?.unwrap_or(false) {
                     return Ok(false);
@@ -473,6 +508,14 @@ pub struct ToolSpec {
 }
 
 impl Tool {
+    /// Whether `action` of this tool may switch the connection to `protocol`
+    /// (`match.upgrade`).
+    pub fn may_upgrade(&self, action: &str, protocol: &str) -> bool {
+        self.action_upgrades
+            .get(action)
+            .is_some_and(|p| p.iter().any(|p| &**p == protocol))
+    }
+
     /// The labels `action` of this tool sets when it is forwarded: the tool's, then the
     /// action's own.
     pub fn labels_of(&self, action: &str) -> Vec<Arc<str>> {

@@ -1,10 +1,12 @@
 //! Configuration: parsed once from YAML, validated with every error collected, compiled into
 //! the typed values the pipeline uses. Nothing on the request path parses config text.
 
+mod approvals;
 mod credentials;
 mod files;
 mod identity;
 mod jwks;
+mod limits;
 mod matching;
 mod operator;
 mod raw;
@@ -22,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use approvals::{ApprovalSettings, Webhook};
 pub use credentials::{is_scope, ExchangeSpec, Format, JwtSpec, Placement, SecretText};
 pub use files::{DiskFiles, EmbeddedFiles, Files, ProcessEnv, StaticEnv, Vars};
 pub use identity::{TaskTokens, TokenIssuer, AGENT_LEEWAY};
@@ -50,8 +53,10 @@ pub struct Config {
     pub credentials: BTreeMap<String, CredentialSpec>,
     pub telemetry: Telemetry,
     pub admin: AdminSettings,
-    /// Where operator state (revocations) is kept; read at start only.
+    /// Where operator state (revocations, approvals) is kept; read at start only.
     pub state: StateSettings,
+    /// Human approval of held requests.
+    pub approvals: ApprovalSettings,
     pub chain: ChainSettings,
     pub tls: TlsSettings,
     pub limits: Limits,
@@ -59,6 +64,9 @@ pub struct Config {
     pub task_tokens: Option<TaskTokens>,
     /// Hash of every file read to build this config: equal fingerprints, equal configs.
     pub fingerprint: u64,
+    /// Settings that are valid but weaken a guarantee (a plain-HTTP upstream or STS), with
+    /// their field paths; `toolgate check` and `toolgate run` print them.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// Socket addresses toolgate listens on.
@@ -242,13 +250,24 @@ pub struct TlsSettings {
 
 pub use tls::{CaSource, DEFAULT_LEAF_CACHE};
 
-/// Limits on what a client controls.
+/// Limits on what a client controls (see `config/limits.rs` for the defaults and bounds).
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_body_bytes: usize,
     pub upstream_timeout: Duration,
     pub connect_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// Time a request head may take from its first byte to its blank line.
+    pub head_timeout: Duration,
+    /// Time a connection may wait for the first byte of a request: a new connection, and a
+    /// kept-alive one between requests.
+    pub idle_timeout: Duration,
+    /// Largest request head (request line and headers) read from an agent.
+    pub max_head_bytes: usize,
+    /// Most concurrent agent connections on the proxy and transparent listeners together.
+    pub max_connections: usize,
+    /// Most bytes of request heads and bodies held for all agent connections together.
+    pub max_buffered_bytes: usize,
 }
 
 /// One problem found in a configuration file.

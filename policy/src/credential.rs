@@ -17,10 +17,25 @@ use crate::config::{Config, CredentialSpec, ExchangeSpec, JwtSpec, Placement};
 use crate::evaluate::CredentialGrant;
 use crate::prepare::Prepared;
 
-/// The decision named a credential that config does not define.
+/// The decision named a credential the request cannot carry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the policy asked for credential {0:?}, which is not configured")]
-pub struct UnknownCredential(pub String);
+pub enum UnknownCredential {
+    #[error("the policy asked for credential {0:?}, which is not configured")]
+    NotConfigured(String),
+    /// Credentials go only to catalogued tools, whose upstreams are TLS unless an operator
+    /// wrote `http://`; an uncatalogued destination may be plain HTTP the agent chose.
+    #[error("the policy asked for credential {0:?} for a destination no catalogued tool serves; credentials are sent only to catalogued tools")]
+    NoTool(String),
+}
+
+impl UnknownCredential {
+    /// The credential the policy named.
+    pub fn name(&self) -> &str {
+        match self {
+            UnknownCredential::NotConfigured(n) | UnknownCredential::NoTool(n) => n,
+        }
+    }
+}
 
 /// The credential chosen for an allowed action.
 #[derive(Debug, Clone, Copy)]
@@ -29,7 +44,8 @@ pub struct Selected<'c> {
     pub spec: &'c CredentialSpec,
 }
 
-/// Choose the credential for an allowed action: the decision's, else the tool's default.
+/// Choose the credential for an allowed action: the decision's, else the tool's default;
+/// never one for a destination no catalogued tool serves.
 pub fn select<'c>(
     config: &'c Config,
     tool: Option<&Tool>,
@@ -43,8 +59,9 @@ pub fn select<'c>(
         return Ok(None);
     };
     match config.credentials.get_key_value(name) {
+        Some(_) if tool.is_none() => Err(UnknownCredential::NoTool(name.to_string())),
         Some((name, spec)) => Ok(Some(Selected { name, spec })),
-        None => Err(UnknownCredential(name.to_string())),
+        None => Err(UnknownCredential::NotConfigured(name.to_string())),
     }
 }
 
@@ -57,6 +74,8 @@ pub struct Subject<'a> {
     pub action: &'a str,
     /// The delegation chain (`act` claim), when one is known.
     pub act: Option<&'a Json>,
+    /// The human approval the request goes out on (`approval` claim: its id).
+    pub approval: Option<&'a str>,
 }
 
 impl<'a> Subject<'a> {
@@ -75,6 +94,7 @@ impl<'a> Subject<'a> {
             task,
             action,
             act: act(task_claims).or(act(config.agent.claims.as_ref())),
+            approval: None,
         }
     }
 }
@@ -145,6 +165,9 @@ pub struct Claims<'a> {
     pub task: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub act: Option<&'a Json>,
+    /// The id of the human approval the request goes out on, when it needed one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<&'a str>,
 }
 
 impl<'a> Claims<'a> {
@@ -171,6 +194,7 @@ impl<'a> Claims<'a> {
             scope: scope(subject.action, &grant.scopes),
             task: subject.task,
             act: subject.act,
+            approval: subject.approval,
         }
     }
 }

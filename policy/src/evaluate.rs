@@ -20,11 +20,13 @@ use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::program::Program;
 use regorus::rvm::vm::RegoVM;
 use regorus::utils::limits::ExecutionTimerConfig;
-use regorus::{CompiledPolicy, Engine, Value};
+use regorus::{CompiledPolicy, Engine};
 
 pub use crate::chain::View;
 pub use decision::{CredentialGrant, Decision, Effect};
 pub use input::{chain_value, timestamp, ChainEntry, Input, RequestView, CREDENTIAL_HEADERS};
+/// The policy value type inputs and results are made of (regorus's).
+pub use regorus::Value;
 
 use crate::config::PolicySource;
 

@@ -3,6 +3,7 @@
 //! `toolgate check`, `eval` and `test` use them alone.
 
 pub mod accept;
+pub mod approval;
 pub mod body;
 pub mod chain;
 pub mod classify;

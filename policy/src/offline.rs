@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use regorus::Value;
 
+use crate::approval::Granted;
 use crate::chain::{self, Ledger, TaskKey};
 use crate::classify::Classification;
 use crate::config::Config;
@@ -120,7 +121,10 @@ impl Outcome {
 }
 
 /// Decide `request` (with `body`) in task `task_id`, whose history is in `ledger`; each
-/// evaluated action is recorded there, as the proxy records it, and awaits its status.
+/// evaluated action is recorded there, as the proxy records it, and awaits its status. With
+/// `approval`, the request is the retry of one a human approved: policy sees it as
+/// `input.approval`, and a decision asking for approval is satisfied by it, as in the proxy.
+#[allow(clippy::too_many_arguments)]
 pub fn decide(
     config: &Config,
     policy: &Policy,
@@ -129,6 +133,7 @@ pub fn decide(
     body: Option<&[u8]>,
     task_id: &str,
     ledger: &Ledger,
+    approval: Option<&Granted>,
 ) -> Result<Outcome, Refused> {
     let prepared = prepare(
         config,
@@ -143,7 +148,7 @@ pub fn decide(
     };
     let evaluations = members
         .iter()
-        .map(|p| evaluate(config, policy, p, headers, task_id, ledger))
+        .map(|p| evaluate(config, policy, p, headers, task_id, ledger, approval))
         .collect();
     Ok(Outcome {
         prepared,
@@ -159,6 +164,7 @@ fn evaluate(
     headers: &HeaderMap,
     task_id: &str,
     ledger: &Ledger,
+    approval: Option<&Granted>,
 ) -> Evaluation {
     let tool = prepared.accepted.tool.and_then(|t| config.catalog.tool(t));
     let hidden: Vec<HeaderName> = tool
@@ -172,7 +178,7 @@ fn evaluate(
     let now = SystemTime::now();
     let task = TaskKey::named(task_id);
     let agent = config.agent.id.as_str();
-    let input = Input {
+    let mut input = Input {
         agent_id: agent,
         agent_claims: config.agent.claims.as_ref(),
         task_id,
@@ -196,7 +202,13 @@ fn evaluate(
         now,
     }
     .to_value();
+    if let Some(granted) = approval {
+        granted.annotate(&mut input);
+    }
     let mut decision = policy.decide(input.clone());
+    if approval.is_some() {
+        decision = decision.satisfied_by_approval();
+    }
     let catalog_labels = tool.map(|t| t.labels_of(&class.action)).unwrap_or_default();
     let labels = decision.labels_to_set(&catalog_labels, decision.allowed());
     let seq = ledger.record(
@@ -230,7 +242,9 @@ fn evaluate(
 
 /// `toolgate eval`'s JSON: the tool, the action with its attributes, the input document and
 /// the decision; for a JSON-RPC batch, also each member's. The decision's `credential` is the
-/// one an allowed request would carry (see [`credential_report`]).
+/// one an allowed request would carry (see [`credential_report`]); its `approval` is what a
+/// decision that waits for a human asks for (`required`, `approvers`, `ttl`, `reason`,
+/// `wait`), else null, and `effect` is then `approval`.
 pub fn report(config: &Config, outcome: &Outcome) -> serde_json::Value {
     use serde_json::json;
     let tool = outcome
@@ -254,10 +268,11 @@ pub fn report(config: &Config, outcome: &Outcome) -> serde_json::Value {
             "input": serde_json::to_value(&e.input).unwrap_or_default(),
             "decision": {
                 "allow": e.decision.allowed(),
-                "effect": e.decision.effect.as_str(),
+                "effect": e.decision.outcome(),
                 "reason": e.decision.reason,
                 "credential": credential_report(config, tool, e, &subject),
-                "approval_required": e.decision.approval_required,
+                "approval": e.decision.approval.as_ref().map(crate::approval::Ask::to_json),
+                "labels": e.decision.labels.iter().map(|l| &**l).collect::<Vec<_>>(),
             },
         })
     };
@@ -288,7 +303,7 @@ fn credential_report(
             credential::preview(&selected, grant, subject, e.at)
         }
         Err(unknown) if e.decision.effect == Effect::Error && e.decision.error.is_some() => {
-            serde_json::json!({ "name": unknown.0, "error": unknown.to_string() })
+            serde_json::json!({ "name": unknown.name(), "error": unknown.to_string() })
         }
         Ok(_) | Err(_) => serde_json::Value::Null,
     }

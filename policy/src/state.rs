@@ -1,6 +1,7 @@
 //! Operator state that decisions depend on beyond the request, in this process (the
-//! `memory` backend, DESIGN.md §12): today the revocations. A revoked task or agent is
-//! refused before policy runs; a revoked credential id is reported by the operator API.
+//! `memory` backend, DESIGN.md §12): the revocations, and the approvals (`approvals.rs`,
+//! which opens with its own bounds). A revoked task or agent is refused before policy runs; a
+//! revoked credential id is reported by the operator API.
 //!
 //! Bounds: at most [`CAPACITY`] revocations of each kind (task, agent, jti) at once, each
 //! kind in a room of its own, with ids of at most [`MAX_ID`] bytes — so at most
@@ -26,15 +27,21 @@
 //! cannot be read refuses the start. If a write fails, the revocation still applies in
 //! memory and the caller learns it will not survive a restart ([`RevokeError::NotSaved`]).
 
+pub mod approvals;
 mod file;
 mod revocations;
 #[cfg(test)]
 mod tests;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Mutex, RwLock};
 use std::time::SystemTime;
 
+pub use approvals::{
+    Approval, ApprovalError, ApprovalStore, Approvals, Bounds, Event, EventKind, Held, NewApproval,
+    Status, Stored,
+};
 pub use file::{Document, FileError, StateFile, FILE_NAME, MAX_FILE_BYTES, VERSION};
 pub use revocations::{
     parse_request, rfc3339, valid_id, Added, Entry, Kind, Lifetimes, Refused, RequestError,
@@ -54,7 +61,7 @@ pub fn worst_case_bytes() -> usize {
 
 /// The state cannot be read: the request it was needed for must be refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("toolgate's revocation state is unavailable (a writer failed while holding it), so no request can be checked against it; restart toolgate")]
+#[error("toolgate's operator state (revocations, approvals) is unavailable (a writer failed while holding it), so no request can be checked against it; restart toolgate")]
 pub struct StateUnavailable;
 
 /// Why a revocation was not (fully) applied.
@@ -73,11 +80,14 @@ pub enum RevokeError {
     },
 }
 
-/// The memory backend: the revocation set, and the file that keeps it when `state.dir` is
-/// set.
+/// The memory backend: the revocation set and the approvals, and the file that keeps them
+/// when `state.dir` is set.
 #[derive(Debug)]
 pub struct State {
     revocations: RwLock<Revocations>,
+    approvals: RwLock<Approvals>,
+    /// Approved, unused approvals (a mirror of the set's count, read without its lock).
+    approved: AtomicUsize,
     /// Held while a snapshot is taken and written, so writes land in the order of changes.
     file: Option<Mutex<StateFile>>,
     path: Option<PathBuf>,
@@ -88,6 +98,8 @@ impl State {
     pub fn in_memory() -> State {
         State {
             revocations: RwLock::default(),
+            approvals: RwLock::default(),
+            approved: AtomicUsize::new(0),
             file: None,
             path: None,
         }
@@ -120,8 +132,27 @@ impl State {
             set.restore(entry.kind, entry.id, expires, now)
                 .map_err(|e| unreadable(format!("revocations[{i}]: {e}")))?;
         }
+        let mut approvals = Approvals::default();
+        for (i, approval) in document.approvals.into_iter().enumerate() {
+            approvals
+                .restore(approval)
+                .map_err(|e| unreadable(format!("approvals[{i}]: {e}")))?;
+        }
+        // What expired while toolgate was down ends now (ended ones are forgotten later, by
+        // the configured retention).
+        approvals.refresh(
+            Bounds {
+                capacity: approvals::MAX_CAPACITY,
+                retention: std::time::Duration::MAX,
+            },
+            approvals::millis(now),
+        );
+        approvals.take_dirty();
+        let approved = AtomicUsize::new(approvals.approved_count());
         Ok(State {
             revocations: RwLock::new(set),
+            approvals: RwLock::new(approvals),
+            approved,
             path: Some(file.path().to_path_buf()),
             file: Some(Mutex::new(file)),
         })
@@ -194,8 +225,13 @@ impl State {
                 .revocations
                 .read()
                 .map_err(|_| unavailable(file.path()))?;
+            let approvals = self
+                .approvals
+                .read()
+                .map_err(|_| unavailable(file.path()))?;
             Document {
                 revocations: set.list(now),
+                approvals: approvals.snapshot(),
                 ..Document::default()
             }
         };

@@ -49,6 +49,7 @@ impl Golden {
                 request: self.request,
                 status: None,
                 outcome: None,
+                approval: None,
                 want: self.want,
             }],
         }
@@ -69,7 +70,35 @@ pub struct Step {
     /// default, with `status`), `pending` (still in flight), `agent_disconnected`,
     /// `upstream_error` or `timeout`.
     pub outcome: Option<StepOutcome>,
+    /// The request is the retry of one a human approved: policy sees `input.approval`.
+    pub approval: Option<Approved>,
     pub want: Want,
+}
+
+/// A human's approval a fixture step is retried with (`input.approval`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approved {
+    pub approved_by: String,
+    pub comment: Option<String>,
+    /// Default `fixture`.
+    pub id: Option<String>,
+    /// Default `2026-01-01T00:00:00Z`.
+    pub approved_at: Option<String>,
+}
+
+impl Approved {
+    fn granted(&self) -> crate::approval::Granted {
+        crate::approval::Granted {
+            id: self.id.clone().unwrap_or_else(|| "fixture".into()),
+            approved_by: self.approved_by.clone(),
+            approved_at: self
+                .approved_at
+                .clone()
+                .unwrap_or_else(|| "2026-01-01T00:00:00Z".into()),
+            comment: self.comment.clone(),
+        }
+    }
 }
 
 /// How a fixture step's action ended.
@@ -91,7 +120,8 @@ pub struct Want {
     /// Attributes that must be present with these values (others may exist).
     #[serde(default)]
     pub attributes: std::collections::BTreeMap<String, serde_json::Value>,
-    /// `allow`, `deny`, `error` or `reject` (refused before policy, with 400 or 413).
+    /// `allow`, `deny`, `error`, `approval` (held for a human: the decision asks for
+    /// approval) or `reject` (refused before policy, with 400 or 413).
     pub decision: String,
     pub reason: Option<String>,
     /// For a JSON-RPC batch: what each member must get, in order.
@@ -175,7 +205,7 @@ fn evaluation(want: &Want, got: &offline::Evaluation) -> Vec<String> {
             problems.push(format!("attribute {k} = {found:?}, want {v}"));
         }
     }
-    let effect = got.decision.effect.as_str();
+    let effect = got.decision.outcome();
     if effect != want.decision {
         problems.push(format!(
             "decision {effect} ({:?}), want {}",
@@ -213,6 +243,7 @@ pub fn replay(
                 continue;
             }
         };
+        let granted = step.approval.as_ref().map(Approved::granted);
         let got = offline::decide(
             config,
             policy,
@@ -221,6 +252,7 @@ pub fn replay(
             body.as_deref(),
             task,
             &ledger,
+            granted.as_ref(),
         );
         if let Ok(o) = &got {
             // A refused batch reaches the tool with none of its members: all get 403.

@@ -1,6 +1,7 @@
 //! The admin listener's HTTP app: health and readiness for probes, metrics for Prometheus,
 //! the public keys of minted credentials (`/.well-known/jwks.json`, for tools) and the
-//! interception CA's certificate (`/ca.pem`, for agents' trust bundles) — open, read-only —
+//! interception CA's certificate (`/ca.pem`, for agents' trust bundles) and the approval page
+//! (`/approvals`, which holds no data: it calls the authenticated API) — open, read-only —
 //! and the dispatch of `/v1/…` to the operator API, which authenticates every request
 //! itself (see `operator`). The same app serves the operator socket (`listen.operator`).
 
@@ -95,15 +96,32 @@ impl Admin {
                     "no interception CA is configured (tls.ca)\n",
                 ),
             },
+            (Method::GET, "/approvals") => Reply::bytes(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                crate::approval::page::HTML.as_bytes().to_vec(),
+            )
+            .with_header(
+                http::header::CONTENT_SECURITY_POLICY,
+                crate::approval::page::CSP.as_str(),
+            )
+            .with_header(http::header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+            .with_header(http::header::REFERRER_POLICY, "no-referrer"),
             (Method::GET, "/.well-known/jwks.json") => Reply::bytes(
                 StatusCode::OK,
                 "application/jwk-set+json",
                 serde_json::to_vec(&self.gateway.keys.jwks()).unwrap_or_default(),
             ),
-            (_, "/healthz" | "/readyz" | "/metrics" | "/.well-known/jwks.json" | "/ca.pem") => {
-                Reply::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-                    .with_header(http::header::ALLOW, "GET")
-            }
+            (
+                _,
+                "/healthz"
+                | "/readyz"
+                | "/metrics"
+                | "/.well-known/jwks.json"
+                | "/ca.pem"
+                | "/approvals",
+            ) => Reply::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+                .with_header(http::header::ALLOW, "GET"),
             _ => Reply::text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }

@@ -45,7 +45,8 @@ pub async fn read(
     }
 }
 
-async fn read_capped(session: &mut Session, limit: usize) -> Result<Bytes, Refusal> {
+/// Read the body, buffered for replay to the tool, up to one byte past `limit`.
+pub(crate) async fn read_capped(session: &mut Session, limit: usize) -> Result<Bytes, Refusal> {
     continue_if_expected(session).await?;
     // Without this, pingora would not forward the bytes read here.
     session.as_downstream_mut().enable_retry_buffering();

@@ -1,97 +1,78 @@
-//! Egress capture for transparent mode: the iptables `nat` rules that `toolgate init-iptables`
-//! installs in the pod's network namespace, so the agent's outbound TCP to the tool ports
-//! lands on toolgate's transparent listener whatever the agent's HTTP client does.
+//! Egress capture for transparent mode: the iptables rules that `toolgate init-iptables`
+//! installs in the pod's network namespace, for IPv4 (`iptables`) and IPv6 (`ip6tables`), so
+//! the agent's outbound TCP to the tool ports lands on toolgate's transparent listener
+//! whatever the agent's HTTP client does, UDP to those ports (QUIC) is refused so clients fall
+//! back to TCP, and — with `--egress deny-other` — nothing else leaves the pod except DNS to
+//! the configured resolvers and what the operator exempted.
 //!
-//! The rules live in one dedicated chain, [`CHAIN`], jumped to from `nat OUTPUT`. Applying
-//! declares the chain in an `iptables-restore --noflush` batch, which flushes and refills it
-//! atomically, and adds the jump only when it is missing: running the step twice (an init
-//! container restarted by the kubelet) leaves exactly one set of rules.
+//! The rules live in two dedicated chains, [`CHAIN`] (`nat`) and [`EGRESS_CHAIN`]
+//! (`filter`), jumped to from `OUTPUT`. Applying declares the chains in an
+//! `iptables-restore --noflush` batch, which flushes and refills them atomically, and adds
+//! the jumps only when they are missing: running the step twice (an init container restarted
+//! by the kubelet) leaves exactly one set of rules.
 //!
 //! Loop prevention: toolgate's own connections leave as its uid (1337 in the chart), which
-//! the chain returns early, like every connection on loopback.
+//! both chains return early, like every connection on loopback. IPv6 connections are
+//! redirected to `[::1]`, where toolgate listens beside `127.0.0.1` (see `server.rs`).
 
+mod cidr;
+mod rules;
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::str::FromStr;
 
-/// The chain holding toolgate's capture rules in the `nat` table.
+pub use cidr::{Cidr, CidrError, Family};
+pub use rules::Jumps;
+
+/// The chain holding toolgate's redirect rules in the `nat` table.
 pub const CHAIN: &str = "TOOLGATE_OUTPUT";
+/// The chain holding toolgate's egress rules (UDP refusal, deny-other) in the `filter` table.
+pub const EGRESS_CHAIN: &str = "TOOLGATE_EGRESS";
+/// Present when the kernel has IPv6 (in every network namespace).
+const IF_INET6: &str = "/proc/net/if_inet6";
 
-/// The match of the `nat OUTPUT` rule that sends TCP into [`CHAIN`].
-const JUMP: [&str; 4] = ["-p", "tcp", "-j", CHAIN];
-
-/// An IPv4 network in CIDR notation, e.g. `10.0.0.0/8`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    network: Ipv4Addr,
-    prefix: u8,
+/// What happens to the agent's egress that is not redirected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Egress {
+    /// Left alone (only UDP to the captured ports is refused).
+    #[default]
+    AllowOther,
+    /// Dropped: only redirected traffic, loopback, toolgate's uid, DNS to `dns_servers` and
+    /// the exclusions leave the pod.
+    DenyOther,
 }
 
-/// Why a CIDR could not be parsed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CidrError {
-    #[error("{0:?} is not an IPv4 CIDR like 10.0.0.0/8 (IPv6 egress is not captured)")]
-    Syntax(String),
-    #[error("{given:?} has host bits set: did you mean {suggest}?")]
-    HostBits { given: String, suggest: Cidr },
-}
+impl FromStr for Egress {
+    type Err = String;
 
-impl Cidr {
-    /// Every IPv4 address.
-    pub const ANY: Cidr = Cidr {
-        network: Ipv4Addr::UNSPECIFIED,
-        prefix: 0,
-    };
-
-    fn mask(prefix: u8) -> u32 {
-        u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+    fn from_str(s: &str) -> Result<Egress, String> {
+        match s {
+            "allow-other" => Ok(Egress::AllowOther),
+            "deny-other" => Ok(Egress::DenyOther),
+            other => Err(format!("{other:?}: expected allow-other or deny-other")),
+        }
     }
 }
 
-impl FromStr for Cidr {
-    type Err = CidrError;
-
-    /// `a.b.c.d/n`; a bare address means `/32`. Host bits must be zero.
-    fn from_str(s: &str) -> Result<Cidr, CidrError> {
-        let syntax = || CidrError::Syntax(s.to_string());
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
-                (a, p.parse::<u8>().map_err(|_| syntax())?)
-            }
-            Some(_) => return Err(syntax()),
-            None => (s, 32),
-        };
-        let addr: Ipv4Addr = addr.parse().map_err(|_| syntax())?;
-        if prefix > 32 {
-            return Err(syntax());
-        }
-        let network = Ipv4Addr::from(u32::from(addr) & Cidr::mask(prefix));
-        let cidr = Cidr { network, prefix };
-        if network != addr {
-            return Err(CidrError::HostBits {
-                given: s.to_string(),
-                suggest: cidr,
-            });
-        }
-        Ok(cidr)
-    }
-}
-
-impl fmt::Display for Cidr {
+impl fmt::Display for Egress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
+        f.write_str(match self {
+            Egress::AllowOther => "allow-other",
+            Egress::DenyOther => "deny-other",
+        })
     }
 }
 
 /// What to capture: the inputs of `toolgate init-iptables`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaptureSpec {
-    /// Port of toolgate's transparent listener (`listen.transparent`) on 127.0.0.1.
+    /// Port of toolgate's transparent listener (`listen.transparent`) on loopback.
     pub transparent_port: u16,
     /// Port of toolgate's admin listener, never redirected.
     pub admin_port: u16,
@@ -99,14 +80,19 @@ pub struct CaptureSpec {
     pub proxy_uid: u32,
     /// Optionally also exempt this gid (for other trusted processes in the pod).
     pub proxy_gid: Option<u32>,
-    /// Destination TCP ports redirected (default 80 and 443).
+    /// Destination TCP ports redirected (default 80 and 443); UDP to them is refused.
     pub ports: Vec<u16>,
-    /// Destinations redirected (default every address).
+    /// Destinations redirected, IPv4 and IPv6 (default every address of both families; a
+    /// family none of them names is captured whole).
     pub include_cidrs: Vec<Cidr>,
-    /// Destinations never redirected (e.g. the cluster's service range).
+    /// Destinations never redirected nor filtered (e.g. the cluster's service range).
     pub exclude_cidrs: Vec<Cidr>,
-    /// Destination ports never redirected, even inside `include_cidrs`.
+    /// Destination TCP ports never redirected, even inside `include_cidrs`.
     pub exclude_ports: Vec<u16>,
+    /// What happens to the rest of the agent's egress.
+    pub egress: Egress,
+    /// With [`Egress::DenyOther`]: the resolvers the agent may reach on UDP/TCP 53.
+    pub dns_servers: Vec<IpAddr>,
 }
 
 /// A capture specification that cannot work, or a failure applying it.
@@ -129,7 +115,8 @@ pub enum CaptureError {
 }
 
 impl CaptureSpec {
-    /// The defaults the Helm chart also uses: redirect TCP 80 and 443 to 15006, exempt uid 1337.
+    /// The defaults the Helm chart also uses: redirect TCP 80 and 443 of both families to
+    /// 15006, exempt uid 1337, leave other egress alone.
     pub fn new() -> CaptureSpec {
         CaptureSpec {
             transparent_port: 15006,
@@ -137,13 +124,16 @@ impl CaptureSpec {
             proxy_uid: 1337,
             proxy_gid: None,
             ports: vec![80, 443],
-            include_cidrs: vec![Cidr::ANY],
+            include_cidrs: vec![Cidr::ANY_V4, Cidr::ANY_V6],
             exclude_cidrs: Vec::new(),
             exclude_ports: Vec::new(),
+            egress: Egress::AllowOther,
+            dns_servers: Vec::new(),
         }
     }
 
-    /// Reject specifications that would capture nothing, loop, or redirect the admin port.
+    /// Reject specifications that would capture nothing, loop, redirect the admin port, or
+    /// (deny-other) leave the agent unable to resolve names.
     pub fn validate(&self) -> Result<(), CaptureError> {
         let invalid = |m: &str| Err(CaptureError::Invalid(m.to_string()));
         if self.transparent_port == 0 || self.admin_port == 0 {
@@ -171,59 +161,12 @@ impl CaptureSpec {
                 "--proxy-uid 0 would exempt every root process: run toolgate as its own uid",
             );
         }
+        if self.egress == Egress::DenyOther && self.dns_servers.is_empty() {
+            return invalid(
+                "--egress deny-other needs the DNS servers the agent may query: none were given and /etc/resolv.conf names none; pass --dns-servers (e.g. the cluster resolver's address)",
+            );
+        }
         Ok(())
-    }
-
-    /// The rules of [`CHAIN`], in order, as `iptables-restore` lines (`-A TOOLGATE_OUTPUT …`).
-    ///
-    /// Exemptions come first (`RETURN`), then one `REDIRECT` per included network and port.
-    pub fn rules(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut add = |rule: String| out.push(format!("-A {CHAIN} {rule}"));
-        // Loopback covers the agent talking to toolgate itself and to the pod's own IP.
-        add("-o lo -j RETURN".to_string());
-        add("-d 127.0.0.0/8 -j RETURN".to_string());
-        add(format!("-m owner --uid-owner {} -j RETURN", self.proxy_uid));
-        if let Some(gid) = self.proxy_gid {
-            add(format!("-m owner --gid-owner {gid} -j RETURN"));
-        }
-        let mut exempt_ports = vec![self.admin_port];
-        exempt_ports.extend(&self.exclude_ports);
-        for port in dedup(&exempt_ports) {
-            add(format!("-p tcp --dport {port} -j RETURN"));
-        }
-        for cidr in dedup(&self.exclude_cidrs) {
-            add(format!("-d {cidr} -j RETURN"));
-        }
-        for cidr in dedup(&self.include_cidrs) {
-            let dest = if cidr == Cidr::ANY {
-                String::new()
-            } else {
-                format!("-d {cidr} ")
-            };
-            for port in dedup(&self.ports) {
-                add(format!(
-                    "-p tcp {dest}--dport {port} -j REDIRECT --to-ports {}",
-                    self.transparent_port
-                ));
-            }
-        }
-        out
-    }
-
-    /// The complete `iptables-restore --noflush` input; `with_jump` adds the `nat OUTPUT`
-    /// rule that sends TCP into [`CHAIN`] (left out when it is already installed).
-    pub fn restore_input(&self, with_jump: bool) -> String {
-        let mut text = format!("*nat\n:{CHAIN} - [0:0]\n");
-        for rule in self.rules() {
-            text.push_str(&rule);
-            text.push('\n');
-        }
-        if with_jump {
-            text.push_str(&format!("-A OUTPUT {}\n", JUMP.join(" ")));
-        }
-        text.push_str("COMMIT\n");
-        text
     }
 }
 
@@ -243,12 +186,34 @@ fn dedup<T: Copy + PartialEq>(items: &[T]) -> Vec<T> {
     out
 }
 
-/// The iptables programs to run (`iptables-legacy`/`iptables-legacy-restore` on nodes that
-/// still use the legacy backend).
+/// The `nameserver` addresses in a resolv.conf text, in order.
+pub fn nameservers(resolv_conf: &str) -> Vec<IpAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next()) {
+                // A zone index (fe80::1%eth0) cannot be matched by iptables: skipped.
+                (Some("nameserver"), Some(addr)) => addr.parse().ok(),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Whether the kernel has IPv6 (then IPv6 egress must be captured too).
+pub fn ipv6_available() -> bool {
+    Path::new(IF_INET6).exists()
+}
+
+/// The iptables programs to run per family (`iptables-legacy`/`ip6tables-legacy` and their
+/// `-restore` on nodes that still use the legacy backend).
 #[derive(Debug, Clone)]
 pub struct Iptables {
     pub iptables: String,
     pub restore: String,
+    pub ip6tables: String,
+    pub ip6_restore: String,
 }
 
 impl Default for Iptables {
@@ -256,41 +221,68 @@ impl Default for Iptables {
         Iptables {
             iptables: "iptables".to_string(),
             restore: "iptables-restore".to_string(),
+            ip6tables: "ip6tables".to_string(),
+            ip6_restore: "ip6tables-restore".to_string(),
         }
     }
 }
 
-/// What [`apply`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Applied {
-    /// Rules now in [`CHAIN`].
-    pub rules: usize,
-    /// Whether the `nat OUTPUT` jump was added (false: it was already there).
-    pub jump_added: bool,
+impl Iptables {
+    /// (iptables, iptables-restore) for `family`.
+    fn programs(&self, family: Family) -> (&str, &str) {
+        match family {
+            Family::V4 => (&self.iptables, &self.restore),
+            Family::V6 => (&self.ip6tables, &self.ip6_restore),
+        }
+    }
 }
 
-/// Install `spec` in the current network namespace: flush and refill [`CHAIN`] in one
-/// `iptables-restore` transaction and add the jump from `nat OUTPUT` if it is missing.
-pub fn apply(spec: &CaptureSpec, programs: &Iptables) -> Result<Applied, CaptureError> {
+/// What [`apply`] did for one family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub family: Family,
+    /// Rules now in [`CHAIN`].
+    pub nat_rules: usize,
+    /// Rules now in [`EGRESS_CHAIN`].
+    pub filter_rules: usize,
+    /// Which `OUTPUT` jumps were added (false: already there).
+    pub jumps_added: Jumps,
+}
+
+/// Install `spec` for `family` in the current network namespace: flush and refill both
+/// chains in one `iptables-restore` transaction and add the jumps from `OUTPUT` that are
+/// missing.
+pub fn apply(
+    spec: &CaptureSpec,
+    programs: &Iptables,
+    family: Family,
+) -> Result<Applied, CaptureError> {
     spec.validate()?;
-    let check = Command::new(&programs.iptables)
-        .args(["-t", "nat", "-C", "OUTPUT"])
-        .args(JUMP)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map_err(|source| CaptureError::Spawn {
-            program: programs.iptables.clone(),
-            source,
-        })?;
+    let (iptables, restore) = programs.programs(family);
     // -C fails both when the rule is absent and when the chain does not exist yet.
-    let jump_added = !check.success();
-    let input = spec.restore_input(jump_added);
+    let missing = |table: &str, jump: &[&str]| -> Result<bool, CaptureError> {
+        let status = Command::new(iptables)
+            .args(["-t", table, "-C", "OUTPUT"])
+            .args(jump)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|source| CaptureError::Spawn {
+                program: iptables.to_string(),
+                source,
+            })?;
+        Ok(!status.success())
+    };
+    let jumps = Jumps {
+        nat: missing("nat", &rules::NAT_JUMP)?,
+        filter: missing("filter", &rules::FILTER_JUMP)?,
+    };
+    let input = spec.restore_input(family, jumps);
     let spawn = |source| CaptureError::Spawn {
-        program: programs.restore.clone(),
+        program: restore.to_string(),
         source,
     };
-    let mut child = Command::new(&programs.restore)
+    let mut child = Command::new(restore)
         .arg("--noflush")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -303,13 +295,15 @@ pub fn apply(spec: &CaptureSpec, programs: &Iptables) -> Result<Applied, Capture
     let out = child.wait_with_output().map_err(spawn)?;
     if !out.status.success() {
         return Err(CaptureError::Failed {
-            program: programs.restore.clone(),
+            program: restore.to_string(),
             status: out.status,
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
     Ok(Applied {
-        rules: spec.rules().len(),
-        jump_added,
+        family,
+        nat_rules: spec.nat_rules(family).len(),
+        filter_rules: spec.filter_rules(family).len(),
+        jumps_added: jumps,
     })
 }

@@ -1,19 +1,23 @@
 //! Evaluate, on the data path: revocations first, then policy over the request, the task's
-//! history and labels and the agent's labels; the action is then appended to the task's chain
-//! as pending (with the labels it sets) and kept in the exchange for the record stage, which
-//! settles it and writes its decision-log line when the exchange ends.
+//! history and labels and the agent's labels — and `input.approval` when the request matched
+//! an approved approval, which then satisfies a decision that asks for one; the action is then
+//! appended to the task's chain as pending (with the labels it sets) and kept in the exchange
+//! for the record stage, which settles it and writes its decision-log line when the exchange
+//! ends.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderMap, HeaderName};
 use serde_json::Value as Json;
-use toolgate_policy::chain::{self, TaskKey};
+use toolgate_policy::chain::{self, Outcome, TaskKey};
 use toolgate_policy::classify::Tool;
 use toolgate_policy::config::PolicyMode;
 use toolgate_policy::evaluate::{Decision, Effect, Input, RequestView};
 use toolgate_policy::prepare::Prepared;
+use toolgate_policy::state::Approval;
 
+use crate::approval::{Note, Pending};
 use crate::credential;
 use crate::gateway::{Gateway, Snapshot};
 use crate::pipeline::Exchange;
@@ -38,6 +42,11 @@ pub struct Decided {
     /// The labels it set on the task and the agent.
     pub labels: Vec<Arc<str>>,
     pub eval_time: Option<Duration>,
+    /// The approval it asked for, or the approval it went out on.
+    pub approval: Option<Note>,
+    /// How it ended, when that was settled before the exchange ended (a held request that
+    /// waited and was decided again).
+    pub settled: Option<Outcome>,
 }
 
 /// The task key of exchange `x`.
@@ -51,7 +60,8 @@ pub fn task_key(x: &Exchange) -> TaskKey<'_> {
 
 /// Decide `prepared`; on return `x` holds the effect, reason, chain seq and dry-run flag, and
 /// the decided action is appended to `x.decided`. `Ok` means forward (an allow, or a
-/// would-deny in dry-run); `Err` carries the refusal.
+/// would-deny in dry-run); `Err` carries the refusal — for a decision that asks a human,
+/// [`Refusal::ApprovalRequired`] with no approval bound yet (`approval::hold` binds it).
 pub fn evaluate(
     gw: &Gateway,
     snapshot: &Snapshot,
@@ -59,6 +69,22 @@ pub fn evaluate(
     tool: Option<&Tool>,
     headers: &HeaderMap,
     hidden: &[HeaderName],
+    x: &mut Exchange,
+) -> Result<Decision, Refusal> {
+    evaluate_approved(gw, snapshot, prepared, tool, headers, hidden, None, x)
+}
+
+/// [`evaluate`] a request that matched the approved approval `approved` (`input.approval`),
+/// which satisfies a decision that asks for approval.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_approved(
+    gw: &Gateway,
+    snapshot: &Snapshot,
+    prepared: &Prepared,
+    tool: Option<&Tool>,
+    headers: &HeaderMap,
+    hidden: &[HeaderName],
+    approved: Option<&Approval>,
     x: &mut Exchange,
 ) -> Result<Decision, Refusal> {
     let config = &snapshot.config;
@@ -99,9 +125,16 @@ pub fn evaluate(
             state: gw.ledger.view(&task_key(x), agent, now),
             now,
         };
+        let mut input = input.to_value();
+        if let Some(a) = approved {
+            a.granted().annotate(&mut input);
+        }
         let started = Instant::now();
-        let decision = snapshot.policy.decide(input.to_value());
+        let mut decision = snapshot.policy.decide(input);
         let finished = Instant::now();
+        if approved.is_some() {
+            decision = decision.satisfied_by_approval();
+        }
         eval_time = Some(finished.duration_since(started));
         x.trace.evaluated_at = Some(finished);
         decision
@@ -146,16 +179,22 @@ pub fn evaluate(
         seq: recorded.seq,
         labels,
         eval_time,
+        approval: None,
+        settled: None,
     });
     match decision.effect {
         _ if dry_run => Ok(decision),
         Effect::Allow => Ok(decision),
         Effect::Deny if revoked => Err(state.map_or_else(Refusal::from, |_| Refusal::Revoked)),
         Effect::Error => Err(Refusal::PolicyError(decision.reason)),
-        Effect::Deny if decision.approval_required => {
-            Err(Refusal::ApprovalRequired(decision.reason))
-        }
-        Effect::Deny => Err(Refusal::Denied(decision.reason)),
+        Effect::Deny => match decision.approval {
+            Some(ask) => Err(Refusal::ApprovalRequired(Box::new(Pending {
+                reason: decision.reason,
+                ask,
+                note: None,
+            }))),
+            None => Err(Refusal::Denied(decision.reason)),
+        },
     }
 }
 

@@ -1,6 +1,9 @@
 //! Forward: where an allowed request goes, and the request line the tool receives —
 //! origin-form, the canonical path, TLS originated where the tool is https.
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -48,11 +51,23 @@ pub enum ForwardError {
     Request(String),
 }
 
-/// The plan for `accepted`: the tool's configured upstream, else the destination as asked.
+/// The plan for `accepted`: the tool's configured upstream; for a catalogued tool without
+/// one, https to the requested host (port 443 when the agent used its scheme's default port,
+/// else the port a `host:port` pattern named) — an agent's `http://` is upgraded, never the
+/// reverse; for a destination no tool serves, the scheme and port the agent asked for.
+///
+/// So plain HTTP leaves toolgate only towards an `upstream: http://…` an operator wrote, or
+/// towards an uncatalogued destination, which never gets a credential
+/// (`toolgate_policy::credential::select`).
 pub fn plan(accepted: &Accepted, tool: Option<&Tool>) -> Plan {
-    let (tls, host, port, base) = match tool.and_then(|t| t.upstream.as_ref()) {
-        Some(u) => (u.tls, u.host.clone(), u.port, u.base_path.as_str()),
-        None => (accepted.tls, accepted.host.clone(), accepted.port, ""),
+    let (tls, host, port, base) = match (tool, tool.and_then(|t| t.upstream.as_ref())) {
+        (_, Some(u)) => (u.tls, u.host.clone(), u.port, u.base_path.as_str()),
+        (Some(_), None) => {
+            let asked_default = accepted.port == if accepted.tls { 443 } else { 80 };
+            let port = if asked_default { 443 } else { accepted.port };
+            (true, accepted.host.clone(), port, "")
+        }
+        (None, None) => (accepted.tls, accepted.host.clone(), accepted.port, ""),
     };
     let bracketed = if host.contains(':') {
         format!("[{host}]")

@@ -104,8 +104,10 @@ pub struct Gateway {
     ready: AtomicBool,
     pub metrics: Metrics,
     pub ledger: Ledger,
-    /// Operator state: revocations, kept in `state.dir` when set.
+    /// Operator state: revocations and approvals, kept in `state.dir` when set.
     pub state: State,
+    /// Held requests' wake-ups and the approval webhook.
+    pub approvals: crate::approval::Runtime,
     pub decision_log: DecisionLog,
     pub default_task: DefaultTask,
     /// Where action spans are exported; `None` when export is off.
@@ -130,6 +132,7 @@ impl Gateway {
             metrics: Metrics::default(),
             ledger,
             state,
+            approvals: crate::approval::Runtime::default(),
             decision_log,
             default_task: DefaultTask::default(),
             spans: None,

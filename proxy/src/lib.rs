@@ -4,6 +4,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod approval;
 pub mod body;
 pub mod ca;
 pub mod capture;
@@ -19,6 +20,7 @@ pub mod problem;
 pub mod record;
 pub mod reload;
 pub mod server;
+pub mod upgrade;
 
 pub use gateway::{Gateway, LoadError, Snapshot};
 pub use server::{serve, ServeError};

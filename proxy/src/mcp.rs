@@ -2,9 +2,11 @@
 //! its own action, decision and chain entry (so a later member sees the earlier ones, as if
 //! they had been sent one by one); it is forwarded only if every member is allowed. A refused
 //! request is answered as MCP clients expect: HTTP 200 with a JSON-RPC error for each request
-//! id (`message` = the reason, `data` = decision id, action, trace id). A refused message with
-//! no id (a notification, or a response to the server) has nobody to answer in JSON-RPC: it
-//! gets the usual 403 problem, as streamable HTTP specifies an HTTP error status for it.
+//! id (`message` = the reason, `data` = decision id, action, trace id, and for a held call
+//! its approval's `approval_id`, `approval_status`, `expires_at` and `approve_url`). A
+//! refused message with no id (a notification, or a response to the server) has nobody to
+//! answer in JSON-RPC: it gets the usual 403 problem, as streamable HTTP specifies an HTTP
+//! error status for it.
 
 use std::sync::Arc;
 
@@ -192,6 +194,8 @@ pub fn errors(x: &Exchange, refusal: &Refusal) -> Json {
         return Json::Null;
     };
     let detail = problem::problem(refusal).detail;
+    // An approval's id, expiry and page, for the member that was held (or the single call).
+    let approval = problem::extensions(refusal);
     let one = |a: &Answer| {
         let decision_id = if a.decision_id.is_empty() {
             &x.decision_id
@@ -206,13 +210,20 @@ pub fn errors(x: &Exchange, refusal: &Refusal) -> Json {
             ),
             (None, false) => (REFUSED, detail.clone()),
         };
+        let mut data =
+            json!({ "decision_id": decision_id, "action": &*a.action, "trace_id": &x.trace_id });
+        if code == REFUSED && !reply.batch {
+            if let Some(map) = data.as_object_mut() {
+                map.extend(approval.clone());
+            }
+        }
         json!({
             "jsonrpc": "2.0",
             "id": a.id,
             "error": {
                 "code": code,
                 "message": message,
-                "data": { "decision_id": decision_id, "action": &*a.action, "trace_id": &x.trace_id },
+                "data": data,
             },
         })
     };

@@ -13,6 +13,7 @@
 //! [`route`]. Errors are `application/problem+json` ([`problem`]); bodies are read with
 //! [`Call::body`], bounded in size and time.
 
+mod approvals;
 mod auth;
 mod revoke;
 mod tasks;
@@ -121,13 +122,20 @@ async fn route(call: &mut Call<'_>, method: &Method, segments: &[Cow<'_, str>]) 
         (&Method::POST, ["revoke"]) => revoke::create(call).await,
         (&Method::GET, ["tasks"]) => tasks::stats(call),
         (&Method::GET, ["tasks", id]) => tasks::chain(call, id),
+        (&Method::GET, ["approvals"]) => approvals::list(call),
+        (&Method::GET, ["approvals", id]) => approvals::show(call, id),
+        (&Method::POST, ["approvals", id, "approve"]) => approvals::decide(call, id, true).await,
+        (&Method::POST, ["approvals", id, "deny"]) => approvals::decide(call, id, false).await,
         (_, ["revoke"]) => method_not_allowed("GET, POST"),
-        (_, ["tasks"] | ["tasks", _]) => method_not_allowed("GET"),
+        (_, ["tasks"] | ["tasks", _] | ["approvals"] | ["approvals", _]) => {
+            method_not_allowed("GET")
+        }
+        (_, ["approvals", _, "approve" | "deny"]) => method_not_allowed("POST"),
         _ => problem(
             StatusCode::NOT_FOUND,
             "not-found",
             "no such operator endpoint",
-            "the operator API serves /v1/revoke, /v1/tasks and /v1/tasks/{id}".into(),
+            "the operator API serves /v1/revoke, /v1/tasks, /v1/tasks/{id}, /v1/approvals, /v1/approvals/{id} and /v1/approvals/{id}/approve|deny".into(),
         ),
     }
 }

@@ -19,6 +19,7 @@ use toolgate_policy::normalise;
 use toolgate_policy::prepare::{self, Head, Prepared, Refused};
 
 use crate::accept::{self, Inbound};
+use crate::approval;
 use crate::body;
 use crate::credential::{self, Injection};
 use crate::evaluate;
@@ -28,6 +29,7 @@ use crate::identify;
 use crate::mcp;
 use crate::problem::{self, Ids, Refusal};
 use crate::record;
+use crate::upgrade;
 
 /// Per-request state carried across phases.
 #[derive(Debug)]
@@ -84,8 +86,14 @@ pub struct Exchange {
     pub rpc: Option<mcp::Reply>,
     /// Masks the injected credential in the response body, while it streams.
     pub scrubber: Option<credential::scrub::BodyScrubber>,
-    /// A body that replaces the tool's (it could not be checked for the credential).
-    pub replacement: Option<bytes::Bytes>,
+    /// Why toolgate stopped forwarding the tool's answer (answered by `fail_to_proxy`).
+    pub aborted: Option<Refusal>,
+    /// The protocol switch the action may make, and its tunnel once the tool switched.
+    pub tunnel: Option<upgrade::Tunnel>,
+    /// The approval the request was held for, or went out on (for its span).
+    pub approval: Option<approval::Note>,
+    /// The approved approval the request matched, until it is used (`approval::consume`).
+    pub(crate) matched: Option<toolgate_policy::state::Approval>,
 }
 
 impl Default for Exchange {
@@ -131,7 +139,10 @@ impl Exchange {
             inbound: None,
             rpc: None,
             scrubber: None,
-            replacement: None,
+            aborted: None,
+            tunnel: None,
+            approval: None,
+            matched: None,
         }
     }
 
@@ -158,7 +169,7 @@ impl Exchange {
         self.failure = Some(refusal.to_string());
         // Settled before the agent can read the answer (and act on it): the chain records
         // the refusal's status, also when MCP gets it as HTTP 200.
-        record::settle(gw, self, Outcome::Refused(status));
+        record::settle(gw, self, problem::outcome(refusal));
         let answered = mcp::answers(self, refusal);
         self.refused = Some(if answered { 200 } else { status });
         let written = if answered {
@@ -210,6 +221,7 @@ fn head(
     if let Some(h1) = session.as_downstream().as_http1() {
         normalise::raw_framing(&h1.get_headers_raw_bytes())?;
     }
+    upgrade::check(&req.headers)?;
     let head = prepare::head(
         config,
         destination,
@@ -227,36 +239,75 @@ fn head(
     Ok(head)
 }
 
-/// classify (with the body, when it was read) → decide → credential → forward plan.
+/// classify (with the body, when it was read) → [approval: matching] → decide →
+/// [approval: hold] → credential → [approval: consume] → forward plan.
 async fn admit(
     gw: &Gateway,
     snapshot: &Snapshot,
-    req: &RequestHeader,
+    session: &mut Session,
     head: Head,
     body: Option<bytes::Bytes>,
     x: &mut Exchange,
 ) -> Result<(), Refusal> {
     let config = &snapshot.config;
-    let prepared = prepare::finish(config, head, &req.headers, body.as_deref())?;
+    let prepared = prepare::finish(config, head, &session.req_header().headers, body.as_deref())?;
     let tool = prepared.accepted.tool.and_then(|t| config.catalog.tool(t));
     x.action = prepared.classification.action.clone();
     x.rpc = mcp::reply(&prepared);
     let strip = credential::stripped_headers(config, tool);
     let batch = prepared.rpc.as_ref().is_some_and(|r| r.batch);
-    let decide =
-        |p: &Prepared, x: &mut Exchange| decide(gw, snapshot, p, &req.headers, &strip, batch, x);
     if batch {
+        let headers = &session.req_header().headers;
+        let decide = |p: &Prepared, x: &mut Exchange| {
+            decide(gw, snapshot, p, headers, &strip, true, None, x)
+        };
         mcp::decide_batch(&prepared, x, decide)?;
     } else {
-        decide(&prepared, x)?;
+        let mut bound = approval::Bound::new(body);
+        let mut matched =
+            approval::matching(gw, snapshot, session, &prepared, &mut bound, x).await?;
+        loop {
+            let headers = &session.req_header().headers;
+            let decided = decide(
+                gw,
+                snapshot,
+                &prepared,
+                headers,
+                &strip,
+                false,
+                matched.as_ref(),
+                x,
+            );
+            match decided {
+                Err(Refusal::ApprovalRequired(pending)) if pending.note.is_none() => {
+                    // Held for a human; with `wait`, decided again once approved.
+                    matched = Some(
+                        approval::hold(gw, snapshot, session, &prepared, &mut bound, *pending, x)
+                            .await?,
+                    );
+                }
+                other => {
+                    other?;
+                    break;
+                }
+            }
+        }
+        x.matched = matched;
     }
     issue(gw, snapshot, &prepared, tool, batch, x).await?;
+    approval::consume(gw, snapshot, x)?;
     x.plan = Some(forward::plan(&prepared.accepted, tool));
+    x.tunnel = toolgate_policy::classify::requested_upgrade(&session.req_header().headers)
+        .filter(|proto| tool.is_some_and(|t| t.may_upgrade(&x.action, proto)))
+        .map(upgrade::Tunnel::new);
     Ok(())
 }
 
 /// evaluate, and select the credential, for one action. In a batch the selection is kept per
-/// member (`member_grants`), to be combined once every member is decided.
+/// member (`member_grants`), to be combined once every member is decided, and a member that
+/// needs approval refuses the batch (an approval binds one request). `approved`: the approved
+/// approval the request matched.
+#[allow(clippy::too_many_arguments)]
 fn decide(
     gw: &Gateway,
     snapshot: &Snapshot,
@@ -264,11 +315,19 @@ fn decide(
     headers: &http::HeaderMap,
     strip: &[HeaderName],
     batch: bool,
+    approved: Option<&toolgate_policy::state::Approval>,
     x: &mut Exchange,
 ) -> Result<(), Refusal> {
     let config = &snapshot.config;
     let tool = prepared.accepted.tool.and_then(|t| config.catalog.tool(t));
-    let decision = evaluate::evaluate(gw, snapshot, prepared, tool, headers, strip, x)?;
+    let decision = match evaluate::evaluate_approved(
+        gw, snapshot, prepared, tool, headers, strip, approved, x,
+    ) {
+        Err(Refusal::ApprovalRequired(pending)) if batch => {
+            return Err(Refusal::ApprovalInBatch(pending.reason))
+        }
+        other => other?,
+    };
     if x.dry_run {
         // Forwarded as it came: the agent's credentials stay, nothing is injected.
         x.strip = Vec::new();
@@ -308,6 +367,8 @@ async fn issue(
     if batch {
         subject.action = &actions;
     }
+    // A request that goes out on a human's approval says which (`approval` claim).
+    subject.approval = x.matched.as_ref().map(|a| a.id.as_str());
     match credential::issue(gw, snapshot, tool, &grant, &subject).await {
         Ok(injection) => {
             x.injection = injection;
@@ -322,6 +383,13 @@ async fn issue(
             Err(e.into())
         }
     }
+}
+
+/// Stop forwarding the tool's answer: `fail_to_proxy` answers the agent with `refusal`.
+fn abort(x: &mut Exchange, refusal: Refusal) -> Result<()> {
+    let message = refusal.to_string();
+    x.aborted = Some(refusal);
+    Error::e_explain(ErrorType::InternalError, message)
 }
 
 /// Map a pingora failure while proxying to the refusal the agent sees.
@@ -359,12 +427,18 @@ impl ProxyHttp for Pipeline {
                 accept::destination(inbound.as_deref(), session.req_header(), timeout).await?;
             let head = head(gw, &snapshot, session, destination.as_ref(), x)?;
             let body = body::read(session, &head, &snapshot.config.limits).await?;
-            admit(gw, &snapshot, session.req_header(), head, body, x).await
+            admit(gw, &snapshot, session, head, body, x).await
         }
         .await;
         x.snapshot = Some(snapshot);
         match admitted {
-            Ok(()) => Ok(false),
+            Ok(()) => {
+                if x.tunnel.is_none() && upgrade::asks(&session.req_header().headers) {
+                    // Not the action's to switch: forwarded as a plain request.
+                    upgrade::strip(session.req_header_mut());
+                }
+                Ok(false)
+            }
             Err(refusal) => {
                 x.refuse(&self.gateway, session, &refusal).await;
                 Ok(true)
@@ -425,17 +499,21 @@ impl ProxyHttp for Pipeline {
         response: &mut ResponseHeader,
         x: &mut Exchange,
     ) -> Result<()> {
+        if response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            match x.tunnel.as_mut() {
+                Some(tunnel) => tunnel.opened = Some(Instant::now()),
+                None => return abort(x, Refusal::UnexpectedUpgrade),
+            }
+        }
         let scrubbed = credential::scrub(response, x.injection.as_ref());
         self.gateway.metrics.cookies_dropped(scrubbed.cookies);
         if scrubbed.compressed {
             // Asked for identity and answered compressed anyway: the body cannot be checked
             // for the credential, so it is withheld.
-            let refusal = Refusal::CompressedAnswer;
-            x.failure = Some(refusal.to_string());
-            x.replacement = Some(problem::replace(response, &refusal, x.ids()));
-        } else {
-            x.scrubber = credential::body_scrubber(x.injection.as_ref());
+            self.gateway.metrics.scrubbed("compressed_body", 1);
+            return abort(x, Refusal::CompressedAnswer);
         }
+        x.scrubber = credential::body_scrubber(x.injection.as_ref());
         if let Some(sent) = x.upstream_sent {
             self.gateway
                 .metrics
@@ -451,6 +529,23 @@ impl ProxyHttp for Pipeline {
         Ok(())
     }
 
+    /// Runs for each chunk of the request body on its way to the tool (after a protocol
+    /// switch: the tunnel's bytes, counted for its span).
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        x: &mut Exchange,
+    ) -> Result<()> {
+        if let (Some(tunnel), Some(chunk)) = (x.tunnel.as_mut(), body.as_ref()) {
+            if tunnel.opened.is_some() {
+                tunnel.to_tool += chunk.len() as u64;
+            }
+        }
+        Ok(())
+    }
+
     /// Runs for each chunk of the response body on its way to the agent: the injected
     /// credential is masked (or the whole body replaced, when it could not be checked).
     fn response_body_filter(
@@ -460,9 +555,10 @@ impl ProxyHttp for Pipeline {
         end_of_stream: bool,
         x: &mut Exchange,
     ) -> Result<Option<Duration>> {
-        if let Some(replacement) = &x.replacement {
-            *body = end_of_stream.then(|| replacement.clone());
-            return Ok(None);
+        if let (Some(tunnel), Some(chunk)) = (x.tunnel.as_mut(), body.as_ref()) {
+            if tunnel.opened.is_some() {
+                tunnel.from_tool += chunk.len() as u64;
+            }
         }
         if let Some(scrubber) = x.scrubber.as_mut() {
             let mut out = match body.take() {
@@ -499,9 +595,10 @@ impl ProxyHttp for Pipeline {
                 can_reuse_downstream: false,
             };
         }
-        let refusal = match e.esource() {
-            ErrorSource::Downstream => Refusal::Rejected(normalise::Rejection::BadTarget),
-            _ => upstream_refusal(e, x.forward_error.take()),
+        let refusal = match (x.aborted.take(), e.esource()) {
+            (Some(aborted), _) => aborted,
+            (None, ErrorSource::Downstream) => Refusal::Rejected(normalise::Rejection::BadTarget),
+            (None, _) => upstream_refusal(e, x.forward_error.take()),
         };
         x.refuse(&self.gateway, session, &refusal).await;
         FailToProxy {

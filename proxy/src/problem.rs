@@ -9,6 +9,7 @@ use toolgate_policy::classify::ClassifyError;
 use toolgate_policy::normalise::Rejection;
 use toolgate_policy::state::StateUnavailable;
 
+use crate::approval::Pending;
 use crate::body::BodyError;
 use crate::credential::{CredentialError, Unavailable, UnknownCredential};
 use crate::forward::ForwardError;
@@ -19,8 +20,27 @@ use crate::identify::{AgentExpired, BadTask, IdentifyError, TaskRequired, TaskTo
 pub enum Refusal {
     #[error("{0}")]
     Denied(String),
+    /// The decision asks a human: the request is held (its approval pending), not forwarded.
     #[error("{0}")]
-    ApprovalRequired(String),
+    ApprovalRequired(Box<Pending>),
+    /// A human denied the identical request.
+    #[error("{0}")]
+    ApprovalDenied(Box<Pending>),
+    /// The identical request's approval expired before it was used.
+    #[error("{0}")]
+    ApprovalExpired(Box<Pending>),
+    /// An identical request used the approval a moment earlier: it goes out once.
+    #[error("{0}")]
+    ApprovalUsed(Box<Pending>),
+    /// `approvals.max_pending` approvals are in force: no new one is held.
+    #[error(transparent)]
+    ApprovalsFull(#[from] toolgate_policy::state::approvals::Full),
+    /// A batch member needs approval: approvals bind one request.
+    #[error("{0}: an action that needs human approval must be sent on its own, not in a JSON-RPC batch (an approval binds one request)")]
+    ApprovalInBatch(String),
+    /// The body of a request that needs approval is larger than toolgate reads to bind it.
+    #[error("this request needs human approval, which binds its body, and its body is larger than {0} bytes, the most toolgate reads (limits.max_body_bytes, at most 65536)")]
+    ApprovalBody(usize),
     #[error("{0}")]
     PolicyError(String),
     #[error("revoked")]
@@ -69,6 +89,20 @@ pub enum Refusal {
     /// `Accept-Encoding: identity`: it cannot be checked for the credential.
     #[error("the tool answered with a compressed body although toolgate asked for identity; a body that cannot be checked for the injected credential is withheld")]
     CompressedAnswer,
+    #[error(transparent)]
+    Upgrade(#[from] crate::upgrade::UpgradeError),
+    /// The tool switched protocols (101) for a request that was not allowed to.
+    #[error("the tool switched protocols (101) for a request whose action may not upgrade the connection; the connection is closed")]
+    UnexpectedUpgrade,
+    #[error(
+        "the request head (request line and headers) is over {0} bytes (limits.max_head_bytes)"
+    )]
+    HeadTooLarge(usize),
+    #[error("the request head was not complete {} after its first byte (limits.head_timeout)", humantime::format_duration(*.0))]
+    HeadTimeout(std::time::Duration),
+    /// A listener or the buffer budget is full: the agent should retry shortly.
+    #[error("{0}; retry shortly")]
+    Overloaded(String),
 }
 
 impl From<IdentifyError> for Refusal {
@@ -110,6 +144,12 @@ pub fn problem(refusal: &Refusal) -> Problem {
     let (status, kind, title) = match refusal {
         Refusal::Denied(_) => (403, "denied", "action denied"),
         Refusal::ApprovalRequired(_) => (403, "approval-required", "approval required"),
+        Refusal::ApprovalDenied(_) => (403, "approval-denied", "approval denied"),
+        Refusal::ApprovalExpired(_) => (403, "approval-expired", "approval expired"),
+        Refusal::ApprovalUsed(_) => (409, "approval-used", "approval already used"),
+        Refusal::ApprovalsFull(_) => (503, "approvals-full", "approvals full"),
+        Refusal::ApprovalInBatch(_) => (403, "approval-batch", "approval needs a single request"),
+        Refusal::ApprovalBody(_) => (413, "body-too-large", "request body too large"),
         Refusal::PolicyError(_) => (403, "policy-error", "policy error"),
         Refusal::Revoked => (403, "revoked", "revoked"),
         Refusal::StateUnavailable(_) => (503, "state-unavailable", "state unavailable"),
@@ -147,12 +187,29 @@ pub fn problem(refusal: &Refusal) -> Problem {
         Refusal::Body(BodyError::Timeout(_)) => (408, "body-timeout", "request body too slow"),
         Refusal::Body(BodyError::Read(_)) => (400, "rejected", "request rejected"),
         Refusal::CompressedAnswer => (502, "unchecked-response", "response withheld"),
+        Refusal::Upgrade(_) => (400, "rejected", "request rejected"),
+        Refusal::UnexpectedUpgrade => (502, "unexpected-upgrade", "unexpected protocol switch"),
+        Refusal::HeadTooLarge(_) => (431, "head-too-large", "request head too large"),
+        Refusal::HeadTimeout(_) => (408, "head-timeout", "request head too slow"),
+        Refusal::Overloaded(_) => (503, "overloaded", "toolgate overloaded"),
     };
     Problem {
         status,
         kind,
         title,
         detail,
+    }
+}
+
+/// How a request toolgate answered with `refusal` ended, as its chain entry says: the tool
+/// failing or timing out is the tool's outcome (`upstream_error`, `timeout`); anything else
+/// toolgate refused (`refused`, with the status it answered).
+pub fn outcome(refusal: &Refusal) -> toolgate_policy::chain::Outcome {
+    use toolgate_policy::chain::Outcome;
+    match refusal {
+        Refusal::UpstreamTimeout => Outcome::Timeout,
+        Refusal::UpstreamUnreachable(_) | Refusal::Forward(_) => Outcome::UpstreamError,
+        other => Outcome::Refused(problem(other).status),
     }
 }
 
@@ -174,10 +231,21 @@ struct Body<'a> {
     action: &'a str,
     decision_id: &'a str,
     trace_id: &'a str,
+    #[serde(flatten)]
+    extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The JSON body of `problem`.
 pub fn body(problem: &Problem, ids: Ids<'_>) -> Bytes {
+    body_with(problem, ids, serde_json::Map::new())
+}
+
+/// The JSON body of `problem` with `extra` members (an approval's id, expiry and page).
+pub fn body_with(
+    problem: &Problem,
+    ids: Ids<'_>,
+    extra: serde_json::Map<String, serde_json::Value>,
+) -> Bytes {
     let body = Body {
         kind: format!("{TYPE_BASE}{}", problem.kind),
         title: problem.title,
@@ -186,28 +254,22 @@ pub fn body(problem: &Problem, ids: Ids<'_>) -> Bytes {
         action: ids.action,
         decision_id: ids.decision_id,
         trace_id: ids.trace_id,
+        extra,
     };
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
 
-/// Turn the tool's response head into `refusal`'s problem; returns the body that must replace
-/// the tool's (the caller drops the tool's body and sends this one).
-pub fn replace(response: &mut ResponseHeader, refusal: &Refusal, ids: Ids<'_>) -> Bytes {
-    let problem = problem(refusal);
-    let body = body(&problem, ids);
-    let _ = response.set_status(problem.status);
-    for name in [
-        http::header::CONTENT_ENCODING,
-        http::header::TRANSFER_ENCODING,
-        http::header::CONTENT_RANGE,
-        http::header::ETAG,
-    ] {
-        response.remove_header(&name);
+/// The members a refusal adds to its problem (and to a JSON-RPC error's `data`): an
+/// approval's `approval_id`, `approval_status`, `expires_at`, `approve_url`, and who decided
+/// with their comment.
+pub fn extensions(refusal: &Refusal) -> serde_json::Map<String, serde_json::Value> {
+    match refusal {
+        Refusal::ApprovalRequired(p)
+        | Refusal::ApprovalDenied(p)
+        | Refusal::ApprovalExpired(p)
+        | Refusal::ApprovalUsed(p) => p.note.as_ref().map(|n| n.members()).unwrap_or_default(),
+        _ => serde_json::Map::new(),
     }
-    let _ = response.insert_header(http::header::CONTENT_TYPE, "application/problem+json");
-    let _ = response.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
-    let _ = response.insert_header(http::header::CACHE_CONTROL, "no-store");
-    body
 }
 
 /// Write `refusal` as the response; returns the status written.
@@ -217,7 +279,7 @@ pub async fn respond(
     ids: Ids<'_>,
 ) -> pingora::Result<u16> {
     let problem = problem(refusal);
-    let body = body(&problem, ids);
+    let body = body_with(&problem, ids, extensions(refusal));
     let mut header = ResponseHeader::build(problem.status, Some(3))?;
     header.insert_header(http::header::CONTENT_TYPE, "application/problem+json")?;
     header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;

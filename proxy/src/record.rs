@@ -78,6 +78,9 @@ pub fn decisions(gw: &Gateway, x: &Exchange) {
             | Outcome::Timeout
     );
     for d in &x.decided {
+        // A held decision that waited and was decided again ended on its own.
+        let outcome = d.settled.unwrap_or(outcome);
+        let forwarded = forwarded && d.settled.is_none();
         let attributes: Map<String, serde_json::Value> = d
             .attributes
             .iter()
@@ -114,6 +117,7 @@ pub fn decisions(gw: &Gateway, x: &Exchange) {
             },
             policy_revision: snapshot.policy.revision(),
             credential,
+            approval: d.approval.as_ref().map(crate::approval::Note::log),
             trace_id: &x.trace_id,
             span_id: &span_id,
             eval_duration_us: d
@@ -137,9 +141,7 @@ pub fn exchange(session: &Session, e: Option<&pingora::Error>, x: &mut Exchange,
     if let Some(s) = &x.scrubber {
         gw.metrics.scrubbed("masked", s.masked);
     }
-    if x.replacement.is_some() {
-        gw.metrics.scrubbed("compressed_body", 1);
-    }
+
     decisions(gw, x);
     let decision = span::decision(x);
     let status = x

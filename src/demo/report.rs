@@ -69,11 +69,16 @@ pub fn table(script: &[Step], outcomes: &[Outcome], chain: &[Span]) -> String {
     for (i, (step, outcome)) in script.iter().zip(outcomes).enumerate() {
         let span = chain.get(i);
         let a = span.map(|s| s.attributes.as_slice()).unwrap_or_default();
+        // A request waiting for a human shows as held.
+        let decision = match text(a, "toolgate.approval.status") {
+            "pending" => "held",
+            _ => text(a, "toolgate.decision"),
+        };
         rows.push([
             (i + 1).to_string(),
             step.says.to_string(),
             text(a, "toolgate.action").to_string(),
-            text(a, "toolgate.decision").to_string(),
+            decision.to_string(),
             outcome.status.to_string(),
             text(a, "toolgate.reason").to_string(),
         ]);
@@ -165,6 +170,20 @@ pub fn timeline(chain: &[Span]) -> String {
                 }
                 other => notes.push(other.to_string()),
             }
+        }
+        match (
+            text(a, "toolgate.approval.status"),
+            text(a, "toolgate.approval.approver"),
+        ) {
+            ("", _) => {}
+            ("pending", _) => notes.push(format!(
+                "held for approval {}",
+                text(a, "toolgate.approval.id")
+            )),
+            (status, by) => notes.push(format!(
+                "approval {} {status}, approved by {by}",
+                text(a, "toolgate.approval.id")
+            )),
         }
         if let Some(link) = span.links.first() {
             notes.push(format!("links to span {}", hex(&link.span_id)));

@@ -1,5 +1,5 @@
-# The quickstart policy: reads are free, state changes need context, money needs limits,
-# and an MCP server's tools are allowed one by one.
+# The quickstart policy: reads are free, state changes need context, money needs limits (and
+# a human above them), and an MCP server's tools are allowed one by one.
 #
 # One decision rule, written as a first-match `else` chain: the RVM evaluates branches only
 # until one holds, where separate complete rules would all be evaluated to check that they
@@ -31,7 +31,26 @@ decision := {"allow": true, "reason": "reading tickets is allowed"} if {
 } if {
 	input.action.name == "payment.create"
 	amount <= data.limits.payment_max
-} else := {"allow": false, "reason": sprintf("payment of %v exceeds the limit of %v", [amount, data.limits.payment_max])} if {
+} else := {"allow": false, "reason": sprintf("payment of %v exceeds %v, the most a human may approve", [amount, data.limits.approval_max])} if {
+	input.action.name == "payment.create"
+	amount > data.limits.approval_max
+} else := {
+	# The identical request, retried after a human approved it (toolgate uses the approval
+	# once). Policy can still refuse: the rule above holds whatever a human said.
+	"allow": true,
+	"reason": sprintf("payment of %v approved by %s", [amount, input.approval.approved_by]),
+	"credential": {"name": "payments-key", "scopes": ["payments:write"], "ttl": "60s"},
+} if {
+	input.action.name == "payment.create"
+	amount > data.limits.payment_max
+	input.approval.approved_by
+} else := {
+	# Over the limit: held until a human approves this exact payment (`toolgate approvals`,
+	# or the page on the admin listener at /approvals).
+	"allow": false,
+	"reason": sprintf("payment of %v exceeds the limit of %v: a human must approve it", [amount, data.limits.payment_max]),
+	"approval": {"required": true, "approvers": ["group:payments-leads"], "ttl": "10m"},
+} if {
 	input.action.name == "payment.create"
 	amount > data.limits.payment_max
 } else := {"allow": false, "reason": "payment amount is missing or not a number"} if {

@@ -57,7 +57,16 @@ test_looking_a_customer_up_labels_pii if {
 
 test_payment_limit_comes_from_data if {
 	d := toolgate.decision with input as {"action": {"name": "payment.create", "tool": "payments", "attributes": {"amount": "101"}}, "request": {}, "chain": []}
-	d.reason == "payment of 101 exceeds the limit of 100"
+	d.reason == "payment of 101 exceeds the limit of 100: a human must approve it"
+	d.approval.required
+	d.approval.approvers == ["group:payments-leads"]
+}
+
+test_an_approved_payment_is_allowed_with_the_payments_credential if {
+	d := toolgate.decision with input as {"action": {"name": "payment.create", "tool": "payments", "attributes": {"amount": "101"}}, "request": {}, "chain": [], "approval": {"id": "a1", "approved_by": "alice", "approved_at": "2026-12-02T10:00:00Z", "comment": null}}
+	d.allow
+	not d.approval
+	d.credential.name == "payments-key"
 }
 
 test_deleting_customers_needs_a_human if {

@@ -62,6 +62,23 @@ fn absolute_form_names_host_and_scheme() {
 }
 
 #[test]
+fn absolute_form_matches_a_portless_host_only_on_its_schemes_default_port() {
+    for (target, tool) in [
+        ("http://jira.example.com/x", Some(0)),
+        ("https://jira.example.com/x", Some(0)),
+        ("http://jira.example.com:80/x", Some(0)),
+        ("https://jira.example.com:443/x", Some(0)),
+        ("http://jira.example.com:8080/x", None),
+        ("http://jira.example.com:443/x", None),
+        ("https://jira.example.com:80/x", None),
+        ("https://jira.example.com:8443/x", None),
+    ] {
+        let a = accept(&req("GET", target, None), &config()).unwrap();
+        assert_eq!(a.tool, tool, "{target}");
+    }
+}
+
+#[test]
 fn absolute_form_host_header_must_agree() {
     let e = accept(
         &req("GET", "http://jira.example.com/x", Some("pay.example.com")),
@@ -103,8 +120,14 @@ fn route_prefix_is_matched_on_the_canonical_path() {
 
 #[test]
 fn origin_form_uses_host() {
-    let a = accept(&req("GET", "/x", Some("pay.example.com:8080")), &config()).unwrap();
-    assert_eq!((a.via, a.tool, a.port), (Via::Host, Some(1), 8080));
+    let a = accept(&req("GET", "/x", Some("pay.example.com")), &config()).unwrap();
+    assert_eq!(
+        (a.via, a.tool, a.tls, a.port),
+        (Via::Host, Some(1), false, 80)
+    );
+    // Another port of a catalogued host is no tool: `unknown`, decided as such.
+    let other = accept(&req("GET", "/x", Some("pay.example.com:8080")), &config()).unwrap();
+    assert_eq!((other.via, other.tool, other.port), (Via::Host, None, 8080));
     let unknown = accept(&req("GET", "/x", Some("evil.example.com")), &config()).unwrap();
     assert_eq!(unknown.tool, None);
     assert_eq!(
@@ -144,6 +167,9 @@ fn inside_a_tunnel_the_connect_target_is_the_authority() {
         accept_in(&d, &req("GET", "/x", None)).unwrap().tool,
         Some(0)
     );
+    // A tunnel to another port of the host is no tool.
+    let d = tunnel("jira.example.com", 8443);
+    assert_eq!(accept_in(&d, &req("GET", "/x", None)).unwrap().tool, None);
 }
 
 #[test]

@@ -17,6 +17,7 @@ fn action(
             .map(|(n, s)| (Arc::from(*n), s.clone()))
             .collect(),
         labels: Vec::new(),
+        upgrade: None,
     }
 }
 
@@ -82,12 +83,42 @@ fn classify(c: &Catalog, method: &str, target: &str) -> Classification {
 #[test]
 fn hosts_resolve_exact_wildcard_and_port() {
     let c = jira();
-    assert_eq!(c.tool_for_host("jira.example.com", 443), Some(0));
-    assert_eq!(c.tool_for_host("acme.atlassian.net", 443), Some(0));
-    assert_eq!(c.tool_for_host("atlassian.net", 443), None);
-    assert_eq!(c.tool_for_host("127.0.0.1", 9000), Some(1));
-    assert_eq!(c.tool_for_host("127.0.0.1", 80), Some(1));
-    assert_eq!(c.tool_for_host("evil.example.com", 443), None);
+    assert_eq!(c.tool_for_host("jira.example.com", 443, true), Some(0));
+    assert_eq!(c.tool_for_host("acme.atlassian.net", 443, true), Some(0));
+    assert_eq!(c.tool_for_host("atlassian.net", 443, true), None);
+    assert_eq!(c.tool_for_host("127.0.0.1", 9000, false), Some(1));
+    assert_eq!(c.tool_for_host("127.0.0.1", 9000, true), Some(1));
+    assert_eq!(c.tool_for_host("127.0.0.1", 80, false), Some(1));
+    assert_eq!(c.tool_for_host("evil.example.com", 443, true), None);
+}
+
+#[test]
+fn a_pattern_without_a_port_matches_only_the_schemes_default_port() {
+    let c = jira();
+    assert_eq!(c.tool_for_host("jira.example.com", 80, false), Some(0));
+    assert_eq!(c.tool_for_host("acme.atlassian.net", 80, false), Some(0));
+    // Any other port of a catalogued host is no tool: `unknown`, decided as such.
+    for (port, tls) in [
+        (8080, false),
+        (443, false),
+        (80, true),
+        (8443, true),
+        (1, true),
+    ] {
+        assert_eq!(
+            c.tool_for_host("jira.example.com", port, tls),
+            None,
+            "{port} tls={tls}"
+        );
+        assert_eq!(
+            c.tool_for_host("acme.atlassian.net", port, tls),
+            None,
+            "{port} tls={tls}"
+        );
+    }
+    // `127.0.0.1:9000` names its port; the port-less `127.0.0.1` still only the defaults.
+    assert_eq!(c.tool_for_host("127.0.0.1", 443, true), Some(1));
+    assert_eq!(c.tool_for_host("127.0.0.1", 9001, false), None);
 }
 
 #[test]

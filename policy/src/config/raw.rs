@@ -34,6 +34,8 @@ pub struct RawConfig {
     pub task_tokens: Option<RawTaskTokens>,
     #[serde(default)]
     pub state: RawState,
+    #[serde(default)]
+    pub approvals: RawApprovals,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,6 +96,8 @@ pub struct RawMatch {
     pub path: Option<String>,
     /// JSON pointer → expected value (a scalar, or `{in: [...]}`); checked in `config::matching`.
     pub body: Option<BTreeMap<String, serde_json::Value>>,
+    /// The protocol the action may switch the connection to (`websocket`).
+    pub upgrade: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,7 +186,28 @@ pub struct RawAdmin {
     pub max_revocation_ttl: Option<String>,
 }
 
-/// `state`: where operator state (revocations) is kept.
+/// `approvals`: human approval of held requests (config/approvals.rs).
+#[derive(Debug, Default, Deserialize)]
+pub struct RawApprovals {
+    pub page_url: Option<String>,
+    pub max_pending: Option<usize>,
+    pub default_ttl: Option<String>,
+    pub max_ttl: Option<String>,
+    pub max_wait: Option<String>,
+    pub retention: Option<String>,
+    pub webhook: Option<RawWebhook>,
+}
+
+/// `approvals.webhook`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawWebhook {
+    pub url: Option<String>,
+    pub url_file: Option<String>,
+    pub timeout: Option<String>,
+    pub retries: Option<u32>,
+}
+
+/// `state`: where operator state (revocations, approvals) is kept.
 #[derive(Debug, Default, Deserialize)]
 pub struct RawState {
     pub backend: Option<String>,
@@ -210,4 +235,9 @@ pub struct RawLimits {
     pub upstream_timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub shutdown_timeout: Option<String>,
+    pub head_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_head_bytes: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_buffered_bytes: Option<usize>,
 }

@@ -373,3 +373,29 @@ policy: { files: [policy/*.rego] }
     assert!(all.contains("tools[0].overrides"), "{all}");
     assert!(all.contains("`refuse` (the default) or `allow`"), "{all}");
 }
+
+#[test]
+fn a_plain_http_upstream_loads_with_a_warning_naming_the_tool() {
+    let c = load(
+        r#"
+agent: { id: a }
+tools:
+  - { name: legacy, hosts: [legacy.example.com], upstream: "http://10.0.0.7:8080" }
+  - { name: jira, hosts: [jira.example.com], upstream: https://jira.example.com }
+  - { name: bare, hosts: [bare.example.com] }
+policy: { files: [policy/*.rego] }
+"#,
+    )
+    .unwrap();
+    let warnings: Vec<String> = c
+        .warnings
+        .iter()
+        .map(|w| format!("{}: {}", w.path, w.message))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("tools[0].upstream: tool \"legacy\" is sent plain HTTP"),
+        "{warnings:?}"
+    );
+    assert!(load(GOOD).unwrap().warnings.is_empty());
+}

@@ -14,7 +14,7 @@ use super::raw::{RawAction, RawConfig, RawPolicy, RawRoute, RawTool};
 use super::{credentials, identity};
 use super::{
     ChainSettings, Config, ConfigError, ConfigErrors, CredentialSpec, DecisionLogSink, Files,
-    Limits, Listen, PolicyMode, PolicySource, Route, Telemetry, TlsSettings, Vars,
+    Listen, PolicyMode, PolicySource, Route, Telemetry, TlsSettings, Vars,
 };
 use crate::classify::{
     Action, AttributeSource, Catalog, Overrides, PathTemplate, ToolSpec, Upstream,
@@ -33,11 +33,20 @@ pub const DEFAULT_QUERY: &str = "data.toolgate.decision";
 #[derive(Default)]
 pub(super) struct Collector {
     errors: Vec<ConfigError>,
+    /// Settings that load but deserve the operator's attention (`toolgate check` prints them).
+    warnings: Vec<ConfigError>,
 }
 
 impl Collector {
     pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    pub(super) fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(ConfigError {
             path: path.into(),
             message: message.into(),
         });
@@ -133,6 +142,7 @@ pub(super) fn compile(
     };
     let admin = super::operator::admin(&mut c, &raw.admin, files);
     let state = super::operator::state(&mut c, &raw.state, files);
+    let approvals = super::approvals::approvals(&mut c, &raw.approvals, &listen, files);
     let tls = TlsSettings {
         upstream_ca: raw
             .tls
@@ -145,27 +155,7 @@ pub(super) fn compile(
             .as_ref()
             .and_then(|ca| super::tls::ca(&mut c, ca, files)),
     };
-    let limits = Limits {
-        max_body_bytes: matching::max_body_bytes(raw.limits.max_body_bytes),
-        upstream_timeout: duration(
-            &mut c,
-            "limits.upstream_timeout",
-            raw.limits.upstream_timeout.as_deref(),
-            "30s",
-        ),
-        connect_timeout: duration(
-            &mut c,
-            "limits.connect_timeout",
-            raw.limits.connect_timeout.as_deref(),
-            "5s",
-        ),
-        shutdown_timeout: duration(
-            &mut c,
-            "limits.shutdown_timeout",
-            raw.limits.shutdown_timeout.as_deref(),
-            "2s",
-        ),
-    };
+    let limits = super::limits::limits(&mut c, &raw.limits);
     match (c.errors.is_empty(), policy) {
         (true, Some(policy)) => Ok(Config {
             origin: origin.to_path_buf(),
@@ -179,11 +169,13 @@ pub(super) fn compile(
             telemetry,
             admin,
             state,
+            approvals,
             chain,
             tls,
             limits,
             task_tokens,
             fingerprint: 0,
+            warnings: c.warnings,
         }),
         _ => Err(ConfigErrors {
             origin: origin.to_path_buf(),
@@ -267,6 +259,15 @@ fn catalog(
             .upstream
             .as_deref()
             .and_then(|u| upstream(c, &format!("{path}.upstream"), u));
+        if upstream.as_ref().is_some_and(|u| !u.tls) {
+            c.warn(
+                format!("{path}.upstream"),
+                format!(
+                    "tool {:?} is sent plain HTTP: its requests, and any credential injected into them, cross the network unencrypted; use https:// unless that network is trusted",
+                    tool.name
+                ),
+            );
+        }
         if hosts.is_empty() && upstream.is_none() {
             c.push(
                 format!("{path}.hosts"),
@@ -459,7 +460,34 @@ fn action(c: &mut Collector, path: &str, raw: &RawAction) -> Option<Action> {
         body,
         attributes,
         labels: labels(c, &format!("{path}.labels"), &raw.labels),
+        upgrade: raw
+            .matcher
+            .upgrade
+            .as_deref()
+            .and_then(|u| upgrade(c, &format!("{path}.match.upgrade"), u)),
     })
+}
+
+/// `match.upgrade`: a protocol token an action may switch to; never `h2c`, which toolgate
+/// always refuses (the tunnel would carry requests it cannot see).
+fn upgrade(c: &mut Collector, path: &str, raw: &str) -> Option<Arc<str>> {
+    let name = raw.to_ascii_lowercase();
+    if name == "h2c" {
+        c.push(path, "h2c is always refused: an upgraded HTTP/2 connection carries requests toolgate cannot classify");
+        return None;
+    }
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        c.push(
+            path,
+            format!("{raw:?} is not a protocol name like websocket"),
+        );
+        return None;
+    }
+    Some(Arc::from(name.as_str()))
 }
 
 fn labels(c: &mut Collector, path: &str, raw: &[String]) -> Vec<Arc<str>> {

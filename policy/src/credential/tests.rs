@@ -49,7 +49,7 @@ credentials:
   jira-token: { kind: secret, file: jira, header: X-Api-Token }
   maps-key: { kind: secret, file: jira, query: key }
   crm-jwt: { kind: jwt, audience: crm.test, key_file: k.pem, issuer: tg, max_ttl: 60s }
-  github: { kind: token_exchange, endpoint: "https://sts.test/token?tenant=t", audience: github, scopes: [read, write] }
+  github: { kind: token_exchange, endpoint: "https://sts.test/token", audience: github, scopes: [read, write] }
 "#;
     let files = EmbeddedFiles::new(&[
         ("toolgate.yaml", yaml.as_bytes()),
@@ -103,8 +103,22 @@ fn the_decisions_credential_wins_over_the_tools_default() {
         .is_none());
     assert_eq!(
         select(&c, jira, &grant(Some("nope"), &[], None)).unwrap_err(),
-        UnknownCredential("nope".into())
+        UnknownCredential::NotConfigured("nope".into())
     );
+}
+
+#[test]
+fn a_destination_no_tool_serves_gets_no_credential_even_when_policy_names_one() {
+    let c = config();
+    // Whatever scheme the agent used: no catalogued upstream vouches for it.
+    assert_eq!(
+        select(&c, None, &grant(Some("github"), &[], None)).unwrap_err(),
+        UnknownCredential::NoTool("github".into())
+    );
+    assert!(select(&c, None, &grant(None, &[], None)).unwrap().is_none());
+    // Positive control: the same credential for a catalogued tool is selected.
+    let named = select(&c, tool(&c, "jira"), &grant(Some("github"), &[], None));
+    assert_eq!(named.unwrap().unwrap().name, "github");
 }
 
 #[test]
@@ -117,7 +131,7 @@ fn a_secret_preview_names_its_placement_never_its_value() {
         preview(&header, &g, &subject, now()),
         json!({ "name": "jira-token", "kind": "secret", "header": "x-api-token" })
     );
-    let query = select(&c, None, &grant(Some("maps-key"), &[], None))
+    let query = select(&c, tool(&c, "bare"), &grant(Some("maps-key"), &[], None))
         .unwrap()
         .unwrap();
     let shown = preview(&query, &g, &subject, now());
@@ -173,7 +187,7 @@ fn a_token_exchange_preview_shows_the_audience_and_scopes_it_would_request() {
     let c = config();
     let g = grant(Some("github"), &["write", "admin"], None);
     let subject = Subject::new(&c, "T-1", "repo.read", None);
-    let selected = select(&c, None, &g).unwrap().unwrap();
+    let selected = select(&c, tool(&c, "bare"), &g).unwrap().unwrap();
     assert_eq!(
         preview(&selected, &g, &subject, now()),
         json!({

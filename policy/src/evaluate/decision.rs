@@ -1,12 +1,14 @@
 //! The decision a policy returns (DESIGN.md §5): a boolean, or an object with `allow`,
-//! `reason`, `credential` and `approval`. Absent fields take safe defaults; anything
-//! malformed denies.
+//! `reason`, `credential`, `approval` and `labels`. Absent fields take safe defaults;
+//! anything malformed denies. A decision that asks for approval denies, whatever `allow`
+//! says, until a human approves the identical request (`crate::approval`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use regorus::Value;
 
+use crate::approval::{self, Ask};
 use crate::labels::is_label;
 
 /// What happens to the request.
@@ -45,8 +47,9 @@ pub struct Decision {
     /// Shown to the agent as the problem's `detail`.
     pub reason: String,
     pub credential: CredentialGrant,
-    /// The policy asked for human approval (reserved: denies for now).
-    pub approval_required: bool,
+    /// The policy asks a human to approve this request first ("deny unless a human
+    /// approves"): the effect is `Deny` until the proxy finds an approval for it.
+    pub approval: Option<Ask>,
     /// Labels the decision sets on the task and the agent (`"labels": ["pii"]`).
     pub labels: Vec<Arc<str>>,
     /// Internal detail of a policy error, for logs only.
@@ -60,6 +63,24 @@ impl Decision {
     /// Whether the request may proceed.
     pub fn allowed(&self) -> bool {
         self.effect == Effect::Allow
+    }
+
+    /// The decision for a request that matched an approved approval: one that asked for
+    /// approval now allows (the approval satisfies it); anything else stands as policy said.
+    pub fn satisfied_by_approval(mut self) -> Decision {
+        if self.effect == Effect::Deny && self.approval.is_some() {
+            self.effect = Effect::Allow;
+        }
+        self
+    }
+
+    /// The effect as fixtures and `toolgate eval` name it: `approval` for a decision that
+    /// waits for a human, else [`Effect::as_str`].
+    pub fn outcome(&self) -> &'static str {
+        match (self.effect, &self.approval) {
+            (Effect::Deny, Some(_)) => "approval",
+            (effect, _) => effect.as_str(),
+        }
     }
 
     /// The labels this decision sets on its task and agent: the decision's own, and — when
@@ -82,7 +103,7 @@ impl Decision {
             effect: Effect::Deny,
             reason: reason.into(),
             credential: CredentialGrant::default(),
-            approval_required: false,
+            approval: None,
             labels: Vec::new(),
             error: None,
         }
@@ -161,15 +182,7 @@ fn parse_object(v: &Value) -> Result<Decision, String> {
         Value::Bool(b) => *b,
         other => return Err(format!("allow must be a boolean, got {}", kind(other))),
     };
-    let approval_required = match string(&v["approval"], "approval")?.as_deref() {
-        None => false,
-        Some("required") => true,
-        Some(other) => {
-            return Err(format!(
-                "approval must be \"required\" when set, got {other:?}"
-            ))
-        }
-    };
+    let approval = parse_approval(&v["approval"])?;
     let credential = match &v["credential"] {
         Value::Undefined | Value::Null => CredentialGrant::default(),
         c @ Value::Object(_) => parse_credential(c)?,
@@ -177,7 +190,7 @@ fn parse_object(v: &Value) -> Result<Decision, String> {
     };
     let reason = string(&v["reason"], "reason")?;
     let labels = parse_labels(&v["labels"])?;
-    let (effect, default_reason) = match (allow, approval_required) {
+    let (effect, default_reason) = match (allow, approval.is_some()) {
         (_, true) => (Effect::Deny, "human approval required"),
         (true, false) => (Effect::Allow, "allowed by policy"),
         (false, false) => (Effect::Deny, "denied by policy"),
@@ -186,10 +199,118 @@ fn parse_object(v: &Value) -> Result<Decision, String> {
         effect,
         reason: reason.unwrap_or_else(|| default_reason.to_string()),
         credential,
-        approval_required,
+        approval,
         labels,
         error: None,
     })
+}
+
+/// `approval`: absent, `"required"`, or `{required, approvers, ttl, reason, wait}` (an object
+/// with `required: false` asks for nothing). Unknown keys are malformed: a misspelt `tll`
+/// must not silently take the default.
+fn parse_approval(v: &Value) -> Result<Option<Ask>, String> {
+    let map = match v {
+        Value::Undefined | Value::Null => return Ok(None),
+        Value::String(s) if &**s == "required" => return Ok(Some(Ask::default())),
+        Value::String(s) => {
+            return Err(format!(
+                "approval must be \"required\" or an object, got {:?}",
+                &**s
+            ))
+        }
+        Value::Object(map) => map,
+        other => {
+            return Err(format!(
+                "approval must be \"required\" or an object, got {}",
+                kind(other)
+            ))
+        }
+    };
+    for key in map.keys() {
+        match key {
+            Value::String(k)
+                if matches!(&**k, "required" | "approvers" | "ttl" | "reason" | "wait") => {}
+            other => {
+                return Err(format!(
+                    "approval: unknown key {other} (required, approvers, ttl, reason, wait)"
+                ))
+            }
+        }
+    }
+    match &v["required"] {
+        Value::Bool(true) => {}
+        Value::Bool(false) => return Ok(None),
+        Value::Undefined => return Err("approval.required must be true or false".into()),
+        other => {
+            return Err(format!(
+                "approval.required must be a boolean, got {}",
+                kind(other)
+            ))
+        }
+    }
+    let approvers: Vec<String> = match &v["approvers"] {
+        Value::Undefined | Value::Null => Vec::new(),
+        Value::Array(items) => strings(items.iter(), "approval.approvers")?,
+        Value::Set(items) => strings(items.iter(), "approval.approvers")?,
+        other => {
+            return Err(format!(
+                "approval.approvers must be an array, got {}",
+                kind(other)
+            ))
+        }
+    };
+    if approvers.len() > approval::MAX_APPROVERS {
+        return Err(format!(
+            "approval.approvers: at most {} names",
+            approval::MAX_APPROVERS
+        ));
+    }
+    if let Some(bad) = approvers.iter().find(|a| !approval::valid_name(a)) {
+        return Err(format!(
+            "approval.approvers: {bad:?} is not a name (1 to {} bytes, no control characters)",
+            approval::MAX_APPROVER_BYTES
+        ));
+    }
+    let duration = |field: &str| -> Result<Option<std::time::Duration>, String> {
+        match string(&v[field], &format!("approval.{field}"))? {
+            None => Ok(None),
+            Some(t) => {
+                let d = humantime::parse_duration(t.trim())
+                    .map_err(|e| format!("approval.{field} {t:?}: {e}"))?;
+                Ok(Some(d))
+            }
+        }
+    };
+    let ttl = duration("ttl")?;
+    if ttl.is_some_and(|t| t < approval::MIN_TTL) {
+        return Err("approval.ttl must be at least 1s".into());
+    }
+    let wait = duration("wait")?.filter(|w| !w.is_zero());
+    let reason = string(&v["reason"], "approval.reason")?;
+    if reason
+        .as_ref()
+        .is_some_and(|r| r.len() > approval::MAX_REASON_BYTES)
+    {
+        return Err(format!(
+            "approval.reason: at most {} bytes",
+            approval::MAX_REASON_BYTES
+        ));
+    }
+    Ok(Some(Ask {
+        approvers,
+        ttl,
+        reason,
+        wait,
+    }))
+}
+
+fn strings<'v>(items: impl Iterator<Item = &'v Value>, field: &str) -> Result<Vec<String>, String> {
+    items
+        .map(|s| match s {
+            Value::String(s) => Ok(s.to_string()),
+            other => Err(format!("{field} must hold strings, got {}", kind(other))),
+        })
+        .collect()
 }
 
 fn parse_labels(v: &Value) -> Result<Vec<Arc<str>>, String> {

@@ -160,14 +160,112 @@ fn malformed_decisions_deny() {
 }
 
 #[test]
-fn approval_required_denies() {
+fn approval_required_denies_until_an_approval_satisfies_it() {
     let d = policy(
         r#"package toolgate
 decision := {"allow": true, "approval": "required"}"#,
     )
     .decide(input("x", &HeaderMap::new(), &[]));
     assert_eq!(d.effect, Effect::Deny);
-    assert!(d.approval_required);
+    assert_eq!(d.approval, Some(crate::approval::Ask::default()));
+    assert_eq!(d.outcome(), "approval");
+    assert_eq!(d.reason, "human approval required");
+    let satisfied = d.satisfied_by_approval();
+    assert_eq!(satisfied.effect, Effect::Allow);
+    // A plain deny is not turned into an allow by an approval.
+    let denied =
+        policy("package toolgate\ndecision := false").decide(input("x", &HeaderMap::new(), &[]));
+    assert_eq!(denied.satisfied_by_approval().effect, Effect::Deny);
+}
+
+#[test]
+fn the_approval_object_is_parsed_with_every_field() {
+    let d = policy(
+        r#"package toolgate
+decision := {"allow": false, "reason": "over the limit", "approval": {
+    "required": true, "approvers": ["group:payments-leads", "alice"], "ttl": "10m",
+    "reason": "a payment over 100 EUR", "wait": "30s"}}"#,
+    )
+    .decide(input("x", &HeaderMap::new(), &[]));
+    assert_eq!(d.effect, Effect::Deny);
+    assert_eq!(d.reason, "over the limit");
+    let ask = d.approval.unwrap();
+    assert_eq!(ask.approvers, ["group:payments-leads", "alice"]);
+    assert_eq!(ask.ttl, Some(std::time::Duration::from_secs(600)));
+    assert_eq!(ask.wait, Some(std::time::Duration::from_secs(30)));
+    assert_eq!(ask.reason.as_deref(), Some("a payment over 100 EUR"));
+
+    // `required: false` asks for nothing: the decision is what `allow` says.
+    let d = policy(
+        r#"package toolgate
+decision := {"allow": true, "approval": {"required": false, "ttl": "10m"}}"#,
+    )
+    .decide(input("x", &HeaderMap::new(), &[]));
+    assert_eq!((d.effect, d.approval), (Effect::Allow, None));
+}
+
+#[test]
+fn malformed_approvals_are_policy_errors() {
+    let long = "x".repeat(crate::approval::MAX_REASON_BYTES + 1);
+    let many: Vec<String> = (0..=crate::approval::MAX_APPROVERS)
+        .map(|i| format!("\"a{i}\""))
+        .collect();
+    for (approval, says) in [
+        (r#""maybe""#.to_string(), "approval must be"),
+        ("42".to_string(), "approval must be"),
+        (r#"{"approvers": ["a"]}"#.to_string(), "approval.required"),
+        (
+            r#"{"required": "yes"}"#.to_string(),
+            "approval.required must be a boolean",
+        ),
+        (
+            r#"{"required": true, "tll": "10m"}"#.to_string(),
+            "unknown key",
+        ),
+        (
+            r#"{"required": true, "ttl": "soon"}"#.to_string(),
+            "approval.ttl",
+        ),
+        (
+            r#"{"required": true, "ttl": "500ms"}"#.to_string(),
+            "at least 1s",
+        ),
+        (
+            r#"{"required": true, "wait": 30}"#.to_string(),
+            "approval.wait must be a string",
+        ),
+        (
+            r#"{"required": true, "approvers": "alice"}"#.to_string(),
+            "must be an array",
+        ),
+        (
+            r#"{"required": true, "approvers": [1]}"#.to_string(),
+            "must hold strings",
+        ),
+        (
+            r#"{"required": true, "approvers": ["a\nb"]}"#.to_string(),
+            "is not a name",
+        ),
+        (
+            format!(r#"{{"required": true, "approvers": [{}]}}"#, many.join(",")),
+            "at most 16",
+        ),
+        (
+            format!(
+                r#"{{"required": true, "reason": concat("", [x | numbers.range(1, {})[_]; x := "r"])}}"#,
+                long.len()
+            ),
+            "at most 1024 bytes",
+        ),
+    ] {
+        let d = policy(&format!(
+            "package toolgate\ndecision := {{\"allow\": true, \"approval\": {approval}}}"
+        ))
+        .decide(input("x", &HeaderMap::new(), &[]));
+        assert_eq!(d.effect, Effect::Error, "{approval}");
+        let detail = d.error.unwrap_or_default();
+        assert!(detail.contains(says), "{approval}: {detail}");
+    }
 }
 
 #[test]

@@ -3,10 +3,11 @@
 //!
 //! ```json
 //! { "version": 1,
-//!   "revocations": [ { "kind": "task", "id": "T-1", "expires": "2026-12-03T10:00:00Z" } ] }
+//!   "revocations": [ { "kind": "task", "id": "T-1", "expires": "2026-12-03T10:00:00Z" } ],
+//!   "approvals": [ { "id": "…", "status": "pending", "digest": "…", … } ] }
 //! ```
 //!
-//! A new kind of state (approvals) is a new section: a field of [`Document`] with
+//! A new kind of state is a new section: a field of [`Document`] with
 //! `#[serde(default)]`, so files written before it existed still load. Unknown sections and
 //! unknown versions are refused rather than dropped: a file this build does not fully
 //! understand is not one it may silently rewrite without them.
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::approvals::Approval;
 use super::revocations::Entry;
 
 /// The file's name inside `state.dir`.
@@ -25,8 +27,9 @@ pub const FILE_NAME: &str = "state.json";
 /// The document version this build reads and writes.
 pub const VERSION: u32 = 1;
 /// Largest state file read: well above the most the bounded state can hold (30,000
-/// revocations of ≤ 512-byte ids ≈ 18 MiB), far below what would strain memory.
-pub const MAX_FILE_BYTES: u64 = 32 << 20;
+/// revocations of ≤ 512-byte ids ≈ 18 MiB, plus 4,000 approvals of at most about 12 KiB
+/// each ≈ 48 MiB), far below what would strain memory.
+pub const MAX_FILE_BYTES: u64 = 96 << 20;
 
 /// The whole state file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +38,9 @@ pub struct Document {
     pub version: u32,
     #[serde(default)]
     pub revocations: Vec<Entry>,
+    /// Written only when there are approvals, so files without any stay as they were.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<Approval>,
 }
 
 impl Default for Document {
@@ -42,6 +48,7 @@ impl Default for Document {
         Document {
             version: VERSION,
             revocations: Vec::new(),
+            approvals: Vec::new(),
         }
     }
 }

@@ -364,7 +364,7 @@ fn a_state_file_that_cannot_be_read_refuses_the_start_saying_what_to_do() {
         ("", "is not a toolgate state document"),
         ("{\"revocations\": []}", "has no \"version\""),
         ("{\"version\": 2, \"revocations\": []}", "has version 2; this toolgate reads version 1"),
-        ("{\"version\": 1, \"approvals\": []}", "unknown field `approvals`"),
+        ("{\"version\": 1, \"leases\": []}", "unknown field `leases`"),
         (
             "{\"version\": 1, \"revocations\": [{\"kind\": \"task\", \"id\": \"T\", \"expires\": \"soon\"}]}",
             "revocations[0].expires \"soon\" is not an RFC 3339 time",

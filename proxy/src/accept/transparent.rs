@@ -1,7 +1,8 @@
 //! The transparent listener: connections iptables redirected (`toolgate init-iptables`). The
 //! original destination comes from SO_ORIGINAL_DST. Plain HTTP is classified by `Host`, which
 //! must name the address the agent connected to; TLS by its SNI (or, without SNI, the
-//! original address), with the same interception as CONNECT.
+//! original address), with the same interception as CONNECT. Plain HTTP for a port captured
+//! as TLS (443) is refused with a 400 problem before anything is decided.
 //!
 //! Loops: toolgate's own upstream connections would be redirected back to it, so the rules
 //! exempt toolgate's uid (`--proxy-uid`, 1337); a connection made straight to this listener
@@ -23,10 +24,13 @@ use tokio::io::AsyncReadExt;
 use toolgate_policy::accept::{host_header, Destination, Via};
 use toolgate_policy::normalise;
 
-use super::{intercept, serve_http, splice, Http, Inbound, FIRST_BYTE_TIMEOUT, HANDSHAKE_TIMEOUT};
-use crate::gateway::Gateway;
+use super::{intercept, serve_http, splice, Front, Inbound, HANDSHAKE_TIMEOUT};
 use crate::problem::Refusal;
 
+/// Original destination ports the capture treats as TLS: plain HTTP arriving for one is
+/// refused, never forwarded (it would carry a credential in cleartext where the agent's
+/// client, or its operator, expected TLS).
+const TLS_PORTS: &[u16] = &[443];
 /// Largest ClientHello read to find the SNI.
 const MAX_CLIENT_HELLO: usize = 16 * 1024;
 /// How long a name → address check is reused.
@@ -38,12 +42,8 @@ type MatchCache = Mutex<HashMap<(String, IpAddr), (bool, Instant)>>;
 static MATCHES: LazyLock<MatchCache> = LazyLock::new(MatchCache::default);
 
 /// Serve one redirected connection.
-pub(super) async fn serve(
-    gw: &Arc<Gateway>,
-    http: &Arc<Http>,
-    mut stream: L4Stream,
-    shutdown: &ShutdownWatch,
-) {
+pub(super) async fn serve(front: &Front, mut stream: L4Stream, shutdown: &ShutdownWatch) {
+    let gw = &front.gateway;
     let original = match original_destination(&stream) {
         Ok(o) => o,
         Err(reason) => {
@@ -52,15 +52,17 @@ pub(super) async fn serve(
         }
     };
     let mut first = [0u8; 1];
-    match tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.read_exact(&mut first)).await {
+    let idle = gw.snapshot().config.limits.idle_timeout;
+    match tokio::time::timeout(idle, stream.read_exact(&mut first)).await {
         Ok(Ok(_)) => stream.rewind(&first),
         _ => return,
     }
     if first[0] != 0x16 {
         serve_http(
-            http,
+            front,
             Box::new(stream),
-            Inbound::Redirected { original },
+            Some(Inbound::Redirected { original }),
+            Some(std::time::Instant::now()),
             shutdown,
         )
         .await;
@@ -91,7 +93,7 @@ pub(super) async fn serve(
     let Some(tool_id) = snapshot
         .config
         .catalog
-        .tool_for_host(&host, original.port())
+        .tool_for_host(&host, original.port(), true)
     else {
         tracing::warn!(target: "toolgate::access", via = "transparent", original = %original, sni = %host, "closed: no tool in the catalog serves {host}; toolgate intercepts TLS only for catalogued hosts");
         gw.metrics
@@ -137,7 +139,7 @@ pub(super) async fn serve(
         }
     };
     drop(snapshot);
-    intercept::serve(http, stream, destination, leaf, shutdown).await;
+    intercept::serve(front, stream, destination, leaf, shutdown).await;
 }
 
 /// Where the agent connected before iptables redirected it here.
@@ -198,6 +200,12 @@ pub(super) async fn plain_destination(
     req: &RequestHeader,
     resolve_timeout: Duration,
 ) -> Result<Destination, Refusal> {
+    if TLS_PORTS.contains(&original.port()) {
+        return Err(Refusal::Misdirected(format!(
+            "plain HTTP to {original}: port {} is captured as TLS, and toolgate never forwards cleartext meant for it; use https://",
+            original.port()
+        )));
+    }
     let host = match host_header(&req.headers).map_err(Refusal::Rejected)? {
         Some(h) => {
             let (host, port) = normalise::authority(h).map_err(Refusal::Rejected)?;

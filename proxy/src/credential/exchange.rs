@@ -1,15 +1,25 @@
 //! Token exchange (RFC 8693): the agent's identity token is exchanged at an STS for a token
 //! with the credential's audience and the decision's scopes. Tokens are cached per
-//! (credential, endpoint, audience, scopes) until shortly before they expire; concurrent
-//! requests for the same key wait for one exchange. A failed exchange is an error: the
-//! request is answered 503 and never forwarded without its credential.
+//! (credential, endpoint, audience, scopes, subject) until shortly before they expire;
+//! concurrent requests for the same key wait for one exchange. The subject is a SHA-256 of
+//! the identity token, so a rotated identity never gets the previous one's token, and the
+//! first exchange under a new identity drops every entry of the old one. A failed exchange
+//! is an error: the request is answered 503 and never forwarded without its credential.
+//!
+//! Problems and logs name the STS by scheme, host and path only ([`sts_name`]), never by
+//! its query or userinfo (config refuses both; this holds even if one slipped through).
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use toolgate_policy::config::{Config, CredentialSpec, ExchangeSpec, SecretText};
 
 /// The RFC 8693 grant type.
@@ -21,12 +31,33 @@ pub const MAX_ENTRIES: usize = 1024;
 /// Longest a token is used before its expiry is near: a tenth of its life, at most this.
 const MAX_REFRESH_MARGIN: Duration = Duration::from_secs(30);
 
+/// SHA-256 of a subject token: identifies the identity without holding it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct SubjectHash([u8; 32]);
+
+impl SubjectHash {
+    fn of(subject: &SecretText) -> SubjectHash {
+        SubjectHash(Sha256::digest(subject.expose().as_bytes()).into())
+    }
+}
+
+impl fmt::Debug for SubjectHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "sha256:{}",
+            hex::encode(self.0.get(..8).unwrap_or_default())
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     credential: String,
     endpoint: String,
     audience: String,
     scope: String,
+    subject: SubjectHash,
 }
 
 #[derive(Debug, Clone)]
@@ -39,10 +70,18 @@ struct Cached {
 
 type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
 
-/// Exchanged tokens, shared by every request and kept across reloads.
+/// Exchanged tokens, shared by every request and kept across reloads (until the identity
+/// they were exchanged for changes).
 #[derive(Debug, Default)]
 pub struct Exchanges {
-    slots: Mutex<HashMap<Key, Slot>>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// The identity the cached tokens belong to.
+    subject: Option<SubjectHash>,
+    slots: HashMap<Key, Slot>,
 }
 
 /// Why an exchange failed; shown to the agent, so it never holds a token.
@@ -87,9 +126,15 @@ fn margin(lifetime: Duration) -> Duration {
 
 impl Exchanges {
     fn slot(&self, key: Key) -> Slot {
-        let Ok(mut slots) = self.slots.lock() else {
+        let Ok(mut inner) = self.inner.lock() else {
             return Slot::default();
         };
+        if inner.subject != Some(key.subject) {
+            // A new identity (an SVID rotated on reload): the old one's tokens go.
+            inner.slots.clear();
+            inner.subject = Some(key.subject);
+        }
+        let slots = &mut inner.slots;
         if slots.len() >= MAX_ENTRIES && !slots.contains_key(&key) {
             // Keep the slots someone is using; forget the rest.
             slots.retain(|_, slot| Arc::strong_count(slot) > 1);
@@ -106,19 +151,19 @@ impl Exchanges {
         subject: &SecretText,
         scope: &str,
     ) -> Result<SecretText, ExchangeError> {
-        let endpoint = spec.endpoint.to_string();
         let slot = self.slot(Key {
             credential: name.to_string(),
-            endpoint: endpoint.clone(),
+            endpoint: spec.endpoint.to_string(),
             audience: spec.audience.clone(),
             scope: scope.to_string(),
+            subject: SubjectHash::of(subject),
         });
         let mut cached = slot.lock().await;
         let now = Instant::now();
         if let Some(c) = cached.as_ref().filter(|c| now < c.refresh_at) {
             return Ok(c.token.clone());
         }
-        match exchange(client, &endpoint, spec, subject, scope).await {
+        match exchange(client, spec, subject, scope).await {
             Ok((token, Some(lifetime))) if lifetime > Duration::from_secs(1) => {
                 let at = Instant::now();
                 *cached = Some(Cached {
@@ -145,13 +190,30 @@ impl Exchanges {
     }
 }
 
+/// The STS as problems and logs name it: scheme, host (and port) and path — never a query
+/// string or userinfo, which could hold a key.
+pub fn sts_name(endpoint: &http::Uri) -> String {
+    let host = endpoint.host().unwrap_or_default();
+    let port = endpoint
+        .port_u16()
+        .map(|p| format!(":{p}"))
+        .unwrap_or_default();
+    format!(
+        "{}://{host}{port}{}",
+        endpoint.scheme_str().unwrap_or("https"),
+        endpoint.path()
+    )
+}
+
 async fn exchange(
     client: &reqwest::Client,
-    endpoint: &str,
     spec: &ExchangeSpec,
     subject: &SecretText,
     scope: &str,
 ) -> Result<(SecretText, Option<Duration>), ExchangeError> {
+    // Errors (shown to the agent, logged) name the STS without its query or userinfo.
+    let shown = sts_name(&spec.endpoint);
+    let endpoint = shown.as_str();
     let body = {
         let mut form = form_urlencoded::Serializer::new(String::new());
         form.append_pair("grant_type", GRANT_TYPE)
@@ -167,7 +229,7 @@ async fn exchange(
         form.finish()
     };
     let mut request = client
-        .post(endpoint)
+        .post(spec.endpoint.to_string())
         .timeout(spec.timeout)
         .header(
             http::header::CONTENT_TYPE,

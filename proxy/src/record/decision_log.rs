@@ -63,6 +63,10 @@ pub struct Line<'a> {
     pub outcome: Outcome,
     pub policy_revision: &'a str,
     pub credential: Option<Credential<'a>>,
+    /// The approval the decision asked for (`pending`, `denied`, `expired`…) or went out on
+    /// (`consumed`, with who approved it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Json>,
     pub trace_id: &'a str,
     pub span_id: &'a str,
     pub eval_duration_us: u64,

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +15,10 @@ pub const MAX_ACTION_LABELS: usize = 1_000;
 /// Bucket upper bounds (seconds) for policy evaluation.
 const EVAL_BUCKETS: [f64; 10] = [
     0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.01, 0.1,
+];
+/// Bucket upper bounds (seconds) for the time a human takes to decide an approval.
+const DECISION_BUCKETS: [f64; 10] = [
+    5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 86_400.0,
 ];
 /// Bucket upper bounds (seconds) for upstream round trips.
 const UPSTREAM_BUCKETS: [f64; 12] = [
@@ -81,6 +85,30 @@ pub struct Metrics {
     scrubbed: Mutex<BTreeMap<&'static str, u64>>,
     operator_auth_failures: Mutex<BTreeMap<&'static str, u64>>,
     revocations_refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Approval lifecycle events: requested, approved, denied, expired, consumed.
+    approvals: Mutex<BTreeMap<&'static str, u64>>,
+    /// Time from an approval's request to a human's decision.
+    pub approval_decision: Histogram,
+    /// Approvals refused because the room for them was full.
+    approvals_refused: AtomicU64,
+    webhooks: Arc<crate::approval::webhook::Counts>,
+    connections_refused: Mutex<BTreeMap<&'static str, u64>>,
+    heads_refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Connections open and bytes buffered, kept by the connection gate (`accept::gate`).
+    pub load: Arc<Load>,
+}
+
+/// What the listeners hold right now. The connection gate counts here, so the numbers it
+/// decides on are the numbers `/metrics` shows.
+#[derive(Debug, Default)]
+pub struct Load {
+    /// Agent connections open on the proxy and transparent listeners together.
+    pub agent_connections: AtomicUsize,
+    pub proxy: AtomicUsize,
+    pub transparent: AtomicUsize,
+    pub admin: AtomicUsize,
+    /// Bytes of request heads and bodies charged to `limits.max_buffered_bytes`.
+    pub buffered: AtomicUsize,
 }
 
 impl Default for Metrics {
@@ -95,6 +123,13 @@ impl Default for Metrics {
             scrubbed: Mutex::default(),
             operator_auth_failures: Mutex::default(),
             revocations_refused: Mutex::default(),
+            approvals: Mutex::default(),
+            approval_decision: Histogram::new(&DECISION_BUCKETS),
+            approvals_refused: AtomicU64::new(0),
+            webhooks: Arc::default(),
+            connections_refused: Mutex::default(),
+            heads_refused: Mutex::default(),
+            load: Arc::default(),
         }
     }
 }
@@ -175,6 +210,33 @@ impl Metrics {
     /// Count a revocation refused because its kind's room is full (`task`, `agent`, `jti`).
     pub fn revocation_refused(&self, kind: &'static str) {
         bump(&self.revocations_refused, kind, 1);
+    }
+
+    /// Count an approval event (`requested`, `approved`, `denied`, `expired`, `consumed`).
+    pub fn approval_event(&self, event: &'static str) {
+        bump(&self.approvals, event, 1);
+    }
+
+    /// Count an approval refused because `approvals.max_pending` were in force.
+    pub fn approval_refused(&self) {
+        self.approvals_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The approval webhook's delivery counts, shared with its sender.
+    pub fn webhook_counts(&self) -> Arc<crate::approval::webhook::Counts> {
+        self.webhooks.clone()
+    }
+
+    /// Count a connection refused at a listener's cap (`proxy`, `transparent`), or one closed
+    /// to make room (`admin`).
+    pub fn connection_refused(&self, listener: &'static str) {
+        bump(&self.connections_refused, listener, 1);
+    }
+
+    /// Count a request head toolgate answered itself before reading it whole
+    /// (`head_timeout`, `head_too_large`, `buffers_full`).
+    pub fn head_refused(&self, reason: &'static str) {
+        bump(&self.heads_refused, reason, 1);
     }
 
     /// The counter of spans dropped before export (full queue, endpoint down), shared with
@@ -259,6 +321,66 @@ impl Metrics {
             "kind",
             &self.revocations_refused,
         );
+        counter(
+            &mut out,
+            "toolgate_approvals_total",
+            "Approval events: requested, approved, denied, expired, consumed (used by the approved request).",
+            "event",
+            &self.approvals,
+        );
+        self.approval_decision.render(
+            &mut out,
+            "toolgate_approval_decision_seconds",
+            "Time from an approval's request to a human's approve or deny.",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP toolgate_approvals_refused_total Approvals refused because approvals.max_pending were in force.\n# TYPE toolgate_approvals_refused_total counter\ntoolgate_approvals_refused_total {}",
+            self.approvals_refused.load(Ordering::Relaxed)
+        );
+        let w = &self.webhooks;
+        let _ = writeln!(
+            out,
+            "# HELP toolgate_approval_webhooks_total Approval webhook deliveries, by result.\n# TYPE toolgate_approval_webhooks_total counter\ntoolgate_approval_webhooks_total{{result=\"delivered\"}} {}\ntoolgate_approval_webhooks_total{{result=\"failed\"}} {}\ntoolgate_approval_webhooks_total{{result=\"dropped\"}} {}",
+            w.delivered.load(Ordering::Relaxed),
+            w.failed.load(Ordering::Relaxed),
+            w.dropped.load(Ordering::Relaxed)
+        );
+        counter(
+            &mut out,
+            "toolgate_connections_refused_total",
+            "Connections refused because the listener held its most (limits.max_connections; admin: the oldest closed instead), by listener.",
+            "listener",
+            &self.connections_refused,
+        );
+        counter(
+            &mut out,
+            "toolgate_request_heads_refused_total",
+            "Request heads answered before they were read whole: head_timeout (408), head_too_large (431), buffers_full (503).",
+            "reason",
+            &self.heads_refused,
+        );
+        let load = &self.load;
+        let _ = writeln!(
+            out,
+            "# HELP toolgate_connections_open Connections open, by listener.\n# TYPE toolgate_connections_open gauge"
+        );
+        for (listener, n) in [
+            ("proxy", &load.proxy),
+            ("transparent", &load.transparent),
+            ("admin", &load.admin),
+        ] {
+            let _ = writeln!(
+                out,
+                "toolgate_connections_open{{listener=\"{listener}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP toolgate_buffered_bytes Bytes of request heads and bodies held, against limits.max_buffered_bytes.\n# TYPE toolgate_buffered_bytes gauge\ntoolgate_buffered_bytes {}",
+            load.buffered.load(Ordering::Relaxed)
+        );
         out
     }
 }
@@ -277,6 +399,14 @@ mod tests {
         m.operator_auth_failure("admin");
         m.operator_auth_failure("admin");
         m.revocation_refused("jti");
+        m.approval_event("requested");
+        m.approval_event("approved");
+        m.approval_refused();
+        m.approval_decision.observe(Duration::from_secs(42));
+        m.connection_refused("proxy");
+        m.head_refused("head_timeout");
+        m.load.proxy.store(3, Ordering::Relaxed);
+        m.load.buffered.store(4096, Ordering::Relaxed);
         m.policy_eval.observe(Duration::from_micros(3));
         m.policy_eval.observe(Duration::from_millis(50));
         let text = m.render();
@@ -314,6 +444,25 @@ mod tests {
             text.contains("# TYPE toolgate_revocations_refused_total counter\ntoolgate_revocations_refused_total{kind=\"jti\"} 1\n"),
             "{text}"
         );
+        for line in [
+            "toolgate_approvals_total{event=\"approved\"} 1\n",
+            "toolgate_approvals_total{event=\"requested\"} 1\n",
+            "toolgate_approval_decision_seconds_bucket{le=\"30\"} 0\n",
+            "toolgate_approval_decision_seconds_bucket{le=\"60\"} 1\n",
+            "toolgate_approvals_refused_total 1\n",
+            "toolgate_approval_webhooks_total{result=\"failed\"} 0\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in {text}");
+        }
+        for line in [
+            "toolgate_connections_refused_total{listener=\"proxy\"} 1\n",
+            "toolgate_request_heads_refused_total{reason=\"head_timeout\"} 1\n",
+            "# TYPE toolgate_connections_open gauge\ntoolgate_connections_open{listener=\"proxy\"} 3\n",
+            "toolgate_connections_open{listener=\"admin\"} 0\n",
+            "# TYPE toolgate_buffered_bytes gauge\ntoolgate_buffered_bytes 4096\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The span of one action (DESIGN.md §8): named after the action, kind CLIENT, with the
-//! decision and its reason, the task's chain position, the credential's id (never its value)
-//! and the HTTP semantic-convention attributes, typed (numbers as integers). It links to the
+//! decision and its reason, the task's chain position, the credential's id (never its value),
+//! the approval it was held for or went out on (`toolgate.approval.id`, `.status`,
+//! `.approver`) and the HTTP semantic-convention attributes, typed (numbers as integers). It links to the
 //! previous action's span in the same task, and is a child of the agent's span when the agent
 //! sent `traceparent`.
 
@@ -106,6 +107,30 @@ pub fn action_span(x: &Exchange, credential: Option<&Credential<'_>>, end: &End<
     }
     if let Some(via) = x.via {
         attributes.push(KeyValue::new("toolgate.via", via.as_str()));
+    }
+    if let Some(a) = &x.approval {
+        attributes.push(KeyValue::new("toolgate.approval.id", a.id.clone()));
+        attributes.push(KeyValue::new("toolgate.approval.status", a.status.as_str()));
+        if let Some(by) = &a.decided_by {
+            attributes.push(KeyValue::new("toolgate.approval.approver", by.clone()));
+        }
+    }
+    if let Some(t) = &x.tunnel {
+        attributes.push(KeyValue::new("toolgate.upgrade", t.protocol.clone()));
+        if let Some(open) = t.duration() {
+            attributes.push(KeyValue::new(
+                "toolgate.tunnel.bytes_to_tool",
+                int(t.to_tool),
+            ));
+            attributes.push(KeyValue::new(
+                "toolgate.tunnel.bytes_from_tool",
+                int(t.from_tool),
+            ));
+            attributes.push(KeyValue::new(
+                "toolgate.tunnel.duration_ms",
+                int(open.as_millis()),
+            ));
+        }
     }
     if let Some(c) = credential {
         attributes.push(KeyValue::new(

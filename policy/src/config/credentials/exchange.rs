@@ -5,6 +5,15 @@ use crate::config::raw::RawCredential;
 use crate::config::validate::{duration, header_name, Collector};
 use crate::config::{Agent, Files};
 
+/// Whether `host` (from a URL; IPv6 in brackets) is this machine's loopback.
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 pub(super) fn compile(
     c: &mut Collector,
     path: &str,
@@ -29,9 +38,23 @@ pub(super) fn compile(
             );
             None
         }
+        // A query string (an API key, a tenant) would end up in error messages too.
+        Ok(uri) if uri.query().is_some() => {
+            c.push(
+                format!("{path}.endpoint"),
+                "must not hold a query string: toolgate names the STS by scheme, host and path in problems and logs, and sends its parameters in the form body",
+            );
+            None
+        }
         Ok(uri)
             if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() =>
         {
+            if uri.scheme_str() == Some("http") && !uri.host().is_some_and(is_loopback) {
+                c.warn(
+                    format!("{path}.endpoint"),
+                    "plain http:// to a host other than loopback: the agent's identity token and the exchanged token cross the network unencrypted; use https://",
+                );
+            }
             Some(uri)
         }
         _ => {

@@ -188,3 +188,72 @@ fn token_exchange_needs_the_agents_identity_token() {
         assert!(m.contains(want), "missing {want:?} in:\n{m}");
     }
 }
+
+/// Load one `token_exchange` credential at `endpoint`, with an identity token to exchange.
+fn exchange_at(endpoint: &str) -> Result<Config, ConfigErrors> {
+    use base64::Engine as _;
+    let b64 = |j: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(j);
+    let token = format!(
+        "{}.{}.c2ln",
+        b64(r#"{"alg":"EdDSA","typ":"JWT"}"#),
+        b64(r#"{"sub":"spiffe://t/agent","exp":4102444800}"#)
+    );
+    let yaml = format!(
+        "agent: {{ id_file: svid.jwt }}\npolicy: {{ files: [p.rego] }}\ncredentials:\n  gh: {{ kind: token_exchange, endpoint: \"{endpoint}\", audience: github }}\n"
+    );
+    let files = vec![
+        ("toolgate.yaml", leak(yaml)),
+        ("p.rego", POLICY),
+        ("svid.jwt", leak(token)),
+    ];
+    Config::load_from(
+        Path::new("toolgate.yaml"),
+        &EmbeddedFiles::new(&files),
+        &StaticEnv::default(),
+    )
+}
+
+#[test]
+fn an_sts_endpoint_with_a_query_string_is_refused() {
+    for endpoint in [
+        "https://sts.example.com/token?api_key=s3cr3t",
+        "https://sts.example.com/token?",
+    ] {
+        let m = messages(&exchange_at(endpoint).unwrap_err());
+        assert!(
+            m.contains("credentials.gh.endpoint: must not hold a query string"),
+            "{endpoint}: {m}"
+        );
+        assert!(!m.contains("s3cr3t"), "the error repeats the query: {m}");
+    }
+    let m = messages(&exchange_at("https://user:pw@sts.example.com/token").unwrap_err());
+    assert!(
+        m.contains("credentials.gh.endpoint: must not hold credentials"),
+        "{m}"
+    );
+}
+
+#[test]
+fn plain_http_to_a_remote_sts_loads_with_a_warning_and_loopback_without() {
+    let remote = exchange_at("http://sts.example.com/token").unwrap();
+    let warnings: Vec<String> = remote
+        .warnings
+        .iter()
+        .map(|w| format!("{}: {}", w.path, w.message))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0]
+            .starts_with("credentials.gh.endpoint: plain http:// to a host other than loopback"),
+        "{warnings:?}"
+    );
+    for quiet in [
+        "https://sts.example.com/token",
+        "http://127.0.0.1:8080/token",
+        "http://localhost/token",
+        "http://[::1]:9/token",
+    ] {
+        let config = exchange_at(quiet).unwrap();
+        assert!(config.warnings.is_empty(), "{quiet}: {:?}", config.warnings);
+    }
+}
