@@ -1,5 +1,7 @@
-//! Evaluate, on the data path: revocations first, then policy over the request, the task's
-//! history and labels and the agent's labels — and `input.approval` when the request matched
+//! Evaluate, on the data path: revocations first, then the task's end and its delegation
+//! (an action outside it is refused: policy cannot widen a delegation), then policy over the
+//! request, the task's history and labels and the agent's labels, its delegation
+//! (`input.task.delegation`) — and `input.approval` when the request matched
 //! an approved approval, which then satisfies a decision that asks for one; the action is then
 //! appended to the task's chain as pending (with the labels it sets) and kept in the exchange
 //! for the record stage, which settles it and writes its decision-log line when the exchange
@@ -23,9 +25,7 @@ use crate::credential;
 use crate::gateway::{Gateway, Snapshot};
 use crate::pipeline::Exchange;
 use crate::problem::Refusal;
-
-/// Reason given for a revoked task or agent.
-pub const REVOKED: &str = "revoked";
+use crate::state::{Observed, Unavailable};
 
 /// One decided action of an exchange (one, or one per member of a JSON-RPC batch): what the
 /// record stage writes for it once the exchange is over.
@@ -92,14 +92,17 @@ pub async fn evaluate_approved(
     let class = &prepared.classification;
     let agent = config.agent.id.as_str();
     let now = SystemTime::now();
-    // State that cannot be read counts as revoked: fail closed.
+    // State that cannot be read refuses before policy: fail closed.
     let observed = gw.store.observe(&task_key(x), agent, now).await;
-    let revoked = observed.as_ref().map_or(true, |o| o.revoked);
+    if let Some(note) = observed.as_ref().ok().and_then(|o| o.note) {
+        x.state_degraded = note.degraded;
+    }
+    let refused = before_policy(x, observed.as_ref(), &class.action);
     let mut eval_time = None;
-    let decision = match &observed {
-        Err(unavailable) => Decision::deny(unavailable.to_string()),
-        Ok(_) if revoked => Decision::deny(REVOKED),
-        Ok(observed) => {
+    let decision = match (&refused, &observed) {
+        (Some(refusal), _) => Decision::deny(refusal.to_string()),
+        (None, Err(unavailable)) => Decision::deny(unavailable.to_string()),
+        (None, Ok(observed)) => {
             let accepted = &prepared.accepted;
             let params = credential::visible_params(config, tool, &accepted.request.params);
             let input = Input {
@@ -126,12 +129,14 @@ pub async fn evaluate_approved(
                 now,
             };
             let mut input = input.to_value();
+            if let Some(d) = &x.delegation {
+                d.annotate(&mut input);
+            }
             if let Some(a) = approved {
                 a.granted().annotate(&mut input);
             }
             if let Some(note) = &observed.note {
                 note.annotate(&mut input);
-                x.state_degraded = note.degraded;
             }
             let started = Instant::now();
             let mut decision = snapshot.policy.decide(input);
@@ -147,7 +152,8 @@ pub async fn evaluate_approved(
     if let Some(detail) = &decision.error {
         tracing::warn!(decision_id = %x.decision_id, action = %x.action, error = %detail, "policy failed; request denied");
     }
-    let dry_run = !decision.allowed() && !revoked && config.policy.mode == PolicyMode::DryRun;
+    let dry_run =
+        !decision.allowed() && refused.is_none() && config.policy.mode == PolicyMode::DryRun;
     let forwarded = decision.allowed() || dry_run;
     let catalog_labels = tool.map(|t| t.labels_of(&class.action)).unwrap_or_default();
     let labels = decision.labels_to_set(&catalog_labels, forwarded);
@@ -202,13 +208,55 @@ pub async fn evaluate_approved(
         approval: None,
         settled: None,
     });
-    if let Some(e) = unrecorded.or_else(|| observed.err()) {
+    if let Some(e) = unrecorded {
         return Err(Refusal::SharedState(e));
     }
-    match decision.effect {
-        _ if dry_run => Ok(decision),
+    if let Some(Refusal::TaskEnded(ended)) = &refused {
+        x.ended = Some(ended.clone());
+    }
+    match (decision.effect, refused) {
+        (_, _) if dry_run => Ok(decision),
+        (Effect::Allow, _) => {
+            let mut decision = decision;
+            if let Some(d) = &x.delegation {
+                // A credential under a delegated task carries only the delegated scopes.
+                d.narrow(&mut decision.credential.scopes);
+            }
+            Ok(decision)
+        }
+        (_, Some(refusal)) => Err(refusal),
+        (effect, None) => refusal(effect, decision),
+    }
+}
+
+/// What refuses a request before policy runs, in this order: state that cannot be read
+/// (fail closed), a revoked task or agent, an ended task, an action outside the task's
+/// delegation.
+fn before_policy(
+    x: &Exchange,
+    observed: Result<&Observed, &Unavailable>,
+    action: &str,
+) -> Option<Refusal> {
+    match observed {
+        Err(unavailable) => return Some(Refusal::SharedState(unavailable.clone())),
+        Ok(o) if o.revoked => return Some(Refusal::Revoked),
+        Ok(o) => {
+            if let Some(ended) = &o.ended {
+                return Some(Refusal::TaskEnded(ended.clone()));
+            }
+        }
+    }
+    let delegation = x.delegation.as_ref()?;
+    (!delegation.allows(action)).then(|| Refusal::DelegationScope {
+        action: action.to_string(),
+        delegated: delegation.actions.clone(),
+    })
+}
+
+/// The refusal of a decision policy did not allow.
+fn refusal(effect: Effect, decision: Decision) -> Result<Decision, Refusal> {
+    match effect {
         Effect::Allow => Ok(decision),
-        Effect::Deny if revoked => Err(Refusal::Revoked),
         Effect::Error => Err(Refusal::PolicyError(decision.reason)),
         Effect::Deny => match decision.approval {
             Some(ask) => Err(Refusal::ApprovalRequired(Box::new(Pending {

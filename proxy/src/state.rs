@@ -33,8 +33,9 @@ use toolgate_policy::approval::{Digest, Verdict};
 use toolgate_policy::chain::{Action, Outcome, Recorded, SpanRef, Stats, TaskKey, View};
 use toolgate_policy::state::approvals::Full;
 use toolgate_policy::state::{
-    Added, Approval, ApprovalError, Bounds, Entry, Event, Held, NewApproval, Refused, Revocation,
-    RevokeError, StateUnavailable, Status, Stored,
+    Added, Approval, ApprovalError, Bounds, End, EndBounds, EndError, EndedTask, EndedView, Ending,
+    Entry, Event, Held, Issued, Kind, NewApproval, Refused, Revocation, RevokeError,
+    StateUnavailable, Status, Stored,
 };
 
 /// The state could not be read or written: the request it was needed for is refused (503
@@ -66,6 +67,8 @@ impl From<StateUnavailable> for Unavailable {
 pub struct Observed {
     /// The task or the agent is revoked (refused before policy).
     pub revoked: bool,
+    /// The task ended and its retention has not passed (refused before policy, `task-ended`).
+    pub ended: Option<Box<EndedTask>>,
     /// The task's chain and labels, the agent's labels.
     pub view: View,
     /// `input.state` for a shared backend: `{"backend": "redis", "degraded": bool}`; `None`
@@ -147,6 +150,25 @@ impl From<RevokeError> for RevokeFailure {
     }
 }
 
+/// Why a task could not be ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndFailure {
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+    /// Full or out of range (see [`EndError`]).
+    #[error(transparent)]
+    Refused(EndError),
+}
+
+impl From<EndError> for EndFailure {
+    fn from(e: EndError) -> EndFailure {
+        match e {
+            EndError::Unavailable(u) => EndFailure::Unavailable(u.into()),
+            other => EndFailure::Refused(other),
+        }
+    }
+}
+
 /// How the backend is doing, for `/readyz` and `/metrics`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
@@ -224,6 +246,38 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
 
     /// Every revocation in force at `now`, sorted by kind and id.
     async fn revocations(&self, now: SystemTime) -> Result<Vec<Entry>, Unavailable>;
+
+    /// Whether `id` of `kind` is revoked at `now` (introspection).
+    async fn is_revoked(&self, kind: Kind, id: &str, now: SystemTime) -> Result<bool, Unavailable>;
+
+    // The end of a task (`toolgate_policy::state::TaskStore`, asynchronously; decisions read
+    // it through `observe`).
+
+    /// End `end.task` (the first end stands); the unexpired credentials issued under it.
+    async fn end(
+        &self,
+        end: End,
+        bounds: EndBounds,
+        now: SystemTime,
+    ) -> Result<Stored<Ending>, EndFailure>;
+
+    /// Task `id`'s end, if it ended and its retention has not passed at `now`.
+    async fn ended(&self, id: &str, now: SystemTime) -> Result<Option<EndedView>, Unavailable>;
+
+    /// Every ended task within its retention at `now`, sorted by id.
+    async fn ended_tasks(&self, now: SystemTime) -> Result<Vec<EndedTask>, Unavailable>;
+
+    /// Index a credential issued under `task` (this instance's index, see `TaskStore::issued`).
+    fn issued(&self, task: &str, credential: Issued, now: SystemTime);
+
+    /// The unexpired credentials this instance indexed under `tasks` or issued to `agents`,
+    /// and whether a list was cut.
+    fn issued_for(
+        &self,
+        tasks: &[&str],
+        agents: &[&str],
+        now: SystemTime,
+    ) -> (Vec<(String, Issued)>, bool);
 
     // Tasks (operator API).
 

@@ -10,12 +10,13 @@ use toolgate_policy::approval::{Digest, Verdict};
 use toolgate_policy::chain::{Action, Ledger, Outcome, Recorded, SpanRef, Stats, TaskKey};
 use toolgate_policy::config::ChainSettings;
 use toolgate_policy::state::{
-    Added, Approval, ApprovalStore, Bounds, Entry, Event, Held, NewApproval, Revocation, State,
-    Stored,
+    Added, Approval, ApprovalStore, Bounds, End, EndBounds, EndedTask, EndedView, Ending, Entry,
+    Event, Held, Issued, Kind, NewApproval, Revocation, State, Stored, TaskStore,
 };
 
 use super::{
-    ApprovalFailure, Health, Observed, RevokeFailure, StateMetrics, StateStore, Unavailable,
+    ApprovalFailure, EndFailure, Health, Observed, RevokeFailure, StateMetrics, StateStore,
+    Unavailable,
 };
 use crate::identify::DefaultTask;
 
@@ -53,8 +54,13 @@ impl StateStore for MemoryStore {
         now: SystemTime,
     ) -> Result<Observed, Unavailable> {
         let revoked = self.state.revoked(task.id, agent, now)?;
+        let ended = match revoked {
+            true => None,
+            false => self.state.ended(task.id, now)?.map(|v| Box::new(v.task)),
+        };
         Ok(Observed {
             revoked,
+            ended,
             view: self.ledger.view(task, agent, now),
             note: None,
         })
@@ -81,6 +87,40 @@ impl StateStore for MemoryStore {
 
     async fn revocations(&self, now: SystemTime) -> Result<Vec<Entry>, Unavailable> {
         Ok(self.state.revocations(now)?)
+    }
+
+    async fn is_revoked(&self, kind: Kind, id: &str, now: SystemTime) -> Result<bool, Unavailable> {
+        Ok(self.state.is_revoked(kind, id, now)?)
+    }
+
+    async fn end(
+        &self,
+        end: End,
+        bounds: EndBounds,
+        now: SystemTime,
+    ) -> Result<Stored<Ending>, EndFailure> {
+        Ok(TaskStore::end(&self.state, end, bounds, now)?)
+    }
+
+    async fn ended(&self, id: &str, now: SystemTime) -> Result<Option<EndedView>, Unavailable> {
+        Ok(TaskStore::ended(&self.state, id, now)?)
+    }
+
+    async fn ended_tasks(&self, now: SystemTime) -> Result<Vec<EndedTask>, Unavailable> {
+        Ok(self.state.ended_tasks(now)?)
+    }
+
+    fn issued(&self, task: &str, credential: Issued, now: SystemTime) {
+        TaskStore::issued(&self.state, task, credential, now);
+    }
+
+    fn issued_for(
+        &self,
+        tasks: &[&str],
+        agents: &[&str],
+        now: SystemTime,
+    ) -> (Vec<(String, Issued)>, bool) {
+        self.state.issued_for(tasks, agents, now)
     }
 
     async fn task(&self, id: &str) -> Result<Json, Unavailable> {

@@ -31,6 +31,7 @@ mod approvals;
 mod codec;
 pub mod scripts;
 mod sync;
+mod tasks;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -48,15 +49,15 @@ use toolgate_policy::chain::{self, Action, Outcome, Recorded, SpanRef, Stats, Ta
 use toolgate_policy::config::{ChainSettings, OnUnavailable, RedisSettings};
 use toolgate_policy::labels::MAX_LABELS;
 use toolgate_policy::state::{
-    rfc3339, Added, Approval, Bounds, Entry, Event, Held, NewApproval, Refused, Revocation, State,
-    Stored, CAPACITY,
+    rfc3339, Added, Approval, Bounds, End, EndBounds, EndedTask, EndedView, Ending, Entry, Event,
+    Held, Issued, Kind, NewApproval, Refused, Revocation, State, Stored, TaskStore, CAPACITY,
 };
 
 use self::codec::{entry_of, label_set, outcome_text, pairs, span_of, span_text};
 use super::memory::MemoryStore;
 use super::{
-    ApprovalFailure, Health, Note, Observed, Op, RevokeFailure, StateMetrics, StateStore,
-    Unavailable,
+    ApprovalFailure, EndFailure, Health, Note, Observed, Op, RevokeFailure, StateMetrics,
+    StateStore, Unavailable,
 };
 
 /// How often the background loop looks at Redis.
@@ -118,6 +119,7 @@ struct Scripts {
     settle: Script,
     default_task: Script,
     revoke: Script,
+    end: Script,
     hold: Script,
     decide: Script,
     consume: Script,
@@ -133,6 +135,7 @@ impl Scripts {
             settle: Script::new(scripts::SETTLE),
             default_task: Script::new(scripts::DEFAULT_TASK),
             revoke: Script::new(scripts::REVOKE),
+            end: Script::new(scripts::END),
             hold: Script::new(&scripts::hold()),
             decide: Script::new(&scripts::decide()),
             consume: Script::new(&scripts::consume()),
@@ -333,11 +336,17 @@ impl Shared {
     ) -> Result<Observed, Unavailable> {
         self.metrics.degraded();
         let revoked = self.local.state.revoked(task.id, agent, now)?;
+        let ended = self
+            .local
+            .state
+            .ended(task.id, now)?
+            .map(|v| Box::new(v.task));
         let mut view = self.local.ledger.view(task, agent, now);
         // The local view never holds the other replicas' actions.
         view.history_complete = false;
         Ok(Observed {
             revoked,
+            ended,
             view,
             note: Some(Note {
                 backend: "redis",
@@ -423,6 +432,7 @@ impl StateStore for RedisStore {
             .key(s.key(&["rv:agent"]))
             .key(s.key(&["epoch"]))
             .key(s.key(&["tomb:", pool(task)]))
+            .key(s.key(&["te"]))
             .arg(task.id)
             .arg(agent)
             .arg(ms(now))
@@ -461,9 +471,33 @@ impl StateStore for RedisStore {
                 "toolgate's shared state (Redis) holds no toolgate data: it restarted without persistence or was flushed. Revocations are being written back from the replicas' copies; requests are refused until then (a fraction of a second)",
             ));
         }
+        if revoked == 3 {
+            let held: String = parts
+                .next()
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .unwrap_or_default();
+            // An end that does not parse still ends the task: fail closed.
+            let ended = self::tasks::ended_of(&held).map_or_else(
+                || EndedTask {
+                    id: task.id.to_string(),
+                    at: String::new(),
+                    by: String::new(),
+                    reason: None,
+                    until: String::new(),
+                },
+                |(_, t)| t,
+            );
+            return Ok(Observed {
+                revoked: false,
+                ended: Some(Box::new(ended)),
+                view: View::of_chain(Value::from(Vec::new())),
+                note,
+            });
+        }
         if revoked != 0 {
             return Ok(Observed {
                 revoked: true,
+                ended: None,
                 view: View::of_chain(Value::from(Vec::new())),
                 note,
             });
@@ -485,6 +519,7 @@ impl StateStore for RedisStore {
         let complete = complete == 1 && chain.len() == elements.len();
         Ok(Observed {
             revoked: false,
+            ended: None,
             view: View {
                 chain: Value::from(chain),
                 task_labels: label_set(pairs(task_labels), None).to_value(),
@@ -614,6 +649,40 @@ impl StateStore for RedisStore {
 
     async fn revocations(&self, now: SystemTime) -> Result<Vec<Entry>, Unavailable> {
         self.shared.list_revocations(now).await
+    }
+
+    async fn is_revoked(&self, kind: Kind, id: &str, now: SystemTime) -> Result<bool, Unavailable> {
+        self.shared.is_revoked(kind, id, now).await
+    }
+
+    async fn end(
+        &self,
+        end: End,
+        bounds: EndBounds,
+        now: SystemTime,
+    ) -> Result<Stored<Ending>, EndFailure> {
+        self.shared.end(end, bounds, now).await
+    }
+
+    async fn ended(&self, id: &str, now: SystemTime) -> Result<Option<EndedView>, Unavailable> {
+        self.shared.ended(id, now).await
+    }
+
+    async fn ended_tasks(&self, now: SystemTime) -> Result<Vec<EndedTask>, Unavailable> {
+        self.shared.ended_tasks(now).await
+    }
+
+    fn issued(&self, task: &str, credential: Issued, now: SystemTime) {
+        self.shared.local.issued(task, credential, now);
+    }
+
+    fn issued_for(
+        &self,
+        tasks: &[&str],
+        agents: &[&str],
+        now: SystemTime,
+    ) -> (Vec<(String, Issued)>, bool) {
+        self.shared.local.issued_for(tasks, agents, now)
     }
 
     async fn task(&self, id: &str) -> Result<Json, Unavailable> {

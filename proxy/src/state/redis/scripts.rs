@@ -7,12 +7,14 @@
 //! JSON (Lua's cjson would round large numbers in attributes). Labels are
 //! `<at ms>\t<action that set it>`.
 
-/// Before a decision: revoked? the chain, the task's labels, the agent's labels, complete?
-/// `{2}` when the data set has no epoch: Redis lost its data and the background loop has not
-/// yet written back the revocations — nothing can be decided on it until then.
+/// Before a decision: revoked? ended? the chain, the task's labels, the agent's labels,
+/// complete? `{1}` revoked, `{3, "<until s>\t<end JSON>"}` ended, `{2}` when the data set has
+/// no epoch: Redis lost its data and the background loop has not yet written back the
+/// revocations and ends — nothing can be decided on it until then.
 ///
 /// KEYS: task meta, chain, task labels, agent labels, task revocations, agent revocations,
-/// epoch, tombstones. ARGV: task id, agent id, now (ms), idle_ttl (ms), began (ms or "").
+/// epoch, tombstones, ended tasks. ARGV: task id, agent id, now (ms), idle_ttl (ms), began
+/// (ms or "").
 pub const OBSERVE: &str = r#"
 local now = tonumber(ARGV[3])
 local now_s = math.floor(now / 1000)
@@ -20,6 +22,11 @@ local r = redis.call('ZSCORE', KEYS[5], ARGV[1])
 if r and tonumber(r) > now_s then return {1} end
 r = redis.call('ZSCORE', KEYS[6], ARGV[2])
 if r and tonumber(r) > now_s then return {1} end
+local e = redis.call('HGET', KEYS[9], ARGV[1])
+if e then
+  local u = tonumber(string.match(e, '^(%d+)\t'))
+  if u and u > now_s then return {3, e} end
+end
 local epoch = redis.call('GET', KEYS[7])
 if not epoch then return {2} end
 local meta = redis.call('HMGET', KEYS[1], 'last', 'inc')
@@ -179,6 +186,50 @@ end
 redis.call('ZADD', KEYS[1], exp, ARGV[1])
 redis.call('INCR', KEYS[2])
 return {1, exp}
+"#;
+
+/// End a task unless it is ended already (the first end stands), in a room that never
+/// drops an end within its retention; keep its chain copy (until the end's retention) for at
+/// most `keep_chains` ends, the oldest copy dropped first.
+///
+/// KEYS: ended tasks (hash id → `<until s>\t<end JSON>`), ends by until (sorted set), chain
+/// copies by order (sorted set), this task's chain copy, the ends' version.
+/// ARGV: 1 id, 2 now (s), 3 until (s), 4 end JSON, 5 chain JSON or "", 6 keep_chains,
+/// 7 capacity, 8 key prefix ("<prefix>:"). Returns {1, held} ended now, {0, held} ended
+/// already, {2} full.
+pub const END: &str = r#"
+local id = ARGV[1]
+local now = tonumber(ARGV[2])
+local held = redis.call('HGET', KEYS[1], id)
+if held then
+  local u = tonumber(string.match(held, '^(%d+)\t'))
+  if u and u > now then return {0, held} end
+end
+if not held and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[7]) then
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+  for i = 1, #gone do
+    redis.call('HDEL', KEYS[1], gone[i])
+    redis.call('ZREM', KEYS[3], gone[i])
+    redis.call('DEL', ARGV[8] .. 'tec:' .. gone[i])
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[7]) then return {2} end
+end
+local value = ARGV[3] .. '\t' .. ARGV[4]
+redis.call('HSET', KEYS[1], id, value)
+redis.call('ZADD', KEYS[2], ARGV[3], id)
+local order = redis.call('INCR', KEYS[5])
+local keep = tonumber(ARGV[6])
+if ARGV[5] ~= '' and keep > 0 then
+  redis.call('SET', KEYS[4], ARGV[5], 'EXAT', ARGV[3])
+  redis.call('ZADD', KEYS[3], order, id)
+  local n = redis.call('ZCARD', KEYS[3])
+  if n > keep then
+    local old = redis.call('ZPOPMIN', KEYS[3], n - keep)
+    for i = 1, #old, 2 do redis.call('DEL', ARGV[8] .. 'tec:' .. old[i]) end
+  end
+end
+return {1, value}
 "#;
 
 /// Shared by the approval scripts: ARGV 1 prefix ("<prefix>:"), 2 now (ms), 3 capacity,

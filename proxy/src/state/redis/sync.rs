@@ -1,5 +1,6 @@
 //! The background loop of the Redis backend (every 250 ms: health, approvals' version, the
-//! revocations' copy, the write-back after Redis lost its data) and the revocations it copies.
+//! copies of revocations and ended tasks, the write-back after Redis lost its data) and the
+//! revocations it copies.
 
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
@@ -9,12 +10,19 @@ use toolgate_policy::state::{rfc3339, Entry, Kind, CAPACITY};
 use super::{describe, ms, Shared, OPERATOR_TIMEOUT, SYNC_EVERY};
 use crate::state::{Op, Unavailable};
 
+/// The versions of what the background loop copies, as last copied (`None`: copy now).
+#[derive(Debug, Default)]
+pub(super) struct Seen {
+    revocations: Option<u64>,
+    ended: Option<u64>,
+}
+
 impl Shared {
     /// The background loop: every [`SYNC_EVERY`], one pipeline of four reads.
     pub(super) async fn sync_forever(&self) {
-        let mut seen_revocations: Option<u64> = None;
+        let mut seen = Seen::default();
         loop {
-            match self.sync_once(&mut seen_revocations).await {
+            match self.sync_once(&mut seen).await {
                 Ok(()) => {
                     if !self.available.swap(true, Ordering::AcqRel) {
                         tracing::info!(target: "toolgate::state", "shared state available");
@@ -32,16 +40,22 @@ impl Shared {
         }
     }
 
-    pub(super) async fn sync_once(&self, seen_revocations: &mut Option<u64>) -> Result<(), String> {
+    pub(super) async fn sync_once(&self, seen: &mut Seen) -> Result<(), String> {
         let mut conn = self.conn();
         let mut pipe = redis::pipe();
         pipe.get(self.key(&["rv:ver"]))
             .get(self.key(&["ap:ver"]))
             .get(self.key(&["ap:n"]))
-            .get(self.key(&["epoch"]));
-        let read =
-            pipe.query_async::<(Option<u64>, Option<u64>, Option<i64>, Option<u64>)>(&mut conn);
-        let (revocations, approvals, approved, epoch) =
+            .get(self.key(&["epoch"]))
+            .get(self.key(&["te:ver"]));
+        let read = pipe.query_async::<(
+            Option<u64>,
+            Option<u64>,
+            Option<i64>,
+            Option<u64>,
+            Option<u64>,
+        )>(&mut conn);
+        let (revocations, approvals, approved, epoch, ended) =
             match tokio::time::timeout(OPERATOR_TIMEOUT, read).await {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => return Err(describe(&e)),
@@ -56,7 +70,7 @@ impl Shared {
         let now = SystemTime::now();
         if epoch.is_none() {
             // A fresh (or flushed, or restarted without persistence) Redis: what this replica
-            // copied is written back, so no revocation lapses with the data set.
+            // copied is written back, so no revocation or end lapses with the data set.
             let copied = self.local.state.revocations(now).unwrap_or_default();
             for entry in &copied {
                 let expires = toolgate_policy::state::parse_rfc3339(&entry.expires);
@@ -66,6 +80,7 @@ impl Shared {
                         .map_err(|e| e.to_string())?;
                 }
             }
+            let ends = self.write_back_ended(now).await?;
             let _: () = redis::cmd("SET")
                 .arg(self.key(&["epoch"]))
                 .arg(ms(now))
@@ -73,15 +88,19 @@ impl Shared {
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| describe(&e))?;
-            if !copied.is_empty() {
-                tracing::warn!(target: "toolgate::state", revocations = copied.len(), "redis had no data; wrote back the revocations this replica holds");
+            if !copied.is_empty() || ends > 0 {
+                tracing::warn!(target: "toolgate::state", revocations = copied.len(), ended_tasks = ends, "redis had no data; wrote back the revocations and ended tasks this replica holds");
             }
-            *seen_revocations = None;
+            *seen = Seen::default();
             return Ok(());
         }
-        if revocations != *seen_revocations || seen_revocations.is_none() {
+        if revocations != seen.revocations || seen.revocations.is_none() {
             self.copy_revocations(now).await?;
-            *seen_revocations = revocations.or(Some(0));
+            seen.revocations = revocations.or(Some(0));
+        }
+        if ended != seen.ended || seen.ended.is_none() {
+            self.copy_ended(now).await?;
+            seen.ended = ended.or(Some(0));
         }
         Ok(())
     }
