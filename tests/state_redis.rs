@@ -419,6 +419,82 @@ async fn a_revocation_through_one_sidecar_refuses_within_a_second_through_the_ot
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_task_ended_through_one_sidecar_is_refused_through_the_other_even_without_redis() {
+    let mut redis = Redis::start();
+    let tool = ToolServer::http().await;
+    let a = sidecar(&tool, &redis, AGENT_A, ", on_unavailable: local");
+    let b = sidecar(&tool, &redis, AGENT_B, ", on_unavailable: local");
+    assert_eq!(send(&b, "GET", &read_url("SUP-4"), "T-50").await.0, 200);
+
+    let ended = operator(
+        a.admin,
+        "POST",
+        "/v1/tasks/T-50/end",
+        Some(r#"{"by": "orchestrator", "reason": "done"}"#),
+    );
+    assert_eq!(ended.status, 200, "{}", ended.body);
+    assert_eq!(ended.json()["changed"], true, "{}", ended.body);
+    // The very next decision behind B refuses the task: the end is read with the chain.
+    let (status, body) = send(&b, "GET", &read_url("SUP-4"), "T-50").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["type"], "urn:toolgate:problem:task-ended");
+    assert!(
+        body["detail"].as_str().unwrap().contains("orchestrator"),
+        "{body}"
+    );
+    // Ending it again through B changes nothing: the first end stands, everywhere.
+    let again = operator(b.admin, "POST", "/v1/tasks/T-50/end", Some("{}"));
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.json()["changed"], false, "{}", again.body);
+    assert_eq!(again.json()["ended"]["by"], "orchestrator");
+    // B shows the end and the chain it ended with; the feed lists it.
+    let shown = operator_json(b.admin, "/v1/tasks/T-50");
+    assert_eq!(shown["ended"]["by"], "orchestrator", "{shown}");
+    assert_eq!(shown["ended"]["chain_kept"], true, "{shown}");
+    assert_eq!(shown["chain"][0]["action"], "ticket.read", "{shown}");
+    let feed = operator_json(b.admin, "/v1/revocations/feed");
+    assert_eq!(feed["ended_tasks"][0]["id"], "T-50", "{feed}");
+    // Positive control: another task goes on behind both.
+    assert_eq!(send(&b, "GET", &read_url("SUP-4"), "T-51").await.0, 200);
+    assert_eq!(send(&a, "GET", &read_url("SUP-4"), "T-51").await.0, 200);
+
+    // B copies ends every 250 ms: with Redis gone, its local view still refuses the task.
+    std::thread::sleep(Duration::from_millis(800));
+    redis.kill();
+    let (status, body) = send(&b, "GET", &read_url("SUP-5"), "T-50").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["type"], "urn:toolgate:problem:task-ended");
+    assert_eq!(
+        send(&b, "GET", &read_url("SUP-5"), "T-52").await.0,
+        200,
+        "other tasks are decided on the local view"
+    );
+    // Redis returns empty: the end is written back, and A refuses the task again.
+    redis.spawn();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = send(&a, "GET", &read_url("SUP-6"), "T-50").await;
+        if status == 403 && body["type"] == "urn:toolgate:problem:task-ended" {
+            let list = operator_json(a.admin, "/v1/revocations/feed");
+            if list["ended_tasks"][0]["id"] == "T-50" {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the end was not written back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reads = tool
+        .received()
+        .into_iter()
+        .filter(|r| r.target.ends_with("SUP-4") || r.target.ends_with("SUP-5"))
+        .count();
+    assert_eq!(
+        reads, 4,
+        "only the reads outside the ended task reached the tool"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_approval_granted_through_one_sidecar_releases_the_retry_through_the_other_once() {
     let redis = Redis::start();
     let tool = ToolServer::http().await;
