@@ -6,26 +6,30 @@
 //! last use, the last action's span, whether its history was cut), its chain (a list) and its
 //! labels (a hash); per pool, its tasks by last use and the tombstones of evicted ones; per
 //! agent, its labels and its default task; the revocations (one sorted set per kind); the
-//! approvals (one hash each, indexes by digest, head, in-force and ended).
+//! ended tasks and their chain copies (`tasks.rs`); the approvals (one hash each, indexes by
+//! digest, head, in-force and ended).
 //!
 //! Bounds, in Redis: at most `chain.max_actions` entries per task (LTRIM), 33 labels per task
 //! and per agent, `state.max_tasks` tasks per pool (the least recently used evicted, with a
 //! tombstone so its return says its history was cut) — so at most
 //! 2 × max_tasks × (max_actions × ~2.5 KiB + 33 × ~200 B + ~300 B) plus 2 × max_tasks × ~60 B
 //! of tombstones; task keys expire `max(chain.idle_ttl, chain.agent_label_ttl)` after their
-//! last use, agent labels `chain.agent_label_ttl` after they were last set; revocations and
-//! approvals as in memory (10,000 per kind; `approvals.max_pending` in force, as many ended
-//! ones within `approvals.retention`). Agents are not capped: each agent's keys expire.
+//! last use, agent labels `chain.agent_label_ttl` after they were last set; revocations,
+//! approvals and ended tasks as in memory (10,000 revocations per kind; `approvals.max_pending`
+//! in force, as many ended ones within `approvals.retention`; 10,000 ended tasks within
+//! `chain.ended_retention`, `chain.max_tasks` chain copies). Agents are not capped: each
+//! agent's keys expire.
 //!
 //! When Redis is slow or gone: every call is bounded by `state.timeout` (the operator API's
 //! by at least one second); the connection manager reconnects in the background. With
 //! `on_unavailable: deny` the request is refused (503 `state-unavailable`); with `local` it
 //! is decided on this instance's own view — the actions it decided while Redis was away and
-//! the revocations it last copied from Redis (every 250 ms) — with `input.state.degraded:
+//! the revocations and ends it last copied from Redis (every 250 ms) — with `input.state.degraded:
 //! true` and `history_complete: false`. Approvals always need Redis. A background loop checks
 //! Redis every 250 ms: it drives `toolgate_state_available` and `/readyz`, copies revocations
 //! when they change, wakes requests held for approval when approvals change, and — if Redis
-//! lost its data (restarted without persistence) — writes back the revocations it copied.
+//! lost its data (restarted without persistence) — writes back the revocations and ends it
+//! copied.
 
 mod approvals;
 mod codec;
