@@ -37,7 +37,7 @@ python3 -c 'import playwright.sync_api' 2>/dev/null ||
 command -v redis-server >/dev/null || apt_install redis-server
 
 cargo fmt --all -- --check
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace --all-targets
 # The Criterion benches build with the bench profile (release), as `cargo bench` runs them;
 # `cargo test --all-targets` above already ran each once in test mode.
