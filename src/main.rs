@@ -587,6 +587,10 @@ fn main() -> ExitCode {
             let Some(s) = snapshot(Some(&config)) else {
                 return ExitCode::from(CONFIG_ERROR);
             };
+            if let Some(why) = &s.shadow_error {
+                eprintln!("{why}");
+                return ExitCode::from(CONFIG_ERROR);
+            }
             let operator = cli::operator::check(&s.config);
             for e in &operator.errors {
                 eprintln!("{}: {e}", config.display());
@@ -612,6 +616,13 @@ fn main() -> ExitCode {
             );
             if let Some(why) = s.policy.rvm_unsupported() {
                 println!("note: the RVM cannot run this policy, the interpreter will: {why}");
+            }
+            if let Some(shadow) = &s.shadow {
+                println!(
+                    "shadow policy revision {} ({:?} evaluator): evaluated beside, never enforced",
+                    shadow.revision(),
+                    shadow.evaluator()
+                );
             }
             for note in &operator.notes {
                 println!("note: {note}");
@@ -643,6 +654,10 @@ fn main() -> ExitCode {
             };
             for w in &s.config.warnings {
                 tracing::warn!(field = %w.path, "{}", w.message);
+            }
+            if let Some(why) = &s.shadow_error {
+                // The live policy serves; the shadow is off until a reload brings a good one.
+                tracing::error!(error = %why, "shadow policy rejected; serving without a shadow");
             }
             match toolgate_proxy::serve(s, config) {
                 Ok(()) => ExitCode::SUCCESS,

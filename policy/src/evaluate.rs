@@ -250,7 +250,8 @@ fn set_interpreter_limits() {
     regorus::utils::limits::set_fallback_execution_timer_config(Some(timer()));
 }
 
-fn revision(source: &PolicySource) -> String {
+/// The revision a policy compiled from `source` has.
+pub fn revision(source: &PolicySource) -> String {
     // FNV-1a: stable across builds and platforms, enough to tell revisions apart in logs.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {

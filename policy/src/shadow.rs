@@ -20,7 +20,7 @@ use crate::credential;
 use crate::evaluate::{Decision, Effect};
 
 /// What a decision does to the request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Ruling {
     Allow,

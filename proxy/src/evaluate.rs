@@ -3,7 +3,10 @@
 //! an approved approval, which then satisfies a decision that asks for one; the action is then
 //! appended to the task's chain as pending (with the labels it sets) and kept in the exchange
 //! for the record stage, which settles it and writes its decision-log line when the exchange
-//! ends.
+//! ends. The shadow policy, when one is configured, decides the same input beside it
+//! (`evaluate/shadow.rs`).
+
+pub mod shadow;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -13,7 +16,8 @@ use serde_json::Value as Json;
 use toolgate_policy::chain::{self, Outcome, TaskKey};
 use toolgate_policy::classify::Tool;
 use toolgate_policy::config::PolicyMode;
-use toolgate_policy::evaluate::{Decision, Effect, Input, RequestView};
+use toolgate_policy::evaluate::{Decision, Effect, Input, RequestView, Value};
+use toolgate_policy::shadow::Verdict;
 use toolgate_policy::prepare::Prepared;
 use toolgate_policy::state::Approval;
 
@@ -47,6 +51,19 @@ pub struct Decided {
     /// How it ended, when that was settled before the exchange ended (a held request that
     /// waited and was decided again).
     pub settled: Option<Outcome>,
+    /// The shadow policy's decision, when it disagrees with this one (`policy.shadow`).
+    pub shadow: Option<Box<shadow::Disagreement>>,
+    /// The policy input and this decision's verdict, when the decision log records inputs
+    /// (`telemetry.decision_log: { input: true }`).
+    pub recorded: Option<Box<Recorded>>,
+}
+
+/// What a decision-log line needs to decide a request again (`toolgate replay`).
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// The input document exactly as policy saw it (it never holds a credential).
+    pub input: Value,
+    pub verdict: Verdict,
 }
 
 /// The task key of exchange `x`.
@@ -95,6 +112,8 @@ pub fn evaluate_approved(
     let state = gw.state.revoked(&x.task_id, agent, now);
     let revoked = state != Ok(false);
     let mut eval_time = None;
+    let mut shadowed = None;
+    let mut replayable = None;
     let decision = if let Err(unavailable) = &state {
         Decision::deny(unavailable.to_string())
     } else if revoked {
@@ -129,6 +148,10 @@ pub fn evaluate_approved(
         if let Some(a) = approved {
             a.granted().annotate(&mut input);
         }
+        // Clones of the one input value (refcounted): the shadow and the log share it.
+        let shadow_input = snapshot.shadow.as_ref().map(|_| input.clone());
+        let record_input = (config.telemetry.decision_log_input && gw.decision_log.enabled())
+            .then(|| input.clone());
         let started = Instant::now();
         let mut decision = snapshot.policy.decide(input);
         let finished = Instant::now();
@@ -137,6 +160,16 @@ pub fn evaluate_approved(
         }
         eval_time = Some(finished.duration_since(started));
         x.trace.evaluated_at = Some(finished);
+        if let (Some(policy), Some(input)) = (&snapshot.shadow, shadow_input) {
+            shadowed =
+                shadow::compare(snapshot, policy, tool, &decision, input, approved.is_some());
+        }
+        replayable = record_input.map(|input| {
+            Box::new(Recorded {
+                input,
+                verdict: Verdict::of(config, tool, &decision),
+            })
+        });
         decision
     };
     if let Some(detail) = &decision.error {
@@ -181,6 +214,8 @@ pub fn evaluate_approved(
         eval_time,
         approval: None,
         settled: None,
+        shadow: shadowed,
+        recorded: replayable,
     });
     match decision.effect {
         _ if dry_run => Ok(decision),

@@ -3,7 +3,8 @@
 //! the approval it was held for or went out on (`toolgate.approval.id`, `.status`,
 //! `.approver`) and the HTTP semantic-convention attributes, typed (numbers as integers). It links to the
 //! previous action's span in the same task, and is a child of the agent's span when the agent
-//! sent `traceparent`.
+//! sent `traceparent`. A shadow policy's disagreement is an event (`shadow disagreement`) and
+//! `toolgate.shadow.decision`.
 
 #[cfg(test)]
 mod tests;
@@ -105,6 +106,17 @@ pub fn action_span(x: &Exchange, credential: Option<&Credential<'_>>, end: &End<
     if x.dry_run {
         attributes.push(KeyValue::new("toolgate.dry_run", true));
     }
+    let disagreements = x.decided.iter().filter_map(|d| d.shadow.as_deref());
+    if let Some(last) = disagreements.clone().last() {
+        attributes.push(KeyValue::new(
+            "toolgate.shadow.decision",
+            last.shadow.effect.as_str(),
+        ));
+        attributes.push(KeyValue::new(
+            "toolgate.shadow.disagreements",
+            int(disagreements.clone().count()),
+        ));
+    }
     if let Some(via) = x.via {
         attributes.push(KeyValue::new("toolgate.via", via.as_str()));
     }
@@ -197,6 +209,25 @@ pub fn action_span(x: &Exchange, credential: Option<&Credential<'_>>, end: &End<
             vec![
                 KeyValue::new("toolgate.decision", decision),
                 KeyValue::new("toolgate.policy.eval_duration_us", int(took.as_micros())),
+            ],
+            0,
+        ));
+    }
+    for (d, s) in x.decided.iter().filter_map(|d| Some((d, d.shadow.as_deref()?))) {
+        events.events.push(Event::new(
+            "shadow disagreement",
+            x.trace.wall_clock(x.started, s.at),
+            vec![
+                KeyValue::new("toolgate.action", cut(&d.action, MAX_NAME_BYTES).to_string()),
+                KeyValue::new("toolgate.decision", s.live.effect.as_str()),
+                KeyValue::new("toolgate.shadow.decision", s.shadow.effect.as_str()),
+                KeyValue::new("toolgate.shadow.reason", s.shadow.reason.clone()),
+                KeyValue::new("toolgate.shadow.differs", s.differs.join(",")),
+                KeyValue::new("toolgate.shadow.policy.revision", s.revision.to_string()),
+                KeyValue::new(
+                    "toolgate.shadow.eval_duration_us",
+                    int(s.eval_time.as_micros()),
+                ),
             ],
             0,
         ));
