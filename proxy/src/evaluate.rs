@@ -17,8 +17,8 @@ use toolgate_policy::chain::{self, Outcome, TaskKey};
 use toolgate_policy::classify::Tool;
 use toolgate_policy::config::PolicyMode;
 use toolgate_policy::evaluate::{Decision, Effect, Input, RequestView, Value};
-use toolgate_policy::shadow::Verdict;
 use toolgate_policy::prepare::Prepared;
+use toolgate_policy::shadow::Verdict;
 use toolgate_policy::state::Approval;
 
 use crate::approval::{Note, Pending};

@@ -213,12 +213,19 @@ pub fn action_span(x: &Exchange, credential: Option<&Credential<'_>>, end: &End<
             0,
         ));
     }
-    for (d, s) in x.decided.iter().filter_map(|d| Some((d, d.shadow.as_deref()?))) {
+    for (d, s) in x
+        .decided
+        .iter()
+        .filter_map(|d| Some((d, d.shadow.as_deref()?)))
+    {
         events.events.push(Event::new(
             "shadow disagreement",
             x.trace.wall_clock(x.started, s.at),
             vec![
-                KeyValue::new("toolgate.action", cut(&d.action, MAX_NAME_BYTES).to_string()),
+                KeyValue::new(
+                    "toolgate.action",
+                    cut(&d.action, MAX_NAME_BYTES).to_string(),
+                ),
                 KeyValue::new("toolgate.decision", s.live.effect.as_str()),
                 KeyValue::new("toolgate.shadow.decision", s.shadow.effect.as_str()),
                 KeyValue::new("toolgate.shadow.reason", s.shadow.reason.clone()),
