@@ -15,6 +15,7 @@ pub mod normalise;
 pub mod offline;
 pub mod prepare;
 pub mod quickstart;
+pub mod replay;
 pub mod shadow;
 pub mod state;
 pub mod testing;
