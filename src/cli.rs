@@ -1,6 +1,8 @@
-//! Operator commands, one file each (`toolgate revoke`, `toolgate approvals`, and later
-//! `tasks`), with the client they share to reach the operator API.
+//! Commands, one file each: the operator commands (`toolgate revoke`, `toolgate approvals`,
+//! and later `tasks`), with the client they share to reach the operator API, and the policy
+//! tools that read decision logs (`toolgate replay`).
 
 pub mod approvals;
 pub mod operator;
+pub mod replay;
 pub mod revoke;

@@ -78,6 +78,9 @@ enum Command {
     /// Requests held for human approval: list, show, approve or deny them through the
     /// operator API.
     Approvals(cli::approvals::Args),
+    /// Decide the decisions recorded in decision logs again with a candidate policy (by
+    /// default `policy.shadow`) and report what changes; exits 1 when anything does.
+    Replay(cli::replay::Args),
 }
 
 /// `toolgate ca …`
@@ -634,6 +637,7 @@ fn main() -> ExitCode {
         }
         Command::Revoke(args) => cli::revoke::run(args),
         Command::Approvals(args) => cli::approvals::run(args),
+        Command::Replay(args) => cli::replay::run(args),
         Command::Test { config, paths } => test(&config, paths),
         Command::Eval(args) => eval(args),
         Command::Demo { otlp } => {
