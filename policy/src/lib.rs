@@ -10,6 +10,7 @@ pub mod classify;
 pub mod config;
 pub mod credential;
 pub mod evaluate;
+pub mod explain;
 pub mod labels;
 pub mod normalise;
 pub mod offline;
