@@ -81,6 +81,9 @@ enum Command {
     /// Decide the decisions recorded in decision logs again with a candidate policy (by
     /// default `policy.shadow`) and report what changes; exits 1 when anything does.
     Replay(cli::replay::Args),
+    /// One decision from a decision log: the input, the decision, the rule that produced it,
+    /// the chain it saw, its trace and span, the credential's jti and the approval.
+    Explain(cli::explain::Args),
 }
 
 /// `toolgate ca …`
@@ -638,6 +641,7 @@ fn main() -> ExitCode {
         Command::Revoke(args) => cli::revoke::run(args),
         Command::Approvals(args) => cli::approvals::run(args),
         Command::Replay(args) => cli::replay::run(args),
+        Command::Explain(args) => cli::explain::run(args),
         Command::Test { config, paths } => test(&config, paths),
         Command::Eval(args) => eval(args),
         Command::Demo { otlp } => {

@@ -45,6 +45,13 @@ decision := {"allow": true, "reason": "within the limit"} if {
 	input.action.name == "payment.create"
 	to_number(input.action.attributes.amount) <= 100
 }
+
+decision := {"allow": false, "reason": "a human must approve it", "approval": "required"} if {
+	input.action.name == "payment.create"
+	to_number(input.action.attributes.amount) > 1000
+}
+
+decision := {"allow": true, "reason": "ledger entries are allowed"} if input.action.name == "entry.create"
 "#;
 
 /// The candidate: SUP-1 may no longer be read, and payments go out with the admin key.
@@ -83,11 +90,19 @@ tools:
       - name: payment.create
         match: {{ method: POST, path: /v1/payments }}
         attributes: {{ amount: "query:amount" }}
+  - name: ledger
+    hosts: [ledger.test]
+    upstream: {upstream}
+    credential: ledger-jwt
+    actions:
+      - name: entry.create
+        match: {{ method: POST, path: /v1/entries }}
 policy: {{ files: [policy/live.rego], shadow: {{ files: [candidate/*.rego] }} }}
 credentials:
   jira-token: {{ kind: secret, file: secrets/jira, header: Authorization, format: "Bearer {{}}" }}
   payments-key: {{ kind: secret, file: secrets/payments, query: api_key }}
   payments-admin: {{ kind: secret, file: secrets/admin, query: api_key }}
+  ledger-jwt: {{ kind: jwt, audience: ledger.test, key_file: keys/signing.pem, max_ttl: 60s }}
 telemetry: {{ decision_log: {{ sink: decisions.jsonl, input: true }} }}
 limits: {{ shutdown_timeout: 1s }}
 "#
@@ -132,6 +147,7 @@ impl Run {
 
 async fn record() -> Run {
     let tool = ToolServer::http().await;
+    let signing = toolgate_policy::config::generate_ed25519_pem().unwrap();
     let tg = Toolgate::start(
         &config(&tool.url()),
         &[
@@ -140,6 +156,7 @@ async fn record() -> Run {
             ("secrets/jira", JIRA_SECRET),
             ("secrets/payments", PAYMENTS_SECRET),
             ("secrets/admin", ADMIN_SECRET),
+            ("keys/signing.pem", &signing),
         ],
     );
     let client = tg.forward_client();
@@ -206,10 +223,28 @@ async fn record() -> Run {
         .0,
         403
     );
+    // One held for a human, and a ledger entry with a minted JWT.
+    let (status, held) = problem(
+        send("POST", &format!("{pay}?amount=5000"), "T-2")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, held["type"].as_str()),
+        (403, Some("urn:toolgate:problem:approval-required"))
+    );
+    assert_eq!(
+        send("POST", "http://ledger.test/v1/entries", "T-2")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let run = Run { tg, _tool: tool };
-    // Six decisions, two of them with a shadow line (the read of SUP-1, the payment).
+    // Eight decisions, two of them with a shadow line (the read of SUP-1, the payment).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while run.lines().len() < 8 {
+    while run.lines().len() < 10 {
         assert!(
             Instant::now() < deadline,
             "decision log: {:#?}",
@@ -277,7 +312,7 @@ async fn replay_reports_exactly_the_changed_decisions_and_nothing_for_the_unchan
         String::from_utf8_lossy(&same.stderr)
     );
     assert!(
-        text.starts_with("replayed 6 decisions of 2 tasks"),
+        text.starts_with("replayed 8 decisions of 2 tasks"),
         "{text}"
     );
     assert!(text.contains("no decision changes"), "{text}");
@@ -293,7 +328,7 @@ async fn replay_reports_exactly_the_changed_decisions_and_nothing_for_the_unchan
         String::from_utf8_lossy(&changed.stderr)
     );
     let report: Value = serde_json::from_slice(&changed.stdout).unwrap();
-    assert_eq!(report["replayed"], 6);
+    assert_eq!(report["replayed"], 8);
     assert_eq!(report["skipped"]["shadow_lines"], 2);
     let changes: Vec<(String, String, u64, String, String, String)> = report["changes"]
         .as_array()
@@ -347,7 +382,8 @@ async fn replay_reports_exactly_the_changed_decisions_and_nothing_for_the_unchan
         serde_json::json!({"unchanged": 1, "newly_denied": 1, "newly_allowed": 0, "changed_credential": 0, "changed": 0})
     );
     assert_eq!(report["actions"]["ticket.transition"]["unchanged"], 2);
-    assert_eq!(report["actions"]["payment.create"]["unchanged"], 1);
+    assert_eq!(report["actions"]["payment.create"]["unchanged"], 2);
+    assert_eq!(report["actions"]["entry.create"]["unchanged"], 1);
     // The chain rule: as recorded, SUP-1's transition saw a successful read and stays
     // allowed; with the candidate's own history (the read refused) it would be denied.
     let history = report["history"].as_array().unwrap();
@@ -395,6 +431,11 @@ fn replay_refuses_what_it_cannot_use_with_exit_2() {
     ] {
         support::write(dir.path(), &format!("secrets/{f}"), s);
     }
+    support::write(
+        dir.path(),
+        "keys/signing.pem",
+        &toolgate_policy::config::generate_ed25519_pem().unwrap(),
+    );
     support::write(dir.path(), "toolgate.yaml", &config("http://127.0.0.1:9"));
     support::write(
         dir.path(),
@@ -443,4 +484,114 @@ fn replay_refuses_what_it_cannot_use_with_exit_2() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_leads_from_a_decision_id_to_its_rule_chain_trace_credential_and_approval() {
+    let run = record().await;
+    let explain = |id: &str| {
+        let out = run.toolgate(&[
+            "explain",
+            "-c",
+            "toolgate.yaml",
+            "--log",
+            "decisions.jsonl",
+            id,
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout(&out)
+    };
+    let line_of = |needle: &str| LIVE.lines().position(|l| l.contains(needle)).unwrap() + 1;
+
+    // The transition allowed by the chain rule: the rule that held, and the read it saw.
+    let moved = run.line("T-1", 2);
+    let id = moved["decision_id"].as_str().unwrap();
+    let text = explain(id);
+    for want in [
+        format!("decision  {id}"),
+        "task      T-1  seq 2".to_string(),
+        "decided   allow: read earlier in this task".to_string(),
+        "outcome   response 200".to_string(),
+        "credential jira-token (secret), id (jti) -".to_string(),
+        format!(
+            "trace     {}  span {}",
+            moved["trace_id"].as_str().unwrap(),
+            moved["span_id"].as_str().unwrap()
+        ),
+        ", the policy that decided):".to_string(),
+        format!(
+            "  policy/live.rego:{}  decision := {{\"allow\": true, \"reason\": \"read earlier in this task\"}} if {{  [rule]",
+            line_of("read earlier in this task")
+        ),
+        "chain it saw (1 earlier actions):".to_string(),
+        "  seq 1  ticket.read  allow  response 200  {\"issue\":\"SUP-1\"}".to_string(),
+        "\"path\": \"/rest/api/3/issue/SUP-1/transitions\"".to_string(),
+    ] {
+        assert!(text.contains(&want), "{want:?} missing from:\n{text}");
+    }
+    assert!(!text.contains("shadow    "), "the shadow agreed: {text}");
+
+    // A minted JWT: its jti, as the log recorded it.
+    let entry = run.line("T-2", 5);
+    let jti = entry["credential"]["id"].as_str().unwrap();
+    assert_eq!(entry["credential"]["kind"], "jwt");
+    let text = explain(entry["decision_id"].as_str().unwrap());
+    assert!(
+        text.contains(&format!("credential ledger-jwt (jwt), id (jti) {jti}")),
+        "{text}"
+    );
+
+    // Held for approval: the approval's id and status.
+    let held = run.line("T-2", 4);
+    let approval = held["approval"]["id"].as_str().unwrap();
+    let text = explain(held["decision_id"].as_str().unwrap());
+    assert!(
+        text.contains(&format!("approval  {approval} pending")),
+        "{text}"
+    );
+    assert!(
+        text.contains("decided   deny: a human must approve it"),
+        "{text}"
+    );
+
+    // Where the shadow disagreed: its decision beside the live one; the agent's own api_key
+    // never reached the input, and nothing secret is printed.
+    let pay = run.line("T-2", 2);
+    let text = explain(pay["decision_id"].as_str().unwrap());
+    assert!(
+        text.contains("shadow    allow: within the limit  (differs: credential;"),
+        "{text}"
+    );
+    for secret in [PAYMENTS_SECRET, ADMIN_SECRET, AGENT_TOKEN, AGENT_COOKIE] {
+        assert!(!text.contains(secret), "{secret} printed");
+    }
+
+    // --json carries the same, for machines; an unknown id is exit 1.
+    let out = run.toolgate(&[
+        "explain",
+        "-c",
+        "toolgate.yaml",
+        "--log",
+        "decisions.jsonl",
+        "--json",
+        id,
+    ]);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["decision"]["decision_id"], id);
+    assert_eq!(doc["rule"]["produced_by"][0]["file"], "policy/live.rego");
+    assert_eq!(doc["rule"]["same_decision"], true);
+    let missing = run.toolgate(&[
+        "explain",
+        "-c",
+        "toolgate.yaml",
+        "--log",
+        "decisions.jsonl",
+        "no-such-id",
+    ]);
+    assert_eq!(missing.status.code(), Some(1));
 }

@@ -268,7 +268,7 @@ fn render(report: &Report) -> String {
         for h in &report.history {
             let before: Vec<String> = h.changed_before.iter().map(u64::to_string).collect();
             out.push_str(&format!(
-                "  {}  task {} seq {} (after seq {})  decision {}  trace {}\n      as recorded:               {}\n      with the candidate's history: {}\n",
+                "  {}  task {} seq {} (after seq {})  decision {}  trace {}\n      as recorded:                  {}\n      with the candidate's history: {}\n",
                 h.action,
                 h.task,
                 h.seq,
