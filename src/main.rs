@@ -84,6 +84,9 @@ enum Command {
     /// One decision from a decision log: the input, the decision, the rule that produced it,
     /// the chain it saw, its trace and span, the credential's jti and the approval.
     Explain(cli::explain::Args),
+    /// Print the policy input's JSON Schema, with the catalog's actions and their attributes
+    /// (for editors and `opa check --schema`).
+    Schema(cli::schema::Args),
 }
 
 /// `toolgate ca …`
@@ -275,6 +278,14 @@ fn test(config_path: &Path, mut paths: Vec<PathBuf>) -> ExitCode {
             )),
             Err(e) => return fail(e),
         }
+    }
+    // The policy checked against the input it will see: each finding fails the run.
+    match cli::schema::findings(&s.config) {
+        Ok(found) => cases.extend(found.into_iter().map(|f| testing::Case {
+            name: "input schema".to_string(),
+            failure: Some(f),
+        })),
+        Err(e) => return fail(testing::TestError::Rego(e)),
     }
     let failed = cases.iter().filter(|c| c.failure.is_some()).count();
     for case in &cases {
@@ -604,6 +615,20 @@ fn main() -> ExitCode {
             if !operator.errors.is_empty() {
                 return ExitCode::from(CONFIG_ERROR);
             }
+            // References the input never satisfies: a typo that never matches, or fails open.
+            match cli::schema::findings(&s.config) {
+                Ok(found) if found.is_empty() => {}
+                Ok(found) => {
+                    for f in &found {
+                        eprintln!("{f}");
+                    }
+                    return ExitCode::from(CONFIG_ERROR);
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", config.display());
+                    return ExitCode::from(CONFIG_ERROR);
+                }
+            }
             let actions: usize = s
                 .config
                 .catalog
@@ -642,6 +667,7 @@ fn main() -> ExitCode {
         Command::Approvals(args) => cli::approvals::run(args),
         Command::Replay(args) => cli::replay::run(args),
         Command::Explain(args) => cli::explain::run(args),
+        Command::Schema(args) => cli::schema::run(args),
         Command::Test { config, paths } => test(&config, paths),
         Command::Eval(args) => eval(args),
         Command::Demo { otlp } => {
