@@ -1,11 +1,13 @@
 //! Commands, one file each: the operator commands (`toolgate revoke`, `toolgate approvals`,
-//! and later `tasks`), with the client they share to reach the operator API, and the policy
+//! `toolgate tasks`), with the client they share to reach the operator API, and the policy
 //! tools: `toolgate replay` and `toolgate explain` read decision logs, `toolgate schema`
 //! prints (and `check` and `test` apply) the policy input's schema.
 
 pub mod approvals;
 pub mod explain;
+pub mod inject;
 pub mod operator;
 pub mod replay;
 pub mod revoke;
 pub mod schema;
+pub mod tasks;

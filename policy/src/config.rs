@@ -3,6 +3,7 @@
 
 mod approvals;
 mod credentials;
+mod delegation;
 mod files;
 mod identity;
 mod jwks;
@@ -26,6 +27,9 @@ use std::time::Duration;
 
 pub use approvals::{ApprovalSettings, Webhook};
 pub use credentials::{is_scope, ExchangeSpec, Format, JwtSpec, Placement, SecretText};
+pub use delegation::{
+    DelegationSettings, IntrospectionClient, IntrospectionSettings, DEFAULT_DELEGATION_TTL,
+};
 pub use files::{DiskFiles, EmbeddedFiles, Files, ProcessEnv, StaticEnv, Vars};
 pub use identity::{TaskTokens, TokenIssuer, AGENT_LEEWAY};
 pub use jwks::{unverified_claims, KeySet, TokenError, MAX_TOKEN_BYTES};
@@ -64,6 +68,10 @@ pub struct Config {
     pub limits: Limits,
     /// Issuers whose task tokens (`x-toolgate-task-token`) are accepted; `None`: none are.
     pub task_tokens: Option<TaskTokens>,
+    /// How this toolgate signs delegation tokens; `None`: delegation is off.
+    pub delegation: Option<DelegationSettings>,
+    /// Who may introspect credentials besides the operator.
+    pub introspection: IntrospectionSettings,
     /// Hash of every file read to build this config: equal fingerprints, equal configs.
     pub fingerprint: u64,
     /// Settings that are valid but weaken a guarantee (a plain-HTTP upstream or STS), with
@@ -251,6 +259,8 @@ pub struct ChainSettings {
     pub agent_label_ttl: Duration,
     /// Requests without a verified task token are refused (`task-required`).
     pub require_task_token: bool,
+    /// How long an ended task stays ended (refused), its chain kept for audit.
+    pub ended_retention: Duration,
 }
 
 /// TLS settings for upstream connections.

@@ -78,3 +78,14 @@ test_deleting_customers_needs_a_human if {
 test_unlisted_mcp_tools_are_denied if {
 	not toolgate.decision.allow with input as {"action": {"name": "crm.export_everything", "tool": "crm", "attributes": {}}, "request": {}, "chain": []}
 }
+
+delegate(actions, depth) := {
+	"action": {"name": "task.delegate", "tool": null, "attributes": {"to": "spiffe://example.org/ns/support/sa/billing-agent", "actions": actions, "scopes": [], "ttl": 600, "depth": depth}},
+	"request": {"host": "toolgate.internal"}, "chain": [],
+}
+
+test_only_reads_are_handed_on_and_only_once if {
+	toolgate.decision.allow with input as delegate(["ticket.read", "payment.read"], 1)
+	not toolgate.decision.allow with input as delegate(["ticket.read", "ticket.transition"], 1)
+	not toolgate.decision.allow with input as delegate(["ticket.read"], 2)
+}

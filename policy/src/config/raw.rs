@@ -36,6 +36,11 @@ pub struct RawConfig {
     pub state: RawState,
     #[serde(default)]
     pub approvals: RawApprovals,
+    /// `delegation`: how this toolgate signs delegation tokens (config/delegation.rs).
+    pub delegation: Option<RawDelegation>,
+    /// `introspection`: who may ask whether a credential is still alive.
+    #[serde(default)]
+    pub introspection: RawIntrospection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -150,6 +155,8 @@ pub struct RawCredential {
     pub client_id: Option<String>,
     pub client_secret_file: Option<String>,
     pub timeout: Option<String>,
+    /// The STS's RFC 7009 revocation endpoint (`token_exchange`).
+    pub revocation_endpoint: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -177,6 +184,8 @@ pub struct RawChain {
     pub agent_label_ttl: Option<String>,
     /// Refuse requests without a verified task token (`task-required`).
     pub require_task_token: Option<bool>,
+    /// How long an ended task stays ended, with its chain kept for audit.
+    pub ended_retention: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -256,6 +265,29 @@ pub struct RawWebhook {
     pub url_file: Option<String>,
     pub timeout: Option<String>,
     pub retries: Option<u32>,
+}
+
+/// `delegation`: the key delegation tokens are signed with, their issuer and lifetime.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawDelegation {
+    pub key_file: Option<String>,
+    pub algorithm: Option<String>,
+    pub issuer: Option<String>,
+    pub max_ttl: Option<String>,
+}
+
+/// `introspection`: the clients (tools) that may call `POST /v1/introspect`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawIntrospection {
+    #[serde(default)]
+    pub clients: Vec<RawIntrospectionClient>,
+}
+
+/// One introspection client: HTTP Basic with `id` and the secret in `secret_file`.
+#[derive(Debug, Deserialize)]
+pub struct RawIntrospectionClient {
+    pub id: String,
+    pub secret_file: String,
 }
 
 /// `state`: where operator state (revocations, approvals) is kept.

@@ -83,6 +83,9 @@ pub(super) fn compile(
     let agent = identity::agent(&mut c, &raw.agent, files, vars);
     let task_tokens = identity::task_tokens(&mut c, raw.task_tokens.as_ref(), files);
     let credentials = credentials::compile(&mut c, &raw.credentials, &agent, files, vars);
+    let delegation = super::delegation::delegation(&mut c, raw.delegation.as_ref(), &agent, files);
+    let introspection = super::delegation::introspection(&mut c, &raw.introspection, files);
+    reserved_host(&mut c, &raw.tools);
     let (catalog, tool_names) = catalog(&mut c, &raw.tools, &credentials);
     let routes = routes(&mut c, &raw.routes, &tool_names, &catalog);
     let policy = match &raw.policy {
@@ -125,7 +128,16 @@ pub(super) fn compile(
             "24h",
         ),
         require_task_token: raw.chain.require_task_token.unwrap_or(false),
+        ended_retention: duration(
+            &mut c,
+            "chain.ended_retention",
+            raw.chain.ended_retention.as_deref(),
+            "24h",
+        ),
     };
+    if chain.ended_retention > super::LONGEST_REVOCATION_TTL {
+        c.push("chain.ended_retention", "must be at most 3650d");
+    }
     if chain.require_task_token
         && raw
             .task_tokens
@@ -182,6 +194,8 @@ pub(super) fn compile(
             tls,
             limits,
             task_tokens,
+            delegation,
+            introspection,
             fingerprint: 0,
             warnings: c.warnings,
         }),
@@ -189,6 +203,25 @@ pub(super) fn compile(
             origin: origin.to_path_buf(),
             errors: c.errors,
         }),
+    }
+}
+
+/// No tool may be catalogued at toolgate's own host: requests there are toolgate's
+/// (delegation, `crate::delegation::HOST`), never a tool's.
+fn reserved_host(c: &mut Collector, tools: &[RawTool]) {
+    for (i, tool) in tools.iter().enumerate() {
+        for (j, host) in tool.hosts.iter().enumerate() {
+            let name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+            if name.eq_ignore_ascii_case(crate::delegation::HOST) {
+                c.push(
+                    format!("tools[{i}].hosts[{j}]"),
+                    format!(
+                        "{} is toolgate's own host (delegation requests); no tool may use it",
+                        crate::delegation::HOST
+                    ),
+                );
+            }
+        }
     }
 }
 
