@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use serde_json::{json, Map, Value as Json};
 
 use crate::classify::{AttributeSource, Catalog, Protocol, CONNECT_SUFFIX, UNKNOWN};
+use crate::delegation;
 
 /// What a value in the input may be.
 #[derive(Debug, Clone, PartialEq)]
@@ -282,7 +283,8 @@ pub struct ActionInfo {
 }
 
 /// Every action the catalog can classify a request as: each catalogued action, `<tool>.…` for
-/// an MCP tool, `<tool>.connect` for a tool not intercepted, and `unknown`.
+/// an MCP tool, `<tool>.connect` for a tool not intercepted, `unknown`, and toolgate's own
+/// `task.delegate` (a policy may decide it whether or not this configuration delegates).
 pub fn actions(catalog: &Catalog) -> Vec<ActionInfo> {
     let mut out = Vec::new();
     for tool in catalog.tools() {
@@ -319,6 +321,12 @@ pub fn actions(catalog: &Catalog) -> Vec<ActionInfo> {
         }
     }
     out.push(ActionInfo {
+        name: delegation::ACTION.to_string(),
+        tool: None,
+        attributes: Some(DELEGATE_ATTRIBUTES.iter().map(|a| a.to_string()).collect()),
+        prefix: false,
+    });
+    out.push(ActionInfo {
         name: UNKNOWN.to_string(),
         tool: None,
         attributes: Some(BTreeSet::new()),
@@ -326,6 +334,9 @@ pub fn actions(catalog: &Catalog) -> Vec<ActionInfo> {
     });
     out
 }
+
+/// The attributes of `task.delegate` (a delegation request, decided like any action).
+const DELEGATE_ATTRIBUTES: [&str; 5] = ["to", "actions", "scopes", "ttl", "depth"];
 
 impl ActionInfo {
     /// Whether a request classified as `name` is this action.
@@ -454,6 +465,26 @@ fn action_schema(catalog: &Catalog) -> Json {
             }));
         }
     }
+    options.push(json!({
+        "type": "object",
+        "description": "a request to hand part of the task to another agent (POST http://toolgate.internal/delegate)",
+        "properties": {
+            "name": { "enum": [delegation::ACTION] },
+            "tool": { "type": "null" },
+            "attributes": {
+                "type": "object",
+                "properties": {
+                    "to": { "type": "string" },
+                    "actions": { "type": "array", "items": { "type": "string" } },
+                    "scopes": { "type": "array", "items": { "type": "string" } },
+                    "ttl": { "type": "integer" },
+                    "depth": { "type": "integer" },
+                },
+                "additionalProperties": false,
+            },
+        },
+        "required": ["name", "tool", "attributes"],
+    }));
     options.push(json!({
         "type": "object",
         "description": "no catalogued action matched (tool null: no tool serves the host)",

@@ -200,8 +200,14 @@ fn the_json_schema_lists_each_catalogued_action_with_its_attributes() {
         .find(|o| o["properties"]["name"]["pattern"] == "^crm\\.")
         .unwrap();
     assert_eq!(crm["properties"]["attributes"], json!({"type": "object"}));
-    // 5 REST actions, the MCP tool, unknown.
-    assert_eq!(options.len(), 7);
+    let delegate = named("task.delegate");
+    assert_eq!(delegate["properties"]["tool"], json!({"type": "null"}));
+    assert_eq!(
+        delegate["properties"]["attributes"]["properties"]["depth"],
+        json!({"type": "integer"})
+    );
+    // 5 REST actions, the MCP tool, task.delegate, unknown.
+    assert_eq!(options.len(), 8);
     let chain = &schema["properties"]["chain"]["items"];
     assert_eq!(chain["properties"]["status"]["type"], "integer");
     assert_eq!(chain["additionalProperties"], false);
