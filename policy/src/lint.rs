@@ -480,7 +480,7 @@ impl Checker {
         out.push(finding(
             &Span {
                 // A string literal's span starts after its quote.
-                col: at.col.saturating_sub(1),
+                start: at.start.saturating_sub(1),
                 ..at.clone()
             },
             &format!("{literal:?}"),
@@ -518,10 +518,23 @@ fn finding(at: &Span, reference: &str, message: String) -> Finding {
     Finding {
         file: at.source.file().clone(),
         line: at.line,
-        col: at.col,
+        col: column(at),
         reference: reference.to_string(),
         message,
     }
+}
+
+/// `at`'s column in characters from 1, as editors count it (regorus counts a tab as four).
+fn column(at: &Span) -> u32 {
+    let text = at.source.contents();
+    let start = usize::try_from(at.start).unwrap_or(usize::MAX);
+    let Some(before) = text.get(..start) else {
+        return at.col;
+    };
+    let line = before
+        .rfind('\n')
+        .map_or(before, |i| before.get(i + 1..).unwrap_or(""));
+    u32::try_from(line.chars().count()).map_or(at.col, |c| c.saturating_add(1))
 }
 
 /// The reference from `root` to the end of `expr`, as written.

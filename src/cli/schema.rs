@@ -3,6 +3,7 @@
 //! --schema`); and `toolgate check` / `toolgate test` check the configured policies against it
 //! ([`findings`]).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -22,11 +23,18 @@ pub fn run(args: Args) -> ExitCode {
     match Config::load(&args.config) {
         Ok(config) => {
             let schema = schema::json_schema(&config.catalog);
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&schema).unwrap_or_default()
-            );
-            ExitCode::SUCCESS
+            let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+            text.push('\n');
+            // A reader that stops early (`| head`) is not an error worth a panic.
+            let mut out = std::io::stdout().lock();
+            match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("toolgate schema: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Err(e) => {
             eprintln!("{e}");

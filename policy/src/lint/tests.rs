@@ -73,13 +73,13 @@ decision := {"allow": true, "reason": "closing without an issue is fine"} if {
 
 #[test]
 fn the_two_typos_are_reported_with_file_line_and_column() {
-    // Columns count a tab as four, as regorus's own messages do.
+    // Columns count characters (a tab is one), as editors jumping to FILE:LINE:COL do.
     for c in [config(CATALOG), with_mcp()] {
         assert_eq!(
             findings(&c, TYPOS),
             [
-                r#"policy/p.rego:7:5: input.action.nme: input.action has no field "nme" (it has name, tool, attributes, definition)"#,
-                r#"policy/p.rego:12:9: input.action.attributes.isue: input.action.attributes: no attribute "isue": ticket.close extracts comment, issue"#,
+                r#"policy/p.rego:7:2: input.action.nme: input.action has no field "nme" (it has name, tool, attributes, definition)"#,
+                r#"policy/p.rego:12:6: input.action.attributes.isue: input.action.attributes: no attribute "isue": ticket.close extracts comment, issue"#,
             ]
         );
     }
@@ -169,10 +169,10 @@ moved if {
     assert_eq!(
         got,
         [
-            r#"policy/p.rego:6:5: e.stauts: input.chain[_] has no field "stauts" (it has seq, action, tool, agent, decision, pending, outcome, status, attributes, at, dry_run)"#,
-            r#"policy/p.rego:10:5: a.nme: input.action has no field "nme" (it has name, tool, attributes, definition)"#,
-            r#"policy/p.rego:13:5: input.chain[0].outcom: input.chain[0] has no field "outcom" (it has seq, action, tool, agent, decision, pending, outcome, status, attributes, at, dry_run)"#,
-            r#"policy/p.rego:15:38: y.sq: input.chain[_] has no field "sq" (it has seq, action, tool, agent, decision, pending, outcome, status, attributes, at, dry_run)"#,
+            r#"policy/p.rego:6:2: e.stauts: input.chain[_] has no field "stauts" (it has seq, action, tool, agent, decision, pending, outcome, status, attributes, at, dry_run)"#,
+            r#"policy/p.rego:10:2: a.nme: input.action has no field "nme" (it has name, tool, attributes, definition)"#,
+            r#"policy/p.rego:13:2: input.chain[0].outcom: input.chain[0] has no field "outcom" (it has seq, action, tool, agent, decision, pending, outcome, status, attributes, at, dry_run)"#,
+            r#"policy/p.rego:15:35: y.sq: input.chain[_] has no field "sq" (it has seq, action, tool, agent, decision, pending, outcome, status, attributes, at, dry_run)"#,
         ]
     );
 }
