@@ -197,7 +197,7 @@ fn offset(n: u32) -> usize {
 
 /// `text` with each `(offset, insertion)` applied (offsets into the original text).
 fn insert(text: &str, mut inserts: Vec<(usize, String)>) -> String {
-    inserts.sort_by(|a, b| b.0.cmp(&a.0));
+    inserts.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
     let mut out = text.to_string();
     for (at, what) in inserts {
         if out.is_char_boundary(at) && at <= out.len() {

@@ -243,7 +243,7 @@ pub fn replay(
     for r in recorded {
         let key = (
             r.task.clone(),
-            r.input["task"]["verified"] == Json::Bool(true),
+            r.input.pointer("/task/verified") == Some(&Json::Bool(true)),
         );
         let i = *index.entry(key.clone()).or_insert_with(|| {
             tasks.push((key, Vec::new()));
@@ -266,7 +266,13 @@ pub fn replay(
     for (_, mut decisions) in tasks {
         // As they were decided: `now` (second precision), then the chain's order.
         decisions.sort_by(|a, b| {
-            let now = |r: &Recorded| r.input["now"].as_str().unwrap_or_default().to_string();
+            let now = |r: &Recorded| {
+                r.input
+                    .get("now")
+                    .and_then(Json::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
             now(a).cmp(&now(b)).then(a.seq.cmp(&b.seq))
         });
         let mut rewrites: BTreeMap<u64, Rewrite> = BTreeMap::new();
@@ -301,7 +307,7 @@ pub fn replay(
                 rewrites.insert(
                     r.seq,
                     Rewrite {
-                        at: r.input["now"].clone(),
+                        at: r.input.get("now").cloned().unwrap_or(Json::Null),
                         ruling: verdict.effect,
                     },
                 );
@@ -328,7 +334,7 @@ pub fn replay(
 
 /// The catalogued tool the input names (`input.action.tool`).
 fn tool_of<'c>(config: &'c Config, input: &Json) -> Option<&'c Tool> {
-    let name = input["action"]["tool"].as_str()?;
+    let name = input.pointer("/action/tool")?.as_str()?;
     config.catalog.tools().iter().find(|t| &*t.name == name)
 }
 

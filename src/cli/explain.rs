@@ -49,6 +49,11 @@ const SECRET_WORDS: [&str; 8] = [
     "signature",
 ];
 
+/// The value at JSON pointer `path` in `value`, or null.
+fn at<'v>(value: &'v Json, path: &str) -> &'v Json {
+    value.pointer(path).unwrap_or(&Json::Null)
+}
+
 /// Run `toolgate explain`.
 pub fn run(args: Args) -> ExitCode {
     let config = match Config::load(&args.config) {
@@ -110,7 +115,7 @@ fn find(logs: &[PathBuf], id: &str) -> Result<Option<(Json, Option<Json>)>, Stri
             let line: Json = serde_json::from_str(&text).map_err(|e| {
                 format!("{}:{}: not a decision-log line: {e}", log.display(), i + 1)
             })?;
-            if line["decision_id"] != id {
+            if line.get("decision_id").and_then(Json::as_str) != Some(id) {
                 continue;
             }
             if line.get("shadow").is_some() {
@@ -155,8 +160,9 @@ fn rule(config: &Config, line: &Json) -> Result<Rule, String> {
     )?;
     let policy = Policy::compile(&config.policy).map_err(|e| e.to_string())?;
     let explanation = explain::explain(&config.policy, input).map_err(|e| e.to_string())?;
-    let tool = input["action"]["tool"]
-        .as_str()
+    let tool = input
+        .pointer("/action/tool")
+        .and_then(Json::as_str)
         .and_then(|name| config.catalog.tools().iter().find(|t| &*t.name == name));
     let mut decision = Decision::from_result(Ok(explanation.result.clone()));
     if input.get("approval").is_some() {
@@ -177,7 +183,11 @@ fn rule(config: &Config, line: &Json) -> Result<Rule, String> {
 fn redacted(input: &Json) -> Json {
     let mut input = input.clone();
     for part in ["headers", "query"] {
-        if let Some(map) = input["request"].get_mut(part).and_then(Json::as_object_mut) {
+        if let Some(map) = input
+            .get_mut("request")
+            .and_then(|r| r.get_mut(part))
+            .and_then(Json::as_object_mut)
+        {
             for (name, value) in map.iter_mut() {
                 let lower = name.to_ascii_lowercase();
                 if SECRET_WORDS.iter().any(|w| lower.contains(w)) {
@@ -280,13 +290,13 @@ fn render(
     if let Some(s) = shadow {
         out.push_str(&format!(
             "shadow    {}: {}  (differs: {}; shadow policy {})\n",
-            text(&s["shadow"]["decision"]["effect"]),
-            text(&s["shadow"]["decision"]["reason"]),
+            text(at(s, "/shadow/decision/effect")),
+            text(at(s, "/shadow/decision/reason")),
             s["differs"]
                 .as_array()
                 .map(|d| d.iter().map(text).collect::<Vec<_>>().join(", "))
                 .unwrap_or_default(),
-            text(&s["shadow"]["policy_revision"])
+            text(at(s, "/shadow/policy_revision"))
         ));
     }
     out.push('\n');
@@ -326,7 +336,7 @@ fn render(
         out.push_str(&format!(
             "\nchain it saw ({} earlier actions{}):\n",
             chain.len(),
-            if input["task"]["history_complete"] == false {
+            if input.pointer("/task/history_complete") == Some(&Json::Bool(false)) {
                 ", history incomplete"
             } else {
                 ""

@@ -14,6 +14,9 @@ use toolgate_policy::shadow::Ruling;
 /// Most distinct `action` label values kept; further actions are counted as `other`.
 pub const MAX_ACTION_LABELS: usize = 1_000;
 
+/// A shadow disagreement's labels: the action, the live and the shadow effect.
+type Disagreement = (Arc<str>, Ruling, Ruling);
+
 /// Bucket upper bounds (seconds) for policy evaluation.
 const EVAL_BUCKETS: [f64; 10] = [
     0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.01, 0.1,
@@ -78,7 +81,7 @@ impl Histogram {
 pub struct Metrics {
     requests: Mutex<HashMap<(Arc<str>, &'static str), u64>>,
     /// Requests on which the shadow policy decided otherwise, by action and both effects.
-    shadow_disagreements: Mutex<HashMap<(Arc<str>, Ruling, Ruling), u64>>,
+    shadow_disagreements: Mutex<HashMap<Disagreement, u64>>,
     pub policy_eval: Histogram,
     pub upstream_duration: Histogram,
     credentials_issued: Mutex<BTreeMap<&'static str, u64>>,

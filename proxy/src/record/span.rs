@@ -182,7 +182,7 @@ pub fn action_span_under(
         attributes.push(KeyValue::new("toolgate.dry_run", true));
     }
     let disagreements = x.decided.iter().filter_map(|d| d.shadow.as_deref());
-    if let Some(last) = disagreements.clone().last() {
+    if let Some(last) = disagreements.clone().next_back() {
         attributes.push(KeyValue::new(
             "toolgate.shadow.decision",
             last.shadow.effect.as_str(),
