@@ -55,7 +55,7 @@ impl std::fmt::Display for Finding {
 }
 
 /// Check every module of `source` against the input and, when given, `catalog`'s actions
-/// (without a catalog only the input's paths are checked).
+/// (without a catalog, or with one that has no tools, only the input's paths are checked).
 pub fn lint(source: &PolicySource, catalog: Option<&Catalog>) -> Result<Vec<Finding>, PolicyError> {
     let mut engine = Engine::new();
     for (name, text) in &source.modules {
@@ -65,7 +65,11 @@ pub fn lint(source: &PolicySource, catalog: Option<&Catalog>) -> Result<Vec<Find
     }
     let checker = Checker {
         input: schema::input(),
-        actions: catalog.map(schema::actions),
+        // A catalog without tools classifies everything as `unknown`: a policy written for
+        // tools still to be catalogued is not checked against it.
+        actions: catalog
+            .filter(|c| !c.tools().is_empty())
+            .map(schema::actions),
     };
     let mut findings = Vec::new();
     for module in engine.get_modules().iter() {

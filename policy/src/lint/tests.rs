@@ -338,3 +338,26 @@ fn the_test_policies_of_the_end_to_end_tests_raise_no_false_alarm() {
     assert!(checked >= 20, "only {checked} policies found");
     assert!(alarms.is_empty(), "{alarms:#?}");
 }
+
+#[test]
+fn a_catalog_without_tools_checks_only_the_input_paths() {
+    // Everything is `unknown` until tools are catalogued: a policy written for them is not a
+    // typo, but a path the input never has still is.
+    let empty = config("agent: { id: a }\npolicy: { files: [p.rego] }\n");
+    assert!(empty.catalog.tools().is_empty());
+    let found = findings(&empty, TYPOS);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("input.action.nme"), "{found:?}");
+    let named = "package toolgate\nimport rego.v1\nx if input.action.name == \"ticket.read\"\n";
+    assert!(findings(&empty, named).is_empty());
+    // The positive control: with the tools catalogued, the same name is checked.
+    assert!(findings(&config(CATALOG), named).is_empty());
+    assert_eq!(
+        findings(
+            &config(CATALOG),
+            &named.replace("ticket.read", "tikcet.read")
+        )
+        .len(),
+        1
+    );
+}
