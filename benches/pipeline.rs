@@ -1,7 +1,9 @@
 //! The whole in-process pipeline for one request, no sockets: accept → normalise → classify →
 //! evaluate (input document + RVM, with the task's chain) → record in the chain → credential
 //! (selection, and minting an EdDSA JWT when the credential is `kind: jwt`), on the quickstart
-//! configuration.
+//! configuration; and the same with a shadow policy (`policy.shadow`) decided beside the live
+//! one on the same input value, as proxy/src/evaluate/shadow.rs does: the difference between
+//! the two rows is the shadow's cost, to compare with one evaluation (`evaluate/rvm`).
 //!
 //! cargo bench --bench pipeline
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -58,40 +60,53 @@ fn quickstart(jwt: bool) -> Config {
 
 /// One request through every stage; returns the minted token's length (or 0) so nothing is
 /// optimised away.
-fn one_request(config: &Config, policy: &Policy, ledger: &Ledger, headers: &HeaderMap) -> usize {
+fn one_request(
+    config: &Config,
+    policy: &Policy,
+    shadow: Option<&Policy>,
+    ledger: &Ledger,
+    headers: &HeaderMap,
+) -> usize {
     let prepared = prepare(config, "GET", READ, headers, None).unwrap();
     let class = &prepared.classification;
     let tool = class.tool.and_then(|t| config.catalog.tool(t));
     let accepted = &prepared.accepted;
     let now = SystemTime::now();
     let task = TaskKey::named("T-1");
-    let decision = policy.decide(
-        Input {
-            agent_id: &config.agent.id,
-            agent_claims: None,
-            task_id: "T-1",
-            task_claims: None,
-            task_verified: false,
-            action: &class.action,
-            tool: tool.map(|t| &*t.name),
-            attributes: &class.attributes,
-            request: RequestView {
-                method: accepted.request.method.as_str(),
-                scheme: "http",
-                host: &accepted.host,
-                port: accepted.port,
-                path: &accepted.request.path,
-                params: &accepted.request.params,
-                headers,
-                hidden: &[],
-                body: None,
-            },
-            state: ledger.view(&task, &config.agent.id, now),
-            now,
-        }
-        .to_value(),
-    );
+    let input = Input {
+        agent_id: &config.agent.id,
+        agent_claims: None,
+        task_id: "T-1",
+        task_claims: None,
+        task_verified: false,
+        action: &class.action,
+        tool: tool.map(|t| &*t.name),
+        attributes: &class.attributes,
+        request: RequestView {
+            method: accepted.request.method.as_str(),
+            scheme: "http",
+            host: &accepted.host,
+            port: accepted.port,
+            path: &accepted.request.path,
+            params: &accepted.request.params,
+            headers,
+            hidden: &[],
+            body: None,
+        },
+        state: ledger.view(&task, &config.agent.id, now),
+        now,
+    }
+    .to_value();
+    // The shadow's input is a clone of the live one (refcounted), as on the request path.
+    let shadow_input = shadow.map(|_| input.clone());
+    let decision = policy.decide(input);
     assert!(decision.allowed());
+    if let (Some(shadow), Some(input)) = (shadow, shadow_input) {
+        let candidate = shadow.decide(input);
+        assert!(!toolgate_policy::shadow::disagree(
+            config, tool, &decision, &candidate
+        ));
+    }
     let seq = ledger.record(
         &task,
         &chain::Action {
@@ -139,14 +154,17 @@ fn bench(c: &mut Criterion) {
     g.bench_function("prepare", |b| {
         b.iter(|| prepare(&secret, "GET", READ, &headers, None).unwrap())
     });
-    for (name, config) in [
-        ("request_to_secret", secret),
-        ("request_to_minted_jwt", quickstart(true)),
+    for (name, config, with_shadow) in [
+        ("request_to_secret", secret, false),
+        ("request_to_secret_with_shadow", quickstart(false), true),
+        ("request_to_minted_jwt", quickstart(true), false),
     ] {
         let policy = Policy::compile(&config.policy).unwrap();
+        // The shadow: the same policy compiled on its own (another program, another VM).
+        let shadow = with_shadow.then(|| Policy::compile(&config.policy).unwrap());
         let ledger = Ledger::new(&config.chain);
         g.bench_function(name, |b| {
-            b.iter(|| one_request(&config, &policy, &ledger, &headers))
+            b.iter(|| one_request(&config, &policy, shadow.as_ref(), &ledger, &headers))
         });
     }
     g.finish();

@@ -82,6 +82,15 @@ enum Command {
     /// Requests held for human approval: list, show, approve or deny them through the
     /// operator API.
     Approvals(cli::approvals::Args),
+    /// Decide the decisions recorded in decision logs again with a candidate policy (by
+    /// default `policy.shadow`) and report what changes; exits 1 when anything does.
+    Replay(cli::replay::Args),
+    /// One decision from a decision log: the input, the decision, the rule that produced it,
+    /// the chain it saw, its trace and span, the credential's jti and the approval.
+    Explain(cli::explain::Args),
+    /// Print the policy input's JSON Schema, with the catalog's actions and their attributes
+    /// (for editors and `opa check --schema`).
+    Schema(cli::schema::Args),
     /// End a task (refuse it, kill its credentials) or show its chain, through the operator
     /// API.
     Tasks(cli::tasks::Args),
@@ -276,6 +285,14 @@ fn test(config_path: &Path, mut paths: Vec<PathBuf>) -> ExitCode {
             )),
             Err(e) => return fail(e),
         }
+    }
+    // The policy checked against the input it will see: each finding fails the run.
+    match cli::schema::findings(&s.config) {
+        Ok(found) => cases.extend(found.into_iter().map(|f| testing::Case {
+            name: "input schema".to_string(),
+            failure: Some(f),
+        })),
+        Err(e) => return fail(testing::TestError::Rego(e)),
     }
     let failed = cases.iter().filter(|c| c.failure.is_some()).count();
     for case in &cases {
@@ -594,12 +611,30 @@ fn main() -> ExitCode {
             let Some(s) = snapshot(Some(&config)) else {
                 return ExitCode::from(CONFIG_ERROR);
             };
+            if let Some(why) = &s.shadow_error {
+                eprintln!("{why}");
+                return ExitCode::from(CONFIG_ERROR);
+            }
             let operator = cli::operator::check(&s.config);
             for e in &operator.errors {
                 eprintln!("{}: {e}", config.display());
             }
             if !operator.errors.is_empty() {
                 return ExitCode::from(CONFIG_ERROR);
+            }
+            // References the input never satisfies: a typo that never matches, or fails open.
+            match cli::schema::findings(&s.config) {
+                Ok(found) if found.is_empty() => {}
+                Ok(found) => {
+                    for f in &found {
+                        eprintln!("{f}");
+                    }
+                    return ExitCode::from(CONFIG_ERROR);
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", config.display());
+                    return ExitCode::from(CONFIG_ERROR);
+                }
             }
             let actions: usize = s
                 .config
@@ -620,6 +655,13 @@ fn main() -> ExitCode {
             if let Some(why) = s.policy.rvm_unsupported() {
                 println!("note: the RVM cannot run this policy, the interpreter will: {why}");
             }
+            if let Some(shadow) = &s.shadow {
+                println!(
+                    "shadow policy revision {} ({:?} evaluator): evaluated beside, never enforced",
+                    shadow.revision(),
+                    shadow.evaluator()
+                );
+            }
             for note in &operator.notes {
                 println!("note: {note}");
             }
@@ -634,6 +676,9 @@ fn main() -> ExitCode {
             cli::inject::run(args)
         }
         Command::Approvals(args) => cli::approvals::run(args),
+        Command::Replay(args) => cli::replay::run(args),
+        Command::Explain(args) => cli::explain::run(args),
+        Command::Schema(args) => cli::schema::run(args),
         Command::Tasks(args) => cli::tasks::run(args),
         Command::Test { config, paths } => test(&config, paths),
         Command::Eval(args) => eval(args),
@@ -655,6 +700,10 @@ fn main() -> ExitCode {
             };
             for w in &s.config.warnings {
                 tracing::warn!(field = %w.path, "{}", w.message);
+            }
+            if let Some(why) = &s.shadow_error {
+                // The live policy serves; the shadow is off until a reload brings a good one.
+                tracing::error!(error = %why, "shadow policy rejected; serving without a shadow");
             }
             match toolgate_proxy::serve(s, config) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -59,6 +59,8 @@ pub struct Config {
     pub catalog: Arc<Catalog>,
     pub routes: Vec<Route>,
     pub policy: PolicySource,
+    /// `policy.shadow`: a candidate policy evaluated beside the live one, never enforced.
+    pub shadow: Option<ShadowSource>,
     pub credentials: BTreeMap<String, CredentialSpec>,
     pub telemetry: Telemetry,
     pub admin: AdminSettings,
@@ -124,6 +126,15 @@ pub struct PolicySource {
     pub mode: PolicyMode,
 }
 
+/// `policy.shadow`, read apart from the rest of the file: a shadow whose files cannot be read
+/// never keeps the configuration (and its live policy) from loading. `Err` holds every problem
+/// found, with its field path; `toolgate check` reports them, a running toolgate keeps its
+/// last good shadow.
+#[derive(Debug, Clone)]
+pub struct ShadowSource {
+    pub source: Result<PolicySource, Vec<ConfigError>>,
+}
+
 /// Whether denials are enforced or only logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PolicyMode {
@@ -137,6 +148,9 @@ pub enum PolicyMode {
 #[derive(Debug, Clone)]
 pub struct Telemetry {
     pub decision_log: DecisionLogSink,
+    /// Decision-log lines also carry the policy input and the live decision, so `toolgate
+    /// replay` can decide them again (`telemetry.decision_log: { input: true }`).
+    pub decision_log_input: bool,
     /// Where spans are exported; `None`: only the standard `OTEL_EXPORTER_OTLP_*` environment
     /// can enable export.
     pub otlp: Option<Otlp>,

@@ -67,8 +67,20 @@ pub struct Policy {
     revision: String,
 }
 
+/// VMs a worker thread keeps loaded: the live policy's and the shadow's, and room for the
+/// versions a reload replaces while requests still finish on them. The least recently used
+/// goes first.
+const VMS_PER_THREAD: usize = 4;
+
+/// One thread's loaded VMs: (policy generation, last use, VM).
+#[derive(Default)]
+struct Vms {
+    loaded: Vec<(u64, u64, RegoVM)>,
+    clock: u64,
+}
+
 thread_local! {
-    static VM: RefCell<Option<(u64, RegoVM)>> = const { RefCell::new(None) };
+    static VMS: RefCell<Vms> = RefCell::new(Vms::default());
 }
 
 impl Policy {
@@ -153,22 +165,44 @@ impl Policy {
     }
 
     fn evaluate_rvm(&self, program: &Arc<Program>, input: Value) -> Result<Value, String> {
-        VM.with(|cell| {
-            let mut slot = cell
+        VMS.with(|cell| {
+            let mut vms = cell
                 .try_borrow_mut()
                 .map_err(|_| "policy evaluation re-entered".to_string())?;
-            let stale = !matches!(&*slot, Some((generation, _)) if *generation == self.generation);
-            if stale {
-                let mut vm = RegoVM::new();
-                vm.load_program(program.clone());
-                vm.set_data(self.data.clone()).map_err(|e| e.to_string())?;
-                vm.set_max_instructions(INSTRUCTION_LIMIT);
-                vm.set_execution_timer_config(Some(timer()));
-                *slot = Some((self.generation, vm));
-            }
-            let Some((_, vm)) = slot.as_mut() else {
+            let vms = &mut *vms;
+            vms.clock += 1;
+            let now = vms.clock;
+            let index = match vms
+                .loaded
+                .iter()
+                .position(|(g, _, _)| *g == self.generation)
+            {
+                Some(i) => i,
+                None => {
+                    let mut vm = RegoVM::new();
+                    vm.load_program(program.clone());
+                    vm.set_data(self.data.clone()).map_err(|e| e.to_string())?;
+                    vm.set_max_instructions(INSTRUCTION_LIMIT);
+                    vm.set_execution_timer_config(Some(timer()));
+                    if vms.loaded.len() >= VMS_PER_THREAD {
+                        let oldest = vms
+                            .loaded
+                            .iter()
+                            .enumerate()
+                            .min_by_key(|(_, (_, used, _))| *used)
+                            .map(|(i, _)| i);
+                        if let Some(i) = oldest {
+                            vms.loaded.swap_remove(i);
+                        }
+                    }
+                    vms.loaded.push((self.generation, now, vm));
+                    vms.loaded.len() - 1
+                }
+            };
+            let Some((_, used, vm)) = vms.loaded.get_mut(index) else {
                 return Err("no VM".to_string());
             };
+            *used = now;
             vm.set_input(input);
             let result = vm.execute().map_err(|e| e.to_string());
             // Drop the input now rather than holding it until the next request.
@@ -216,7 +250,8 @@ fn set_interpreter_limits() {
     regorus::utils::limits::set_fallback_execution_timer_config(Some(timer()));
 }
 
-fn revision(source: &PolicySource) -> String {
+/// The revision a policy compiled from `source` has.
+pub fn revision(source: &PolicySource) -> String {
     // FNV-1a: stable across builds and platforms, enough to tell revisions apart in logs.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {

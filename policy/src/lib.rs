@@ -11,11 +11,16 @@ pub mod config;
 pub mod credential;
 pub mod delegation;
 pub mod evaluate;
+pub mod explain;
 pub mod labels;
+pub mod lint;
 pub mod normalise;
 pub mod offline;
 pub mod prepare;
 pub mod quickstart;
+pub mod replay;
+pub mod schema;
+pub mod shadow;
 pub mod state;
 pub mod testing;
 

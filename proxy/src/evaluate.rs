@@ -6,7 +6,10 @@
 //! appended to the task's chain as pending (with the labels it sets) and kept in the exchange
 //! for the record stage, which settles it and writes its decision-log line when the exchange
 //! ends. State is read before policy and written after it through the state store
-//! (`crate::state`), whichever backend holds it.
+//! (`crate::state`), whichever backend holds it. The shadow policy, when one is configured,
+//! decides the same input beside it (`evaluate/shadow.rs`).
+
+pub mod shadow;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -16,8 +19,9 @@ use serde_json::Value as Json;
 use toolgate_policy::chain::{self, Outcome, TaskKey};
 use toolgate_policy::classify::Tool;
 use toolgate_policy::config::PolicyMode;
-use toolgate_policy::evaluate::{Decision, Effect, Input, RequestView};
+use toolgate_policy::evaluate::{Decision, Effect, Input, RequestView, Value};
 use toolgate_policy::prepare::Prepared;
+use toolgate_policy::shadow::Verdict;
 use toolgate_policy::state::Approval;
 
 use crate::approval::{Note, Pending};
@@ -48,6 +52,19 @@ pub struct Decided {
     /// How it ended, when that was settled before the exchange ended (a held request that
     /// waited and was decided again).
     pub settled: Option<Outcome>,
+    /// The shadow policy's decision, when it disagrees with this one (`policy.shadow`).
+    pub shadow: Option<Box<shadow::Disagreement>>,
+    /// The policy input and this decision's verdict, when the decision log records inputs
+    /// (`telemetry.decision_log: { input: true }`).
+    pub recorded: Option<Box<Recorded>>,
+}
+
+/// What a decision-log line needs to decide a request again (`toolgate replay`).
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// The input document exactly as policy saw it (it never holds a credential).
+    pub input: Value,
+    pub verdict: Verdict,
 }
 
 /// The task key of exchange `x`.
@@ -99,6 +116,8 @@ pub async fn evaluate_approved(
     }
     let refused = before_policy(x, observed.as_ref(), &class.action);
     let mut eval_time = None;
+    let mut shadowed = None;
+    let mut replayable = None;
     let decision = match (&refused, &observed) {
         (Some(refusal), _) => Decision::deny(refusal.to_string()),
         (None, Err(unavailable)) => Decision::deny(unavailable.to_string()),
@@ -138,6 +157,10 @@ pub async fn evaluate_approved(
             if let Some(note) = &observed.note {
                 note.annotate(&mut input);
             }
+            // Clones of the one input value (refcounted): the shadow and the log share it.
+            let shadow_input = snapshot.shadow.as_ref().map(|_| input.clone());
+            let record_input = (config.telemetry.decision_log_input && gw.decision_log.enabled())
+                .then(|| input.clone());
             let started = Instant::now();
             let mut decision = snapshot.policy.decide(input);
             let finished = Instant::now();
@@ -146,6 +169,16 @@ pub async fn evaluate_approved(
             }
             eval_time = Some(finished.duration_since(started));
             x.trace.evaluated_at = Some(finished);
+            if let (Some(policy), Some(input)) = (&snapshot.shadow, shadow_input) {
+                shadowed =
+                    shadow::compare(snapshot, policy, tool, &decision, input, approved.is_some());
+            }
+            replayable = record_input.map(|input| {
+                Box::new(Recorded {
+                    input,
+                    verdict: Verdict::of(config, tool, &decision),
+                })
+            });
             decision
         }
     };
@@ -207,6 +240,8 @@ pub async fn evaluate_approved(
         eval_time,
         approval: None,
         settled: None,
+        shadow: shadowed,
+        recorded: replayable,
     });
     if let Some(e) = unrecorded {
         return Err(Refusal::SharedState(e));

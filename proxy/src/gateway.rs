@@ -8,7 +8,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use pingora::protocols::tls::CaType;
 use pingora::utils::tls::{parse_x509, WrappedX509};
-use toolgate_policy::config::Config;
+use toolgate_policy::config::{Config, ConfigErrors, PolicySource};
 use toolgate_policy::evaluate::{Policy, PolicyError};
 use x509_parser::prelude::FromDer;
 
@@ -33,7 +33,13 @@ pub enum LoadError {
 #[derive(Debug)]
 pub struct Snapshot {
     pub config: Config,
-    pub policy: Policy,
+    pub policy: Arc<Policy>,
+    /// The shadow policy (`policy.shadow`): evaluated beside the live one on every request,
+    /// never enforced.
+    pub shadow: Option<Arc<Policy>>,
+    /// Why `policy.shadow` could not be read or compiled, when it could not; `shadow` is then
+    /// the last good one (on a reload) or none (at start).
+    pub shadow_error: Option<String>,
     /// System roots plus `tls.upstream_ca`, when extra roots are configured.
     pub upstream_roots: Option<Arc<CaType>>,
     /// The interception CA (`tls.ca`), with its leaf cache.
@@ -43,9 +49,22 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Compile the policy and load trust roots for `config`.
+    /// Compile the policy and load trust roots for `config`. A shadow policy that cannot be
+    /// read or compiled leaves `shadow` empty and says why in `shadow_error`.
     pub fn build(config: Config) -> Result<Snapshot, LoadError> {
-        let policy = Policy::compile(&config.policy)?;
+        Snapshot::rebuild(config, None)
+    }
+
+    /// [`Snapshot::build`] `config` to replace `previous`: a policy (live or shadow) whose
+    /// sources are unchanged is kept as it is, compiled and with its VMs warm, so live and
+    /// shadow change independently; a shadow that cannot be read or compiled keeps the
+    /// previous one and never stops the live policy from loading.
+    pub fn rebuild(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, LoadError> {
+        let policy = match previous.filter(|p| same_source(&p.policy, &config.policy)) {
+            Some(p) => p.policy.clone(),
+            None => Arc::new(Policy::compile(&config.policy)?),
+        };
+        let (shadow, shadow_error) = shadow(&config, previous);
         let upstream_roots = match &config.tls.upstream_ca {
             Some(path) => Some(upstream_roots(path)?),
             None => None,
@@ -58,10 +77,45 @@ impl Snapshot {
         Ok(Snapshot {
             config,
             policy,
+            shadow,
+            shadow_error,
             upstream_roots,
             authority,
             sts,
         })
+    }
+}
+
+/// Whether `compiled` was compiled from `source` (same modules, data and query).
+fn same_source(compiled: &Policy, source: &PolicySource) -> bool {
+    compiled.revision() == toolgate_policy::evaluate::revision(source)
+}
+
+/// The shadow policy for `config`, and why the configured one is not it, if it is not.
+fn shadow(config: &Config, previous: Option<&Snapshot>) -> (Option<Arc<Policy>>, Option<String>) {
+    let Some(configured) = &config.shadow else {
+        return (None, None);
+    };
+    let kept = previous.and_then(|p| p.shadow.clone());
+    let source = match &configured.source {
+        Ok(source) => source,
+        Err(errors) => {
+            let why = ConfigErrors {
+                origin: config.origin.clone(),
+                errors: errors.clone(),
+            };
+            return (kept, Some(why.to_string()));
+        }
+    };
+    if let Some(same) = kept.as_ref().filter(|k| same_source(k, source)) {
+        return (Some(same.clone()), None);
+    }
+    match Policy::compile(source) {
+        Ok(policy) => (Some(Arc::new(policy)), None),
+        Err(e) => (
+            kept,
+            Some(format!("{}: policy.shadow: {e}", config.origin.display())),
+        ),
     }
 }
 

@@ -114,6 +114,9 @@ pub fn decisions(gw: &Gateway, x: &Exchange) {
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
+        let eval_duration_us = d.eval_time.map(micros).unwrap_or(0);
+        // The shadow line repeats them (rare: only a disagreement has one).
+        let shadow_attributes = d.shadow.as_ref().map(|_| attributes.clone());
         let credential = credential(x).filter(|_| forwarded && d.effect == Effect::Allow);
         gw.decision_log.write(&decision_log::Line {
             decision_id: &d.decision_id,
@@ -148,12 +151,39 @@ pub fn decisions(gw: &Gateway, x: &Exchange) {
                 .map(|e| serde_json::json!({ "at": e.at, "by": e.by })),
             trace_id: &x.trace_id,
             span_id: &span_id,
-            eval_duration_us: d
-                .eval_time
-                .map(|t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX))
-                .unwrap_or(0),
+            eval_duration_us,
+            input: d.recorded.as_ref().map(|r| &r.input),
+            decision: d.recorded.as_ref().map(|r| &r.verdict),
         });
+        if let (Some(s), Some(attributes)) = (&d.shadow, &shadow_attributes) {
+            gw.decision_log.write(&decision_log::ShadowLine {
+                decision_id: &d.decision_id,
+                timestamp: &timestamp,
+                agent: &snapshot.config.agent.id,
+                task: &x.task_id,
+                seq: d.seq,
+                action: &d.action,
+                tool: x.tool.as_deref(),
+                attributes,
+                shadow: decision_log::Side {
+                    policy_revision: &s.revision,
+                    decision: &s.shadow,
+                },
+                live: decision_log::Side {
+                    policy_revision: snapshot.policy.revision(),
+                    decision: &s.live,
+                },
+                differs: &s.differs,
+                trace_id: &x.trace_id,
+                span_id: &span_id,
+                shadow_eval_duration_us: micros(s.eval_time),
+            });
+        }
     }
+}
+
+fn micros(t: std::time::Duration) -> u64 {
+    u64::try_from(t.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// The end of exchange `x`: settle its actions (if nothing settled them yet), then its
@@ -170,6 +200,12 @@ pub async fn exchange(
     }
     for t in x.decided.iter().filter_map(|d| d.eval_time) {
         gw.metrics.policy_eval.observe(t);
+    }
+    for d in &x.decided {
+        if let Some(s) = &d.shadow {
+            gw.metrics
+                .shadow_disagreement(&d.action, s.live.effect, s.shadow.effect);
+        }
     }
     if let Some(s) = &x.scrubber {
         gw.metrics.scrubbed("masked", s.masked);

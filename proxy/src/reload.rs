@@ -1,7 +1,9 @@
 //! Hot reload: configuration, policy, data and secret files are re-read every second and on
 //! SIGHUP; a changed version is compiled on this thread, off the request path, and swapped in
 //! atomically. A broken version is rejected, logged once, counted, and the last good version
-//! keeps serving. In-flight requests finish on the version they started with.
+//! keeps serving. In-flight requests finish on the version they started with. The shadow
+//! policy (`policy.shadow`) swaps on its own: a broken shadow keeps its last good version and
+//! never holds back the rest; a policy whose sources did not change is not recompiled.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,13 +71,19 @@ fn attempt(gateway: &Gateway, path: &Path, forced: bool, last_failure: &mut Opti
         tracing::warn!(target: "toolgate::reload", "listen addresses (the operator socket included), state and workers change only on restart");
     }
     let origin = config.origin.clone();
-    match Snapshot::build(config) {
+    match Snapshot::rebuild(config, Some(&current)) {
         Ok(snapshot) => {
             let revision = snapshot.policy.revision().to_string();
+            let shadow = snapshot.shadow.as_ref().map(|s| s.revision().to_string());
+            if let Some(why) = &snapshot.shadow_error {
+                // The live policy loads; the shadow keeps its last good version.
+                tracing::error!(target: "toolgate::reload", error = %why, shadow = shadow.as_deref().unwrap_or("-"), "new shadow policy rejected; the last good shadow keeps running");
+                gateway.metrics.policy_reload("shadow_failure");
+            }
             gateway.replace(snapshot);
             gateway.metrics.policy_reload("success");
             *last_failure = None;
-            tracing::info!(target: "toolgate::reload", policy = %revision, "configuration reloaded");
+            tracing::info!(target: "toolgate::reload", policy = %revision, shadow = shadow.as_deref().unwrap_or("-"), "configuration reloaded");
         }
         Err(e) => failed(format!("{}: {e}", origin.display()), last_failure),
     }

@@ -119,6 +119,18 @@ pub struct RawPolicy {
     pub data: Vec<String>,
     pub query: Option<String>,
     pub mode: Option<String>,
+    /// A candidate policy evaluated beside this one, never enforced.
+    pub shadow: Option<RawShadow>,
+}
+
+/// `policy.shadow`: the candidate's modules and data (its query defaults to the live one's).
+#[derive(Debug, Default, Deserialize)]
+pub struct RawShadow {
+    #[serde(default)]
+    pub files: Vec<String>,
+    #[serde(default)]
+    pub data: Vec<String>,
+    pub query: Option<String>,
 }
 
 /// Every key any credential kind takes; `config::credentials` rejects the ones a kind does not.
@@ -178,8 +190,47 @@ pub struct RawChain {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawTelemetry {
-    pub decision_log: Option<String>,
+    pub decision_log: Option<RawDecisionLog>,
     pub otlp: Option<RawOtlp>,
+}
+
+/// `telemetry.decision_log`: `stdout`, a file path or `off`, or `{ sink, input }`.
+#[derive(Debug)]
+pub enum RawDecisionLog {
+    Sink(String),
+    Detailed(RawDecisionLogFields),
+}
+
+/// `telemetry.decision_log` written as a mapping.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawDecisionLogFields {
+    pub sink: Option<String>,
+    /// Each line also carries the policy input and the live decision (for `toolgate replay`).
+    pub input: Option<bool>,
+}
+
+impl<'de> Deserialize<'de> for RawDecisionLog {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = RawDecisionLog;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("stdout, off, a file path, or a mapping with `sink` and `input`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawDecisionLog, E> {
+                Ok(RawDecisionLog::Sink(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawDecisionLog, A::Error> {
+                // Through the map access as given, so unknown keys are still collected.
+                RawDecisionLogFields::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawDecisionLog::Detailed)
+            }
+        }
+        d.deserialize_any(Either)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

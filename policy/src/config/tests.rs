@@ -399,3 +399,75 @@ policy: { files: [policy/*.rego] }
     );
     assert!(load(GOOD).unwrap().warnings.is_empty());
 }
+
+#[test]
+fn a_shadow_policy_is_read_beside_the_live_one() {
+    let c = load(
+        "agent: { id: a }\npolicy: { files: [policy/main.rego], query: data.toolgate.decision, shadow: { files: [policy/*.rego], data: [policy/data.yaml] } }\n",
+    )
+    .unwrap();
+    let shadow = c.shadow.as_ref().unwrap().source.as_ref().unwrap();
+    assert_eq!(shadow.modules.len(), 1);
+    assert_eq!(shadow.data["limits"]["payment"], 100);
+    assert_eq!(
+        shadow.query, "data.toolgate.decision",
+        "the live query by default"
+    );
+    assert!(
+        load("agent: { id: a }\npolicy: { files: [policy/main.rego] }\n")
+            .unwrap()
+            .shadow
+            .is_none()
+    );
+}
+
+#[test]
+fn a_shadow_that_cannot_be_read_never_keeps_the_config_from_loading() {
+    let c = load(
+        "agent: { id: a }\npolicy: { files: [policy/main.rego], shadow: { files: [candidate/*.rego], data: [nowhere.yaml], query: toolgate.decision } }\n",
+    )
+    .unwrap();
+    let errors = c.shadow.unwrap().source.unwrap_err();
+    let errors: Vec<String> = errors
+        .iter()
+        .map(|e| format!("{}: {}", e.path, e.message))
+        .collect();
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert!(errors[0].starts_with("policy.shadow.files[0]: \"candidate/*.rego\" matches no file"));
+    assert!(errors[1].starts_with("policy.shadow.data[0]: nowhere.yaml"));
+    assert!(errors[2].starts_with("policy.shadow.query: \"toolgate.decision\""));
+    // Its keys are checked like every other.
+    let e = load("agent: { id: a }\npolicy: { files: [policy/main.rego], shadow: { files: [policy/main.rego], mode: dry-run } }\n")
+        .unwrap_err();
+    assert_eq!(messages(&e), ["policy.shadow.mode: unknown key"]);
+}
+
+#[test]
+fn the_decision_log_takes_a_sink_or_a_mapping_with_input() {
+    let c = load("agent: { id: a }\npolicy: { files: [policy/main.rego] }\ntelemetry: { decision_log: off }\n")
+        .unwrap();
+    assert_eq!(c.telemetry.decision_log, DecisionLogSink::Off);
+    assert!(!c.telemetry.decision_log_input);
+    let c = load("agent: { id: a }\npolicy: { files: [policy/main.rego] }\ntelemetry: { decision_log: { sink: decisions.jsonl, input: true } }\n")
+        .unwrap();
+    assert_eq!(
+        c.telemetry.decision_log,
+        DecisionLogSink::File(PathBuf::from("<embedded>/decisions.jsonl"))
+    );
+    assert!(c.telemetry.decision_log_input);
+    let c = load("agent: { id: a }\npolicy: { files: [policy/main.rego] }\ntelemetry: { decision_log: { input: true } }\n")
+        .unwrap();
+    assert_eq!(c.telemetry.decision_log, DecisionLogSink::Stdout);
+    assert!(c.telemetry.decision_log_input);
+    let e = load("agent: { id: a }\npolicy: { files: [policy/main.rego] }\ntelemetry: { decision_log: { sink: stdout, inptu: true } }\n")
+        .unwrap_err();
+    assert_eq!(messages(&e), ["telemetry.decision_log.inptu: unknown key"]);
+    let e = load("agent: { id: a }\npolicy: { files: [policy/main.rego] }\ntelemetry: { decision_log: { input: yes-please } }\n")
+        .unwrap_err();
+    assert_eq!(messages(&e).len(), 1, "{:?}", messages(&e));
+    assert!(
+        messages(&e)[0].starts_with("telemetry.decision_log.input: "),
+        "{:?}",
+        messages(&e)
+    );
+}

@@ -10,11 +10,11 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::matching;
-use super::raw::{RawAction, RawConfig, RawPolicy, RawRoute, RawTool};
+use super::raw::{RawAction, RawConfig, RawDecisionLog, RawPolicy, RawRoute, RawTool};
 use super::{credentials, identity};
 use super::{
     ChainSettings, Config, ConfigError, ConfigErrors, CredentialSpec, DecisionLogSink, Files,
-    Listen, PolicyMode, PolicySource, Route, Telemetry, TlsSettings, Vars,
+    Listen, PolicyMode, PolicySource, Route, ShadowSource, Telemetry, TlsSettings, Vars,
 };
 use crate::classify::{
     Action, AttributeSource, Catalog, Overrides, PathTemplate, ToolSpec, Upstream,
@@ -95,6 +95,7 @@ pub(super) fn compile(
             None
         }
     };
+    let shadow = raw.policy.as_ref().and_then(|p| shadow(p, files));
     let chain = ChainSettings {
         task_header: header_name(
             &mut c,
@@ -148,8 +149,14 @@ pub(super) fn compile(
             "needs task_tokens.issuers: without an issuer no task token can verify, and every request would be refused",
         );
     }
+    let (sink, input) = match &raw.telemetry.decision_log {
+        None => (None, false),
+        Some(RawDecisionLog::Sink(s)) => (Some(s.as_str()), false),
+        Some(RawDecisionLog::Detailed(d)) => (d.sink.as_deref(), d.input.unwrap_or(false)),
+    };
     let telemetry = Telemetry {
-        decision_log: decision_log(raw.telemetry.decision_log.as_deref(), files),
+        decision_log: decision_log(sink, files),
+        decision_log_input: input,
         otlp: super::telemetry::otlp(raw.telemetry.otlp.as_ref(), &mut c.errors),
     };
     let admin = super::operator::admin(&mut c, &raw.admin, files);
@@ -177,6 +184,7 @@ pub(super) fn compile(
             catalog: Arc::new(catalog),
             routes,
             policy,
+            shadow,
             credentials,
             telemetry,
             admin,
@@ -601,12 +609,70 @@ fn routes(
 }
 
 fn policy(c: &mut Collector, raw: &RawPolicy, files: &dyn Files) -> Option<PolicySource> {
-    if raw.files.is_empty() {
-        c.push("policy.files", "required: at least one Rego file or glob");
+    let query = raw
+        .query
+        .clone()
+        .unwrap_or_else(|| DEFAULT_QUERY.to_string());
+    let mut source = sources(c, "policy", &raw.files, &raw.data, query, files);
+    source.mode = match raw.mode.as_deref() {
+        None | Some("enforce") => PolicyMode::Enforce,
+        Some("dry-run") => PolicyMode::DryRun,
+        Some(other) => {
+            c.push(
+                "policy.mode",
+                format!("{other:?} must be `enforce` or `dry-run`"),
+            );
+            PolicyMode::Enforce
+        }
+    };
+    Some(source)
+}
+
+/// `policy.shadow`, its problems collected apart (see [`ShadowSource`]).
+fn shadow(raw: &RawPolicy, files: &dyn Files) -> Option<ShadowSource> {
+    let shadow = raw.shadow.as_ref()?;
+    let query = shadow
+        .query
+        .clone()
+        .or_else(|| raw.query.clone())
+        .unwrap_or_else(|| DEFAULT_QUERY.to_string());
+    let mut c = Collector::default();
+    let source = sources(
+        &mut c,
+        "policy.shadow",
+        &shadow.files,
+        &shadow.data,
+        query,
+        files,
+    );
+    Some(ShadowSource {
+        source: if c.errors.is_empty() {
+            Ok(source)
+        } else {
+            Err(c.errors)
+        },
+    })
+}
+
+/// Read the Rego modules matching `patterns` and the data documents `data` of the policy at
+/// `path` (`policy`, `policy.shadow`).
+fn sources(
+    c: &mut Collector,
+    path: &str,
+    patterns: &[String],
+    data_files: &[String],
+    query: String,
+    files: &dyn Files,
+) -> PolicySource {
+    if patterns.is_empty() {
+        c.push(
+            format!("{path}.files"),
+            "required: at least one Rego file or glob",
+        );
     }
     let mut modules = Vec::new();
-    for (i, pattern) in raw.files.iter().enumerate() {
-        let path = format!("policy.files[{i}]");
+    for (i, pattern) in patterns.iter().enumerate() {
+        let path = format!("{path}.files[{i}]");
         match files.glob(pattern) {
             Ok(found) if found.is_empty() => c.push(&path, format!("{pattern:?} matches no file")),
             Ok(found) => {
@@ -622,8 +688,8 @@ fn policy(c: &mut Collector, raw: &RawPolicy, files: &dyn Files) -> Option<Polic
         }
     }
     let mut data = serde_json::Map::new();
-    for (i, file) in raw.data.iter().enumerate() {
-        let path = format!("policy.data[{i}]");
+    for (i, file) in data_files.iter().enumerate() {
+        let path = format!("{path}.data[{i}]");
         let doc = files
             .read(Path::new(file))
             .map_err(|e| e.to_string())
@@ -643,33 +709,18 @@ fn policy(c: &mut Collector, raw: &RawPolicy, files: &dyn Files) -> Option<Polic
             Err(e) => c.push(&path, format!("{file}: {e}")),
         }
     }
-    let query = raw
-        .query
-        .clone()
-        .unwrap_or_else(|| DEFAULT_QUERY.to_string());
     if !query.starts_with("data.") {
         c.push(
-            "policy.query",
+            format!("{path}.query"),
             format!("{query:?} must be a rule path like data.toolgate.decision"),
         );
     }
-    let mode = match raw.mode.as_deref() {
-        None | Some("enforce") => PolicyMode::Enforce,
-        Some("dry-run") => PolicyMode::DryRun,
-        Some(other) => {
-            c.push(
-                "policy.mode",
-                format!("{other:?} must be `enforce` or `dry-run`"),
-            );
-            PolicyMode::Enforce
-        }
-    };
-    Some(PolicySource {
+    PolicySource {
         modules,
         data: serde_json::Value::Object(data),
         query,
-        mode,
-    })
+        mode: PolicyMode::Enforce,
+    }
 }
 
 fn decision_log(sink: Option<&str>, files: &dyn Files) -> DecisionLogSink {

@@ -498,3 +498,32 @@ fn else_after_an_undefined_assignment_tries_the_next_body() {
         );
     }
 }
+
+/// A worker thread evaluates the live and the shadow policy on every request, and finishes
+/// requests on a replaced version after a reload: each keeps its own VM, and a thread that
+/// sees more versions than it keeps still answers each with its own program.
+#[test]
+fn policies_evaluated_in_turn_on_one_thread_each_decide_with_their_own_program() {
+    let policies: Vec<Policy> = (0..VMS_PER_THREAD + 2)
+        .map(|i| {
+            policy(&format!(
+                "package toolgate\nimport rego.v1\ndecision := {{\"allow\": {}, \"reason\": \"v{i}\"}}\n",
+                i % 2 == 0
+            ))
+        })
+        .collect();
+    let headers = HeaderMap::new();
+    for round in 0..3 {
+        for (i, p) in policies.iter().enumerate() {
+            assert_eq!(p.evaluator(), Evaluator::Rvm);
+            let d = p.decide(input("x", &headers, &[]));
+            assert_eq!(
+                (d.allowed(), d.reason.as_str()),
+                (i % 2 == 0, format!("v{i}").as_str()),
+                "round {round}, policy {i}"
+            );
+        }
+    }
+    let kept = VMS.with(|v| v.borrow().loaded.len());
+    assert_eq!(kept, VMS_PER_THREAD);
+}

@@ -2,6 +2,12 @@
 //! by its own thread so a slow disk never slows a request. When the queue is full, lines are
 //! dropped and counted rather than blocking traffic. Credential values never appear: only the
 //! credential's name and id.
+//!
+//! With `telemetry.decision_log: { input: true }` a line also carries the policy `input` (which
+//! never holds a credential: credential-bearing headers and the secret's query parameter never
+//! reach it) and the live `decision` as `shadow::Verdict`, so `toolgate replay` can decide it
+//! again. A disagreement of the shadow policy is a line of its own ([`ShadowLine`]), marked by
+//! its `shadow` object.
 
 use std::io::{self, BufWriter, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +17,8 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 use toolgate_policy::config::DecisionLogSink;
+use toolgate_policy::evaluate::Value;
+use toolgate_policy::shadow::Verdict;
 
 /// Lines queued before new ones are dropped.
 pub const QUEUE: usize = 16_384;
@@ -76,6 +84,40 @@ pub struct Line<'a> {
     pub trace_id: &'a str,
     pub span_id: &'a str,
     pub eval_duration_us: u64,
+    /// The policy input, when inputs are recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<&'a Value>,
+    /// The live decision as replay compares it, when inputs are recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<&'a Verdict>,
+}
+
+/// One side of a shadow disagreement.
+#[derive(Debug, Serialize)]
+pub struct Side<'a> {
+    pub policy_revision: &'a str,
+    pub decision: &'a Verdict,
+}
+
+/// A request on which the shadow policy decided otherwise than the live one: the live and the
+/// shadow decision, and what differs (`effect`, `credential`, `approval`, `labels`). It shares
+/// `decision_id`, `seq`, `trace_id` and `span_id` with the live decision's line.
+#[derive(Debug, Serialize)]
+pub struct ShadowLine<'a> {
+    pub decision_id: &'a str,
+    pub timestamp: &'a str,
+    pub agent: &'a str,
+    pub task: &'a str,
+    pub seq: u64,
+    pub action: &'a str,
+    pub tool: Option<&'a str>,
+    pub attributes: &'a Map<String, Json>,
+    pub shadow: Side<'a>,
+    pub live: Side<'a>,
+    pub differs: &'a [&'static str],
+    pub trace_id: &'a str,
+    pub span_id: &'a str,
+    pub shadow_eval_duration_us: u64,
 }
 
 /// A handle to the decision-log writer.
@@ -119,7 +161,7 @@ impl DecisionLog {
     }
 
     /// Queue one line; never blocks.
-    pub fn write(&self, line: &Line<'_>) {
+    pub fn write(&self, line: &impl Serialize) {
         let Some(tx) = &self.tx else { return };
         let Ok(text) = serde_json::to_string(line) else {
             return;

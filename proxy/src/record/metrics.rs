@@ -9,8 +9,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use toolgate_policy::shadow::Ruling;
+
 /// Most distinct `action` label values kept; further actions are counted as `other`.
 pub const MAX_ACTION_LABELS: usize = 1_000;
+
+/// A shadow disagreement's labels: the action, the live and the shadow effect.
+type Disagreement = (Arc<str>, Ruling, Ruling);
 
 /// Bucket upper bounds (seconds) for policy evaluation.
 const EVAL_BUCKETS: [f64; 10] = [
@@ -75,6 +80,8 @@ impl Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     requests: Mutex<HashMap<(Arc<str>, &'static str), u64>>,
+    /// Requests on which the shadow policy decided otherwise, by action and both effects.
+    shadow_disagreements: Mutex<HashMap<Disagreement, u64>>,
     pub policy_eval: Histogram,
     pub upstream_duration: Histogram,
     credentials_issued: Mutex<BTreeMap<&'static str, u64>>,
@@ -115,6 +122,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             requests: Mutex::default(),
+            shadow_disagreements: Mutex::default(),
             policy_eval: Histogram::new(&EVAL_BUCKETS),
             upstream_duration: Histogram::new(&UPSTREAM_BUCKETS),
             credentials_issued: Mutex::default(),
@@ -176,6 +184,22 @@ impl Metrics {
             Arc::from("other")
         };
         *m.entry((action, decision)).or_default() += 1;
+    }
+
+    /// Count a request on which the shadow policy disagreed with the live one, by action (at
+    /// most [`MAX_ACTION_LABELS`] distinct, then `other`) and both effects (`allow`, `deny`,
+    /// `error`, `approval`: a credential, approval or label difference has equal effects).
+    pub fn shadow_disagreement(&self, action: &Arc<str>, live: Ruling, shadow: Ruling) {
+        let Ok(mut m) = self.shadow_disagreements.lock() else {
+            return;
+        };
+        let known = m.contains_key(&(action.clone(), live, shadow)) || m.len() < MAX_ACTION_LABELS;
+        let action = if known {
+            action.clone()
+        } else {
+            Arc::from("other")
+        };
+        *m.entry((action, live, shadow)).or_default() += 1;
     }
 
     /// Count a credential injected, by kind (`secret`, `jwt`, `token_exchange`).
@@ -257,6 +281,22 @@ impl Metrics {
                 let _ = writeln!(
                     out,
                     "toolgate_requests_total{{action=\"{}\",decision=\"{decision}\"}} {n}",
+                    label(action)
+                );
+            }
+        }
+        out.push_str("# HELP toolgate_shadow_disagreements_total Requests on which the shadow policy (policy.shadow) decided otherwise than the live one, by action and both effects.\n");
+        out.push_str("# TYPE toolgate_shadow_disagreements_total counter\n");
+        if let Ok(m) = self.shadow_disagreements.lock() {
+            let mut rows: Vec<_> = m
+                .iter()
+                .map(|((action, live, shadow), n)| (action, live.as_str(), shadow.as_str(), n))
+                .collect();
+            rows.sort();
+            for (action, live, shadow, n) in rows {
+                let _ = writeln!(
+                    out,
+                    "toolgate_shadow_disagreements_total{{action=\"{}\",live=\"{live}\",shadow=\"{shadow}\"}} {n}",
                     label(action)
                 );
             }
@@ -463,6 +503,31 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from {text}");
         }
+    }
+
+    #[test]
+    fn shadow_disagreements_are_counted_by_action_and_both_effects_with_bounded_actions() {
+        let m = Metrics::default();
+        let read: Arc<str> = Arc::from("ticket.read");
+        m.shadow_disagreement(&read, Ruling::Allow, Ruling::Deny);
+        m.shadow_disagreement(&read, Ruling::Allow, Ruling::Deny);
+        m.shadow_disagreement(&read, Ruling::Allow, Ruling::Allow);
+        for i in 0..MAX_ACTION_LABELS + 5 {
+            m.shadow_disagreement(&Arc::from(format!("a{i}")), Ruling::Deny, Ruling::Approval);
+        }
+        let text = m.render();
+        for line in [
+            "# TYPE toolgate_shadow_disagreements_total counter\n",
+            "toolgate_shadow_disagreements_total{action=\"ticket.read\",live=\"allow\",shadow=\"deny\"} 2\n",
+            "toolgate_shadow_disagreements_total{action=\"ticket.read\",live=\"allow\",shadow=\"allow\"} 1\n",
+            "toolgate_shadow_disagreements_total{action=\"other\",live=\"deny\",shadow=\"approval\"} 7\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
+        assert_eq!(
+            text.matches("toolgate_shadow_disagreements_total{").count(),
+            MAX_ACTION_LABELS + 1
+        );
     }
 
     #[test]

@@ -17,6 +17,9 @@
 //! is not a tool call (`initialize`, `tools/list`) gets the MCP attributes but no
 //! `gen_ai.operation.name`/`gen_ai.tool.name`, as the MCP conventions ask. Never an argument
 //! value: what the tool was asked stays in policy's input and the decision log's attributes.
+//!
+//! A shadow policy's disagreement is an event (`shadow disagreement`) and
+//! `toolgate.shadow.decision`.
 
 #[cfg(test)]
 mod tests;
@@ -182,6 +185,17 @@ pub fn action_span_under(
     if x.dry_run {
         attributes.push(KeyValue::new("toolgate.dry_run", true));
     }
+    let disagreements = x.decided.iter().filter_map(|d| d.shadow.as_deref());
+    if let Some(last) = disagreements.clone().next_back() {
+        attributes.push(KeyValue::new(
+            "toolgate.shadow.decision",
+            last.shadow.effect.as_str(),
+        ));
+        attributes.push(KeyValue::new(
+            "toolgate.shadow.disagreements",
+            int(disagreements.clone().count()),
+        ));
+    }
     if let Some(via) = x.via {
         attributes.push(KeyValue::new("toolgate.via", via.as_str()));
     }
@@ -298,6 +312,32 @@ pub fn action_span_under(
             vec![
                 KeyValue::new("toolgate.decision", decision),
                 KeyValue::new("toolgate.policy.eval_duration_us", int(took.as_micros())),
+            ],
+            0,
+        ));
+    }
+    for (d, s) in x
+        .decided
+        .iter()
+        .filter_map(|d| Some((d, d.shadow.as_deref()?)))
+    {
+        events.events.push(Event::new(
+            "shadow disagreement",
+            x.trace.wall_clock(x.started, s.at),
+            vec![
+                KeyValue::new(
+                    "toolgate.action",
+                    cut(&d.action, MAX_NAME_BYTES).to_string(),
+                ),
+                KeyValue::new("toolgate.decision", s.live.effect.as_str()),
+                KeyValue::new("toolgate.shadow.decision", s.shadow.effect.as_str()),
+                KeyValue::new("toolgate.shadow.reason", s.shadow.reason.clone()),
+                KeyValue::new("toolgate.shadow.differs", s.differs.join(",")),
+                KeyValue::new("toolgate.shadow.policy.revision", s.revision.to_string()),
+                KeyValue::new(
+                    "toolgate.shadow.eval_duration_us",
+                    int(s.eval_time.as_micros()),
+                ),
             ],
             0,
         ));
