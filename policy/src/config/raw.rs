@@ -36,6 +36,8 @@ pub struct RawConfig {
     pub state: RawState,
     #[serde(default)]
     pub approvals: RawApprovals,
+    #[serde(default)]
+    pub mcp: super::mcp::RawMcp,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -74,6 +76,8 @@ pub struct RawTool {
     /// `allow`: method- and URL-override headers and parameters reach this tool; default
     /// `refuse`.
     pub overrides: Option<String>,
+    /// An MCP tool's lock file of pinned tool definitions (config/mcp.rs).
+    pub lock: Option<String>,
     #[serde(default)]
     pub actions: Vec<RawAction>,
 }

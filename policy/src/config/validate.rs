@@ -84,6 +84,19 @@ pub(super) fn compile(
     let task_tokens = identity::task_tokens(&mut c, raw.task_tokens.as_ref(), files);
     let credentials = credentials::compile(&mut c, &raw.credentials, &agent, files, vars);
     let (catalog, tool_names) = catalog(&mut c, &raw.tools, &credentials);
+    let mut mcp = super::mcp::settings(&mut c, &raw.mcp);
+    for (i, tool) in raw.tools.iter().enumerate() {
+        let Some(file) = &tool.lock else { continue };
+        let path = format!("tools[{i}].lock");
+        if tool.protocol.as_deref() != Some("mcp") {
+            c.push(
+                path,
+                "a lock file pins MCP tool definitions: only for protocol: mcp",
+            );
+        } else if let Some(lock) = super::mcp::lock(&mut c, &path, &tool.name, file, files) {
+            mcp.locks.insert(tool.name.clone(), Arc::new(lock));
+        }
+    }
     let routes = routes(&mut c, &raw.routes, &tool_names, &catalog);
     let policy = match &raw.policy {
         Some(p) => policy(&mut c, p, files),
@@ -194,6 +207,7 @@ pub(super) fn compile(
             tls,
             limits,
             task_tokens,
+            mcp,
             fingerprint: 0,
             warnings: c.warnings,
         }),

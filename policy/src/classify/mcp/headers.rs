@@ -1,0 +1,480 @@
+//! The request headers MCP 2026-07-28 mirrors from the body (streamable HTTP "Request
+//! Metadata"): `MCP-Protocol-Version` (= `params._meta["io.modelcontextprotocol/protocolVersion"]`),
+//! `Mcp-Method` (= `method`), `Mcp-Name` (= `params.name` of `tools/call` and `prompts/get`,
+//! `params.uri` of `resources/read`) and `Mcp-Param-{Name}` (= the `tools/call` argument whose
+//! input-schema property carries `x-mcp-header: Name`). Intermediaries route, rate-limit and
+//! authorize on these headers while the server executes the body, so a request whose headers
+//! and body disagree is refused with JSON-RPC error [`HEADER_MISMATCH`] before policy, and
+//! the tool sees nothing.
+//!
+//! The rules, stricter than a server's where an agent could otherwise slip a value past the
+//! decision:
+//! - a 2026-07-28 request (its `_meta` carries a protocol version, or its header names a
+//!   stateless version) must carry `MCP-Protocol-Version` equal to its `_meta` version,
+//!   `Mcp-Method`, and `Mcp-Name` for the methods that name something;
+//! - in either era, a routing header that is present must equal the body, appear once, and be
+//!   a valid header value; `Mcp-Name` and `Mcp-Param-*` values in the `=?base64?…?=` sentinel
+//!   are decoded first (a malformed sentinel never matches);
+//! - a batch (2025-03-26 only) has no single method or name: `Mcp-Method` and `Mcp-Name` on
+//!   one are refused;
+//! - `Mcp-Param-*` headers are checked against the definition toolgate last saw for the tool
+//!   ([`check_params`]): every annotated argument present in the body must be mirrored, equal;
+//!   a header no annotation declares, or for a tool whose definition toolgate has not seen, is
+//!   refused (the spec's recovery — the client lists tools again and retries — then works,
+//!   since the listing passes through toolgate).
+
+use http::HeaderMap;
+use serde_json::{Map, Value as Json};
+
+use super::Rpc;
+
+/// JSON-RPC error code of a header/body mismatch (`HeaderMismatch`, MCP 2026-07-28 schema).
+pub const HEADER_MISMATCH: i64 = -32020;
+/// The protocol version header.
+pub const PROTOCOL_VERSION: &str = "mcp-protocol-version";
+/// The mirrored JSON-RPC method.
+pub const METHOD: &str = "mcp-method";
+/// The mirrored name (tool, prompt) or URI (resource).
+pub const NAME: &str = "mcp-name";
+/// Prefix of the headers mirrored from annotated tool arguments (lower case).
+pub const PARAM_PREFIX: &str = "mcp-param-";
+/// The `_meta` key that carries a stateless request's protocol version.
+pub const VERSION_META: &str = "io.modelcontextprotocol/protocolVersion";
+/// Protocol revisions whose requests are stateless and mirror their body into headers.
+pub const STATELESS_VERSIONS: [&str; 1] = ["2026-07-28"];
+
+/// A request whose routing headers disagree with its body: answered with HTTP 400 and a
+/// JSON-RPC error [`HEADER_MISMATCH`] for each request id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("header mismatch: {message}")]
+pub struct Mismatch {
+    pub message: String,
+    /// The ids of the request's messages (`null` for a notification).
+    pub ids: Vec<Json>,
+    /// Whether the body was a batch (answered with an array).
+    pub batch: bool,
+}
+
+/// The body key `Mcp-Name` mirrors for `method`: the spec's three methods, and for any other
+/// method that names something, `name` or else `uri`.
+pub fn name_key(method: &str, params: Option<&Map<String, Json>>) -> Option<&'static str> {
+    match method {
+        "tools/call" | "prompts/get" => Some("name"),
+        "resources/read" => Some("uri"),
+        _ => {
+            let p = params?;
+            if p.get("name").is_some_and(Json::is_string) {
+                Some("name")
+            } else if p.get("uri").is_some_and(Json::is_string) {
+                Some("uri")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Check the standard routing headers (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`)
+/// against the classified body `rpc`.
+pub fn check(rpc: &Rpc, headers: &HeaderMap) -> Result<(), Mismatch> {
+    let fail = |message: String| Mismatch {
+        message,
+        ids: rpc
+            .members
+            .iter()
+            .filter(|m| m.method.is_some())
+            .map(|m| m.id.clone().unwrap_or(Json::Null))
+            .collect(),
+        batch: rpc.batch,
+    };
+    for name in [PROTOCOL_VERSION, METHOD, NAME] {
+        if headers.get_all(name).iter().nth(1).is_some() {
+            return Err(fail(format!("{name} appears more than once")));
+        }
+    }
+    let header = |name: &str| -> Result<Option<&str>, Mismatch> {
+        match headers.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .to_str()
+                .map(Some)
+                .map_err(|_| fail(format!("{name} holds characters a header value may not"))),
+        }
+    };
+    let version = header(PROTOCOL_VERSION)?;
+    let method_header = header(METHOD)?;
+    let name_header = header(NAME)?;
+    if rpc.batch {
+        if method_header.is_some() || name_header.is_some() {
+            return Err(fail(format!(
+                "{METHOD} and {NAME} describe one message; a batch has no single method or name"
+            )));
+        }
+        for m in &rpc.members {
+            if let Some(meta_version) = meta_version(&m.message).map_err(&fail)? {
+                if version != Some(meta_version) {
+                    return Err(fail(format!(
+                        "{PROTOCOL_VERSION} does not match the protocol version in params._meta"
+                    )));
+                }
+            }
+        }
+        return Ok(());
+    }
+    let Some(member) = rpc.members.first() else {
+        return Ok(());
+    };
+    let meta_version = meta_version(&member.message).map_err(&fail)?;
+    let stateless =
+        meta_version.is_some() || version.is_some_and(|v| STATELESS_VERSIONS.contains(&v));
+    let Some(method) = member.method.as_deref() else {
+        // A client's response to a server request: nothing is mirrored from it.
+        if method_header.is_some() || name_header.is_some() {
+            return Err(fail(format!(
+                "{METHOD} and {NAME} mirror a request; this message is a response"
+            )));
+        }
+        return Ok(());
+    };
+    let request = member.id.is_some();
+    if stateless {
+        match (version, meta_version) {
+            (Some(h), Some(b)) if h == b => {}
+            // A notification's headers are not defined by 2026-07-28: the header alone is fine.
+            (Some(_), None) if !request => {}
+            (None, _) => {
+                return Err(fail(format!(
+                    "{PROTOCOL_VERSION} is missing; a 2026-07-28 request must carry it"
+                )))
+            }
+            (Some(h), Some(b)) => {
+                return Err(fail(format!(
+                    "{PROTOCOL_VERSION} is {h:?} but params._meta[{VERSION_META:?}] is {b:?}"
+                )))
+            }
+            (Some(h), None) => {
+                return Err(fail(format!(
+                    "{PROTOCOL_VERSION} is {h:?} but params._meta carries no {VERSION_META:?}"
+                )))
+            }
+        }
+    }
+    match method_header {
+        Some(h) if h != method => {
+            return Err(fail(format!(
+                "{METHOD} is {h:?} but the body's method is {method:?}"
+            )))
+        }
+        None if stateless && request => {
+            return Err(fail(format!(
+                "{METHOD} is missing; a 2026-07-28 request must carry it"
+            )))
+        }
+        _ => {}
+    }
+    let params = member.message.get("params").and_then(Json::as_object);
+    let key = name_key(method, params);
+    let body_name = key.and_then(|k| params?.get(k)?.as_str());
+    match (name_header, body_name) {
+        (Some(h), Some(b)) => {
+            if decode(h).as_deref() != Some(b) {
+                return Err(fail(format!(
+                    "{NAME} does not match the body's params.{}",
+                    key.unwrap_or("name")
+                )));
+            }
+        }
+        (Some(_), None) => {
+            return Err(fail(format!(
+                "{NAME} is present but the body's {method} names nothing to mirror"
+            )))
+        }
+        (None, Some(_)) if stateless && request => {
+            return Err(fail(format!(
+                "{NAME} is missing; a 2026-07-28 {method} request must carry params.{} in it",
+                key.unwrap_or("name")
+            )))
+        }
+        (None, _) => {}
+    }
+    Ok(())
+}
+
+/// `params._meta["io.modelcontextprotocol/protocolVersion"]` of `message`, if present.
+fn meta_version(message: &Json) -> Result<Option<&str>, String> {
+    let Some(v) = message
+        .get("params")
+        .and_then(|p| p.get("_meta"))
+        .and_then(|m| m.get(VERSION_META))
+    else {
+        return Ok(None);
+    };
+    v.as_str()
+        .map(Some)
+        .ok_or_else(|| format!("params._meta[{VERSION_META:?}] must be a string"))
+}
+
+/// Decode a header value that may use the `=?base64?…?=` sentinel (canonical base64 of
+/// UTF-8); `None` for a malformed sentinel, which never matches a body value.
+pub fn decode(value: &str) -> Option<String> {
+    let Some(payload) = value
+        .strip_prefix("=?base64?")
+        .and_then(|v| v.strip_suffix("?="))
+    else {
+        return Some(value.to_string());
+    };
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let bytes = engine.decode(payload).ok()?;
+    // Only the canonical encoding: bits the encoder would never set make another value.
+    if engine.encode(&bytes) != payload {
+        return None;
+    }
+    String::from_utf8(bytes).ok()
+}
+
+/// One tool argument mirrored into a header: the chain of `properties` keys leading to it in
+/// the input schema, and its `x-mcp-header` name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamHeader {
+    /// `properties` keys from the schema root.
+    pub path: Vec<String>,
+    /// The header name, lower case (`mcp-param-region`).
+    pub header: String,
+    /// Declared `type: integer` (compared numerically).
+    pub integer: bool,
+}
+
+/// Most `x-mcp-header` annotations one tool definition may declare.
+pub const MAX_PARAM_HEADERS: usize = 64;
+/// Deepest `properties` chain walked for annotations.
+const MAX_SCHEMA_DEPTH: usize = 16;
+
+/// The `x-mcp-header` annotations of an input schema, on properties reachable from the root
+/// through `properties` alone. `Err` (with why) for a schema the spec says clients must
+/// drop: an annotation elsewhere, not a header token, on a non-primitive property, or
+/// repeated (case-insensitively).
+pub fn param_headers(schema: &Json) -> Result<Vec<ParamHeader>, String> {
+    let mut out = Vec::new();
+    walk(schema, &mut Vec::new(), true, &mut out, 0)?;
+    let mut names: Vec<&str> = out.iter().map(|p| p.header.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w.first() == w.get(1)) {
+        return Err(format!(
+            "x-mcp-header {:?} is declared twice",
+            w.first().copied().unwrap_or_default()
+        ));
+    }
+    if out.len() > MAX_PARAM_HEADERS {
+        return Err(format!(
+            "{} x-mcp-header annotations; toolgate checks at most {MAX_PARAM_HEADERS}",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
+fn walk(
+    node: &Json,
+    path: &mut Vec<String>,
+    reachable: bool,
+    out: &mut Vec<ParamHeader>,
+    depth: usize,
+) -> Result<(), String> {
+    let Json::Object(schema) = node else {
+        return Ok(());
+    };
+    if depth > MAX_SCHEMA_DEPTH {
+        return Err("the input schema nests deeper than toolgate walks".into());
+    }
+    if let Some(token) = schema.get("x-mcp-header") {
+        if !reachable || path.is_empty() {
+            return Err(
+                "x-mcp-header on a property not reachable through `properties` alone".into(),
+            );
+        }
+        let Some(token) = token.as_str().filter(|t| is_token(t)) else {
+            return Err(format!(
+                "x-mcp-header on {} is not a header name token",
+                path.join(".")
+            ));
+        };
+        let kind = schema.get("type").and_then(Json::as_str);
+        if !matches!(kind, Some("string" | "integer" | "boolean")) {
+            return Err(format!(
+                "x-mcp-header on {} whose type is not string, integer or boolean",
+                path.join(".")
+            ));
+        }
+        out.push(ParamHeader {
+            path: path.clone(),
+            header: format!("{PARAM_PREFIX}{}", token.to_ascii_lowercase()),
+            integer: kind == Some("integer"),
+        });
+    }
+    for (keyword, value) in schema {
+        match (keyword.as_str(), value) {
+            ("properties", Json::Object(props)) => {
+                for (name, sub) in props {
+                    path.push(name.clone());
+                    walk(sub, path, reachable, out, depth + 1)?;
+                    path.pop();
+                }
+            }
+            // Instance data, never schema positions.
+            ("default" | "examples" | "const" | "enum", _) => {}
+            (_, Json::Object(_)) => walk(value, &mut Vec::new(), false, out, depth + 1)?,
+            (_, Json::Array(items)) => {
+                for item in items {
+                    walk(item, &mut Vec::new(), false, out, depth + 1)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
+}
+
+/// Check the `Mcp-Param-*` headers of a `tools/call` of tool `name` with `arguments`:
+/// `declared` is what the tool's definition, as toolgate last saw it, annotates (`None`:
+/// toolgate has not seen its definition). `fail` builds the refusal from a message.
+pub fn check_params(
+    name: &str,
+    declared: Option<&[ParamHeader]>,
+    arguments: Option<&Map<String, Json>>,
+    headers: &HeaderMap,
+    fail: impl Fn(String) -> Mismatch,
+) -> Result<(), Mismatch> {
+    let present: Vec<&str> = headers
+        .keys()
+        .map(http::HeaderName::as_str)
+        .filter(|k| k.starts_with(PARAM_PREFIX))
+        .collect();
+    let Some(declared) = declared else {
+        return match present.first() {
+            Some(h) => Err(fail(format!(
+                "{h} cannot be checked: toolgate has not seen the definition of tool {name:?}; list the tools (tools/list) through toolgate, or pin the tool, and send the call again"
+            ))),
+            None => Ok(()),
+        };
+    };
+    if let Some(h) = present
+        .iter()
+        .find(|h| !declared.iter().any(|d| d.header == **h))
+    {
+        return Err(fail(format!(
+            "{h} is not declared by any x-mcp-header in tool {name:?}'s input schema as toolgate last saw it; list the tools again"
+        )));
+    }
+    for d in declared {
+        let mut values = headers.get_all(d.header.as_str()).iter();
+        let raw = values.next();
+        if raw.is_some() && values.next().is_some() {
+            return Err(fail(format!("{} appears more than once", d.header)));
+        }
+        let value = arguments.and_then(|a| at_path(a, &d.path));
+        let argument = d.path.join(".");
+        let rendered = value.and_then(render);
+        match (raw, rendered) {
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(fail(format!(
+                    "{} is present but argument {argument:?} is absent or cannot be mirrored",
+                    d.header
+                )))
+            }
+            (None, Some(_)) => {
+                return Err(fail(format!(
+                    "{} is missing but argument {argument:?} is present",
+                    d.header
+                )))
+            }
+            (Some(raw), Some(rendered)) => {
+                let decoded = raw
+                    .to_str()
+                    .ok()
+                    .and_then(decode)
+                    .ok_or_else(|| fail(format!("{} is not a valid header value", d.header)))?;
+                let same = decoded == rendered
+                    || (d.integer && value.is_some_and(|v| same_integer(v, &decoded)));
+                if !same {
+                    return Err(fail(format!(
+                        "{} does not match argument {argument:?}",
+                        d.header
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn at_path<'a>(arguments: &'a Map<String, Json>, path: &[String]) -> Option<&'a Json> {
+    let (first, rest) = path.split_first()?;
+    let mut node = arguments.get(first)?;
+    for key in rest {
+        node = node.as_object()?.get(key)?;
+    }
+    (!node.is_null()).then_some(node)
+}
+
+/// A body value as a client mirrors it into a header; `None` for one it cannot mirror.
+fn render(value: &Json) -> Option<String> {
+    match value {
+        Json::Bool(b) => Some(b.to_string()),
+        Json::String(s) => Some(s.clone()),
+        Json::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// `42` in the body and `42` (or `42.0`) in the header are the same integer.
+fn same_integer(value: &Json, header: &str) -> bool {
+    let whole = match header.split_once('.') {
+        Some((w, frac)) if !frac.is_empty() && frac.bytes().all(|b| b == b'0') => w,
+        Some(_) => return false,
+        None => header,
+    };
+    let Ok(h) = whole.parse::<i128>() else {
+        return false;
+    };
+    match value {
+        Json::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                i128::from(i) == h
+            } else if let Some(u) = n.as_u64() {
+                i128::from(u) == h
+            } else {
+                // A float body value equal to an integer (42.0): exact for |x| < 2^53.
+                n.as_f64().is_some_and(|f| {
+                    f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15 && f as i128 == h
+                })
+            }
+        }
+        _ => false,
+    }
+}
