@@ -78,6 +78,9 @@ enum Command {
     /// Requests held for human approval: list, show, approve or deny them through the
     /// operator API.
     Approvals(cli::approvals::Args),
+    /// MCP tools: `pin` writes the lock file of a tool's definitions from its live server.
+    #[command(subcommand)]
+    Mcp(cli::mcp::Command),
 }
 
 /// `toolgate ca …`
@@ -623,6 +626,7 @@ fn main() -> ExitCode {
         }
         Command::Revoke(args) => cli::revoke::run(args),
         Command::Approvals(args) => cli::approvals::run(args),
+        Command::Mcp(command) => cli::mcp::run(command),
         Command::Test { config, paths } => test(&config, paths),
         Command::Eval(args) => eval(args),
         Command::Demo { otlp } => {

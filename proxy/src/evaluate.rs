@@ -126,6 +126,7 @@ pub fn evaluate_approved(
             now,
         };
         let mut input = input.to_value();
+        crate::mcp::admit::input(gw, snapshot, prepared, tool, &mut input, x);
         if let Some(a) = approved {
             a.granted().annotate(&mut input);
         }

@@ -94,6 +94,10 @@ pub enum Refusal {
     /// The tool switched protocols (101) for a request that was not allowed to.
     #[error("the tool switched protocols (101) for a request whose action may not upgrade the connection; the connection is closed")]
     UnexpectedUpgrade,
+    /// MCP: routing headers that disagree with the body, a task conflict, an unfilterable
+    /// `tools/list` answer.
+    #[error(transparent)]
+    Mcp(#[from] crate::mcp::McpRefusal),
 }
 
 impl From<IdentifyError> for Refusal {
@@ -180,6 +184,7 @@ pub fn problem(refusal: &Refusal) -> Problem {
         Refusal::CompressedAnswer => (502, "unchecked-response", "response withheld"),
         Refusal::Upgrade(_) => (400, "rejected", "request rejected"),
         Refusal::UnexpectedUpgrade => (502, "unexpected-upgrade", "unexpected protocol switch"),
+        Refusal::Mcp(e) => crate::mcp::problem_parts(e),
     };
     Problem {
         status,

@@ -55,6 +55,20 @@ pub struct Mismatch {
     pub batch: bool,
 }
 
+/// The mismatch `message` of request `rpc`, answered for each of its requests.
+pub fn mismatch(rpc: &Rpc, message: String) -> Mismatch {
+    Mismatch {
+        message,
+        ids: rpc
+            .members
+            .iter()
+            .filter(|m| m.method.is_some())
+            .map(|m| m.id.clone().unwrap_or(Json::Null))
+            .collect(),
+        batch: rpc.batch,
+    }
+}
+
 /// The body key `Mcp-Name` mirrors for `method`: the spec's three methods, and for any other
 /// method that names something, `name` or else `uri`.
 pub fn name_key(method: &str, params: Option<&Map<String, Json>>) -> Option<&'static str> {
@@ -77,16 +91,7 @@ pub fn name_key(method: &str, params: Option<&Map<String, Json>>) -> Option<&'st
 /// Check the standard routing headers (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`)
 /// against the classified body `rpc`.
 pub fn check(rpc: &Rpc, headers: &HeaderMap) -> Result<(), Mismatch> {
-    let fail = |message: String| Mismatch {
-        message,
-        ids: rpc
-            .members
-            .iter()
-            .filter(|m| m.method.is_some())
-            .map(|m| m.id.clone().unwrap_or(Json::Null))
-            .collect(),
-        batch: rpc.batch,
-    };
+    let fail = |message: String| mismatch(rpc, message);
     for name in [PROTOCOL_VERSION, METHOD, NAME] {
         if headers.get_all(name).iter().nth(1).is_some() {
             return Err(fail(format!("{name} appears more than once")));
