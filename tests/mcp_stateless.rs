@@ -11,9 +11,9 @@
     clippy::indexing_slicing
 )]
 
-mod support;
 #[path = "mcp/fake.rs"]
 mod fake;
+mod support;
 
 use fake::FakeMcp;
 use serde_json::{json, Value};
@@ -135,7 +135,10 @@ async fn a_mismatched_mcp_name_is_refused_with_32020_and_never_reaches_the_serve
     let good = call(1, "search").to_string();
     let (status, answer) = post(&tg, &mirrored(&call(1, "search")), &good).await;
     assert_eq!(status, 200, "{answer}\n{}", tg.logs());
-    assert_eq!(answer["result"]["content"][0]["text"], "called search with ");
+    assert_eq!(
+        answer["result"]["content"][0]["text"],
+        "called search with "
+    );
     let seen = server.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].raw, good.as_bytes());
@@ -152,7 +155,11 @@ async fn a_mismatched_mcp_name_is_refused_with_32020_and_never_reaches_the_serve
     assert_eq!(answer["error"]["code"], -32020, "{answer}");
     let message = answer["error"]["message"].as_str().unwrap();
     assert!(message.contains("mcp-name"), "{message}");
-    assert_eq!(server.seen().len(), 1, "the mismatched request reached the server");
+    assert_eq!(
+        server.seen().len(),
+        1,
+        "the mismatched request reached the server"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -163,19 +170,44 @@ async fn every_routing_header_rule_is_enforced_before_the_server() {
     let body = message.to_string();
     let good = mirrored(&message);
     let cases: Vec<(&str, Vec<(String, String)>)> = vec![
-        ("method differs", with(good.clone(), "mcp-method", "tools/list")),
-        ("method in another case", with(good.clone(), "mcp-method", "Tools/Call")),
+        (
+            "method differs",
+            with(good.clone(), "mcp-method", "tools/list"),
+        ),
+        (
+            "method in another case",
+            with(good.clone(), "mcp-method", "Tools/Call"),
+        ),
         ("method missing", without(good.clone(), "mcp-method")),
         ("name missing", without(good.clone(), "mcp-name")),
-        ("version missing", without(good.clone(), "mcp-protocol-version")),
-        ("version differs", with(good.clone(), "mcp-protocol-version", "2025-11-25")),
-        ("malformed sentinel", with(good.clone(), "mcp-name", "=?base64?c2VhcmNo?=x")),
-        ("sentinel of another name", with(good.clone(), "mcp-name", "=?base64?ZXhwb3J0?=")),
-        ("stray param header", with(good.clone(), "mcp-param-region", "eu")),
+        (
+            "version missing",
+            without(good.clone(), "mcp-protocol-version"),
+        ),
+        (
+            "version differs",
+            with(good.clone(), "mcp-protocol-version", "2025-11-25"),
+        ),
+        (
+            "malformed sentinel",
+            with(good.clone(), "mcp-name", "=?base64?c2VhcmNo?=x"),
+        ),
+        (
+            "sentinel of another name",
+            with(good.clone(), "mcp-name", "=?base64?ZXhwb3J0?="),
+        ),
+        (
+            "stray param header",
+            with(good.clone(), "mcp-param-region", "eu"),
+        ),
     ];
     for (why, headers) in cases {
         let (status, answer) = post(&tg, &headers, &body).await;
-        assert_eq!((status, answer["error"]["code"].as_i64()), (400, Some(-32020)), "{why}: {answer}");
+        assert_eq!(
+            (status, answer["error"]["code"].as_i64()),
+            (400, Some(-32020)),
+            "{why}: {answer}"
+        );
         assert_eq!(answer["id"], 3, "{why}");
     }
     // A duplicated routing header: first-copy and last-copy readers would disagree.
@@ -220,7 +252,10 @@ async fn a_denied_stateless_call_is_a_json_rpc_error() {
     let (status, answer) = post(&tg, &mirrored(&message), &message.to_string()).await;
     assert_eq!(status, 200);
     assert_eq!(answer["error"]["code"], -32001);
-    assert_eq!(answer["error"]["message"], "deleting customers needs a human");
+    assert_eq!(
+        answer["error"]["message"],
+        "deleting customers needs a human"
+    );
     assert!(server.seen().is_empty());
 }
 
@@ -243,7 +278,10 @@ async fn meta_names_the_task_and_a_conflict_with_the_header_is_refused() {
     assert_eq!(status, 400, "{problem}");
     assert_eq!(problem["type"], "urn:toolgate:problem:rejected");
     let detail = problem["detail"].as_str().unwrap();
-    assert!(detail.contains("T-meta") && detail.contains("T-other"), "{detail}");
+    assert!(
+        detail.contains("T-meta") && detail.contains("T-other"),
+        "{detail}"
+    );
     assert_eq!(server.seen().len(), 2);
 }
 
@@ -266,13 +304,37 @@ async fn resources_prompts_and_completions_are_actions_with_their_target() {
     let server = FakeMcp::start(vec![]).await;
     let tg = start(&server);
     let cases = [
-        (request(10, "resources/read", json!({"uri": "secret://payroll"})), "crm.mcp.resources_read", Some("secrets are not read")),
-        (request(11, "resources/read", json!({"uri": "file:///readme"})), "crm.mcp.resources_read", None),
-        (request(12, "prompts/get", json!({"name": "payroll", "arguments": {}})), "crm.mcp.prompts_get", Some("no payroll prompt")),
-        (request(13, "prompts/get", json!({"name": "greeting"})), "crm.mcp.prompts_get", None),
         (
-            request(14, "completion/complete", json!({"ref": {"type": "ref/prompt", "name": "greeting"},
-                "argument": {"name": "who", "value": "a"}})),
+            request(10, "resources/read", json!({"uri": "secret://payroll"})),
+            "crm.mcp.resources_read",
+            Some("secrets are not read"),
+        ),
+        (
+            request(11, "resources/read", json!({"uri": "file:///readme"})),
+            "crm.mcp.resources_read",
+            None,
+        ),
+        (
+            request(
+                12,
+                "prompts/get",
+                json!({"name": "payroll", "arguments": {}}),
+            ),
+            "crm.mcp.prompts_get",
+            Some("no payroll prompt"),
+        ),
+        (
+            request(13, "prompts/get", json!({"name": "greeting"})),
+            "crm.mcp.prompts_get",
+            None,
+        ),
+        (
+            request(
+                14,
+                "completion/complete",
+                json!({"ref": {"type": "ref/prompt", "name": "greeting"},
+                "argument": {"name": "who", "value": "a"}}),
+            ),
             "crm.mcp.completion_complete",
             Some("no completion for greeting"),
         ),
@@ -291,11 +353,27 @@ async fn resources_prompts_and_completions_are_actions_with_their_target() {
     assert_eq!(server.methods(), vec!["resources/read", "prompts/get"]);
     // A resource read must name its resource; its Mcp-Name must be that URI.
     let nameless = request(15, "resources/read", json!({}));
-    let (status, problem) = post(&tg, &without(mirrored(&nameless), "mcp-name"), &nameless.to_string()).await;
-    assert_eq!((status, problem["type"].as_str()), (400, Some("urn:toolgate:problem:rejected")));
+    let (status, problem) = post(
+        &tg,
+        &without(mirrored(&nameless), "mcp-name"),
+        &nameless.to_string(),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (400, Some("urn:toolgate:problem:rejected"))
+    );
     let read = request(16, "resources/read", json!({"uri": "file:///readme"}));
-    let (status, answer) = post(&tg, &with(mirrored(&read), "mcp-name", "file:///other"), &read.to_string()).await;
-    assert_eq!((status, answer["error"]["code"].as_i64()), (400, Some(-32020)));
+    let (status, answer) = post(
+        &tg,
+        &with(mirrored(&read), "mcp-name", "file:///other"),
+        &read.to_string(),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_i64()),
+        (400, Some(-32020))
+    );
     assert_eq!(server.seen().len(), 2);
 }
 
@@ -308,35 +386,66 @@ async fn param_headers_are_checked_against_the_listed_definition() {
             "query": {"type": "string"}}}});
     let server = FakeMcp::start(vec![sql]).await;
     let tg = start(&server);
-    let message = request(20, "tools/call", json!({"name": "execute_sql",
-        "arguments": {"region": "us-west1", "limit": 5, "query": "select 1"}}));
+    let message = request(
+        20,
+        "tools/call",
+        json!({"name": "execute_sql",
+        "arguments": {"region": "us-west1", "limit": 5, "query": "select 1"}}),
+    );
     let body = message.to_string();
-    let good = with(with(mirrored(&message), "mcp-param-region", "us-west1"), "mcp-param-limit", "5");
+    let good = with(
+        with(mirrored(&message), "mcp-param-region", "us-west1"),
+        "mcp-param-limit",
+        "5",
+    );
     // Toolgate has not seen the definition: it cannot check the headers, and says how to fix it.
     let (status, answer) = post(&tg, &good, &body).await;
-    assert_eq!((status, answer["error"]["code"].as_i64()), (400, Some(-32020)), "{answer}");
-    assert!(answer["error"]["message"].as_str().unwrap().contains("tools/list"));
+    assert_eq!(
+        (status, answer["error"]["code"].as_i64()),
+        (400, Some(-32020)),
+        "{answer}"
+    );
+    assert!(answer["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("tools/list"));
     // The client's recovery: list the tools (through toolgate), send the call again.
     let list = request(21, "tools/list", json!({}));
     let (status, _) = post(&tg, &mirrored(&list), &list.to_string()).await;
     assert_eq!(status, 200);
     let (status, answer) = post(&tg, &good, &body).await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(server.seen().last().unwrap().headers["mcp-param-region"], "us-west1");
+    assert_eq!(
+        server.seen().last().unwrap().headers["mcp-param-region"],
+        "us-west1"
+    );
     let cases = [
-        ("another region", with(good.clone(), "mcp-param-region", "eu-west1")),
+        (
+            "another region",
+            with(good.clone(), "mcp-param-region", "eu-west1"),
+        ),
         ("region missing", without(good.clone(), "mcp-param-region")),
-        ("undeclared header", with(good.clone(), "mcp-param-tenant", "a")),
+        (
+            "undeclared header",
+            with(good.clone(), "mcp-param-tenant", "a"),
+        ),
         ("limit differs", with(good.clone(), "mcp-param-limit", "6")),
     ];
     for (why, headers) in cases {
         let (status, answer) = post(&tg, &headers, &body).await;
-        assert_eq!((status, answer["error"]["code"].as_i64()), (400, Some(-32020)), "{why}: {answer}");
+        assert_eq!(
+            (status, answer["error"]["code"].as_i64()),
+            (400, Some(-32020)),
+            "{why}: {answer}"
+        );
     }
     // An integer may be mirrored as 5.0; an encoded region must decode to the argument.
     let (status, _) = post(&tg, &with(good.clone(), "mcp-param-limit", "5.0"), &body).await;
     assert_eq!(status, 200);
     let encoded = with(good, "mcp-param-region", "=?base64?dXMtd2VzdDE=?=");
     assert_eq!(post(&tg, &encoded, &body).await.0, 200);
-    assert_eq!(server.methods(), vec!["tools/list", "tools/call", "tools/call", "tools/call"]);
+    assert_eq!(
+        server.methods(),
+        vec!["tools/list", "tools/call", "tools/call", "tools/call"]
+    );
 }
