@@ -14,6 +14,8 @@
 
 pub mod definition;
 pub mod headers;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 

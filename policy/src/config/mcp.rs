@@ -19,6 +19,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
+mod tests;
+
 use super::validate::Collector;
 use super::Files;
 use crate::classify::mcp::definition::{self, Digest, Known, Lock};
