@@ -30,6 +30,9 @@ use toolgate_policy::evaluate::{mark_listing, set_definition, Policy};
 
 use super::McpRefusal;
 
+#[cfg(test)]
+mod tests;
+
 /// What the filter needs to decide one listing: the policy, where the definitions are
 /// remembered, the catalog tool and its lock.
 #[derive(Debug, Clone, Copy)]

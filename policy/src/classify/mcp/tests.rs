@@ -106,9 +106,14 @@ fn name_headers_follow_the_method() {
     assert_eq!(check(&read, &with("file:///a")), Ok(()));
     assert!(check(&read, &with("file:///b")).is_err());
     // A method the spec does not name, carrying a name: the header, if any, must match it.
-    let other = rpc(json!({"jsonrpc": "2.0", "id": 3, "method": "resources/subscribe",
-        "params": {"uri": "file:///a"}}));
-    assert_eq!(check(&other, &headers(&[("mcp-name", "file:///a")])), Ok(()));
+    let other = rpc(
+        json!({"jsonrpc": "2.0", "id": 3, "method": "resources/subscribe",
+        "params": {"uri": "file:///a"}}),
+    );
+    assert_eq!(
+        check(&other, &headers(&[("mcp-name", "file:///a")])),
+        Ok(())
+    );
     assert!(check(&other, &headers(&[("mcp-name", "file:///z")])).is_err());
     let list = rpc(json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"}));
     assert!(check(&list, &headers(&[("mcp-name", "x")])).is_err());
@@ -116,8 +121,10 @@ fn name_headers_follow_the_method() {
 
 #[test]
 fn meta_names_the_task_and_the_trace() {
-    let r = rpc(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
-        "name": "search", "_meta": {"toolgate/task": "T-1", "traceparent": "00-ab-cd-01"}}}));
+    let r = rpc(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "search", "_meta": {"toolgate/task": "T-1", "traceparent": "00-ab-cd-01"}}}),
+    );
     assert_eq!(r.task.as_deref(), Some("T-1"));
     assert_eq!(r.traceparent.as_deref(), Some("00-ab-cd-01"));
     // Members of one batch must not name different tasks.
@@ -143,8 +150,10 @@ fn targets_of_resources_prompts_and_completions_are_required() {
     ] {
         assert!(classify(0, "crm", &bad).is_err(), "{bad}");
     }
-    let r = rpc(json!({"jsonrpc": "2.0", "id": 1, "method": "completion/complete",
-        "params": {"ref": {"type": "ref/resource", "uri": "file:///{x}"}, "argument": {"name": "x", "value": ""}}}));
+    let r = rpc(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "completion/complete",
+        "params": {"ref": {"type": "ref/resource", "uri": "file:///{x}"}, "argument": {"name": "x", "value": ""}}}),
+    );
     let m = &r.members[0].classification;
     assert_eq!(&*m.action, "crm.mcp.completion_complete");
     assert!(m
@@ -223,7 +232,13 @@ fn param_headers_must_mirror_the_arguments() {
     // An absent (or null) argument: its header must be absent too.
     let none = json!({"opts": {"limit": null}});
     assert_eq!(
-        check_params("sql", Some(&declared), none.as_object(), &HeaderMap::new(), fail),
+        check_params(
+            "sql",
+            Some(&declared),
+            none.as_object(),
+            &HeaderMap::new(),
+            fail
+        ),
         Ok(())
     );
     assert!(check_params(
@@ -239,7 +254,14 @@ fn param_headers_must_mirror_the_arguments() {
         check_params("sql", None, args, &HeaderMap::new(), fail),
         Ok(())
     );
-    assert!(check_params("sql", None, args, &headers(&[("mcp-param-region", "eu")]), fail).is_err());
+    assert!(check_params(
+        "sql",
+        None,
+        args,
+        &headers(&[("mcp-param-region", "eu")]),
+        fail
+    )
+    .is_err());
 }
 
 #[test]
@@ -247,7 +269,11 @@ fn the_digest_covers_what_the_model_reads_in_canonical_order() {
     let a = json!({"name": "t", "description": "d", "inputSchema": {"b": 1, "a": [1, {"y": 2, "x": 1}]}});
     let b = json!({"inputSchema": {"a": [1, {"x": 1, "y": 2}], "b": 1}, "description": "d", "name": "t",
         "_meta": {"ttl": 5}, "icons": []});
-    assert_eq!(digest(&a), digest(&b), "key order, _meta and icons do not count");
+    assert_eq!(
+        digest(&a),
+        digest(&b),
+        "key order, _meta and icons do not count"
+    );
     for (key, value) in [
         ("description", json!("e")),
         ("title", json!("T")),
