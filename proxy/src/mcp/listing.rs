@@ -246,6 +246,13 @@ impl Listing {
         }
     }
 
+    /// Read the answer as an SSE stream (`true`) or a JSON body, as [`Listing::head`] decides
+    /// from a 2xx answer's content type.
+    pub fn read_as(&mut self, sse: bool) {
+        self.mode = if sse { Mode::Sse } else { Mode::Json };
+        self.sse = sse;
+    }
+
     /// The answer's head: decide how to read it. A body that will change size loses its
     /// `Content-Length` (it goes out chunked); one declared over `cap`, or compressed, is
     /// refused before anything reaches the agent.
