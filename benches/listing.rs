@@ -88,7 +88,10 @@ fn bench(c: &mut Criterion) {
     let ledger = Ledger::new(&config.chain);
     let mut headers = HeaderMap::new();
     headers.insert("content-type", "application/json".parse().unwrap());
-    headers.insert("accept", "application/json, text/event-stream".parse().unwrap());
+    headers.insert(
+        "accept",
+        "application/json, text/event-stream".parse().unwrap(),
+    );
     let base = base(&config, &ledger, &headers);
     let definitions = Definitions::new(4096);
     let tool: Arc<str> = Arc::from("crm");

@@ -155,6 +155,7 @@ async fn a_mismatched_mcp_name_is_refused_with_32020_and_never_reaches_the_serve
     assert_eq!(answer["error"]["code"], -32020, "{answer}");
     let message = answer["error"]["message"].as_str().unwrap();
     assert!(message.contains("mcp-name"), "{message}");
+    assert_eq!(answer["error"]["data"]["action"], "crm.export_customers");
     assert_eq!(
         server.seen().len(),
         1,

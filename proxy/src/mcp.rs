@@ -251,7 +251,11 @@ fn mismatch(x: &Exchange, m: &Mismatch) -> Json {
             "error": {
                 "code": HEADER_MISMATCH,
                 "message": m.to_string(),
-                "data": { "decision_id": &x.decision_id, "action": &*x.action, "trace_id": &x.trace_id },
+                "data": {
+                    "decision_id": &x.decision_id,
+                    "action": m.action.as_deref().unwrap_or(&x.action),
+                    "trace_id": &x.trace_id,
+                },
             },
         })
     };

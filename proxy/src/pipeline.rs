@@ -255,10 +255,10 @@ async fn admit(
 ) -> Result<(), Refusal> {
     let config = &snapshot.config;
     let prepared = prepare::finish(config, head, &session.req_header().headers, body.as_deref())?;
-    mcp::admit::admit(gw, snapshot, &prepared, &session.req_header().headers, x)?;
     let tool = prepared.accepted.tool.and_then(|t| config.catalog.tool(t));
     x.action = prepared.classification.action.clone();
     x.rpc = mcp::reply(&prepared);
+    mcp::admit::admit(gw, snapshot, &prepared, &session.req_header().headers, x)?;
     let strip = credential::stripped_headers(config, tool);
     let batch = prepared.rpc.as_ref().is_some_and(|r| r.batch);
     if batch {

@@ -53,6 +53,8 @@ pub struct Mismatch {
     pub ids: Vec<Json>,
     /// Whether the body was a batch (answered with an array).
     pub batch: bool,
+    /// The (first) message's action, for the answer and the record.
+    pub action: Option<String>,
 }
 
 /// The mismatch `message` of request `rpc`, answered for each of its requests.
@@ -66,6 +68,10 @@ pub fn mismatch(rpc: &Rpc, message: String) -> Mismatch {
             .map(|m| m.id.clone().unwrap_or(Json::Null))
             .collect(),
         batch: rpc.batch,
+        action: rpc
+            .members
+            .first()
+            .map(|m| m.classification.action.to_string()),
     }
 }
 

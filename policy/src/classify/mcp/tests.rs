@@ -204,6 +204,7 @@ fn param_headers_must_mirror_the_arguments() {
         message: m,
         ids: vec![],
         batch: false,
+        action: None,
     };
     let ok = |h: &[(&str, &str)]| check_params("sql", Some(&declared), args, &headers(h), fail);
     assert_eq!(
