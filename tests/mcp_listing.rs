@@ -431,3 +431,51 @@ async fn an_sse_tool_result_is_scrubbed_of_the_injected_credential() {
         )
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn toolgate_mcp_pin_falls_back_to_the_session_handshake() {
+    let server = FakeMcp::start(tools()).await;
+    server.set_legacy_only(true);
+    server.set_page(3);
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = config(&server.url(), LEAD, "    lock: crm.lock.yaml\n");
+    support::write(dir.path(), "toolgate.yaml", &yaml);
+    support::write(dir.path(), "policy/main.rego", POLICY);
+    support::write(dir.path(), "secrets/crm", SECRET);
+    let out = Command::new(support::binary())
+        .args(["mcp", "pin", "-c"])
+        .arg(dir.path().join("toolgate.yaml"))
+        .args([
+            "--tool",
+            "crm",
+            "--header",
+            "Authorization: Bearer operator-pin",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("pinned 4 tool definitions"), "{stdout}");
+    // The stateless attempt, refused; then the handshake and every page, at upstream + /mcp.
+    assert_eq!(
+        server.methods(),
+        vec![
+            "tools/list",
+            "initialize",
+            "notifications/initialized",
+            "tools/list",
+            "tools/list"
+        ]
+    );
+    for seen in server.seen() {
+        assert_eq!(seen.headers["authorization"], "Bearer operator-pin");
+    }
+    assert_eq!(
+        server.seen()[3].headers["mcp-protocol-version"],
+        "2025-11-25"
+    );
+}

@@ -41,6 +41,8 @@ struct State {
     /// Tools per `tools/list` page (0: all on one page).
     page: usize,
     sse: bool,
+    /// Speak only the 2025 session era: a 2026-07-28 request gets 400.
+    legacy_only: bool,
     seen: Vec<Seen>,
 }
 
@@ -92,6 +94,11 @@ impl FakeMcp {
         self.state.lock().unwrap().sse = sse;
     }
 
+    /// Refuse 2026-07-28 requests with 400, as a server of the session era does.
+    pub fn set_legacy_only(&self, legacy: bool) {
+        self.state.lock().unwrap().legacy_only = legacy;
+    }
+
     /// List `n` tools per page (0: all at once).
     pub fn set_page(&self, n: usize) {
         self.state.lock().unwrap().page = n;
@@ -130,15 +137,23 @@ async fn answer(
     let (parts, body) = req.into_parts();
     let raw = body.collect().await.unwrap().to_bytes();
     let message: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-    let (result, sse) = {
+    let (result, sse, legacy) = {
         let mut s = state.lock().unwrap();
         s.seen.push(Seen {
             headers: parts.headers.clone(),
             raw: raw.clone(),
             body: message.clone(),
         });
-        (result(&s, &message, &parts.headers), s.sse)
+        (result(&s, &message, &parts.headers), s.sse, s.legacy_only)
     };
+    if legacy && message["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"].is_string() {
+        return Ok(Response::builder()
+            .status(400)
+            .body(Full::new(Bytes::from_static(
+                b"Bad Request: No valid session ID provided",
+            )))
+            .unwrap());
+    }
     let Some(id) = message.get("id").cloned() else {
         return Ok(Response::builder()
             .status(202)
