@@ -14,6 +14,7 @@
 
 pub mod definition;
 pub mod headers;
+pub mod params;
 #[cfg(test)]
 mod tests;
 

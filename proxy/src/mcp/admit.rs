@@ -13,6 +13,7 @@ use http::HeaderMap;
 use serde_json::Value as Json;
 use toolgate_policy::classify::mcp::definition::{self, Lock};
 use toolgate_policy::classify::mcp::headers::{self, PARAM_PREFIX};
+use toolgate_policy::classify::mcp::params;
 use toolgate_policy::classify::mcp::Rpc;
 use toolgate_policy::classify::{Protocol, Tool};
 use toolgate_policy::evaluate::set_definition;
@@ -75,7 +76,7 @@ fn params(
         .and_then(Json::as_object);
     let lock = snapshot.config.mcp.locks.get(tool).map(|l| &**l);
     let declared = definition::declared_params(&gw.definitions, tool, name, lock);
-    headers::check_params(name, declared.as_deref(), arguments, headers, fail)?;
+    params::check_params(name, declared.as_deref(), arguments, headers, fail)?;
     Ok(())
 }
 

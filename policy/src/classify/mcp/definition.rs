@@ -11,7 +11,7 @@
 //! [`Definitions`] holds what toolgate learned from the `tools/list` answers it forwarded: per
 //! MCP tool (catalog tool, tool name) the definition seen last, and the first one seen (the
 //! pin, when no lock file pins the catalog tool). Bounds: at most `max` tools in all, names
-//! up to [`MAX_NAME`] bytes, [`super::headers::MAX_PARAM_HEADERS`] mirrored arguments each.
+//! up to [`MAX_NAME`] bytes, [`super::params::MAX_PARAM_HEADERS`] mirrored arguments each.
 //! When full, a new tool is not remembered (its calls show `known: false`, `pinned: false`);
 //! nothing is ever evicted, so a server cannot flush a pin by listing many tools. It lives in
 //! memory: a restart forgets first-sight pins (the lock file is the durable form).
@@ -24,7 +24,7 @@ use regorus::Value;
 use serde_json::Value as Json;
 use sha2::{Digest as _, Sha256};
 
-use super::headers::{self, ParamHeader};
+use super::params::{self, ParamHeader};
 
 /// The definition members the digest covers.
 pub const DIGESTED: [&str; 6] = [
@@ -175,7 +175,7 @@ impl Known {
     pub fn of(tool: &Json) -> Known {
         let params = tool
             .get("inputSchema")
-            .map_or(Ok(Vec::new()), headers::param_headers)
+            .map_or(Ok(Vec::new()), params::param_headers)
             .ok()
             .map(Arc::from);
         Known {

@@ -4,7 +4,8 @@ use http::HeaderMap;
 use serde_json::{json, Value as Json};
 
 use super::definition::{digest, Definitions, Known, Lock, Source};
-use super::headers::{self, check, check_params, decode, param_headers};
+use super::headers::{self, check, decode};
+use super::params::{check_params, param_headers};
 use super::{classify, Rpc};
 
 fn rpc(body: Json) -> Rpc {
