@@ -61,14 +61,12 @@ impl Lister<'_> {
             // Nothing a client could call: nothing to decide on.
             return false;
         };
-        let known = Known::of(tool);
-        let digest = known.digest;
-        self.definitions.observe(self.tool, name, known);
+        let status = self
+            .definitions
+            .observe_status(self.tool, name, Known::of(tool), self.lock);
         if self.dry_run {
             return true;
         }
-        let mut status = self.definitions.status(self.tool, name, self.lock);
-        status.current = Some(digest);
         let mut input = base.clone();
         call_action(&mut input, &format!("{}.{name}", self.tool), name);
         set_definition(&mut input, status.to_value());
@@ -187,9 +185,25 @@ fn call_action(input: &mut Value, action: &str, name: &str) {
         .get_mut(&Value::from("request"))
         .map(Value::as_object_mut)
     {
-        let call = json!({"jsonrpc": "2.0", "method": "tools/call",
-            "params": {"name": name, "arguments": {}}});
-        r.insert(Value::from("body"), Value::from(call));
+        // {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": name, "arguments": {}}}
+        let object = |pairs: Vec<(&str, Value)>| {
+            Value::from(
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| (Value::from(k), v))
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            )
+        };
+        let params = object(vec![
+            ("name", Value::from(name)),
+            ("arguments", object(Vec::new())),
+        ]);
+        let call = object(vec![
+            ("jsonrpc", Value::from("2.0")),
+            ("method", Value::from("tools/call")),
+            ("params", params),
+        ]);
+        r.insert(Value::from("body"), call);
     }
 }
 

@@ -46,11 +46,17 @@ pub struct Digest(pub [u8; 32]);
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("sha256:")?;
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 71];
+        let (prefix, hex) = out.split_at_mut(7);
+        prefix.copy_from_slice(b"sha256:");
+        for (pair, b) in hex.chunks_exact_mut(2).zip(self.0) {
+            if let [hi, lo] = pair {
+                *hi = HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0');
+                *lo = HEX.get(usize::from(b & 15)).copied().unwrap_or(b'0');
+            }
         }
-        Ok(())
+        f.write_str(std::str::from_utf8(&out).unwrap_or_default())
     }
 }
 
@@ -79,68 +85,56 @@ impl std::str::FromStr for Digest {
     }
 }
 
-/// The digest of tool definition `tool` (a `tools/list` entry).
+/// The digest of tool definition `tool` (a `tools/list` entry): SHA-256 of its canonical
+/// JSON, written straight into the hash.
 pub fn digest(tool: &Json) -> Digest {
-    let mut out = Vec::with_capacity(512);
-    out.push(b'{');
+    let mut hasher = Hashing(Sha256::new());
+    hasher.0.update(b"{");
     let mut first = true;
-    // DIGESTED is not sorted; the canonical object is.
-    let mut keys: Vec<&str> = DIGESTED.to_vec();
-    keys.sort_unstable();
-    for key in keys {
+    for key in SORTED {
         if let Some(v) = tool.get(key) {
             if !first {
-                out.push(b',');
+                hasher.0.update(b",");
             }
             first = false;
-            canonical_str(key, &mut out);
-            out.push(b':');
-            canonical(v, &mut out);
+            let _ = serde_json::to_writer(&mut hasher, key);
+            hasher.0.update(b":");
+            canonical(v, &mut hasher);
         }
     }
-    out.push(b'}');
-    Digest(Sha256::digest(&out).into())
+    hasher.0.update(b"}");
+    Digest(hasher.0.finalize().into())
 }
+
+/// [`DIGESTED`] in byte order, as the canonical object lists them.
+const SORTED: [&str; 6] = [
+    "annotations",
+    "description",
+    "inputSchema",
+    "name",
+    "outputSchema",
+    "title",
+];
 
 /// Canonical JSON: object keys sorted by their UTF-8 bytes, no whitespace, strings escaped
-/// as serde_json escapes them, numbers as serde_json prints them.
-pub fn canonical(v: &Json, out: &mut Vec<u8>) {
-    match v {
-        Json::Object(map) => {
-            let mut entries: Vec<(&String, &Json)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push(b'{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                canonical_str(k, out);
-                out.push(b':');
-                canonical(v, out);
-            }
-            out.push(b'}');
-        }
-        Json::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                canonical(item, out);
-            }
-            out.push(b']');
-        }
-        scalar => {
-            if let Ok(bytes) = serde_json::to_vec(scalar) {
-                out.extend_from_slice(&bytes);
-            }
-        }
-    }
+/// and numbers printed as serde_json does. serde_json's `Map` is a `BTreeMap` (toolgate does
+/// not enable `preserve_order`), so its compact output is that form; a test digests the same
+/// definition written in two key orders and requires one digest.
+pub fn canonical(v: &Json, out: &mut impl std::io::Write) {
+    let _ = serde_json::to_writer(out, v);
 }
 
-fn canonical_str(s: &str, out: &mut Vec<u8>) {
-    if let Ok(bytes) = serde_json::to_vec(s) {
-        out.extend_from_slice(&bytes);
+/// Bytes written into a hash.
+struct Hashing(Sha256);
+
+impl std::io::Write for Hashing {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -258,28 +252,58 @@ impl Definitions {
     /// Remember definition `known` of tool `name` of catalog tool `tool`, seen in a listing.
     /// `false` when it could not be remembered (the store is full, or the name too long).
     pub fn observe(&self, tool: &Arc<str>, name: &str, known: Known) -> bool {
-        if name.len() > MAX_NAME {
-            return false;
-        }
-        let Ok(mut seen) = self.seen.lock() else {
-            return false;
+        self.remember(tool, name, known).is_some()
+    }
+
+    /// Remember definition `known` of `name` (as [`Definitions::observe`]) and say what policy
+    /// is told about it, under one lock: the listing's path.
+    pub fn observe_status(
+        &self,
+        tool: &Arc<str>,
+        name: &str,
+        known: Known,
+        lock: Option<&Lock>,
+    ) -> Status {
+        let current = Some(known.digest);
+        let first = self.remember(tool, name, known);
+        let (pin, lock_file) = match lock {
+            Some(lock) => (
+                lock.tools.get(name).map(|k| (k.digest, Source::Lock)),
+                Some(lock.file.clone()),
+            ),
+            None => (first.map(|f| (f, Source::FirstSight)), None),
         };
-        if let Some(entry) = seen.get_mut(&(tool.clone(), name.to_string())) {
+        Status {
+            current,
+            pin,
+            lock_file,
+        }
+    }
+
+    /// Remember definition `known` of `name`; its first-seen digest, or `None` when it could
+    /// not be remembered (the store is full, or the name too long).
+    fn remember(&self, tool: &Arc<str>, name: &str, known: Known) -> Option<Digest> {
+        if name.len() > MAX_NAME {
+            return None;
+        }
+        let mut seen = self.seen.lock().ok()?;
+        let key = (tool.clone(), name.to_string());
+        if let Some(entry) = seen.get_mut(&key) {
             entry.current = known;
-            return true;
+            return Some(entry.first);
         }
         if seen.len() >= self.max {
-            return false;
+            return None;
         }
         let first = known.digest;
         seen.insert(
-            (tool.clone(), name.to_string()),
+            key,
             Entry {
                 current: known,
                 first,
             },
         );
-        true
+        Some(first)
     }
 
     /// The definition of `name` toolgate last saw, if any.
