@@ -57,6 +57,7 @@ fn bench(c: &mut Criterion) {
         action: "payment.create",
         act: None,
         approval: None,
+        not_after: None,
     };
     c.bench_function("mint/eddsa", |b| {
         b.iter(|| mint(spec, &grant, &subject, SystemTime::now()).unwrap())

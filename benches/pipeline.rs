@@ -117,6 +117,7 @@ fn one_request(config: &Config, policy: &Policy, ledger: &Ledger, headers: &Head
                 action: &class.action,
                 act: None,
                 approval: None,
+                not_after: None,
             };
             mint(spec, &decision.credential, &subject, now)
                 .unwrap()

@@ -8,6 +8,9 @@ source scripts/setup.sh
 # The Helm chart's offline checks (tests/helm.rs): Helm's Go SDK and Kubernetes' schemas.
 python3 -c 'import helm_python, kubernetes_validate' 2>/dev/null ||
   python3 -m pip install -q 'helm-python-sdk>=0.2,<0.3' 'kubernetes-validate>=1.37,<2'
+# The admission webhook's patches, applied by an independent RFC 6902 implementation
+# (tests/inject.rs).
+python3 -c 'import jsonpatch' 2>/dev/null || python3 -m pip install -q 'jsonpatch>=1.33,<2'
 # HTTPS through the proxy with a real Python client (tests/https.rs).
 python3 -c 'import requests' 2>/dev/null || python3 -m pip install -q 'requests>=2.31,<3'
 # The official MCP Python SDK, both sides of toolgate in tests/mcp.rs (server class
@@ -22,6 +25,10 @@ if ! cmp -s tests/mcp/ts/package-lock.json tests/mcp/ts/node_modules/.installed-
   (cd tests/mcp/ts && npm ci --no-audit --no-fund --ignore-scripts &&
     cp package-lock.json node_modules/.installed-lock.json)
 fi
+# A real trace store (tests/phoenix.rs): Arize Phoenix, which receives OTLP and answers span
+# queries over REST. About 1.5 minutes to install here (measured 2026-12-02), nothing after.
+python3 -c 'import phoenix.server.main' 2>/dev/null ||
+  python3 -m pip install -q 'arize-phoenix>=20.26,<21'
 # Minted credentials are verified by an independent JWT implementation (tests/credentials).
 python3 -c 'import jwt, cryptography' 2>/dev/null ||
   python3 -m pip install -q 'pyjwt[crypto]>=2.8,<3'

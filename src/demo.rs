@@ -3,10 +3,13 @@
 //! loopback port, spans go to an in-process OTLP receiver and the operator API gets a token of
 //! the demo's own (an overlay on the parsed YAML: `toolgate run` serves the quickstart
 //! unchanged). A scripted agent runs one task — with a payment held for a human, which the
-//! demo approves as an operator through the operator API before the agent retries it; the
-//! demo prints the decisions and the task's chain as rebuilt from the exported spans, and
+//! demo approves as an operator through the operator API before the agent retries it — and
+//! then hands reading a ticket to a second agent, served by a second toolgate in the same
+//! process (`handoff.rs`), which reads it and is refused closing it. The demo prints the
+//! decisions and the task's chain as rebuilt from the exported spans of both toolgates, and
 //! fails if the chain is not one linked trace.
 
+mod handoff;
 mod receiver;
 mod report;
 mod tools;
@@ -25,10 +28,20 @@ use toolgate_policy::config::{Config, EmbeddedFiles, Files, ProcessEnv, StaticEn
 use toolgate_proxy::server::{serve_with, Stopper};
 use toolgate_proxy::Snapshot;
 
+/// Which agent takes a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Who {
+    /// The quickstart's agent, in its own task (`x-toolgate-task`).
+    Triage,
+    /// The second agent, with the delegation token the last handoff step got.
+    Billing,
+}
+
 /// One request of the scripted agent. Adding a step is one more entry in [`SCRIPT`]; a tool
 /// added to the quickstart gets its own fake tool automatically.
 #[derive(Debug)]
 pub struct Step {
+    pub by: Who,
     /// What the agent is doing, for the table.
     pub says: &'static str,
     pub method: &'static str,
@@ -46,6 +59,7 @@ pub struct Step {
 /// The agent's task.
 pub const SCRIPT: &[Step] = &[
     Step {
+        by: Who::Triage,
         says: "reads ticket SUP-12",
         method: "GET",
         url: "http://jira.example.com/rest/api/3/issue/SUP-12",
@@ -56,6 +70,7 @@ pub const SCRIPT: &[Step] = &[
         approve: false,
     },
     Step {
+        by: Who::Triage,
         says: "closes SUP-12",
         method: "POST",
         url: "http://jira.example.com/rest/api/3/issue/SUP-12/transitions",
@@ -66,6 +81,7 @@ pub const SCRIPT: &[Step] = &[
         approve: false,
     },
     Step {
+        by: Who::Triage,
         says: "pays out 5000 EUR",
         method: "POST",
         url: "http://payments.example.com/v1/payments?amount=5000&currency=EUR",
@@ -76,6 +92,7 @@ pub const SCRIPT: &[Step] = &[
         approve: true,
     },
     Step {
+        by: Who::Triage,
         says: "retries it once approved",
         method: "POST",
         url: "http://payments.example.com/v1/payments?amount=5000&currency=EUR",
@@ -86,6 +103,7 @@ pub const SCRIPT: &[Step] = &[
         approve: false,
     },
     Step {
+        by: Who::Triage,
         says: "looks up customer ACME (MCP)",
         method: "POST",
         url: "http://crm.example.com/mcp",
@@ -93,6 +111,39 @@ pub const SCRIPT: &[Step] = &[
         body: r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"lookup_customer","arguments":{"customer":"ACME"}}}"#,
         action: "crm.lookup_customer",
         decision: "allow",
+        approve: false,
+    },
+    Step {
+        by: Who::Triage,
+        says: "hands reading on to billing",
+        method: "POST",
+        url: "http://toolgate.internal/delegate",
+        content_type: Some("application/json"),
+        body: r#"{"to":"spiffe://example.org/ns/support/sa/billing-agent","actions":["ticket.read"],"ttl":"10m"}"#,
+        action: "task.delegate",
+        decision: "allow",
+        approve: false,
+    },
+    Step {
+        by: Who::Billing,
+        says: "billing reads SUP-12",
+        method: "GET",
+        url: "http://jira.example.com/rest/api/3/issue/SUP-12",
+        content_type: None,
+        body: "",
+        action: "ticket.read",
+        decision: "allow",
+        approve: false,
+    },
+    Step {
+        by: Who::Billing,
+        says: "billing tries to close SUP-12",
+        method: "POST",
+        url: "http://jira.example.com/rest/api/3/issue/SUP-12/transitions",
+        content_type: Some("application/json"),
+        body: r#"{"transition":{"id":"31"}}"#,
+        action: "ticket.transition",
+        decision: "deny",
         approve: false,
     },
 ];
@@ -103,12 +154,14 @@ pub const APPROVER: &str = "demo-operator";
 /// The agent's own token: toolgate must keep it from every tool.
 const AGENT_TOKEN: &str = "agent-own-token-never-forwarded";
 
-/// The quickstart with the demo's `toolgate.yaml` and operator token.
+/// The quickstart with the demo's `toolgate.yaml`, operator token and extra files.
 #[derive(Debug)]
 struct Overlay {
     base: EmbeddedFiles,
     config: Vec<u8>,
     token: String,
+    /// Files of the demo's own (a delegation key, a peer's JWKS).
+    extra: Vec<(PathBuf, Vec<u8>)>,
 }
 
 impl Files for Overlay {
@@ -118,6 +171,9 @@ impl Files for Overlay {
         }
         if path == Path::new(TOKEN_FILE) {
             return Ok(self.token.clone().into_bytes());
+        }
+        if let Some((_, bytes)) = self.extra.iter().find(|(p, _)| p == path) {
+            return Ok(bytes.clone());
         }
         self.base.read(path)
     }
@@ -220,8 +276,14 @@ async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// The agent's request for `step`, sent through toolgate's proxy listener.
-async fn send(proxy: SocketAddr, step: &Step, task: &str) -> anyhow::Result<report::Outcome> {
+/// The agent's request for `step`, sent through toolgate's proxy listener: in `task`, or
+/// under the delegation token `token` when given.
+async fn send(
+    proxy: SocketAddr,
+    step: &Step,
+    task: &str,
+    token: Option<&str>,
+) -> anyhow::Result<report::Outcome> {
     let uri: http::Uri = step.url.parse()?;
     let host = uri
         .authority()
@@ -231,8 +293,11 @@ async fn send(proxy: SocketAddr, step: &Step, task: &str) -> anyhow::Result<repo
         .method(step.method)
         .uri(uri)
         .header(http::header::HOST, host)
-        .header("x-toolgate-task", task)
         .header(http::header::AUTHORIZATION, format!("Bearer {AGENT_TOKEN}"));
+    req = match token {
+        Some(token) => req.header("x-toolgate-task-token", token),
+        None => req.header("x-toolgate-task", task),
+    };
     if let Some(ct) = step.content_type {
         req = req.header(http::header::CONTENT_TYPE, ct);
     }
@@ -269,6 +334,55 @@ async fn recorded(admin: SocketAddr) -> u64 {
         .filter(|l| l.starts_with("toolgate_requests_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
+}
+
+/// A toolgate serving on pingora's own threads, stopped by its `Stopper` rather than a signal.
+struct Serving {
+    stopper: Stopper,
+    thread: std::thread::JoinHandle<Result<(), String>>,
+}
+
+impl Serving {
+    /// Stop it and wait until it has flushed its spans.
+    async fn stop(self) -> anyhow::Result<()> {
+        self.stopper.stop();
+        match tokio::task::spawn_blocking(move || self.thread.join()).await? {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => bail!("toolgate failed: {e}"),
+            Err(_) => bail!("toolgate's thread panicked"),
+        }
+    }
+}
+
+/// Load `overlay`'s configuration and serve it until stopped; ready once `admin` says so.
+async fn serve(overlay: Overlay, admin: SocketAddr) -> anyhow::Result<Serving> {
+    let origin = Path::new("<embedded quickstart>").join(CONFIG);
+    let config = Config::load_from(&origin, &overlay, &ProcessEnv).map_err(|e| anyhow!("{e}"))?;
+    let snapshot = Snapshot::build(config)?;
+    // The user's OTEL_* variables are not consulted: the demo exports to its receiver, quickly.
+    let stopper = Stopper::default();
+    let vars = StaticEnv(
+        [("OTEL_BSP_SCHEDULE_DELAY", "100")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
+    );
+    let stop = stopper.clone();
+    let thread = std::thread::Builder::new()
+        .name("toolgate-demo".into())
+        .spawn(move || serve_with(snapshot, None, Some(stop), &vars).map_err(|e| e.to_string()))?;
+    let ready = until(Duration::from_secs(30), || async {
+        thread.is_finished() || matches!(get(admin, "/readyz").await, Ok((200, _)))
+    })
+    .await;
+    if !ready || thread.is_finished() {
+        stopper.stop();
+        let why = match thread.join() {
+            Ok(Err(e)) => e,
+            _ => "it did not become ready".to_string(),
+        };
+        bail!("toolgate did not start: {why}");
+    }
+    Ok(Serving { stopper, thread })
 }
 
 /// Run the demo on the quickstart `files` (with `toolgate.yaml` among them). With `forward`,
@@ -333,83 +447,89 @@ async fn demo(files: &[(&str, &'static [u8])], forward: Option<http::Uri>) -> an
         "admin",
         serde_yaml::from_str(&format!("{{ token_file: {TOKEN_FILE} }}"))?,
     )?;
+    // The second agent's toolgate: the same quickstart, trusting the first one's handoffs.
+    let (second, second_proxy, second_admin) = handoff::second_agent(&doc)?;
+    handoff::delegating(&mut doc)?;
 
-    let overlay = Overlay {
-        base: EmbeddedFiles::new(files),
-        config: serde_yaml::to_string(&doc)?.into_bytes(),
-        token: token.clone(),
+    let overlay = |doc: &Yaml, extra: Vec<(PathBuf, Vec<u8>)>| -> anyhow::Result<Overlay> {
+        Ok(Overlay {
+            base: EmbeddedFiles::new(files),
+            config: serde_yaml::to_string(doc)?.into_bytes(),
+            token: token.clone(),
+            extra,
+        })
     };
-    let origin = Path::new("<embedded quickstart>").join(CONFIG);
-    let config = Config::load_from(&origin, &overlay, &ProcessEnv).map_err(|e| anyhow!("{e}"))?;
-    let snapshot = Snapshot::build(config)?;
-
-    // toolgate runs on pingora's own threads, stopped by `stopper` rather than a signal. The
-    // user's OTEL_* variables are not consulted: the demo exports to its receiver, quickly.
-    let stopper = Stopper::default();
-    let vars = StaticEnv(
-        [("OTEL_BSP_SCHEDULE_DELAY", "100")]
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .into(),
-    );
-    let stop = stopper.clone();
-    let server = std::thread::Builder::new()
-        .name("toolgate-demo".into())
-        .spawn(move || serve_with(snapshot, None, Some(stop), &vars).map_err(|e| e.to_string()))?;
-
-    let ready = until(Duration::from_secs(30), || async {
-        server.is_finished() || matches!(get(admin, "/readyz").await, Ok((200, _)))
-    })
-    .await;
-    if !ready || server.is_finished() {
-        stopper.stop();
-        let why = match server.join() {
-            Ok(Err(e)) => e,
-            _ => "it did not become ready".to_string(),
-        };
-        bail!("toolgate did not start: {why}");
-    }
+    let first = serve(overlay(&doc, handoff::first_files()?)?, admin).await?;
+    let second = async {
+        let (status, jwks) = get(admin, "/.well-known/jwks.json").await?;
+        if status != 200 {
+            bail!("the first toolgate's JWKS: {status} {jwks}");
+        }
+        serve(overlay(&second, handoff::second_files(jwks))?, second_admin).await
+    };
+    let second = match second.await {
+        Ok(s) => s,
+        Err(e) => {
+            first.stop().await?;
+            return Err(e);
+        }
+    };
 
     let task = format!("demo-{}", run_id());
     let mut outcomes = Vec::new();
     let mut approved = Vec::new();
+    let mut handed: Option<String> = None;
     for (i, step) in SCRIPT.iter().enumerate() {
-        let outcome = send(proxy, step, &task).await?;
+        let outcome = match step.by {
+            Who::Triage => send(proxy, step, &task, None).await?,
+            Who::Billing => send(second_proxy, step, &task, handed.as_deref()).await?,
+        };
         if step.approve {
             let id = approve(admin, &token, &outcome.body).await?;
             approved.push((i + 1, id));
         }
+        if step.action == toolgate_policy::delegation::ACTION {
+            handed = handoff::token(&outcome.body);
+        }
         outcomes.push(outcome);
     }
     // Spans are queued once their request is counted; then stopping flushes them all.
-    let all = SCRIPT.len() as u64;
+    let count = |who: Who| SCRIPT.iter().filter(|s| s.by == who).count() as u64;
     until(Duration::from_secs(30), || async {
-        recorded(admin).await >= all
+        recorded(admin).await >= count(Who::Triage)
+            && recorded(second_admin).await >= count(Who::Billing)
     })
     .await;
-    stopper.stop();
-    match tokio::task::spawn_blocking(move || server.join()).await? {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => bail!("toolgate failed: {e}"),
-        Err(_) => bail!("toolgate's thread panicked"),
-    }
+    let stopped = (first.stop().await, second.stop().await);
+    stopped.0?;
+    stopped.1?;
 
-    let chain = report::chain(&receiver.spans(), &task);
+    let received = receiver.spans();
+    let chain = report::chain(&received, &task);
+    let root = report::root(&received, &task);
     let seen: Vec<tools::Seen> = fakes.iter().flat_map(|f| f.seen()).collect();
     println!(
         "toolgate demo: the embedded quickstart's catalog and policy, its tools ({}) faked on \
-         127.0.0.1,\none scripted agent task ({task}), spans exported over OTLP/HTTP to an \
-         in-process receiver.\n",
+         127.0.0.1,\none scripted agent task ({task}), handed in part to a second agent ({}) \
+         served by a second toolgate,\nspans of both exported over OTLP/HTTP to an in-process \
+         receiver.\n",
         fakes
             .iter()
             .map(|f| f.name.as_str())
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        handoff::SECOND
     );
     println!("Decisions\n\n{}", report::table(SCRIPT, &outcomes, &chain));
     for (step, id) in &approved {
         println!(
             "After step {step} the demo approved it as an operator ({APPROVER}): POST /v1/approvals/{id}/approve\n"
         );
+    }
+    for (i, (step, outcome)) in SCRIPT.iter().zip(&outcomes).enumerate() {
+        if step.action == toolgate_policy::delegation::ACTION {
+            println!("{}", report::handoff(i + 1, outcome));
+        }
     }
     let trace = chain
         .first()
@@ -421,8 +541,9 @@ async fn demo(files: &[(&str, &'static [u8])], forward: Option<http::Uri>) -> an
         })
         .unwrap_or_default();
     println!(
-        "The task's chain, rebuilt from the {} spans received (trace {trace}):\n\n{}",
+        "The task's chain, rebuilt from the {} spans received (trace {trace}):\n\n{}{}",
         chain.len(),
+        root.as_ref().map(report::root_line).unwrap_or_default(),
         report::timeline(&chain)
     );
     if let Some(uri) = &forward {
@@ -434,7 +555,7 @@ async fn demo(files: &[(&str, &'static [u8])], forward: Option<http::Uri>) -> an
             (_, errors) => eprintln!("could not pass spans on: {}", errors.join("; ")),
         }
     }
-    let problems = report::problems(SCRIPT, &outcomes, &chain, &seen);
+    let problems = report::problems(SCRIPT, &outcomes, &chain, root.as_ref(), &seen);
     for p in &problems {
         eprintln!("demo check failed: {p}");
     }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod demo;
+mod inject;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -75,12 +76,18 @@ enum Command {
     /// Revoke a task, an agent or a credential id through the operator API, or list the
     /// revocations in force.
     Revoke(cli::revoke::Args),
+    /// Serve the Kubernetes mutating admission webhook that adds toolgate to the pods that
+    /// ask for it (AdmissionReview v1 over HTTPS).
+    Inject(cli::inject::Args),
     /// Requests held for human approval: list, show, approve or deny them through the
     /// operator API.
     Approvals(cli::approvals::Args),
     /// MCP tools: `pin` writes the lock file of a tool's definitions from its live server.
     #[command(subcommand)]
     Mcp(cli::mcp::Command),
+    /// End a task (refuse it, kill its credentials) or show its chain, through the operator
+    /// API.
+    Tasks(cli::tasks::Args),
 }
 
 /// `toolgate ca …`
@@ -625,8 +632,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Revoke(args) => cli::revoke::run(args),
+        Command::Inject(args) => {
+            init_logging("info");
+            cli::inject::run(args)
+        }
         Command::Approvals(args) => cli::approvals::run(args),
         Command::Mcp(command) => cli::mcp::run(command),
+        Command::Tasks(args) => cli::tasks::run(args),
         Command::Test { config, paths } => test(&config, paths),
         Command::Eval(args) => eval(args),
         Command::Demo { otlp } => {

@@ -1,7 +1,9 @@
 //! The Helm chart, checked offline: Helm's Go SDK (PyPI `helm-python-sdk`) lints and renders
 //! it with every values file under `charts/toolgate/ci/`, PyPI `kubernetes-validate` checks
-//! each rendered object strictly against Kubernetes 1.29 and the newest bundled version, and
-//! the rendered toolgate configuration goes through the real `toolgate check`.
+//! each rendered object strictly against Kubernetes 1.29, 1.33 and the newest bundled version,
+//! and the rendered toolgate configuration goes through the real `toolgate check`. Injector
+//! mode's webhook is served by the real `toolgate inject` with the certificate and
+//! configuration the chart generated, and adds exactly what the sidecar mode renders.
 //! `tests/helm/validate.py` does the Python side; scripts/test.sh installs its packages.
 #![allow(
     clippy::unwrap_used,
@@ -15,6 +17,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use serde_json::Value;
+
+mod support;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_toolgate");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -122,6 +126,7 @@ fn localize(dir: &Path) -> String {
         std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     }
     let token = dir.join("secrets/demo-toolgate-operator-token");
+    let ca = dir.join("secrets/demo-toolgate-ca");
     let local = rendered
         .replace(
             "/var/run/secrets/toolgate/operator/",
@@ -135,6 +140,12 @@ fn localize(dir: &Path) -> String {
             "dir: /var/lib/toolgate",
             &format!("dir: {}", state.display()),
         );
+    // The CA the chart generated (on by default), where the pod mounts its Secret.
+    let local = if ca.exists() {
+        local.replace("/etc/toolgate/ca/", &format!("{}/", ca.display()))
+    } else {
+        local
+    };
     std::fs::write(&yaml, local).unwrap();
     rendered
 }
@@ -178,7 +189,8 @@ fn every_values_file_lints_clean_and_renders_objects_kubernetes_accepts_strictly
     assert_eq!(r.code, 0, "{:#}", r.report);
     let versions = r.report["kube_versions"].as_array().unwrap();
     assert_eq!(versions[0], "1.29.0");
-    assert!(versions[1].as_str().unwrap() > "1.29.0", "{versions:?}");
+    assert_eq!(versions[1], "1.33.0");
+    assert!(versions[2].as_str().unwrap() >= "1.33.0", "{versions:?}");
     let cases = r.report["cases"].as_object().unwrap();
     for case in [
         "default",
@@ -186,6 +198,8 @@ fn every_values_file_lints_clean_and_renders_objects_kubernetes_accepts_strictly
         "transparent",
         "classic",
         "existing-configmap",
+        "injector",
+        "injector-cert-manager",
     ] {
         let c = &cases[case];
         assert_eq!(c["lint"], serde_json::json!([]), "{case}: {c:#}");
@@ -278,15 +292,18 @@ fn transparent_values_render_a_config_that_toolgate_check_accepts() {
     let secret = dir.path().join("secrets/demo-toolgate-ca");
     assert!(secret.join("tls.key").exists(), "no generated CA: {files}");
     let yaml = dir.path().join("toolgate.yaml");
-    localize(dir.path());
-    let rendered = std::fs::read_to_string(&yaml).unwrap();
+    // As rendered: the pod's paths; localize points them at the generated CA and the rest.
+    let rendered = localize(dir.path());
     assert!(
         rendered.contains("transparent: 127.0.0.1:15006"),
         "{rendered}"
     );
     assert!(rendered.contains("/etc/toolgate/ca/tls.crt"), "{rendered}");
-    let local = rendered.replace("/etc/toolgate/ca/", &format!("{}/", secret.display()));
-    std::fs::write(&yaml, local).unwrap();
+    let local = std::fs::read_to_string(&yaml).unwrap();
+    assert!(
+        local.contains(&format!("{}/tls.crt", secret.display())),
+        "{local}"
+    );
     let out = Command::new(BINARY)
         .args(["check", "-c"])
         .arg(&yaml)
@@ -505,7 +522,8 @@ fn classic_sidecar_is_a_second_container_with_credentials_only_it_mounts() {
     let objects = objects("classic");
     let pod = pod(&objects);
     assert_eq!(names(&pod["containers"]), ["agent", "toolgate"]);
-    assert!(pod["initContainers"].is_null());
+    // Only the trust step runs first (the interception CA is on by default): no native sidecar.
+    assert_eq!(names(&pod["initContainers"]), ["toolgate-trust"]);
     let toolgate = named(&pod["containers"], "toolgate");
     assert!(toolgate["restartPolicy"].is_null());
     assert_eq!(
@@ -517,7 +535,11 @@ fn classic_sidecar_is_a_second_container_with_credentials_only_it_mounts() {
         "/var/run/secrets/toolgate/payments-key"
     );
     let agent = named(&pod["containers"], "agent");
-    assert!(agent["volumeMounts"].is_null(), "{agent}");
+    assert_eq!(
+        names(&agent["volumeMounts"]),
+        ["toolgate-ca-cert", "toolgate-trust"],
+        "the trust bundle, and none of toolgate's credentials"
+    );
     let annotations = &find(&objects, "Deployment")["spec"]["template"]["metadata"]["annotations"];
     assert!(annotations["checksum/config"].is_string(), "{annotations}");
 }
@@ -813,4 +835,493 @@ fn require_task_token_is_a_chart_value_rendered_into_the_config() {
         .as_str()
         .unwrap();
     assert!(!default.contains("require_task_token"), "{default}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the child process it holds when dropped.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// HTTPS classified by default: the default values generate the interception CA (kept across
+/// upgrades), render `tls.ca`, give the agent only its certificate in a trust bundle with the
+/// system roots — and a real HTTPS client (Python requests, as the agent would run it, with the
+/// variables the chart sets) reaches an action inside TLS through the real toolgate serving
+/// the rendered configuration: `POST https://httpbin.org/post` is classified as
+/// `request.post` and denied by the default policy, never decided by host alone.
+#[test]
+fn default_values_give_the_agent_a_ca_bundle_and_https_is_classified_into_actions() {
+    let objects = objects("default");
+    let pod = pod(&objects);
+    assert_eq!(
+        names(&pod["initContainers"]),
+        ["toolgate-trust", "toolgate"]
+    );
+    let agent = named(&pod["containers"], "agent");
+    for var in ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"] {
+        assert_eq!(
+            env(agent, var),
+            Some("/etc/toolgate/trust/ca-bundle.crt"),
+            "{var}"
+        );
+    }
+    assert_eq!(
+        env(agent, "NODE_EXTRA_CA_CERTS"),
+        Some("/etc/toolgate/ca-cert/ca.crt")
+    );
+    assert_eq!(
+        named(&pod["volumes"], "toolgate-ca-cert")["secret"]["items"],
+        serde_json::json!([{ "key": "tls.crt", "path": "ca.crt" }]),
+        "the certificate alone, never the key"
+    );
+    let secret = objects
+        .iter()
+        .find(|o| o["kind"] == "Secret" && o["metadata"]["name"] == "demo-toolgate-ca")
+        .expect("a generated CA");
+    assert_eq!(
+        secret["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+
+    // The rendered configuration, served for real on free ports, with the generated CA.
+    let dir = tempfile::tempdir().unwrap();
+    let (code, files) = validate(&[
+        "config",
+        chart().to_str().unwrap(),
+        "-",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{files}");
+    localize(dir.path());
+    let yaml = dir.path().join("toolgate.yaml");
+    let mut config: Value = serde_yaml::from_str(&std::fs::read_to_string(&yaml).unwrap()).unwrap();
+    assert_eq!(
+        config["tls"]["ca"]["cert"]
+            .as_str()
+            .map(|p| p.ends_with("demo-toolgate-ca/tls.crt")),
+        Some(true),
+        "{config:#}"
+    );
+    let (proxy, admin) = (free_port(), free_port());
+    config["listen"]["proxy"] = format!("127.0.0.1:{proxy}").into();
+    config["listen"]["admin"] = format!("127.0.0.1:{admin}").into();
+    std::fs::write(&yaml, serde_yaml::to_string(&config).unwrap()).unwrap();
+    let _toolgate = Running(
+        Command::new(BINARY)
+            .args(["run", "-c"])
+            .arg(&yaml)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", proxy)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "toolgate did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    // The trust step's bundle, built as the pod builds it: system roots + the CA certificate.
+    let ca_cert = dir.path().join("secrets/demo-toolgate-ca/tls.crt");
+    let bundle = dir.path().join("ca-bundle.crt");
+    let roots = std::fs::read("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default();
+    std::fs::write(&bundle, [roots, std::fs::read(&ca_cert).unwrap()].concat()).unwrap();
+    let agent = r#"
+import json, requests
+r = requests.post("https://httpbin.org/post", json={"a": 1}, timeout=20)
+print(json.dumps({"status": r.status_code, "body": r.json()}))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", agent])
+        .env("HTTPS_PROXY", format!("http://127.0.0.1:{proxy}"))
+        .env("REQUESTS_CA_BUNDLE", &bundle)
+        .env("NO_PROXY", "")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["status"], 403, "{answer:#}");
+    assert_eq!(answer["body"]["action"], "request.post", "{answer:#}");
+    // The same client trusting only the system roots refuses toolgate's certificate: the
+    // bundle is what makes interception work, and nothing else does.
+    let out = Command::new("python3")
+        .args(["-c", agent])
+        .env("HTTPS_PROXY", format!("http://127.0.0.1:{proxy}"))
+        .env("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+        .env("NO_PROXY", "")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("CERTIFICATE_VERIFY_FAILED"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn ca_can_be_opted_out_of_and_then_the_agent_gets_no_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("values.yaml");
+    std::fs::write(&values, "ca: { enabled: false }\n").unwrap();
+    let (code, files) = validate(&[
+        "config",
+        chart().to_str().unwrap(),
+        values.to_str().unwrap(),
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{files}");
+    let files: Value = files;
+    assert!(
+        files["secrets"].get("demo-toolgate-ca").is_none(),
+        "{files}"
+    );
+    let config = std::fs::read_to_string(dir.path().join("toolgate.yaml")).unwrap();
+    assert!(!config.contains("ca:"), "{config}");
+}
+
+/// The injector: a Deployment running `toolgate inject` with the rendered configuration and
+/// the generated certificate, a Service, and a MutatingWebhookConfiguration whose two webhooks
+/// select opted-in pods and labelled namespaces, fail closed, and trust the generated CA —
+/// which the real binary, given the chart's own Secret and ConfigMap, serves under the
+/// Service's name.
+#[test]
+fn injector_mode_renders_a_webhook_the_real_binary_serves_with_the_charts_certificate() {
+    let objects = objects("injector");
+    assert!(objects
+        .iter()
+        .all(|o| o["kind"] != "ConfigMap" || o["metadata"]["name"] == "demo-toolgate-injector"));
+    let hook = find(&objects, "MutatingWebhookConfiguration");
+    let webhooks = hook["webhooks"].as_array().unwrap();
+    assert_eq!(webhooks.len(), 2);
+    for w in webhooks {
+        assert_eq!(w["failurePolicy"], "Fail");
+        assert_eq!(w["sideEffects"], "None");
+        assert_eq!(w["admissionReviewVersions"], serde_json::json!(["v1"]));
+        assert_eq!(w["rules"][0]["operations"], serde_json::json!(["CREATE"]));
+        assert_eq!(
+            w["clientConfig"]["service"]["name"],
+            "demo-toolgate-injector"
+        );
+        let never = &w["namespaceSelector"]["matchExpressions"][1];
+        assert_eq!(never["key"], "kubernetes.io/metadata.name");
+        assert!(
+            never["values"]
+                .as_array()
+                .unwrap()
+                .contains(&"agents".into()),
+            "its own namespace"
+        );
+    }
+    assert_eq!(webhooks[0]["clientConfig"]["service"]["path"], "/inject");
+    assert_eq!(
+        webhooks[0]["objectSelector"]["matchLabels"]["toolgate.io/inject"],
+        "true"
+    );
+    assert_eq!(
+        webhooks[1]["clientConfig"]["service"]["path"],
+        "/inject/namespace"
+    );
+    assert_eq!(
+        webhooks[1]["namespaceSelector"]["matchExpressions"][0],
+        serde_json::json!({ "key": "toolgate.io/inject", "operator": "In", "values": ["enabled"] })
+    );
+    let secret = objects
+        .iter()
+        .find(|o| o["kind"] == "Secret" && o["metadata"]["name"] == "demo-toolgate-injector-tls")
+        .unwrap();
+    assert_eq!(
+        secret["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    assert_eq!(
+        webhooks[0]["clientConfig"]["caBundle"],
+        secret["data"]["ca.crt"]
+    );
+    let deployment = find(&objects, "Deployment");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["args"][0], "inject");
+    assert_eq!(container["securityContext"]["runAsUser"], 1337);
+    assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["automountServiceAccountToken"],
+        false
+    );
+
+    // The chart's own certificate and configuration, served by the real binary.
+    let dir = tempfile::tempdir().unwrap();
+    let b64 = |v: &Value| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap()
+    };
+    for key in ["tls.crt", "tls.key", "ca.crt"] {
+        std::fs::write(dir.path().join(key), b64(&secret["data"][key])).unwrap();
+    }
+    let injector_yaml = find(&objects, "ConfigMap")["data"]["injector.yaml"]
+        .as_str()
+        .unwrap();
+    std::fs::write(dir.path().join("injector.yaml"), injector_yaml).unwrap();
+    let port = free_port();
+    let _webhook = Running(
+        Command::new(BINARY)
+            .arg("inject")
+            .arg("-c")
+            .arg(dir.path().join("injector.yaml"))
+            .arg("--tls-cert")
+            .arg(dir.path().join("tls.crt"))
+            .arg("--tls-key")
+            .arg(dir.path().join("tls.key"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let host = "demo-toolgate-injector.agents.svc";
+    let client = reqwest::blocking::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&b64(&webhooks[0]["clientConfig"]["caBundle"])).unwrap(),
+        )
+        .resolve(host, format!("127.0.0.1:{port}").parse().unwrap())
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let review: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(ROOT).join("tests/inject/reviews/existing-init-env-volumes.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let answer: Value = loop {
+        match client
+            .post(format!("https://{host}:{port}/inject"))
+            .header("content-type", "application/json")
+            .body(review.to_string())
+            .send()
+        {
+            Ok(r) => break r.json().unwrap(),
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "{e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    };
+    assert_eq!(answer["response"]["allowed"], true, "{answer:#}");
+    assert_eq!(answer["response"]["patchType"], "JSONPatch");
+}
+
+#[test]
+fn injector_mode_with_cert_manager_asks_it_for_the_certificate_and_the_ca_bundle() {
+    let objects = objects("injector-cert-manager");
+    assert!(
+        objects.iter().all(|o| o["kind"] != "Secret"),
+        "no generated certificate"
+    );
+    let certificate = find(&objects, "Certificate");
+    assert_eq!(
+        certificate["spec"]["secretName"],
+        "demo-toolgate-injector-tls"
+    );
+    assert!(certificate["spec"]["dnsNames"]
+        .as_array()
+        .unwrap()
+        .contains(&"demo-toolgate-injector.agents.svc".into()));
+    assert_eq!(
+        certificate["spec"]["issuerRef"]["name"],
+        "demo-toolgate-injector"
+    );
+    assert!(find(&objects, "Issuer")["spec"]["selfSigned"].is_object());
+    let hook = find(&objects, "MutatingWebhookConfiguration");
+    assert_eq!(
+        hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "agents/demo-toolgate-injector"
+    );
+    assert!(hook["webhooks"][0]["clientConfig"]
+        .get("caBundle")
+        .is_none());
+    assert_eq!(find(&objects, "Deployment")["spec"]["replicas"], 3);
+}
+
+/// What the injector adds to a pod is exactly what the sidecar mode renders: the chart's own
+/// Deployment, stripped of toolgate, goes through the real webhook configured by the chart's
+/// injector mode (same values otherwise), and comes back with the same init containers,
+/// volumes, environment and mounts.
+#[test]
+fn the_injector_adds_exactly_what_the_sidecar_mode_renders() {
+    let sidecar_mode = objects("default");
+    let rendered = pod(&sidecar_mode).clone();
+    // The injector's configuration for the same values.
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("values.yaml");
+    std::fs::write(
+        &values,
+        "agent: { enabled: false }\ninjector: { enabled: true, target: demo-toolgate, certManager: { enabled: false } }\n",
+    )
+    .unwrap();
+    let (code, report) = validate(&[
+        "objects",
+        chart().to_str().unwrap(),
+        values.to_str().unwrap(),
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{report}");
+    let injector = objects_in(&std::fs::read_to_string(dir.path().join("objects.yaml")).unwrap());
+    let injector_yaml = find(&injector, "ConfigMap")["data"]["injector.yaml"]
+        .as_str()
+        .unwrap();
+    std::fs::write(dir.path().join("injector.yaml"), injector_yaml).unwrap();
+
+    // The agent's pod as its owner wrote it: the chart's pod without toolgate's pieces.
+    let mut bare = rendered.clone();
+    let ours = |v: &Value| v["name"].as_str().unwrap().starts_with("toolgate");
+    bare.as_object_mut().unwrap().remove("initContainers");
+    bare.as_object_mut().unwrap().remove("securityContext");
+    let volumes: Vec<Value> = bare["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| !ours(v))
+        .cloned()
+        .collect();
+    bare["volumes"] = Value::Array(volumes);
+    let agent = bare["containers"][0].as_object_mut().unwrap();
+    agent.remove("env");
+    agent.remove("volumeMounts");
+    let review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "e911857d-c318-11e8-bbad-025000000001",
+            "kind": { "group": "", "version": "v1", "kind": "Pod" },
+            "operation": "CREATE", "namespace": "agents",
+            "object": {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": { "generateName": "demo-", "labels": { "toolgate.io/inject": "true" } },
+                "spec": bare,
+            }
+        }
+    });
+    let answer = inject_through_the_binary(dir.path(), &review);
+    let injected = &answer["spec"];
+
+    let without_agent_id = |c: &Value| {
+        let mut c = c.clone();
+        if let Some(env) = c.get_mut("env").and_then(Value::as_array_mut) {
+            env.retain(|e| e["name"] != "TOOLGATE_AGENT_ID");
+        }
+        c
+    };
+    let init: Vec<Value> = injected["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(without_agent_id)
+        .collect();
+    assert_eq!(Value::Array(init), rendered["initContainers"]);
+    assert_eq!(injected["volumes"], rendered["volumes"]);
+    assert_eq!(
+        injected["containers"][0]["env"],
+        rendered["containers"][0]["env"]
+    );
+    assert_eq!(
+        injected["containers"][0]["volumeMounts"],
+        rendered["containers"][0]["volumeMounts"]
+    );
+    assert_eq!(
+        injected["securityContext"]["fsGroup"],
+        rendered["securityContext"]["fsGroup"]
+    );
+}
+
+/// Serve `dir/injector.yaml` with the real `toolgate inject` (a test certificate), POST
+/// `review` to `/inject`, and apply the patch it answers with (PyPI jsonpatch, validated for
+/// Kubernetes 1.29 and 1.33 by tests/inject/apply.py); the patched pod.
+fn inject_through_the_binary(dir: &Path, review: &Value) -> Value {
+    use base64::Engine as _;
+    let ca = support::TestCa::new();
+    std::fs::write(dir.join("tls.crt"), ca.leaf_pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), ca.leaf_key_pem()).unwrap();
+    let port = free_port();
+    let _webhook = Running(
+        Command::new(BINARY)
+            .arg("inject")
+            .arg("-c")
+            .arg(dir.join("injector.yaml"))
+            .arg("--tls-cert")
+            .arg(dir.join("tls.crt"))
+            .arg("--tls-key")
+            .arg(dir.join("tls.key"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let client = reqwest::blocking::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.ca_pem.as_bytes()).unwrap())
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let answer: Value = loop {
+        match client
+            .post(format!("https://localhost:{port}/inject"))
+            .header("content-type", "application/json")
+            .body(review.to_string())
+            .send()
+        {
+            Ok(r) => break r.json().unwrap(),
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "{e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    };
+    let response = &answer["response"];
+    assert_eq!(response["allowed"], true, "{answer:#}");
+    let patch: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(response["patch"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let mut py = Command::new("python3")
+        .arg(Path::new(ROOT).join("tests/inject/apply.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = serde_json::json!({ "pod": review["request"]["object"], "patch": patch });
+    std::io::Write::write_all(&mut py.stdin.take().unwrap(), input.to_string().as_bytes()).unwrap();
+    let out = py.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["errors"], serde_json::json!([]), "{result:#}");
+    result["pod"].clone()
 }

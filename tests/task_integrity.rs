@@ -648,3 +648,51 @@ async fn a_batch_credential_does_not_depend_on_the_order_of_its_members() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_tool_that_fails_or_times_out_settles_its_entry_so_and_it_never_counts_as_a_read() {
+    // A port nothing listens on, and a tool slower than limits.upstream_timeout (1 s).
+    let closed = support::free_port();
+    let slow = SlowTool::start(Duration::from_millis(3000));
+    let fast = ToolServer::http().await;
+    let config = |upstream: &str| {
+        jira(upstream, "").replace(
+            "limits: { connect_timeout: 2s, upstream_timeout: 10s, shutdown_timeout: 1s }",
+            "limits: { connect_timeout: 1s, upstream_timeout: 1s, shutdown_timeout: 1s }",
+        )
+    };
+    for (upstream, want, status) in [
+        (format!("http://127.0.0.1:{closed}"), "upstream_error", 502),
+        (format!("http://{}", slow.addr), "timeout", 504),
+        // The positive control: a tool that answers.
+        (fast.url(), "response", 200),
+    ] {
+        let tg = Toolgate::start(
+            &config(&upstream),
+            &[("policy.rego", JIRA_POLICY), ("secrets/jira", "s3cret")],
+        );
+        let client = tg.forward_client();
+        let read = client
+            .get("http://jira.test/issue/SUP-5")
+            .header("x-toolgate-task", "T-fail")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status().as_u16(), status, "{upstream}");
+        let line = wait_for_decision(&tg, |l| l["action"] == "ticket.read");
+        assert_eq!(line["outcome"]["outcome"], want, "{line}");
+        let transition = client
+            .post("http://jira.test/issue/SUP-5/transitions")
+            .header("x-toolgate-task", "T-fail")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let allowed = want == "response";
+        assert_eq!(
+            transition.status().as_u16() == 403,
+            !allowed,
+            "{want}: a read that did not succeed never counts"
+        );
+    }
+}

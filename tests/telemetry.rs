@@ -1,6 +1,7 @@
 //! Telemetry end to end: the real toolgate binary exporting to a real OTLP receiver (HTTP and
-//! gRPC), one trace per task with a linked span per action, W3C propagation to the tool, and
-//! metrics, also when the collector is down.
+//! gRPC), one trace per task with a linked span per action under the task's root span, the
+//! GenAI and MCP semantic-convention attributes, W3C propagation to the tool, and metrics, also
+//! when the collector is down.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -41,6 +42,8 @@ decision := {"allow": true, "reason": concat("", [input.action.attributes.issue,
 
 decision := {"allow": true, "reason": "ledger entries are allowed"} if input.action.name == "entry.create"
 
+decision := {"allow": true, "reason": "looking customers up is allowed"} if input.action.name == "crm.lookup_customer"
+
 decision := {"allow": false, "reason": sprintf("payment of %v exceeds the limit of 100", [input.action.attributes.amount])} if {
 	input.action.name == "payment.create"
 	to_number(input.action.attributes.amount) > 100
@@ -71,6 +74,10 @@ tools:
       - name: payment.create
         match: {{ method: POST, path: /v1/payments }}
         attributes: {{ amount: "query:amount" }}
+  - name: crm
+    hosts: [crm.test]
+    upstream: {tool}
+    protocol: mcp
   - name: ledger
     hosts: [ledger.test]
     upstream: {tool}
@@ -163,7 +170,7 @@ async fn three_actions(tg: &Toolgate) -> serde_json::Value {
 /// never their values, ids matching the problem and the decision log, and the counters.
 async fn a_task_is_one_linked_trace(protocol: &str, receiver: Receiver) {
     let tool = ToolServer::http().await;
-    let tg = start(&tool, &receiver.endpoint(), protocol, QUICK);
+    let mut tg = start(&tool, &receiver.endpoint(), protocol, QUICK);
     let denied = three_actions(&tg).await;
 
     let received = receiver.wait_for(3).await;
@@ -193,7 +200,13 @@ async fn a_task_is_one_linked_trace(protocol: &str, receiver: Receiver) {
         assert_eq!(string(a, "toolgate.task.id"), Some("T-42"));
         assert_eq!(string(a, "toolgate.agent.id"), Some(AGENT));
         assert_eq!(string(a, "toolgate.action"), Some(span.name.as_str()));
-        assert!(span.parent_span_id.is_empty(), "no agent span: a root");
+        // The GenAI tool-execution conventions, beside toolgate's own attributes.
+        assert_eq!(string(a, "gen_ai.operation.name"), Some("execute_tool"));
+        assert_eq!(string(a, "gen_ai.tool.name"), Some(span.name.as_str()));
+        assert_eq!(string(a, "gen_ai.agent.id"), Some(AGENT));
+        assert_eq!(string(a, "openinference.span.kind"), Some("TOOL"));
+        assert_eq!(span.parent_span_id.len(), 8, "a child of the task's root");
+        assert_eq!(span.parent_span_id, spans[0].parent_span_id, "one root");
         match i {
             0 => assert!(span.links.is_empty(), "the first action links nowhere"),
             _ => {
@@ -305,6 +318,35 @@ async fn a_task_is_one_linked_trace(protocol: &str, receiver: Receiver) {
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
+
+    // The task's root span goes out when the task ends — here, when toolgate stops: `task
+    // T-42`, the parent of all three, in the same trace, with the task's counts.
+    let status = tg
+        .terminate(Duration::from_secs(30))
+        .expect("toolgate stops");
+    assert!(status.success(), "{status}");
+    let all = receiver.wait_for(4).await;
+    let root = all
+        .iter()
+        .map(|r| &r.span)
+        .find(|s| s.name == "task T-42")
+        .unwrap_or_else(|| panic!("no task root: {all:#?}"));
+    assert_eq!(root.span_id, spans[0].parent_span_id);
+    assert!(root.parent_span_id.is_empty());
+    assert_eq!(hex(&root.trace_id), trace);
+    assert_eq!(root.kind, SpanKind::Internal as i32);
+    let a = &root.attributes;
+    assert_eq!(string(a, "toolgate.task.id"), Some("T-42"));
+    assert_eq!(string(a, "gen_ai.agent.id"), Some(AGENT));
+    assert_eq!(string(a, "openinference.span.kind"), Some("AGENT"));
+    assert_eq!(int(a, "toolgate.task.actions"), Some(3));
+    assert_eq!(int(a, "toolgate.task.decisions.allow"), Some(2));
+    assert_eq!(int(a, "toolgate.task.decisions.deny"), Some(1));
+    assert_eq!(int(a, "toolgate.task.outcomes.response"), Some(2));
+    assert_eq!(int(a, "toolgate.task.outcomes.refused"), Some(1));
+    assert_eq!(string(a, "toolgate.task.closed"), Some("shutdown"));
+    assert!(root.start_time_unix_nano <= spans[0].start_time_unix_nano);
+    assert!(root.end_time_unix_nano >= spans[2].end_time_unix_nano);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -439,7 +481,9 @@ async fn agent_traceparent_makes_the_action_a_child_and_the_tool_gets_toolgates_
         .find(|s| string(&s.attributes, "toolgate.task.id") == Some("T-7"))
         .unwrap();
     assert_ne!(hex(&own.trace_id), agent_trace);
-    assert!(own.parent_span_id.is_empty());
+    // In toolgate's own trace: a child of its task's root, not of the agent's span.
+    assert_eq!(own.parent_span_id.len(), 8);
+    assert_ne!(hex(&own.parent_span_id), agent_span);
 
     let got = tool.received();
     assert_eq!(got.len(), 2);
@@ -473,12 +517,19 @@ async fn the_task_trace_is_derived_from_the_task_so_it_survives_a_restart() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
-        let n = traces.len() + 1;
-        let spans = receiver.wait_for(n).await;
-        traces.push(hex(&spans[n - 1].span.trace_id));
         assert!(tg.terminate(Duration::from_secs(30)).is_some());
+        // Each run exports its action and, at shutdown, the task's root.
+        let n = 2 * (traces.len() + 1);
+        let spans = receiver.wait_for(n).await;
+        let run = &spans[n - 2..];
+        let action = run.iter().find(|r| r.span.name == "ticket.read").unwrap();
+        let root = run.iter().find(|r| r.span.name == "task T-long-running");
+        let root = root.unwrap_or_else(|| panic!("{spans:#?}"));
+        assert_eq!(action.span.parent_span_id, root.span.span_id);
+        traces.push((hex(&action.span.trace_id), hex(&root.span.span_id)));
     }
-    assert_eq!(traces[0], traces[1]);
+    assert_eq!(traces[0].0, traces[1].0, "one trace across the restart");
+    assert_ne!(traces[0].1, traces[1].1, "each run's root is its own span");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -587,5 +638,86 @@ async fn sigterm_flushes_spans_still_waiting_for_their_batch() {
         .expect("toolgate did not stop");
     assert!(status.success(), "{status}");
     let spans = receiver.spans();
-    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let mut names: Vec<&str> = spans.iter().map(|r| r.span.name.as_str()).collect();
+    names.sort();
+    // The two actions of the agent's default task, and that task's root.
+    assert_eq!(
+        names,
+        ["task default-1", "ticket.read", "ticket.read"],
+        "{spans:#?}"
+    );
+}
+
+/// An MCP `tools/call` through the proxy: its span carries the MCP conventions (method, the
+/// JSON-RPC id, the session the request names, the protocol version) and the GenAI tool name
+/// and call id — never the call's arguments; `tools/list` gets the MCP attributes only.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_mcp_tool_call_span_carries_the_mcp_and_genai_conventions_and_no_argument() {
+    let receiver = Receiver::http().await;
+    let tool = ToolServer::http().await;
+    let tg = start(&tool, &receiver.endpoint(), "http", QUICK);
+    let client = tg.forward_client();
+    let call = serde_json::json!({
+        "jsonrpc": "2.0", "id": "call-7", "method": "tools/call",
+        "params": { "name": "lookup_customer", "arguments": { "customer": "ACME-ARG-VALUE" } }
+    });
+    let list = serde_json::json!({ "jsonrpc": "2.0", "id": 8, "method": "tools/list" });
+    for body in [&call, &list] {
+        let resp = client
+            .post("http://crm.test/mcp")
+            .header("x-toolgate-task", "T-mcp")
+            .header("mcp-session-id", "191c4850af6c49e08843a3f6c80e5046")
+            .header("mcp-protocol-version", "2025-11-25")
+            .header("accept", "application/json, text/event-stream")
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    // The positive control: the tool got the call, arguments and all.
+    let got = tool.received();
+    assert!(String::from_utf8_lossy(&got[0].body).contains("ACME-ARG-VALUE"));
+
+    let spans: Vec<Span> = receiver
+        .wait_for(2)
+        .await
+        .into_iter()
+        .map(|r| r.span)
+        .collect();
+    let called = spans
+        .iter()
+        .find(|s| s.name == "crm.lookup_customer")
+        .unwrap_or_else(|| panic!("{spans:#?}"));
+    let a = &called.attributes;
+    for (key, want) in [
+        ("gen_ai.operation.name", "execute_tool"),
+        ("gen_ai.tool.name", "lookup_customer"),
+        ("gen_ai.tool.call.id", "call-7"),
+        ("gen_ai.agent.id", AGENT),
+        ("mcp.method.name", "tools/call"),
+        ("jsonrpc.request.id", "call-7"),
+        ("mcp.session.id", "191c4850af6c49e08843a3f6c80e5046"),
+        ("mcp.protocol.version", "2025-11-25"),
+        ("openinference.span.kind", "TOOL"),
+        ("toolgate.action", "crm.lookup_customer"),
+        ("toolgate.decision", "allow"),
+    ] {
+        assert_eq!(string(a, key), Some(want), "{key}");
+    }
+    let listed = spans
+        .iter()
+        .find(|s| s.name == "crm.mcp.tools_list")
+        .unwrap_or_else(|| panic!("{spans:#?}"));
+    let a = &listed.attributes;
+    assert_eq!(string(a, "mcp.method.name"), Some("tools/list"));
+    assert_eq!(string(a, "jsonrpc.request.id"), Some("8"));
+    assert_eq!(string(a, "gen_ai.operation.name"), None, "not a tool call");
+    for body in receiver.bodies() {
+        let needle = b"ACME-ARG-VALUE";
+        assert!(
+            !body.windows(needle.len()).any(|w| w == needle),
+            "an argument was exported"
+        );
+    }
 }

@@ -98,8 +98,9 @@ pub fn accept_at(
                 .position(|b| *b == b'/' || *b == b'?')
                 .unwrap_or(rest.len());
             let (authority, target) = rest.split_at(end);
-            let authority = std::str::from_utf8(authority)
-                .map_err(|_| Rejection::BadHost(String::from_utf8_lossy(authority).into_owned()))?;
+            let authority = std::str::from_utf8(authority).map_err(|_| {
+                Rejection::BadHost(normalise::clip(&String::from_utf8_lossy(authority)))
+            })?;
             if tls != destination.tls {
                 return Err(Rejection::HostMismatch(
                     authority.chars().take(64).collect(),
@@ -201,7 +202,7 @@ fn absolute_form(
         .unwrap_or(rest.len());
     let (authority, target) = rest.split_at(end);
     let authority = std::str::from_utf8(authority)
-        .map_err(|_| Rejection::BadHost(String::from_utf8_lossy(authority).into_owned()))?;
+        .map_err(|_| Rejection::BadHost(normalise::clip(&String::from_utf8_lossy(authority))))?;
     let (host, port) = normalise::authority(authority)?;
     let port = port.unwrap_or(if tls { 443 } else { 80 });
     if let Some(h) = host_header(headers)? {
@@ -247,8 +248,7 @@ pub fn host_header(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
     if values.next().is_some() {
         return Err(Rejection::DuplicateHeader("Host"));
     }
-    first
-        .to_str()
-        .map(Some)
-        .map_err(|_| Rejection::BadHost(String::from_utf8_lossy(first.as_bytes()).into_owned()))
+    first.to_str().map(Some).map_err(|_| {
+        Rejection::BadHost(normalise::clip(&String::from_utf8_lossy(first.as_bytes())))
+    })
 }

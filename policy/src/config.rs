@@ -3,9 +3,11 @@
 
 mod approvals;
 mod credentials;
+mod delegation;
 mod files;
 mod identity;
 mod jwks;
+mod limits;
 mod matching;
 mod mcp;
 mod operator;
@@ -26,6 +28,9 @@ use std::time::Duration;
 
 pub use approvals::{ApprovalSettings, Webhook};
 pub use credentials::{is_scope, ExchangeSpec, Format, JwtSpec, Placement, SecretText};
+pub use delegation::{
+    DelegationSettings, IntrospectionClient, IntrospectionSettings, DEFAULT_DELEGATION_TTL,
+};
 pub use files::{DiskFiles, EmbeddedFiles, Files, ProcessEnv, StaticEnv, Vars};
 pub use identity::{TaskTokens, TokenIssuer, AGENT_LEEWAY};
 pub use jwks::{unverified_claims, KeySet, TokenError, MAX_TOKEN_BYTES};
@@ -65,6 +70,10 @@ pub struct Config {
     pub task_tokens: Option<TaskTokens>,
     /// MCP: the `tools/list` filter's bounds, remembered definitions, lock files.
     pub mcp: McpSettings,
+    /// How this toolgate signs delegation tokens; `None`: delegation is off.
+    pub delegation: Option<DelegationSettings>,
+    /// Who may introspect credentials besides the operator.
+    pub introspection: IntrospectionSettings,
     /// Hash of every file read to build this config: equal fingerprints, equal configs.
     pub fingerprint: u64,
     /// Settings that are valid but weaken a guarantee (a plain-HTTP upstream or STS), with
@@ -240,6 +249,8 @@ pub struct ChainSettings {
     pub agent_label_ttl: Duration,
     /// Requests without a verified task token are refused (`task-required`).
     pub require_task_token: bool,
+    /// How long an ended task stays ended (refused), its chain kept for audit.
+    pub ended_retention: Duration,
 }
 
 /// TLS settings for upstream connections.
@@ -253,13 +264,24 @@ pub struct TlsSettings {
 
 pub use tls::{CaSource, DEFAULT_LEAF_CACHE};
 
-/// Limits on what a client controls.
+/// Limits on what a client controls (see `config/limits.rs` for the defaults and bounds).
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_body_bytes: usize,
     pub upstream_timeout: Duration,
     pub connect_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// Time a request head may take from its first byte to its blank line.
+    pub head_timeout: Duration,
+    /// Time a connection may wait for the first byte of a request: a new connection, and a
+    /// kept-alive one between requests.
+    pub idle_timeout: Duration,
+    /// Largest request head (request line and headers) read from an agent.
+    pub max_head_bytes: usize,
+    /// Most concurrent agent connections on the proxy and transparent listeners together.
+    pub max_connections: usize,
+    /// Most bytes of request heads and bodies held for all agent connections together.
+    pub max_buffered_bytes: usize,
 }
 
 /// One problem found in a configuration file.

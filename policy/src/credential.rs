@@ -76,11 +76,15 @@ pub struct Subject<'a> {
     pub act: Option<&'a Json>,
     /// The human approval the request goes out on (`approval` claim: its id).
     pub approval: Option<&'a str>,
+    /// When the task's token expires (seconds since the epoch): a credential issued for the
+    /// task never outlives it.
+    pub not_after: Option<u64>,
 }
 
 impl<'a> Subject<'a> {
     /// The agent of `config`, in `task`, performing `action`; the delegation chain comes from
-    /// the verified task token's claims, or else the agent's identity token.
+    /// the verified task token's claims, or else the agent's identity token, and the token's
+    /// `exp` bounds the credential's.
     pub fn new(
         config: &'a Config,
         task: &'a str,
@@ -95,6 +99,9 @@ impl<'a> Subject<'a> {
             action,
             act: act(task_claims).or(act(config.agent.claims.as_ref())),
             approval: None,
+            not_after: task_claims
+                .and_then(|c| c.get("exp"))
+                .and_then(Json::as_u64),
         }
     }
 }
@@ -183,13 +190,18 @@ impl<'a> Claims<'a> {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        let mut exp = iat.saturating_add(lifetime(spec, grant).as_secs());
+        if let Some(cap) = subject.not_after {
+            // Never past the task's token, and never born expired.
+            exp = exp.min(cap.max(iat.saturating_add(1)));
+        }
         Claims {
             iss: &spec.issuer,
             sub: subject.agent,
             aud: &spec.audience,
             iat,
             nbf: iat,
-            exp: iat.saturating_add(lifetime(spec, grant).as_secs()),
+            exp,
             jti,
             scope: scope(subject.action, &grant.scopes),
             task: subject.task,

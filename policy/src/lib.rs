@@ -9,6 +9,7 @@ pub mod chain;
 pub mod classify;
 pub mod config;
 pub mod credential;
+pub mod delegation;
 pub mod evaluate;
 pub mod labels;
 pub mod normalise;

@@ -173,7 +173,7 @@ fn canonical_method(method: &str) -> Result<Method, Rejection> {
     if !valid {
         return Err(Rejection::Method(method.chars().take(32).collect()));
     }
-    Method::from_bytes(method.as_bytes()).map_err(|_| Rejection::Method(method.to_string()))
+    Method::from_bytes(method.as_bytes()).map_err(|_| Rejection::Method(clip(method)))
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -304,7 +304,10 @@ fn decode_query(s: &str) -> Result<String, Rejection> {
 }
 
 /// Canonicalise an authority (`Host` header or absolute-form): lower-case host without a
-/// trailing dot, and the port if one is given.
+/// trailing dot (an IPv6 address in its RFC 5952 form), and the port if one is given. A
+/// name with an empty label (`a..b`, `.`) is refused, and so is a name ending in a number
+/// that is not a dotted-quad IPv4 address: resolvers read `127.1`, `2130706433` and
+/// `0x7f.0.0.1` as 127.0.0.1, so policy would see one host and the connection reach another.
 pub fn authority(raw: &str) -> Result<(String, Option<u16>), Rejection> {
     let bad = || Rejection::BadHost(raw.chars().take(64).collect());
     if raw.is_empty() || raw.contains('@') {
@@ -312,7 +315,7 @@ pub fn authority(raw: &str) -> Result<(String, Option<u16>), Rejection> {
     }
     let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
         let (host, after) = rest.split_once(']').ok_or_else(bad)?;
-        host.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+        let address = host.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
         let port = match after {
             "" => None,
             p => Some(
@@ -321,7 +324,7 @@ pub fn authority(raw: &str) -> Result<(String, Option<u16>), Rejection> {
                     .ok_or_else(bad)?,
             ),
         };
-        (host.to_ascii_lowercase(), port)
+        (address.to_string(), port)
     } else {
         let (host, port) = match raw.rsplit_once(':') {
             Some((h, p)) => (h, Some(p.parse::<u16>().map_err(|_| bad())?)),
@@ -330,10 +333,11 @@ pub fn authority(raw: &str) -> Result<(String, Option<u16>), Rejection> {
         let host = host.strip_suffix('.').unwrap_or(host);
         let valid = !host.is_empty()
             && host.len() <= 253
+            && host.split('.').all(|label| !label.is_empty())
             && host
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
-        if !valid {
+        if !valid || (ends_in_number(host) && host.parse::<std::net::Ipv4Addr>().is_err()) {
             return Err(bad());
         }
         (host.to_ascii_lowercase(), port)
@@ -342,6 +346,17 @@ pub fn authority(raw: &str) -> Result<(String, Option<u16>), Rejection> {
         return Err(bad());
     }
     Ok((host, port))
+}
+
+/// Whether a host name's last label is a number (decimal, or hex with `0x`) — what the WHATWG
+/// URL standard and `inet_aton` take for an IPv4 address in one of its many spellings.
+fn ends_in_number(host: &str) -> bool {
+    let last = host.rsplit('.').next().unwrap_or(host);
+    let hex = last
+        .strip_prefix("0x")
+        .or_else(|| last.strip_prefix("0X"))
+        .is_some_and(|digits| digits.bytes().all(|b| b.is_ascii_hexdigit()));
+    hex || (!last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Refuse framing headers that the proxy and the tool could read differently, and override

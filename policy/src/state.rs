@@ -1,6 +1,6 @@
 //! Operator state that decisions depend on beyond the request, in this process (the
-//! `memory` backend, DESIGN.md §12): the revocations, and the approvals (`approvals.rs`,
-//! which opens with its own bounds). A revoked task or agent is refused before policy runs; a
+//! `memory` backend, DESIGN.md §12): the revocations, the approvals (`approvals.rs`, which
+//! opens with its own bounds) and the tasks that ended (`tasks.rs`, likewise). A revoked task or agent is refused before policy runs; a
 //! revoked credential id is reported by the operator API.
 //!
 //! Bounds: at most [`CAPACITY`] revocations of each kind (task, agent, jti) at once, each
@@ -30,6 +30,7 @@
 pub mod approvals;
 mod file;
 mod revocations;
+pub mod tasks;
 #[cfg(test)]
 mod tests;
 
@@ -47,6 +48,7 @@ pub use revocations::{
     parse_request, rfc3339, valid_id, Added, Entry, Kind, Lifetimes, Refused, RequestError,
     Revocation, Revocations, CAPACITY, MAX_ID, MIN_TTL,
 };
+pub use tasks::{End, EndBounds, EndError, EndedTask, EndedView, Ending, Issued, TaskStore};
 
 use crate::config::StateSettings;
 
@@ -88,6 +90,12 @@ pub struct State {
     approvals: RwLock<Approvals>,
     /// Approved, unused approvals (a mirror of the set's count, read without its lock).
     approved: AtomicUsize,
+    /// Tasks that ended, within their retention.
+    ended: RwLock<tasks::EndedTasks>,
+    /// Ended tasks held (a mirror of the set's size, read without its lock).
+    ended_count: AtomicUsize,
+    /// The credentials issued per task (memory only).
+    issued: Mutex<tasks::IssuedIndex>,
     /// Held while a snapshot is taken and written, so writes land in the order of changes.
     file: Option<Mutex<StateFile>>,
     path: Option<PathBuf>,
@@ -100,6 +108,9 @@ impl State {
             revocations: RwLock::default(),
             approvals: RwLock::default(),
             approved: AtomicUsize::new(0),
+            ended: RwLock::default(),
+            ended_count: AtomicUsize::new(0),
+            issued: Mutex::default(),
             file: None,
             path: None,
         }
@@ -149,10 +160,20 @@ impl State {
         );
         approvals.take_dirty();
         let approved = AtomicUsize::new(approvals.approved_count());
+        let mut ended = tasks::EndedTasks::default();
+        let secs = revocations::since_epoch(now).as_secs();
+        for (i, task) in document.ended_tasks.into_iter().enumerate() {
+            ended
+                .restore(task, secs)
+                .map_err(|e| unreadable(format!("ended_tasks[{i}]: {e}")))?;
+        }
         Ok(State {
             revocations: RwLock::new(set),
             approvals: RwLock::new(approvals),
             approved,
+            ended_count: AtomicUsize::new(ended.held()),
+            ended: RwLock::new(ended),
+            issued: Mutex::default(),
             path: Some(file.path().to_path_buf()),
             file: Some(Mutex::new(file)),
         })
@@ -229,9 +250,11 @@ impl State {
                 .approvals
                 .read()
                 .map_err(|_| unavailable(file.path()))?;
+            let ended = self.ended.read().map_err(|_| unavailable(file.path()))?;
             Document {
                 revocations: set.list(now),
                 approvals: approvals.snapshot(),
+                ended_tasks: ended.list(revocations::since_epoch(now).as_secs()),
                 ..Document::default()
             }
         };

@@ -79,6 +79,7 @@ fn ledger_heap_stays_within_the_documented_worst_case() {
         idle_ttl: Duration::from_secs(3600),
         agent_label_ttl: Duration::from_secs(86_400),
         require_task_token: false,
+        ended_retention: Duration::from_secs(86_400),
     };
     let bound = chain::worst_case_bytes(&settings) as isize;
     let shapes = heavy_attributes();

@@ -6,6 +6,7 @@
 pub mod exchange;
 pub mod keys;
 pub mod mint;
+pub mod revocation;
 pub mod scrub;
 #[cfg(test)]
 mod tests;
@@ -19,6 +20,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use toolgate_policy::classify::Tool;
 use toolgate_policy::config::{Config, CredentialSpec, Placement, SecretText};
 use toolgate_policy::evaluate::{CredentialGrant, CREDENTIAL_HEADERS};
+use toolgate_policy::state::{Issued, TaskStore};
 
 pub use exchange::Exchanges;
 pub use keys::KeyRing;
@@ -141,8 +143,21 @@ async fn issue_selected(
             Ok(injection(None, target, s.needles.clone()))
         }
         CredentialSpec::Jwt(spec) => {
-            let minted = mint::mint(spec, grant, subject, SystemTime::now())
+            let now = SystemTime::now();
+            let minted = mint::mint(spec, grant, subject, now)
                 .map_err(|e| unavailable(format!("cannot mint a token: {e}")))?;
+            // Remembered under its task, so that when the task ends it is listed as dead.
+            gw.state.issued(
+                subject.task,
+                Issued {
+                    jti: minted.jti.clone(),
+                    kind: "jwt",
+                    credential: name.to_string(),
+                    agent: subject.agent.to_string(),
+                    exp: minted.exp,
+                },
+                now,
+            );
             let value = header_value(name, &spec.format.apply(&minted.token))?;
             Ok(injection(
                 Some(minted.jti),
@@ -158,9 +173,21 @@ async fn issue_selected(
                 ));
             };
             let scope = toolgate_policy::credential::exchange_scope(spec, grant);
+            let revocation = revocation::RevocationTarget::of(name, spec, client);
             let token = gw
                 .exchanges
-                .token(client, name, spec, subject_token, &scope)
+                .token(
+                    client,
+                    name,
+                    spec,
+                    subject_token,
+                    &scope,
+                    subject.task,
+                    subject.not_after.and_then(|s| {
+                        std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(s))
+                    }),
+                    revocation,
+                )
                 .await
                 .map_err(|e| unavailable(format!("token exchange failed: {e}")))?;
             let value = header_value(name, &spec.format.apply(token.expose()))?;

@@ -1,5 +1,7 @@
-//! Evaluate, on the data path: revocations first, then policy over the request, the task's
-//! history and labels and the agent's labels — and `input.approval` when the request matched
+//! Evaluate, on the data path: revocations first, then the task's end and its delegation
+//! (an action outside it is refused: policy cannot widen a delegation), then policy over the
+//! request, the task's history and labels and the agent's labels, its delegation
+//! (`input.task.delegation`) — and `input.approval` when the request matched
 //! an approved approval, which then satisfies a decision that asks for one; the action is then
 //! appended to the task's chain as pending (with the labels it sets) and kept in the exchange
 //! for the record stage, which settles it and writes its decision-log line when the exchange
@@ -15,16 +17,13 @@ use toolgate_policy::classify::Tool;
 use toolgate_policy::config::PolicyMode;
 use toolgate_policy::evaluate::{Decision, Effect, Input, RequestView};
 use toolgate_policy::prepare::Prepared;
-use toolgate_policy::state::Approval;
+use toolgate_policy::state::{Approval, TaskStore};
 
 use crate::approval::{Note, Pending};
 use crate::credential;
 use crate::gateway::{Gateway, Snapshot};
 use crate::pipeline::Exchange;
 use crate::problem::Refusal;
-
-/// Reason given for a revoked task or agent.
-pub const REVOKED: &str = "revoked";
 
 /// One decided action of an exchange (one, or one per member of a JSON-RPC batch): what the
 /// record stage writes for it once the exchange is over.
@@ -91,14 +90,10 @@ pub fn evaluate_approved(
     let class = &prepared.classification;
     let agent = config.agent.id.as_str();
     let now = SystemTime::now();
-    // Revocation state that cannot be read counts as revoked: fail closed.
-    let state = gw.state.revoked(&x.task_id, agent, now);
-    let revoked = state != Ok(false);
+    let refused = before_policy(gw, x, &class.action, agent, now);
     let mut eval_time = None;
-    let decision = if let Err(unavailable) = &state {
-        Decision::deny(unavailable.to_string())
-    } else if revoked {
-        Decision::deny(REVOKED)
+    let decision = if let Some(refusal) = &refused {
+        Decision::deny(refusal.to_string())
     } else {
         let accepted = &prepared.accepted;
         let params = credential::visible_params(config, tool, &accepted.request.params);
@@ -127,6 +122,9 @@ pub fn evaluate_approved(
         };
         let mut input = input.to_value();
         crate::mcp::admit::input(gw, snapshot, prepared, tool, &mut input, x);
+        if let Some(d) = &x.delegation {
+            d.annotate(&mut input);
+        }
         if let Some(a) = approved {
             a.granted().annotate(&mut input);
         }
@@ -143,7 +141,8 @@ pub fn evaluate_approved(
     if let Some(detail) = &decision.error {
         tracing::warn!(decision_id = %x.decision_id, action = %x.action, error = %detail, "policy failed; request denied");
     }
-    let dry_run = !decision.allowed() && !revoked && config.policy.mode == PolicyMode::DryRun;
+    let dry_run =
+        !decision.allowed() && refused.is_none() && config.policy.mode == PolicyMode::DryRun;
     let forwarded = decision.allowed() || dry_run;
     let catalog_labels = tool.map(|t| t.labels_of(&class.action)).unwrap_or_default();
     let labels = decision.labels_to_set(&catalog_labels, forwarded);
@@ -183,10 +182,55 @@ pub fn evaluate_approved(
         approval: None,
         settled: None,
     });
-    match decision.effect {
-        _ if dry_run => Ok(decision),
+    if let Some(Refusal::TaskEnded(ended)) = &refused {
+        x.ended = Some(ended.clone());
+    }
+    match (decision.effect, refused) {
+        (_, _) if dry_run => Ok(decision),
+        (Effect::Allow, _) => {
+            let mut decision = decision;
+            if let Some(d) = &x.delegation {
+                // A credential under a delegated task carries only the delegated scopes.
+                d.narrow(&mut decision.credential.scopes);
+            }
+            Ok(decision)
+        }
+        (_, Some(refusal)) => Err(refusal),
+        (effect, None) => refusal(effect, decision),
+    }
+}
+
+/// What refuses a request before policy runs, in this order: revocation state that cannot be
+/// read (fail closed), a revoked task or agent, an ended task (or task state that cannot be
+/// read), an action outside the task's delegation.
+fn before_policy(
+    gw: &Gateway,
+    x: &Exchange,
+    action: &str,
+    agent: &str,
+    now: SystemTime,
+) -> Option<Refusal> {
+    match gw.state.revoked(&x.task_id, agent, now) {
+        Err(unavailable) => return Some(unavailable.into()),
+        Ok(true) => return Some(Refusal::Revoked),
+        Ok(false) => {}
+    }
+    match gw.state.ended(&x.task_id, now) {
+        Err(unavailable) => return Some(unavailable.into()),
+        Ok(Some(view)) => return Some(Refusal::TaskEnded(Box::new(view.task))),
+        Ok(None) => {}
+    }
+    let delegation = x.delegation.as_ref()?;
+    (!delegation.allows(action)).then(|| Refusal::DelegationScope {
+        action: action.to_string(),
+        delegated: delegation.actions.clone(),
+    })
+}
+
+/// The refusal of a decision policy did not allow.
+fn refusal(effect: Effect, decision: Decision) -> Result<Decision, Refusal> {
+    match effect {
         Effect::Allow => Ok(decision),
-        Effect::Deny if revoked => Err(state.map_or_else(Refusal::from, |_| Refusal::Revoked)),
         Effect::Error => Err(Refusal::PolicyError(decision.reason)),
         Effect::Deny => match decision.approval {
             Some(ask) => Err(Refusal::ApprovalRequired(Box::new(Pending {

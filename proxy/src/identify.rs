@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use http::HeaderMap;
 use serde_json::Value as Json;
 use toolgate_policy::config::{Agent, ChainSettings, Config, AGENT_LEEWAY};
+use toolgate_policy::delegation::Delegation;
 
 pub use task_token::{TaskToken, TaskTokenError, HEADER};
 
@@ -45,6 +46,10 @@ pub struct Identity {
     pub task_claims: Option<Arc<Json>>,
     /// When the task token was issued (its `iat`), if a verified token names the task.
     pub began: Option<SystemTime>,
+    /// The task's delegation, when a delegation token names it.
+    pub delegation: Option<Arc<Delegation>>,
+    /// The delegation token itself (for the `parent` of a further delegation).
+    pub delegation_token: Option<Arc<str>>,
 }
 
 /// The agent's identity token has expired: nothing is decided until it is rotated.
@@ -67,7 +72,7 @@ pub enum IdentifyError {
 
 /// `chain.require_task_token` is set and the request carries no task token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("this sidecar only serves tasks an orchestrator started: send a task token in {HEADER} (chain.require_task_token)")]
+#[error("this sidecar only serves tasks an orchestrator started: send a task token in {HEADER} (a delegation counts only for a task an orchestrator started; chain.require_task_token)")]
 pub struct TaskRequired;
 
 /// The identify stage: the agent's identity is current, the task token (if sent) verifies,
@@ -79,7 +84,8 @@ pub fn request(
 ) -> Result<Identity, IdentifyError> {
     agent_current(&config.agent, now)?;
     let mut identity = identify(headers, &config.chain)?;
-    if let Some(token) = task_token::verify(headers, config.task_tokens.as_ref())? {
+    let token = task_token::verify(headers, config.task_tokens.as_ref(), &config.agent.id)?;
+    if let Some(token) = token {
         if let Some(given) = headers.get(&config.chain.task_header) {
             if given.as_bytes() != token.task.as_bytes() {
                 return Err(TaskTokenError::Conflict {
@@ -95,8 +101,15 @@ pub fn request(
             .get("iat")
             .and_then(Json::as_u64)
             .map(|iat| std::time::UNIX_EPOCH + Duration::from_secs(iat));
+        if config.chain.require_task_token
+            && token.delegation.as_ref().is_some_and(|d| !d.task_verified)
+        {
+            return Err(TaskRequired.into());
+        }
         identity.task_id = Some(token.task);
         identity.task_claims = Some(token.claims);
+        identity.delegation = token.delegation;
+        identity.delegation_token = token.raw;
     } else if config.chain.require_task_token {
         return Err(TaskRequired.into());
     }
@@ -105,15 +118,35 @@ pub fn request(
 
 /// Enter the task `identity` names (or the agent's default task) into exchange `x`: its id,
 /// whether a verified token named it, and the trace its actions join.
+///
+/// A task handed on by a delegation counts as verified only if an orchestrator named it where
+/// it started; its actions join the delegating action's trace unless the agent sent its own.
 pub fn enter(gw: &Gateway, config: &Config, identity: Identity, x: &mut Exchange) {
     let named = identity.task_id.is_some();
-    x.task_verified = identity.task_claims.is_some();
+    x.task_verified = match &identity.delegation {
+        Some(d) => d.task_verified,
+        None => identity.task_claims.is_some(),
+    };
     x.task_began = identity.began;
     x.task_id = identity
         .task_id
         .unwrap_or_else(|| gw.default_task.current(config.chain.idle_ttl));
-    crate::record::trace::join(x, identity.parent, &config.agent.id, named);
+    let delegated_from = identity
+        .delegation
+        .as_ref()
+        .and(identity.task_claims.as_deref())
+        .and_then(|c| c.get("traceparent"))
+        .and_then(Json::as_str)
+        .and_then(parse_traceparent);
+    crate::record::trace::join(
+        x,
+        identity.parent.or(delegated_from),
+        &config.agent.id,
+        named,
+    );
     x.task_claims = identity.task_claims;
+    x.delegation = identity.delegation;
+    x.delegation_token = identity.delegation_token;
 }
 
 /// Refuse once the agent's identity token has expired — with the clock-skew allowance its
@@ -165,6 +198,8 @@ pub fn identify(headers: &HeaderMap, chain: &ChainSettings) -> Result<Identity, 
         parent,
         task_claims: None,
         began: None,
+        delegation: None,
+        delegation_token: None,
     })
 }
 
@@ -241,6 +276,7 @@ mod tests {
             idle_ttl: Duration::from_secs(900),
             agent_label_ttl: Duration::from_secs(86_400),
             require_task_token: false,
+            ended_retention: Duration::from_secs(86_400),
         }
     }
 

@@ -9,6 +9,7 @@ pub mod body;
 pub mod ca;
 pub mod capture;
 pub mod credential;
+pub mod delegation;
 pub mod evaluate;
 pub mod forward;
 pub mod gateway;
@@ -20,6 +21,7 @@ pub mod problem;
 pub mod record;
 pub mod reload;
 pub mod server;
+pub mod task_end;
 pub mod upgrade;
 
 pub use gateway::{Gateway, LoadError, Snapshot};

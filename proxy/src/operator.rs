@@ -15,6 +15,7 @@
 
 mod approvals;
 mod auth;
+pub mod introspect;
 mod revoke;
 mod tasks;
 #[cfg(test)]
@@ -56,16 +57,21 @@ impl std::fmt::Debug for Call<'_> {
 impl Call<'_> {
     /// The request body: at most [`MAX_BODY`] bytes, within [`BODY_TIMEOUT`].
     pub async fn body(&mut self) -> Result<Vec<u8>, Reply> {
+        self.body_up_to(MAX_BODY).await
+    }
+
+    /// The request body: at most `limit` bytes, within [`BODY_TIMEOUT`].
+    pub async fn body_up_to(&mut self, limit: usize) -> Result<Vec<u8>, Reply> {
         let read = async {
             let mut body = Vec::new();
             loop {
                 match self.session.read_request_body().await {
-                    Ok(Some(chunk)) if body.len().saturating_add(chunk.len()) > MAX_BODY => {
+                    Ok(Some(chunk)) if body.len().saturating_add(chunk.len()) > limit => {
                         return Err(problem(
                             StatusCode::PAYLOAD_TOO_LARGE,
                             "body-too-large",
                             "request body too large",
-                            format!("operator requests are at most {MAX_BODY} bytes"),
+                            format!("this operator request is at most {limit} bytes"),
                         ))
                     }
                     Ok(Some(chunk)) => body.extend_from_slice(&chunk),
@@ -90,15 +96,22 @@ impl Call<'_> {
 /// Authenticate the request, then answer it. Every `/v1` path comes here, known or not, so
 /// an unauthenticated caller learns nothing about which endpoints exist.
 pub async fn serve(gw: &Gateway, listener: Listener, session: &mut ServerSession) -> Reply {
-    if let Err(refused) = auth::authenticate(gw, listener, session) {
-        return refused;
-    }
     let method = session.req_header().method.clone();
     let path = session.req_header().uri.path().to_string();
     let rest = path
         .strip_prefix("/v1")
         .unwrap_or_default()
         .trim_start_matches('/');
+    // Introspection and the revocation feed also admit the tools' introspection clients.
+    let raw: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let authenticated = if introspect::for_clients(&raw) {
+        introspect::authenticate(gw, listener, session)
+    } else {
+        auth::authenticate(gw, listener, session)
+    };
+    if let Err(refused) = authenticated {
+        return refused;
+    }
     let mut segments = Vec::new();
     for raw in rest.split('/').filter(|s| !s.is_empty()) {
         match percent_encoding::percent_decode_str(raw).decode_utf8() {
@@ -122,6 +135,9 @@ async fn route(call: &mut Call<'_>, method: &Method, segments: &[Cow<'_, str>]) 
         (&Method::POST, ["revoke"]) => revoke::create(call).await,
         (&Method::GET, ["tasks"]) => tasks::stats(call),
         (&Method::GET, ["tasks", id]) => tasks::chain(call, id),
+        (&Method::POST, ["tasks", id, "end"]) => tasks::end(call, id).await,
+        (&Method::POST, ["introspect"]) => introspect::introspect(call).await,
+        (&Method::GET, ["revocations", "feed"]) => introspect::feed(call),
         (&Method::GET, ["approvals"]) => approvals::list(call),
         (&Method::GET, ["approvals", id]) => approvals::show(call, id),
         (&Method::POST, ["approvals", id, "approve"]) => approvals::decide(call, id, true).await,
@@ -130,12 +146,15 @@ async fn route(call: &mut Call<'_>, method: &Method, segments: &[Cow<'_, str>]) 
         (_, ["tasks"] | ["tasks", _] | ["approvals"] | ["approvals", _]) => {
             method_not_allowed("GET")
         }
-        (_, ["approvals", _, "approve" | "deny"]) => method_not_allowed("POST"),
+        (_, ["approvals", _, "approve" | "deny"] | ["tasks", _, "end"] | ["introspect"]) => {
+            method_not_allowed("POST")
+        }
+        (_, ["revocations", "feed"]) => method_not_allowed("GET"),
         _ => problem(
             StatusCode::NOT_FOUND,
             "not-found",
             "no such operator endpoint",
-            "the operator API serves /v1/revoke, /v1/tasks, /v1/tasks/{id}, /v1/approvals, /v1/approvals/{id} and /v1/approvals/{id}/approve|deny".into(),
+            "the operator API serves /v1/revoke, /v1/tasks, /v1/tasks/{id}, /v1/tasks/{id}/end, /v1/approvals, /v1/approvals/{id}, /v1/approvals/{id}/approve|deny, /v1/introspect and /v1/revocations/feed".into(),
         ),
     }
 }

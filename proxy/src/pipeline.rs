@@ -22,6 +22,7 @@ use crate::accept::{self, Inbound};
 use crate::approval;
 use crate::body;
 use crate::credential::{self, Injection};
+use crate::delegation;
 use crate::evaluate;
 use crate::forward::{self, Plan};
 use crate::gateway::{Gateway, Snapshot};
@@ -49,6 +50,14 @@ pub struct Exchange {
     pub task_verified: bool,
     /// When the task began, if its token says (`iat`).
     pub task_began: Option<SystemTime>,
+    /// The task's delegation, when a delegation token names it (checked before policy).
+    pub delegation: Option<Arc<toolgate_policy::delegation::Delegation>>,
+    /// That delegation token, for the `parent` of a further delegation.
+    pub delegation_token: Option<Arc<str>>,
+    /// The task's end, when the request was refused because the task ended.
+    pub ended: Option<Box<toolgate_policy::state::EndedTask>>,
+    /// The delegation token toolgate answered a `task.delegate` action with.
+    pub delegated: Option<crate::delegation::Delegated>,
     /// The action's sequence number in its task's chain, once recorded.
     pub seq: Option<u64>,
     pub via: Option<Via>,
@@ -119,6 +128,10 @@ impl Exchange {
             task_claims: None,
             task_verified: false,
             task_began: None,
+            delegation: None,
+            delegation_token: None,
+            ended: None,
+            delegated: None,
             seq: None,
             via: None,
             tool: None,
@@ -172,7 +185,7 @@ impl Exchange {
         self.failure = Some(refusal.to_string());
         // Settled before the agent can read the answer (and act on it): the chain records
         // the refusal's status, also when MCP gets it as HTTP 200.
-        record::settle(gw, self, Outcome::Refused(status));
+        record::settle(gw, self, problem::outcome(refusal));
         let answered = mcp::answers(self, refusal);
         self.refused = Some(if answered { 200 } else { status });
         let written = if answered {
@@ -258,6 +271,7 @@ async fn admit(
     let tool = prepared.accepted.tool.and_then(|t| config.catalog.tool(t));
     x.action = prepared.classification.action.clone();
     x.rpc = mcp::reply(&prepared);
+    x.trace.mcp = record::trace::Mcp::of(prepared.rpc.as_ref(), &session.req_header().headers);
     mcp::admit::admit(gw, snapshot, &prepared, &session.req_header().headers, x)?;
     let strip = credential::stripped_headers(config, tool);
     let batch = prepared.rpc.as_ref().is_some_and(|r| r.batch);
@@ -419,8 +433,8 @@ impl ProxyHttp for Pipeline {
     }
 
     /// Runs once the request head is read. Reads the body if classification needs it, then
-    /// decides the request; `Ok(true)` means toolgate answered itself (a problem, or a
-    /// JSON-RPC error for MCP) and the tool receives nothing.
+    /// decides the request; `Ok(true)` means toolgate answered itself (a problem, a JSON-RPC
+    /// error for MCP, or a delegation token) and the tool receives nothing.
     async fn request_filter(&self, session: &mut Session, x: &mut Exchange) -> Result<bool> {
         let snapshot = self.gateway.snapshot();
         x.decision_id = uuid::Uuid::now_v7().to_string();
@@ -431,12 +445,17 @@ impl ProxyHttp for Pipeline {
             let destination =
                 accept::destination(inbound.as_deref(), session.req_header(), timeout).await?;
             let head = head(gw, &snapshot, session, destination.as_ref(), x)?;
+            if delegation::requested(&head) {
+                // toolgate's own endpoint: decided, then answered by toolgate.
+                return delegation::serve(gw, &snapshot, session, head, x).await;
+            }
             let body = body::read(session, &head, &snapshot.config.limits).await?;
             admit(gw, &snapshot, session, head, body, x).await
         }
         .await;
         x.snapshot = Some(snapshot);
         match admitted {
+            Ok(()) if x.delegated.is_some() => Ok(true),
             Ok(()) => {
                 if x.tunnel.is_none() && upgrade::asks(&session.req_header().headers) {
                     // Not the action's to switch: forwarded as a plain request.

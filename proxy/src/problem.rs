@@ -6,6 +6,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use serde::Serialize;
 use toolgate_policy::classify::ClassifyError;
+use toolgate_policy::delegation::GrantError;
 use toolgate_policy::normalise::Rejection;
 use toolgate_policy::state::StateUnavailable;
 
@@ -45,6 +46,25 @@ pub enum Refusal {
     PolicyError(String),
     #[error("revoked")]
     Revoked,
+    /// The task ended (an operator or the orchestrator ended it): refused before policy.
+    #[error("task {} ended at {} (by {}): nothing more is done under it", .0.id, .0.at, .0.by)]
+    TaskEnded(Box<toolgate_policy::state::EndedTask>),
+    /// The action is outside what the task's delegation hands this agent: refused before
+    /// policy, which cannot widen a delegation.
+    #[error("action {action} is outside this task's delegation, which allows only {}", .delegated.join(", "))]
+    DelegationScope {
+        action: String,
+        delegated: Vec<String>,
+    },
+    /// A delegation request that cannot be read.
+    #[error(transparent)]
+    DelegationRequest(#[from] toolgate_policy::delegation::RequestError),
+    /// A delegation that cannot be granted whatever policy says.
+    #[error(transparent)]
+    DelegationGrant(#[from] toolgate_policy::delegation::GrantError),
+    /// Delegation requests with no `delegation` configured.
+    #[error("this toolgate does not delegate: set `delegation.key_file` (and `delegation.issuer`) in its configuration")]
+    DelegationOff,
     /// The revocation state cannot be read: refused rather than decided without it.
     #[error(transparent)]
     StateUnavailable(#[from] StateUnavailable),
@@ -98,6 +118,15 @@ pub enum Refusal {
     /// `tools/list` answer.
     #[error(transparent)]
     Mcp(#[from] crate::mcp::McpRefusal),
+    #[error(
+        "the request head (request line and headers) is over {0} bytes (limits.max_head_bytes)"
+    )]
+    HeadTooLarge(usize),
+    #[error("the request head was not complete {} after its first byte (limits.head_timeout)", humantime::format_duration(*.0))]
+    HeadTimeout(std::time::Duration),
+    /// A listener or the buffer budget is full: the agent should retry shortly.
+    #[error("{0}; retry shortly")]
+    Overloaded(String),
 }
 
 impl From<IdentifyError> for Refusal {
@@ -147,6 +176,16 @@ pub fn problem(refusal: &Refusal) -> Problem {
         Refusal::ApprovalBody(_) => (413, "body-too-large", "request body too large"),
         Refusal::PolicyError(_) => (403, "policy-error", "policy error"),
         Refusal::Revoked => (403, "revoked", "revoked"),
+        Refusal::TaskEnded(_) => (403, "task-ended", "task ended"),
+        Refusal::DelegationScope { .. } => (403, "delegation-scope", "outside the delegation"),
+        Refusal::DelegationRequest(_) => (400, "delegation-request", "bad delegation request"),
+        Refusal::DelegationGrant(GrantError::ToSelf) => {
+            (400, "delegation-request", "bad delegation request")
+        }
+        Refusal::DelegationGrant(
+            GrantError::NothingHeld(_) | GrantError::TooDeep(_) | GrantError::TooLong(_),
+        ) => (403, "delegation-scope", "outside the delegation"),
+        Refusal::DelegationOff => (403, "delegation-off", "delegation not configured"),
         Refusal::StateUnavailable(_) => (503, "state-unavailable", "state unavailable"),
         Refusal::UnknownCredential(_) => (403, "policy-error", "policy error"),
         Refusal::TaskToken(_) => (403, "task-token", "task token rejected"),
@@ -185,12 +224,27 @@ pub fn problem(refusal: &Refusal) -> Problem {
         Refusal::Upgrade(_) => (400, "rejected", "request rejected"),
         Refusal::UnexpectedUpgrade => (502, "unexpected-upgrade", "unexpected protocol switch"),
         Refusal::Mcp(e) => crate::mcp::problem_parts(e),
+        Refusal::HeadTooLarge(_) => (431, "head-too-large", "request head too large"),
+        Refusal::HeadTimeout(_) => (408, "head-timeout", "request head too slow"),
+        Refusal::Overloaded(_) => (503, "overloaded", "toolgate overloaded"),
     };
     Problem {
         status,
         kind,
         title,
         detail,
+    }
+}
+
+/// How a request toolgate answered with `refusal` ended, as its chain entry says: the tool
+/// failing or timing out is the tool's outcome (`upstream_error`, `timeout`); anything else
+/// toolgate refused (`refused`, with the status it answered).
+pub fn outcome(refusal: &Refusal) -> toolgate_policy::chain::Outcome {
+    use toolgate_policy::chain::Outcome;
+    match refusal {
+        Refusal::UpstreamTimeout => Outcome::Timeout,
+        Refusal::UpstreamUnreachable(_) | Refusal::Forward(_) => Outcome::UpstreamError,
+        other => Outcome::Refused(problem(other).status),
     }
 }
 
@@ -249,6 +303,18 @@ pub fn extensions(refusal: &Refusal) -> serde_json::Map<String, serde_json::Valu
         | Refusal::ApprovalDenied(p)
         | Refusal::ApprovalExpired(p)
         | Refusal::ApprovalUsed(p) => p.note.as_ref().map(|n| n.members()).unwrap_or_default(),
+        Refusal::TaskEnded(ended) => {
+            let mut m = serde_json::Map::new();
+            m.insert("task".into(), ended.id.clone().into());
+            m.insert("ended_at".into(), ended.at.clone().into());
+            m.insert("ended_by".into(), ended.by.clone().into());
+            m
+        }
+        Refusal::DelegationScope { delegated, .. } => {
+            let mut m = serde_json::Map::new();
+            m.insert("delegated_actions".into(), delegated.clone().into());
+            m
+        }
         _ => serde_json::Map::new(),
     }
 }

@@ -58,6 +58,24 @@ fn ending(e: Option<&pingora::Error>, response_started: bool) -> Outcome {
     }
 }
 
+/// The credential exchange `x` issued (never its value): the one injected, or the delegation
+/// token toolgate answered with.
+fn credential(x: &Exchange) -> Option<decision_log::Credential<'_>> {
+    match (&x.injection, &x.delegated) {
+        (Some(i), _) => Some(decision_log::Credential {
+            name: &i.name,
+            kind: i.kind,
+            id: i.id.as_deref(),
+        }),
+        (None, Some(d)) => Some(decision_log::Credential {
+            name: "delegation",
+            kind: "delegation",
+            id: Some(&d.jti),
+        }),
+        (None, None) => None,
+    }
+}
+
 /// Write one decision-log line per decided action of `x`, with the exchange's outcome and
 /// credential.
 pub fn decisions(gw: &Gateway, x: &Exchange) {
@@ -86,15 +104,7 @@ pub fn decisions(gw: &Gateway, x: &Exchange) {
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
-        let credential = x
-            .injection
-            .as_ref()
-            .filter(|_| forwarded && d.effect == Effect::Allow)
-            .map(|i| decision_log::Credential {
-                name: &i.name,
-                kind: i.kind,
-                id: i.id.as_deref(),
-            });
+        let credential = credential(x).filter(|_| forwarded && d.effect == Effect::Allow);
         gw.decision_log.write(&decision_log::Line {
             decision_id: &d.decision_id,
             timestamp: timestamp.clone(),
@@ -118,6 +128,14 @@ pub fn decisions(gw: &Gateway, x: &Exchange) {
             policy_revision: snapshot.policy.revision(),
             credential,
             approval: d.approval.as_ref().map(crate::approval::Note::log),
+            delegation: x
+                .delegation
+                .as_ref()
+                .map(|d| serde_json::json!({ "depth": d.depth, "agents": d.agents })),
+            task_ended: x
+                .ended
+                .as_ref()
+                .map(|e| serde_json::json!({ "at": e.at, "by": e.by })),
             trace_id: &x.trace_id,
             span_id: &span_id,
             eval_duration_us: d
@@ -149,11 +167,7 @@ pub fn exchange(session: &Session, e: Option<&pingora::Error>, x: &mut Exchange,
         .or_else(|| session.response_written().map(|r| r.status.as_u16()))
         .unwrap_or(0);
     let req = session.req_header();
-    let credential = x.injection.as_ref().map(|i| decision_log::Credential {
-        name: &i.name,
-        kind: i.kind,
-        id: i.id.as_deref(),
-    });
+    let credential = credential(x);
     // The span goes first: once the request is counted, its span is queued (the demo and
     // tests wait on the counter).
     // No decision id: the request never reached the pipeline, so there is no action.
@@ -168,14 +182,17 @@ pub fn exchange(session: &Session, e: Option<&pingora::Error>, x: &mut Exchange,
             policy_revision: snapshot.policy.revision(),
             error: e.map(|e| e.etype().as_str()),
         };
-        spans.submit(span::action_span(x, credential.as_ref(), &end));
+        spans.action(x, credential.as_ref(), &end, &snapshot.config.chain);
     }
     let metrics = &gw.metrics;
     metrics.request(&x.action, decision);
-    if let Some(i) = &x.injection {
-        if x.refused.is_none() {
-            metrics.credential_issued(i.kind);
-        }
+    let issued = match (&x.injection, &x.delegated) {
+        (Some(i), _) => Some(i.kind),
+        (None, Some(_)) => Some("delegation"),
+        (None, None) => None,
+    };
+    if let Some(kind) = issued.filter(|_| x.refused.is_none()) {
+        metrics.credential_issued(kind);
     }
     tracing::info!(
         target: "toolgate::access",

@@ -60,7 +60,7 @@ fn approver(given: Option<String>) -> String {
 }
 
 /// `id` as one path segment: anything but letters, digits and `-._~` percent-encoded.
-fn segment(id: &str) -> String {
+pub(super) fn segment(id: &str) -> String {
     let mut out = String::with_capacity(id.len());
     for b in id.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

@@ -1,6 +1,7 @@
 //! What the demo prints: the decisions table, and the task's chain as an indented timeline
-//! rebuilt from the spans toolgate exported (each action under the one it links to). Also the
-//! checks that make the demo fail loudly if the chain is not what it should be.
+//! rebuilt from the spans both toolgates exported (each action under the one it links to, the
+//! second agent's first action under the handoff it came from). Also the checks that make the
+//! demo fail loudly if the chain is not what it should be.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -10,7 +11,7 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
 use super::tools::Seen;
-use super::Step;
+use super::{Step, Who};
 
 /// What the agent got back for one step.
 #[derive(Debug, Clone)]
@@ -45,15 +46,67 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The task's spans, in chain order.
+/// The task's action spans (not its root), from both agents, in the order they started
+/// (each agent's in its chain order: the script's steps run one after another).
 pub fn chain(spans: &[Span], task: &str) -> Vec<Span> {
     let mut chain: Vec<Span> = spans
         .iter()
         .filter(|s| text(&s.attributes, "toolgate.task.id") == task)
+        .filter(|s| int(&s.attributes, "toolgate.chain.seq").is_some())
         .cloned()
         .collect();
-    chain.sort_by_key(|s| int(&s.attributes, "toolgate.chain.seq"));
+    chain.sort_by_key(|s| s.start_time_unix_nano);
     chain
+}
+
+/// The line saying what a handoff step (`step`) got back.
+pub fn handoff(step: usize, outcome: &Outcome) -> String {
+    let answer: serde_json::Value = serde_json::from_slice(&outcome.body).unwrap_or_default();
+    let field = |k: &str| match answer.get(k) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|i| i.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    };
+    format!(
+        "After step {step} the first agent's toolgate signed a delegation token for {} (task {}, actions {}, depth {}, jti {}),\nwhich the billing agent sends to its own toolgate as x-toolgate-task-token.\n",
+        field("to"),
+        field("task"),
+        field("actions"),
+        field("depth"),
+        field("jti"),
+    )
+}
+
+/// The task's root span (`task <id>`), once toolgate exported it.
+pub fn root(spans: &[Span], task: &str) -> Option<Span> {
+    spans
+        .iter()
+        .find(|s| {
+            s.name == format!("task {task}") && text(&s.attributes, "toolgate.task.id") == task
+        })
+        .cloned()
+}
+
+/// One line for the task's root span: its id, and what its actions came to.
+pub fn root_line(root: &Span) -> String {
+    let a = &root.attributes;
+    let counts: Vec<String> = ["allow", "deny", "error"]
+        .iter()
+        .filter_map(|d| int(a, &format!("toolgate.task.decisions.{d}")).map(|n| format!("{n} {d}")))
+        .collect();
+    format!(
+        "  {}  span {} — {} actions ({}), the parent of every span below; closed at {}\n",
+        root.name,
+        hex(&root.span_id),
+        int(a, "toolgate.task.actions").unwrap_or(0),
+        counts.join(", "),
+        text(a, "toolgate.task.closed"),
+    )
 }
 
 /// The decisions table: one row per step, decision and reason as the spans report them.
@@ -118,12 +171,17 @@ pub fn timeline(chain: &[Span]) -> String {
     };
     let start = first.start_time_unix_nano;
     let mut depth: HashMap<Vec<u8>, usize> = HashMap::new();
+    let first_agent = text(&first.attributes, "toolgate.agent.id").to_string();
     for span in chain {
         let a = &span.attributes;
+        // Under the span it links to (the task's previous action), else under its parent
+        // when that is in the chain (a delegate's first action, under the handoff).
         let level = span
             .links
             .first()
-            .and_then(|l| depth.get(&l.span_id))
+            .map(|l| &l.span_id)
+            .or(Some(&span.parent_span_id))
+            .and_then(|id| depth.get(id))
             .map(|d| d + 1)
             .unwrap_or(0);
         depth.insert(span.span_id.clone(), level);
@@ -185,8 +243,23 @@ pub fn timeline(chain: &[Span]) -> String {
                 text(a, "toolgate.approval.id")
             )),
         }
-        if let Some(link) = span.links.first() {
-            notes.push(format!("links to span {}", hex(&link.span_id)));
+        let to = text(a, "toolgate.delegation.to");
+        if !to.is_empty() {
+            notes.push(format!("handed on to {to}"));
+        }
+        let agent = text(a, "toolgate.agent.id");
+        if agent != first_agent {
+            notes.push(format!(
+                "by {agent}, delegation depth {}",
+                int(a, "toolgate.delegation.depth").unwrap_or(0)
+            ));
+        }
+        match span.links.first() {
+            Some(link) => notes.push(format!("links to span {}", hex(&link.span_id))),
+            None if depth.contains_key(&span.parent_span_id) => {
+                notes.push(format!("child of span {}", hex(&span.parent_span_id)))
+            }
+            None => {}
         }
         if !notes.is_empty() {
             let _ = writeln!(out, "{pad}{}", notes.join(" · "));
@@ -200,9 +273,29 @@ pub fn problems(
     script: &[Step],
     outcomes: &[Outcome],
     chain: &[Span],
+    root: Option<&Span>,
     seen: &[Seen],
 ) -> Vec<String> {
     let mut problems = Vec::new();
+    match root {
+        None => problems.push("no root span for the task".into()),
+        Some(root) => {
+            if chain.iter().any(|s| s.parent_span_id != root.span_id) {
+                problems.push("not every action is a child of the task's root span".into());
+            }
+            if int(&root.attributes, "toolgate.task.actions") != Some(script.len() as i64) {
+                problems.push("the task's root span does not count every action".into());
+            }
+        }
+    }
+    for span in chain {
+        let a = &span.attributes;
+        if text(a, "gen_ai.operation.name") != "execute_tool"
+            || text(a, "openinference.span.kind") != "TOOL"
+        {
+            problems.push(format!("{}: not a GenAI tool execution span", span.name));
+        }
+    }
     // An allowed MCP call is answered by the (fake) server in JSON-RPC, for its request id.
     for (i, (step, outcome)) in script.iter().zip(outcomes).enumerate() {
         let Ok(call) = serde_json::from_str::<serde_json::Value>(step.body) else {
@@ -235,6 +328,10 @@ pub fn problems(
         .iter()
         .filter_map(|s| s.traceparent.as_deref())
         .collect();
+    // Each agent's actions are a chain of their own (its toolgate's ledger), linked in order;
+    // the second agent's first action is a child of the handoff that gave it the task.
+    let mut last: HashMap<Who, (i64, Vec<u8>)> = HashMap::new();
+    let mut handoff: Option<Vec<u8>> = None;
     for (i, (step, span)) in script.iter().zip(chain).enumerate() {
         let a = &span.attributes;
         let (action, decision) = (text(a, "toolgate.action"), text(a, "toolgate.decision"));
@@ -246,16 +343,28 @@ pub fn problems(
                 step.decision
             ));
         }
-        if int(a, "toolgate.chain.seq") != Some(i as i64 + 1) {
-            problems.push(format!("step {}: seq is not {}", i + 1, i + 1));
+        let before = last.get(&step.by);
+        let seq = before.map(|(s, _)| s + 1).unwrap_or(1);
+        if int(a, "toolgate.chain.seq") != Some(seq) {
+            problems.push(format!("step {}: seq is not {seq}", i + 1));
         }
         let linked = span.links.first().map(|l| l.span_id.clone());
-        let previous = i
-            .checked_sub(1)
-            .and_then(|p| chain.get(p))
-            .map(|p| p.span_id.clone());
-        if linked != previous {
+        if linked != before.map(|(_, id)| id.clone()) {
             problems.push(format!("step {}: does not link to the step before", i + 1));
+        }
+        if step.by == Who::Billing
+            && before.is_none()
+            && handoff.as_ref() != Some(&span.parent_span_id)
+        {
+            problems.push(format!(
+                "step {}: the second agent's first action is not under the handoff",
+                i + 1
+            ));
+        }
+        last.insert(step.by, (seq, span.span_id.clone()));
+        if step.action == toolgate_policy::delegation::ACTION {
+            handoff = Some(span.span_id.clone());
+            continue;
         }
         if decision == "allow" {
             let parent = format!("00-{}-{}-01", hex(&span.trace_id), hex(&span.span_id));

@@ -6,6 +6,7 @@ Kubernetes OpenAPI schemas bundled in PyPI kubernetes-validate. Driven by tests/
     validate.py config CHART VALUES OUT   write the rendered ConfigMap's files to OUT, and
                                           generated Secrets to OUT/secrets/NAME/KEY
     validate.py parent CHART OUT          render a parent chart that includes the named templates
+    validate.py objects CHART VALUES OUT  render with VALUES, validate, write OUT/objects.yaml
 
 Each command prints one JSON document and exits non-zero when a check fails.
 """
@@ -25,8 +26,8 @@ from kubernetes_validate import utils as kv_utils
 
 RELEASE = "demo"
 NAMESPACE = "agents"
-# The oldest Kubernetes with native sidecars on by default, and the newest bundled schemas.
-KUBE_VERSIONS = ["1.29.0", kv_utils.latest_version()]
+# The oldest Kubernetes with native sidecars on by default, 1.33, and the newest bundled schemas.
+KUBE_VERSIONS = ["1.29.0", "1.33.0", kv_utils.latest_version()]
 
 # kubernetes-validate knows only built-in kinds. A ServiceMonitor is checked against this
 # strict subset of the prometheus-operator CRD (monitoring.coreos.com/v1): the fields the
@@ -87,7 +88,76 @@ SERVICE_MONITOR = {
         },
     },
 }
-CUSTOM_SCHEMAS = {("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR}
+_CM_METADATA = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+# cert-manager (cert-manager.io/v1) is a CRD too: strict subsets of its Issuer and Certificate
+# schemas, the fields the chart renders.
+ISSUER = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "cert-manager.io/v1"},
+        "kind": {"const": "Issuer"},
+        "metadata": _CM_METADATA,
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"selfSigned": {"type": "object", "additionalProperties": False}},
+            "required": ["selfSigned"],
+        },
+    },
+}
+CERTIFICATE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "cert-manager.io/v1"},
+        "kind": {"const": "Certificate"},
+        "metadata": _CM_METADATA,
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["secretName", "issuerRef"],
+            "properties": {
+                "secretName": {"type": "string", "minLength": 1},
+                "commonName": {"type": "string", "maxLength": 64},
+                "dnsNames": {"type": "array", "items": {"type": "string"}},
+                "privateKey": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]},
+                        "size": {"type": "integer"},
+                        "rotationPolicy": {"enum": ["Never", "Always"]},
+                    },
+                },
+                "issuerRef": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "group": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
+}
+CUSTOM_SCHEMAS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR,
+    ("cert-manager.io/v1", "Issuer"): ISSUER,
+    ("cert-manager.io/v1", "Certificate"): CERTIFICATE,
+}
 
 
 def cases(chart):
@@ -183,6 +253,8 @@ BAD_VALUES = {
     "revocation ttl toolgate cannot parse": {"operator": {"maxRevocationTTL": "a month"}},
     "state dir not absolute": {"state": {"dir": "var/lib/toolgate"}},
     "require_task_token as a string": {"config": {"chain": {"require_task_token": "yes"}}},
+    "injector agent uid 1337": {"injector": {"agentUID": 1337}},
+    "injector failure policy": {"injector": {"failurePolicy": "Sometimes"}},
 }
 
 
@@ -196,6 +268,7 @@ RENDER_FAILURES = {
         "operator": {"socket": {"path": "/tmp/operator.sock"}}
     },
     "state in the operator socket's directory": {"state": {"dir": "/var/run/toolgate"}},
+    "the injector and the demo agent in one release": {"injector": {"enabled": True}},
 }
 
 
@@ -320,12 +393,22 @@ def cmd_parent(chart, out):
     return 0 if docs and not errors else 1
 
 
+def cmd_objects(chart, values_file, out):
+    values = helm.values_from_yaml(pathlib.Path(values_file).read_text())
+    docs = [doc for _, doc in documents(render(chart, values))]
+    errors = [e for doc in docs for e in validate_object(doc)]
+    pathlib.Path(out, "objects.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    print(json.dumps({"objects": [f"{d['kind']}/{d['metadata']['name']}" for d in docs], "errors": errors}))
+    return 0 if docs and not errors else 1
+
+
 def main(argv):
     commands = {
         "render": (cmd_render, 2),
         "reject": (cmd_reject, 1),
         "config": (cmd_config, 3),
         "parent": (cmd_parent, 2),
+        "objects": (cmd_objects, 3),
     }
     if len(argv) < 2 or argv[1] not in commands or len(argv) - 2 != commands[argv[1]][1]:
         print(__doc__, file=sys.stderr)

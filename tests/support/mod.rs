@@ -341,6 +341,11 @@ impl Toolgate {
         panic!("toolgate did not become ready:\n{}", self.logs());
     }
 
+    /// The toolgate process id (for /proc measurements).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
     /// What toolgate wrote to stdout so far (the decision log, by default).
     pub fn stdout(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()

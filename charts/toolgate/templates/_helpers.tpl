@@ -89,7 +89,9 @@ the YAML. Only keys toolgate accepts are rendered; keys of features that are off
 {{- $listen := dict
   "proxy" (printf "127.0.0.1:%d" (int $v.sidecar.ports.proxy))
   "admin" (printf "%s:%d" $v.sidecar.adminAddress (int $v.sidecar.ports.admin)) -}}
-{{- if eq $v.capture.mode "transparent" }}
+{{- /* A configuration for injected pods (agent.enabled=false) listens for both capture
+       modes: each pod chooses its own (toolgate.io/capture). */}}
+{{- if or (eq $v.capture.mode "transparent") (not $v.agent.enabled) }}
 {{- $_ := set $listen "transparent" (printf "127.0.0.1:%d" (int $v.sidecar.ports.transparent)) }}
 {{- end }}
 {{- if $v.operator.socket.enabled }}
@@ -153,6 +155,9 @@ the YAML. Only keys toolgate accepts are rendered; keys of features that are off
 {{- end }}
 {{- if and .Values.state.enabled (or (has .Values.state.dir $taken) (and .Values.operator.socket.enabled (eq .Values.state.dir (dir .Values.operator.socket.path)))) }}
 {{- fail (printf "state.dir: %s is a directory the chart mounts for something else; use a directory of its own, e.g. /var/lib/toolgate" .Values.state.dir) }}
+{{- end }}
+{{- if and .Values.injector.enabled .Values.agent.enabled }}
+{{- fail "injector.enabled installs the admission webhook only: set agent.enabled=false (the agents are your own Deployments)" }}
 {{- end }}
 {{- if and .Values.config.existingConfigMap .Values.config.rolloutOnChange }}
 {{- fail "config.rolloutOnChange needs the chart to render the ConfigMap: unset config.existingConfigMap" }}

@@ -87,6 +87,18 @@ decision := {"allow": true, "reason": "reading tickets is allowed"} if {
 	# initialize, tools/list, notifications, the event stream: not tool calls.
 	input.action.tool == "crm"
 	startswith(input.action.name, "crm.mcp.")
+} else := {"allow": true, "reason": "reads may be handed on, once"} if {
+	# Handing part of the task to another agent (POST http://toolgate.internal/delegate, with
+	# `delegation` configured): reads only, one hop. toolgate never grants more than the task
+	# holds, and refuses the delegate anything outside what it was handed, whatever the
+	# delegate's own policy says.
+	input.action.name == "task.delegate"
+	input.action.attributes.depth == 1
+	every action in input.action.attributes.actions {
+		endswith(action, ".read")
+	}
+} else := {"allow": false, "reason": "only reads may be handed on, and only once"} if {
+	input.action.name == "task.delegate"
 } else := {"allow": false, "reason": concat("", ["no tool in the catalog serves ", input.request.host])} if {
 	input.action.tool == null
 } else := {"allow": false, "reason": sprintf("%s has no catalogued action for %s %s", [input.action.tool, input.request.method, input.request.path])} if {

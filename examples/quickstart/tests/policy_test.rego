@@ -91,3 +91,14 @@ test_a_pinned_unchanged_tool_is_decided_as_usual if {
 	d := toolgate.decision with input as {"action": {"name": "crm.lookup_customer", "tool": "crm", "attributes": {}, "definition": definition}, "request": {}, "chain": []}
 	d.allow
 }
+
+delegate(actions, depth) := {
+	"action": {"name": "task.delegate", "tool": null, "attributes": {"to": "spiffe://example.org/ns/support/sa/billing-agent", "actions": actions, "scopes": [], "ttl": 600, "depth": depth}},
+	"request": {"host": "toolgate.internal"}, "chain": [],
+}
+
+test_only_reads_are_handed_on_and_only_once if {
+	toolgate.decision.allow with input as delegate(["ticket.read", "payment.read"], 1)
+	not toolgate.decision.allow with input as delegate(["ticket.read", "ticket.transition"], 1)
+	not toolgate.decision.allow with input as delegate(["ticket.read"], 2)
+}

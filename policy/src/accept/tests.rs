@@ -191,3 +191,38 @@ fn inside_a_tunnel_routes_do_not_apply_and_absolute_form_must_name_the_target() 
         Rejection::BadTarget
     );
 }
+
+#[test]
+fn a_refused_host_is_quoted_in_at_most_64_characters() {
+    // Every other refusal quotes agent input clipped; a host that is not UTF-8 was quoted
+    // whole, so a 1 MiB request head came back in the 400 and went into the decision log.
+    let c = config();
+    let long: Vec<u8> = [b"http://".as_slice(), &[0xff; 10_000], b"/x"].concat();
+    match super::accept(&c, "GET", &long, &HeaderMap::new()) {
+        Err(Rejection::BadHost(quoted)) => assert!(quoted.chars().count() <= 64, "{quoted}"),
+        other => panic!("{other:?}"),
+    }
+    let destination = Destination {
+        via: Via::Tunnel,
+        host: "jira.example.com".into(),
+        port: 443,
+        tls: true,
+    };
+    let long_tls: Vec<u8> = [b"https://".as_slice(), &[0xff; 10_000], b"/x"].concat();
+    match accept_at(&c, &destination, "GET", &long_tls, &HeaderMap::new()) {
+        Err(Rejection::BadHost(quoted)) => assert!(quoted.chars().count() <= 64, "{quoted}"),
+        other => panic!("{other:?}"),
+    }
+    let mut h = HeaderMap::new();
+    h.insert(
+        "host",
+        http::HeaderValue::from_bytes(&[0xff; 10_000]).unwrap(),
+    );
+    match super::accept(&c, "GET", b"/x", &h) {
+        Err(Rejection::BadHost(quoted)) => assert!(quoted.chars().count() <= 64, "{quoted}"),
+        other => panic!("{other:?}"),
+    }
+    // Positive control: the same requests with a real host are accepted.
+    let ok = super::accept(&c, "GET", b"http://jira.example.com/x", &HeaderMap::new()).unwrap();
+    assert_eq!((ok.host.as_str(), ok.tool), ("jira.example.com", Some(0)));
+}

@@ -309,3 +309,27 @@ fn form_scans_find_override_fields_in_any_spelling() {
         );
     }
 }
+
+#[test]
+fn json_numbers_read_as_the_nearest_double_as_tools_read_them() {
+    // Found by the body_classify and mcp_jsonrpc fuzz targets: serde_json's default float
+    // parsing is approximate, so `5e44` read as 5.0000000000000004e44 while Python, Go and
+    // JavaScript read 5e44 — toolgate decided on another number than the tool acted on.
+    for text in [
+        "5e44",
+        "-3.2601e97",
+        "0.1",
+        "1.7976931348623157e308",
+        "2.2250738585072014e-308",
+    ] {
+        let want: f64 = text.parse().unwrap();
+        let got = json(text.as_bytes()).unwrap();
+        assert_eq!(got.as_f64(), Some(want), "{text}");
+        // And the reading is a fixed point: written back and read again, the same number.
+        let again = json(serde_json::to_string(&got).unwrap().as_bytes()).unwrap();
+        assert_eq!(again, got, "{text}");
+    }
+    let rule = crate::classify::Scalar::Number(5e44);
+    assert!(rule.matches(&json(br#"5e44"#).unwrap()));
+    assert!(!rule.matches(&json(br#"5.0000000000000004e44"#).unwrap()));
+}

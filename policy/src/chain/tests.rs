@@ -13,6 +13,7 @@ fn settings(max_actions: usize, max_tasks: usize, idle_ttl: Duration) -> ChainSe
         idle_ttl,
         agent_label_ttl: Duration::from_secs(86_400),
         require_task_token: false,
+        ended_retention: Duration::from_secs(86_400),
     }
 }
 

@@ -93,6 +93,9 @@ pub struct ExchangeSpec {
     pub requested_token_type: Option<String>,
     /// Client authentication (HTTP Basic), when the STS requires it.
     pub client: Option<(String, SecretText)>,
+    /// The STS's RFC 7009 revocation endpoint: tokens exchanged for a task are revoked there
+    /// when the task ends (or its agent is revoked).
+    pub revocation_endpoint: Option<Box<http::Uri>>,
     pub timeout: Duration,
     pub header: HeaderName,
     pub format: Format,
@@ -108,7 +111,7 @@ pub fn is_scope(s: &str) -> bool {
             .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
 }
 
-fn keys_set(raw: &RawCredential) -> [(&'static str, bool); 19] {
+fn keys_set(raw: &RawCredential) -> [(&'static str, bool); 20] {
     [
         ("file", raw.file.is_some()),
         ("env", raw.env.is_some()),
@@ -128,6 +131,7 @@ fn keys_set(raw: &RawCredential) -> [(&'static str, bool); 19] {
         ("client_id", raw.client_id.is_some()),
         ("client_secret_file", raw.client_secret_file.is_some()),
         ("timeout", raw.timeout.is_some()),
+        ("revocation_endpoint", raw.revocation_endpoint.is_some()),
         ("kind", true),
     ]
 }
@@ -157,6 +161,7 @@ const EXCHANGE_KEYS: &[&str] = &[
     "timeout",
     "header",
     "format",
+    "revocation_endpoint",
 ];
 
 /// Compile every credential; errors go to `c`.

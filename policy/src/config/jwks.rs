@@ -176,6 +176,23 @@ impl KeySet {
             });
         }
         for key in candidates {
+            // jsonwebtoken refuses (InvalidAlgorithm) a validation that lists an algorithm of
+            // another family than the key, as a set of Ed25519 and P-256 keys does: each key
+            // is checked for its own algorithm, which is the token's (`candidates`).
+            let mixed = validation
+                .algorithms
+                .iter()
+                .any(|a| a.family() != key.algorithm.family());
+            let narrowed;
+            let validation = if mixed {
+                narrowed = Validation {
+                    algorithms: vec![key.algorithm],
+                    ..validation.clone()
+                };
+                &narrowed
+            } else {
+                validation
+            };
             match jsonwebtoken::decode::<Map<String, Json>>(token, &key.key, validation) {
                 Ok(data) => return Ok(data.claims),
                 Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => continue,

@@ -120,22 +120,25 @@ fn token(c: &mut Collector, file: &str, files: &dyn Files) -> Option<SecretText>
 
 /// Why `token` is not fit to guard the operator API; `Ok` when it is.
 pub(super) fn judge_token(token: &str) -> Result<(), String> {
+    judge_secret(token, "the operator token")
+}
+
+/// Why `token` (`what`, for messages) is too weak to authenticate anyone; `Ok` when it is not.
+pub(super) fn judge_secret(token: &str, what: &str) -> Result<(), String> {
     if token.is_empty() {
-        return Err(
-            "the operator token is empty: write a random one, e.g. `openssl rand -hex 32 > FILE`"
-                .into(),
-        );
+        return Err(format!(
+            "{what} is empty: write a random one, e.g. `openssl rand -hex 32 > FILE`"
+        ));
     }
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(
-            "the operator token may hold only visible ASCII characters (no spaces or controls)"
-                .into(),
-        );
+        return Err(format!(
+            "{what} may hold only visible ASCII characters (no spaces or controls)"
+        ));
     }
     let chars = token.len();
     if chars < MIN_TOKEN_CHARS {
         return Err(format!(
-            "the operator token has {chars} characters, fewer than {MIN_TOKEN_CHARS}: too easy to guess (use `openssl rand -hex 32`)"
+            "{what} has {chars} characters, fewer than {MIN_TOKEN_CHARS}: too easy to guess (use `openssl rand -hex 32`)"
         ));
     }
     let mut seen = [false; 128];
@@ -150,7 +153,7 @@ pub(super) fn judge_token(token: &str) -> Result<(), String> {
     }
     if distinct < MIN_DISTINCT_TOKEN_CHARS {
         return Err(format!(
-            "the operator token uses only {distinct} distinct characters: trivially guessable (use `openssl rand -hex 32`)"
+            "{what} uses only {distinct} distinct characters: trivially guessable (use `openssl rand -hex 32`)"
         ));
     }
     Ok(())

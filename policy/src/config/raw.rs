@@ -38,6 +38,11 @@ pub struct RawConfig {
     pub approvals: RawApprovals,
     #[serde(default)]
     pub mcp: super::mcp::RawMcp,
+    /// `delegation`: how this toolgate signs delegation tokens (config/delegation.rs).
+    pub delegation: Option<RawDelegation>,
+    /// `introspection`: who may ask whether a credential is still alive.
+    #[serde(default)]
+    pub introspection: RawIntrospection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,6 +147,8 @@ pub struct RawCredential {
     pub client_id: Option<String>,
     pub client_secret_file: Option<String>,
     pub timeout: Option<String>,
+    /// The STS's RFC 7009 revocation endpoint (`token_exchange`).
+    pub revocation_endpoint: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,6 +176,8 @@ pub struct RawChain {
     pub agent_label_ttl: Option<String>,
     /// Refuse requests without a verified task token (`task-required`).
     pub require_task_token: Option<bool>,
+    /// How long an ended task stays ended, with its chain kept for audit.
+    pub ended_retention: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -211,6 +220,29 @@ pub struct RawWebhook {
     pub retries: Option<u32>,
 }
 
+/// `delegation`: the key delegation tokens are signed with, their issuer and lifetime.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawDelegation {
+    pub key_file: Option<String>,
+    pub algorithm: Option<String>,
+    pub issuer: Option<String>,
+    pub max_ttl: Option<String>,
+}
+
+/// `introspection`: the clients (tools) that may call `POST /v1/introspect`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawIntrospection {
+    #[serde(default)]
+    pub clients: Vec<RawIntrospectionClient>,
+}
+
+/// One introspection client: HTTP Basic with `id` and the secret in `secret_file`.
+#[derive(Debug, Deserialize)]
+pub struct RawIntrospectionClient {
+    pub id: String,
+    pub secret_file: String,
+}
+
 /// `state`: where operator state (revocations, approvals) is kept.
 #[derive(Debug, Default, Deserialize)]
 pub struct RawState {
@@ -239,4 +271,9 @@ pub struct RawLimits {
     pub upstream_timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub shutdown_timeout: Option<String>,
+    pub head_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_head_bytes: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_buffered_bytes: Option<usize>,
 }

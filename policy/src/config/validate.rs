@@ -14,7 +14,7 @@ use super::raw::{RawAction, RawConfig, RawPolicy, RawRoute, RawTool};
 use super::{credentials, identity};
 use super::{
     ChainSettings, Config, ConfigError, ConfigErrors, CredentialSpec, DecisionLogSink, Files,
-    Limits, Listen, PolicyMode, PolicySource, Route, Telemetry, TlsSettings, Vars,
+    Listen, PolicyMode, PolicySource, Route, Telemetry, TlsSettings, Vars,
 };
 use crate::classify::{
     Action, AttributeSource, Catalog, Overrides, PathTemplate, ToolSpec, Upstream,
@@ -83,6 +83,9 @@ pub(super) fn compile(
     let agent = identity::agent(&mut c, &raw.agent, files, vars);
     let task_tokens = identity::task_tokens(&mut c, raw.task_tokens.as_ref(), files);
     let credentials = credentials::compile(&mut c, &raw.credentials, &agent, files, vars);
+    let delegation = super::delegation::delegation(&mut c, raw.delegation.as_ref(), &agent, files);
+    let introspection = super::delegation::introspection(&mut c, &raw.introspection, files);
+    reserved_host(&mut c, &raw.tools);
     let (catalog, tool_names) = catalog(&mut c, &raw.tools, &credentials);
     let mut mcp = super::mcp::settings(&mut c, &raw.mcp);
     for (i, tool) in raw.tools.iter().enumerate() {
@@ -137,7 +140,16 @@ pub(super) fn compile(
             "24h",
         ),
         require_task_token: raw.chain.require_task_token.unwrap_or(false),
+        ended_retention: duration(
+            &mut c,
+            "chain.ended_retention",
+            raw.chain.ended_retention.as_deref(),
+            "24h",
+        ),
     };
+    if chain.ended_retention > super::LONGEST_REVOCATION_TTL {
+        c.push("chain.ended_retention", "must be at most 3650d");
+    }
     if chain.require_task_token
         && raw
             .task_tokens
@@ -168,27 +180,7 @@ pub(super) fn compile(
             .as_ref()
             .and_then(|ca| super::tls::ca(&mut c, ca, files)),
     };
-    let limits = Limits {
-        max_body_bytes: matching::max_body_bytes(raw.limits.max_body_bytes),
-        upstream_timeout: duration(
-            &mut c,
-            "limits.upstream_timeout",
-            raw.limits.upstream_timeout.as_deref(),
-            "30s",
-        ),
-        connect_timeout: duration(
-            &mut c,
-            "limits.connect_timeout",
-            raw.limits.connect_timeout.as_deref(),
-            "5s",
-        ),
-        shutdown_timeout: duration(
-            &mut c,
-            "limits.shutdown_timeout",
-            raw.limits.shutdown_timeout.as_deref(),
-            "2s",
-        ),
-    };
+    let limits = super::limits::limits(&mut c, &raw.limits);
     match (c.errors.is_empty(), policy) {
         (true, Some(policy)) => Ok(Config {
             origin: origin.to_path_buf(),
@@ -208,6 +200,8 @@ pub(super) fn compile(
             limits,
             task_tokens,
             mcp,
+            delegation,
+            introspection,
             fingerprint: 0,
             warnings: c.warnings,
         }),
@@ -215,6 +209,25 @@ pub(super) fn compile(
             origin: origin.to_path_buf(),
             errors: c.errors,
         }),
+    }
+}
+
+/// No tool may be catalogued at toolgate's own host: requests there are toolgate's
+/// (delegation, `crate::delegation::HOST`), never a tool's.
+fn reserved_host(c: &mut Collector, tools: &[RawTool]) {
+    for (i, tool) in tools.iter().enumerate() {
+        for (j, host) in tool.hosts.iter().enumerate() {
+            let name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+            if name.eq_ignore_ascii_case(crate::delegation::HOST) {
+                c.push(
+                    format!("tools[{i}].hosts[{j}]"),
+                    format!(
+                        "{} is toolgate's own host (delegation requests); no tool may use it",
+                        crate::delegation::HOST
+                    ),
+                );
+            }
+        }
     }
 }
 

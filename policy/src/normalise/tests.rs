@@ -116,6 +116,56 @@ fn authority_is_canonical() {
 }
 
 #[test]
+fn hosts_a_resolver_reads_otherwise_are_refused() {
+    // Found by the request_head fuzz target: `GET https://..` was accepted with host ".",
+    // which is no host at all (and "jira.example.com.." kept a trailing dot no catalog host
+    // has, while the resolver still finds Jira).
+    for bad in [
+        ".",
+        "..",
+        "...:80",
+        ".jira.example.com",
+        "jira..example.com",
+        "jira.example.com..",
+    ] {
+        assert!(authority(bad).is_err(), "{bad}");
+    }
+    // Resolvers (inet_aton, WHATWG URLs) read these as 169.254.169.254 or 127.0.0.1: policy
+    // would match one host and the connection reach another.
+    for bad in [
+        "169.254.43518",
+        "2852039166",
+        "0xa9fea9fe",
+        "0251.0376.0251.0376",
+        "169.254.169.0254",
+        "127.1",
+        "127.0.0.1.1",
+        "0x7f.1",
+        "0x",
+        "example.com.1",
+    ] {
+        assert!(authority(bad).is_err(), "{bad}");
+        assert!(authority(&format!("{bad}:80")).is_err(), "{bad}:80");
+    }
+    // Positive controls: canonical addresses and names that only look numeric in part.
+    for (raw, host) in [
+        ("169.254.169.254", "169.254.169.254"),
+        ("10.0.0.5:8080", "10.0.0.5"),
+        ("1a.example.com", "1a.example.com"),
+        ("api.v2", "api.v2"),
+        ("example.123abc", "example.123abc"),
+        ("[0:0::1]", "::1"),
+        ("[::FFFF:A9FE:A9FE]:443", "::ffff:169.254.169.254"),
+    ] {
+        assert_eq!(
+            authority(raw).map(|(h, _)| h),
+            Ok(host.to_string()),
+            "{raw}"
+        );
+    }
+}
+
+#[test]
 fn framing_headers_must_be_unambiguous() {
     let mut h = HeaderMap::new();
     h.append("host", "a".parse().unwrap());

@@ -4,7 +4,8 @@
 //! ```json
 //! { "version": 1,
 //!   "revocations": [ { "kind": "task", "id": "T-1", "expires": "2026-12-03T10:00:00Z" } ],
-//!   "approvals": [ { "id": "…", "status": "pending", "digest": "…", … } ] }
+//!   "approvals": [ { "id": "…", "status": "pending", "digest": "…", … } ],
+//!   "ended_tasks": [ { "id": "T-1", "at": "…", "by": "operator", "until": "…" } ] }
 //! ```
 //!
 //! A new kind of state is a new section: a field of [`Document`] with
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::approvals::Approval;
 use super::revocations::Entry;
+use super::tasks::EndedTask;
 
 /// The file's name inside `state.dir`.
 pub const FILE_NAME: &str = "state.json";
@@ -28,7 +30,8 @@ pub const FILE_NAME: &str = "state.json";
 pub const VERSION: u32 = 1;
 /// Largest state file read: well above the most the bounded state can hold (30,000
 /// revocations of ≤ 512-byte ids ≈ 18 MiB, plus 4,000 approvals of at most about 12 KiB
-/// each ≈ 48 MiB), far below what would strain memory.
+/// each ≈ 48 MiB, plus 10,000 ended tasks of at most about 1.2 KiB each ≈ 12 MiB), far
+/// below what would strain memory.
 pub const MAX_FILE_BYTES: u64 = 96 << 20;
 
 /// The whole state file.
@@ -41,6 +44,9 @@ pub struct Document {
     /// Written only when there are approvals, so files without any stay as they were.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approvals: Vec<Approval>,
+    /// Tasks that ended, within their retention (written only when there are some).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ended_tasks: Vec<EndedTask>,
 }
 
 impl Default for Document {
@@ -49,6 +55,7 @@ impl Default for Document {
             version: VERSION,
             revocations: Vec::new(),
             approvals: Vec::new(),
+            ended_tasks: Vec::new(),
         }
     }
 }

@@ -10,12 +10,12 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant as Deadline;
 use toolgate_policy::accept::{Destination, Via};
 use toolgate_policy::classify::UNKNOWN;
 use toolgate_policy::normalise;
 
-use super::{intercept, refuse_raw, splice, Http, HEAD_TIMEOUT, MAX_CONNECT_HEAD};
-use crate::gateway::Gateway;
+use super::{intercept, refuse_raw, splice, Front, MAX_CONNECT_HEAD};
 use crate::identify;
 use crate::problem::{Ids, Refusal};
 
@@ -30,17 +30,19 @@ pub(super) struct Head {
     pub headers: HeaderMap,
 }
 
-/// Serve one CONNECT whose first bytes (`prefix`, "CONNECT ") were already read.
+/// Serve one CONNECT whose first bytes (`prefix`, "CONNECT ") were already read; its head
+/// must be whole by `head_deadline` (`limits.head_timeout` after its first byte).
 pub(super) async fn serve(
-    gw: &Arc<Gateway>,
-    http: &Arc<Http>,
+    front: &Front,
     mut stream: L4Stream,
     prefix: Vec<u8>,
+    head_deadline: Deadline,
     shutdown: &ShutdownWatch,
 ) {
+    let gw = &front.gateway;
     let started = Instant::now();
     let decision_id = uuid::Uuid::now_v7().to_string();
-    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream, prefix)).await {
+    let head = match tokio::time::timeout_at(head_deadline, read_head(&mut stream, prefix)).await {
         Ok(Ok(head)) => head,
         Ok(Err(Fail::Closed)) => return,
         Ok(Err(Fail::Bad(reason))) => {
@@ -55,7 +57,8 @@ pub(super) async fn serve(
             return;
         }
         Err(_) => {
-            tracing::info!(target: "toolgate::access", decision_id = %decision_id, via = "connect", "closed: no complete CONNECT head within {HEAD_TIMEOUT:?}");
+            gw.metrics.head_refused("head_timeout");
+            tracing::info!(target: "toolgate::access", decision_id = %decision_id, via = "connect", "closed: no complete CONNECT head within limits.head_timeout of its first byte");
             return;
         }
     };
@@ -139,7 +142,7 @@ pub(super) async fn serve(
         return;
     }
     tracing::info!(target: "toolgate::access", decision_id = %decision_id, via = "connect", target = %target, tool = %tool_name, status = 200u16, "tunnel opened; intercepting TLS");
-    intercept::serve(http, stream, destination, leaf, shutdown).await;
+    intercept::serve(front, stream, destination, leaf, shutdown).await;
 }
 
 /// Why a CONNECT head could not be read.

@@ -12,7 +12,7 @@ use rustls::sign::CertifiedKey;
 use tokio::io::AsyncReadExt;
 use toolgate_policy::accept::Destination;
 
-use super::{serve_http, Http, Inbound, HANDSHAKE_TIMEOUT};
+use super::{serve_http, Front, Inbound, HANDSHAKE_TIMEOUT};
 
 /// First byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -45,7 +45,7 @@ fn server_config(leaf: Arc<CertifiedKey>) -> Result<Arc<rustls::ServerConfig>, r
 
 /// Terminate TLS on `stream` presenting `leaf`, then serve its requests for `destination`.
 pub(super) async fn serve(
-    http: &Arc<Http>,
+    front: &Front,
     mut stream: L4Stream,
     destination: Destination,
     leaf: Arc<CertifiedKey>,
@@ -92,9 +92,10 @@ pub(super) async fn serve(
         }
     };
     serve_http(
-        http,
+        front,
         Box::new(tls),
-        Inbound::Intercepted(destination),
+        Some(Inbound::Intercepted(destination)),
+        None,
         shutdown,
     )
     .await;

@@ -57,7 +57,7 @@ pub(super) async fn serve(
         Err(refusal) => {
             let status = problem::problem(&refusal).status;
             x.refused = Some(status);
-            record::settle(gw, &mut x, Outcome::Refused(status));
+            record::settle(gw, &mut x, problem::outcome(&refusal));
             log(gw, &x, &target, status, Some(&refusal.to_string()), (0, 0));
             if answer == Answer::Http {
                 refuse_raw(&mut client, &refusal, x_ids(&x)).await;
@@ -85,7 +85,7 @@ pub(super) async fn serve(
         Ok(s) => s,
         Err(refusal) => {
             let status = problem::problem(&refusal).status;
-            record::settle(gw, &mut x, Outcome::Refused(status));
+            record::settle(gw, &mut x, problem::outcome(&refusal));
             log(gw, &x, &target, status, Some(&refusal.to_string()), (0, 0));
             if answer == Answer::Http {
                 refuse_raw(&mut client, &refusal, x_ids(&x)).await;

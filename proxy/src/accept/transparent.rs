@@ -24,8 +24,7 @@ use tokio::io::AsyncReadExt;
 use toolgate_policy::accept::{host_header, Destination, Via};
 use toolgate_policy::normalise;
 
-use super::{intercept, serve_http, splice, Http, Inbound, FIRST_BYTE_TIMEOUT, HANDSHAKE_TIMEOUT};
-use crate::gateway::Gateway;
+use super::{intercept, serve_http, splice, Front, Inbound, HANDSHAKE_TIMEOUT};
 use crate::problem::Refusal;
 
 /// Original destination ports the capture treats as TLS: plain HTTP arriving for one is
@@ -43,12 +42,8 @@ type MatchCache = Mutex<HashMap<(String, IpAddr), (bool, Instant)>>;
 static MATCHES: LazyLock<MatchCache> = LazyLock::new(MatchCache::default);
 
 /// Serve one redirected connection.
-pub(super) async fn serve(
-    gw: &Arc<Gateway>,
-    http: &Arc<Http>,
-    mut stream: L4Stream,
-    shutdown: &ShutdownWatch,
-) {
+pub(super) async fn serve(front: &Front, mut stream: L4Stream, shutdown: &ShutdownWatch) {
+    let gw = &front.gateway;
     let original = match original_destination(&stream) {
         Ok(o) => o,
         Err(reason) => {
@@ -57,15 +52,17 @@ pub(super) async fn serve(
         }
     };
     let mut first = [0u8; 1];
-    match tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.read_exact(&mut first)).await {
+    let idle = gw.snapshot().config.limits.idle_timeout;
+    match tokio::time::timeout(idle, stream.read_exact(&mut first)).await {
         Ok(Ok(_)) => stream.rewind(&first),
         _ => return,
     }
     if first[0] != 0x16 {
         serve_http(
-            http,
+            front,
             Box::new(stream),
-            Inbound::Redirected { original },
+            Some(Inbound::Redirected { original }),
+            Some(std::time::Instant::now()),
             shutdown,
         )
         .await;
@@ -142,7 +139,7 @@ pub(super) async fn serve(
         }
     };
     drop(snapshot);
-    intercept::serve(http, stream, destination, leaf, shutdown).await;
+    intercept::serve(front, stream, destination, leaf, shutdown).await;
 }
 
 /// Where the agent connected before iptables redirected it here.

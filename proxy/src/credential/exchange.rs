@@ -1,26 +1,38 @@
 //! Token exchange (RFC 8693): the agent's identity token is exchanged at an STS for a token
 //! with the credential's audience and the decision's scopes. Tokens are cached per
-//! (credential, endpoint, audience, scopes, subject) until shortly before they expire;
+//! (credential, endpoint, audience, scopes, subject, task) until shortly before they expire;
 //! concurrent requests for the same key wait for one exchange. The subject is a SHA-256 of
 //! the identity token, so a rotated identity never gets the previous one's token, and the
 //! first exchange under a new identity drops every entry of the old one. A failed exchange
 //! is an error: the request is answered 503 and never forwarded without its credential.
 //!
+//! Per task, so that a task's tokens die with it: when a task ends (or its agent is revoked)
+//! [`Exchanges::end_task`] takes every token exchanged for it out of the cache — also tokens
+//! a refresh replaced or the cache's bound pushed out, which are still valid at the STS
+//! (kept in `retired`, at most [`MAX_RETIRED`], until they expire) — for revocation at the
+//! STS (`credential/revocation.rs`).
+//!
 //! Problems and logs name the STS by scheme, host and path only ([`sts_name`]), never by
 //! its query or userinfo (config refuses both; this holds even if one slipped through).
 
+mod retire;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use toolgate_policy::config::{Config, CredentialSpec, ExchangeSpec, SecretText};
+
+use super::revocation::RevocationTarget;
+
+pub use retire::Retired;
+use retire::{end_task, sweep};
 
 /// The RFC 8693 grant type.
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -28,6 +40,10 @@ pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const MAX_RESPONSE: usize = 64 * 1024;
 /// Most cache keys remembered.
 pub const MAX_ENTRIES: usize = 1024;
+/// How long a token exchanged without `expires_in` is remembered for revocation.
+const UNKNOWN_LIFETIME: Duration = Duration::from_secs(3600);
+/// Most replaced or evicted tokens remembered (still valid, so still to revoke with their task).
+pub const MAX_RETIRED: usize = 1024;
 /// Longest a token is used before its expiry is near: a tenth of its life, at most this.
 const MAX_REFRESH_MARGIN: Duration = Duration::from_secs(30);
 
@@ -58,6 +74,7 @@ struct Key {
     audience: String,
     scope: String,
     subject: SubjectHash,
+    task: String,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +83,8 @@ struct Cached {
     /// From here on, a new token is fetched.
     refresh_at: Instant,
     expires_at: Instant,
+    /// How to revoke it at the STS, when the credential has a `revocation_endpoint`.
+    revocation: Option<Arc<RevocationTarget>>,
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
@@ -74,7 +93,9 @@ type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
 /// they were exchanged for changes).
 #[derive(Debug, Default)]
 pub struct Exchanges {
-    inner: Mutex<Inner>,
+    inner: Arc<Mutex<Inner>>,
+    /// Started with the first token that has a task expiry and a revocation endpoint.
+    sweeper: std::sync::OnceLock<()>,
 }
 
 #[derive(Debug, Default)]
@@ -82,6 +103,11 @@ struct Inner {
     /// The identity the cached tokens belong to.
     subject: Option<SubjectHash>,
     slots: HashMap<Key, Slot>,
+    /// Tokens no longer served (refreshed, evicted, another identity's) but still valid:
+    /// (task, token, expiry, how to revoke it).
+    retired: Vec<(String, Retired)>,
+    /// When each task's token expires (the latest seen): its exchanged tokens then go.
+    deadlines: HashMap<String, Instant>,
 }
 
 /// Why an exchange failed; shown to the agent, so it never holds a token.
@@ -129,20 +155,40 @@ impl Exchanges {
         let Ok(mut inner) = self.inner.lock() else {
             return Slot::default();
         };
+        let now = Instant::now();
         if inner.subject != Some(key.subject) {
-            // A new identity (an SVID rotated on reload): the old one's tokens go.
-            inner.slots.clear();
+            // A new identity (an SVID rotated on reload): the old one's tokens go out of
+            // service (still revocable with their task).
+            for (task, slot) in inner.take(|_| true) {
+                if let Some(cached) = slot.try_lock().ok().and_then(|mut c| c.take()) {
+                    inner.retire(&task, cached, now);
+                }
+            }
             inner.subject = Some(key.subject);
         }
-        let slots = &mut inner.slots;
-        if slots.len() >= MAX_ENTRIES && !slots.contains_key(&key) {
-            // Keep the slots someone is using; forget the rest.
-            slots.retain(|_, slot| Arc::strong_count(slot) > 1);
+        if inner.slots.len() >= MAX_ENTRIES && !inner.slots.contains_key(&key) {
+            // Keep the slots someone is using; take the rest out of service.
+            let unused: Vec<Key> = inner
+                .slots
+                .iter()
+                .filter(|(_, slot)| Arc::strong_count(slot) == 1)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in unused {
+                let Some(slot) = inner.slots.remove(&k) else {
+                    continue;
+                };
+                if let Some(cached) = slot.try_lock().ok().and_then(|mut c| c.take()) {
+                    inner.retire(&k.task, cached, now);
+                }
+            }
         }
-        slots.entry(key).or_default().clone()
+        inner.slots.entry(key).or_default().clone()
     }
 
-    /// A token for `spec` with `scope`, from the cache or from the STS.
+    /// A token for `spec` with `scope` in `task`, from the cache or from the STS.
+    /// `revocation`: how to revoke what is exchanged now, when the credential says.
+    #[allow(clippy::too_many_arguments)]
     pub async fn token(
         &self,
         client: &reqwest::Client,
@@ -150,13 +196,20 @@ impl Exchanges {
         spec: &ExchangeSpec,
         subject: &SecretText,
         scope: &str,
+        task: &str,
+        task_expires: Option<SystemTime>,
+        revocation: Option<Arc<RevocationTarget>>,
     ) -> Result<SecretText, ExchangeError> {
+        if let (Some(at), Some(_)) = (task_expires, &revocation) {
+            self.expires_with(task, at);
+        }
         let slot = self.slot(Key {
             credential: name.to_string(),
             endpoint: spec.endpoint.to_string(),
             audience: spec.audience.clone(),
             scope: scope.to_string(),
             subject: SubjectHash::of(subject),
+            task: task.to_string(),
         });
         let mut cached = slot.lock().await;
         let now = Instant::now();
@@ -164,18 +217,30 @@ impl Exchanges {
             return Ok(c.token.clone());
         }
         match exchange(client, spec, subject, scope).await {
-            Ok((token, Some(lifetime))) if lifetime > Duration::from_secs(1) => {
+            Ok((token, lifetime)) => {
                 let at = Instant::now();
-                *cached = Some(Cached {
+                let fresh = Cached {
                     token: token.clone(),
-                    refresh_at: at + lifetime.saturating_sub(margin(lifetime)),
-                    expires_at: at + lifetime,
-                });
-                Ok(token)
-            }
-            // No lifetime given: used for this request only.
-            Ok((token, _)) => {
-                *cached = None;
+                    refresh_at: at,
+                    // Without a lifetime the STS's own is unknown: remembered (to revoke with
+                    // its task) for an hour.
+                    expires_at: at + lifetime.unwrap_or(UNKNOWN_LIFETIME),
+                    revocation,
+                };
+                let replaced = match lifetime {
+                    Some(lifetime) if lifetime > Duration::from_secs(1) => cached.replace(Cached {
+                        refresh_at: at + lifetime.saturating_sub(margin(lifetime)),
+                        ..fresh
+                    }),
+                    // No usable lifetime: used for this request only.
+                    _ => {
+                        self.retire(task, fresh);
+                        cached.take()
+                    }
+                };
+                if let Some(old) = replaced {
+                    self.retire(task, old);
+                }
                 Ok(token)
             }
             Err(e) => match cached.as_ref().filter(|c| Instant::now() < c.expires_at) {
@@ -187,6 +252,36 @@ impl Exchanges {
                 None => Err(e),
             },
         }
+    }
+
+    /// Remember that `task`'s token expires at `at` (the latest seen wins): once it has, the
+    /// tokens exchanged for the task are taken out of service and revoked.
+    fn expires_with(&self, task: &str, at: SystemTime) {
+        let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+        let deadline = Instant::now() + left;
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        if inner.deadlines.len() >= MAX_ENTRIES && !inner.deadlines.contains_key(task) {
+            let now = Instant::now();
+            inner.deadlines.retain(|_, d| *d > now);
+        }
+        let entry = inner.deadlines.entry(task.to_string()).or_insert(deadline);
+        *entry = (*entry).max(deadline);
+        drop(inner);
+        self.sweeper.get_or_init(|| sweep(self.inner.clone()));
+    }
+
+    fn retire(&self, task: &str, cached: Cached) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.retire(task, cached, Instant::now());
+        }
+    }
+
+    /// Take every token exchanged for `task` (for any task with `None`: the agent was
+    /// revoked) out of service; the ones still valid, to be revoked at the STS.
+    pub async fn end_task(&self, task: Option<&str>) -> Vec<Retired> {
+        end_task(&self.inner, task).await
     }
 }
 

@@ -1,13 +1,14 @@
 //! The public keys of minted credentials, served as a JWKS on the admin listener
 //! (`GET /.well-known/jwks.json`). Key rotation is replacing the key file: hot reload parses
 //! the new key, which signs from then on, while the old one stays published for its
-//! credential's `max_ttl` — the longest any token it signed can still be presented.
+//! credential's `max_ttl` — the longest any token it signed can still be presented. The key
+//! delegation tokens are signed with (`delegation.key_file`) is published the same way.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
-use toolgate_policy::config::{Config, CredentialSpec};
+use toolgate_policy::config::{Config, CredentialSpec, KeySet};
 
 #[derive(Debug, Clone)]
 struct Published {
@@ -33,16 +34,18 @@ impl KeyRing {
 
     pub(super) fn publish_at(&self, config: &Config, now: Instant) {
         let mut current: Vec<Published> = Vec::new();
-        for spec in config.credentials.values() {
-            let CredentialSpec::Jwt(jwt) = spec else {
-                continue;
-            };
-            match current.iter_mut().find(|p| p.kid == jwt.key.kid()) {
-                Some(p) => p.max_ttl = p.max_ttl.max(jwt.max_ttl),
+        let minted = config.credentials.values().filter_map(|spec| match spec {
+            CredentialSpec::Jwt(jwt) => Some((&jwt.key, jwt.max_ttl)),
+            _ => None,
+        });
+        let delegation = config.delegation.as_ref().map(|d| (&d.key, d.max_ttl));
+        for (key, max_ttl) in minted.chain(delegation) {
+            match current.iter_mut().find(|p| p.kid == key.kid()) {
+                Some(p) => p.max_ttl = p.max_ttl.max(max_ttl),
                 None => current.push(Published {
-                    kid: jwt.key.kid().to_string(),
-                    jwk: jwt.key.jwk().clone(),
-                    max_ttl: jwt.max_ttl,
+                    kid: key.kid().to_string(),
+                    jwk: key.jwk().clone(),
+                    max_ttl,
                     retire_at: None,
                 }),
             }
@@ -64,6 +67,13 @@ impl KeyRing {
     /// The JWKS document: current keys first, then retired keys still within their overlap.
     pub fn jwks(&self) -> Json {
         self.jwks_at(Instant::now())
+    }
+
+    /// The published keys as a verification key set (introspection); `None` when there are
+    /// none.
+    pub fn key_set(&self) -> Option<KeySet> {
+        let doc = self.jwks();
+        KeySet::parse(doc.to_string().as_bytes()).ok()
     }
 
     pub(super) fn jwks_at(&self, now: Instant) -> Json {

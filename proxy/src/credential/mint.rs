@@ -4,7 +4,8 @@
 //! `iss`, `sub` (the agent), `aud` (the tool), `iat` = `nbf` = now,
 //! `exp` = now + min(policy ttl, `max_ttl`), `jti` (a UUIDv7, unique per token), `scope`
 //! (the action, then the policy's scopes, space-separated), `task`, and `act` when the task
-//! token or the agent's identity token carries a delegation chain (RFC 8693 §4.1).
+//! token or the agent's identity token carries a delegation chain (RFC 8693 §4.1). A token
+//! never outlives the task token its task was named by.
 
 use std::time::SystemTime;
 
@@ -14,10 +15,12 @@ use toolgate_policy::evaluate::CredentialGrant;
 
 pub use toolgate_policy::credential::{lifetime, scope, Subject};
 
-/// A minted token and its id.
+/// A minted token, its id and its expiry.
 pub struct Minted {
     pub token: String,
     pub jti: String,
+    /// Its `exp`, seconds since the epoch.
+    pub exp: u64,
 }
 
 impl std::fmt::Debug for Minted {
@@ -38,5 +41,6 @@ pub fn mint(
     let jti = uuid::Uuid::now_v7().to_string();
     let claims = Claims::new(spec, grant, subject, now, Some(&jti));
     let token = jsonwebtoken::encode(spec.key.header(), &claims, spec.key.encoding_key())?;
-    Ok(Minted { token, jti })
+    let exp = claims.exp;
+    Ok(Minted { token, jti, exp })
 }

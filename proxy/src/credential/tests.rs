@@ -67,6 +67,7 @@ fn minted_tokens_carry_the_action_task_and_policy_ttl() {
         action: "payment.create",
         act: Some(&act),
         approval: None,
+        not_after: None,
     };
     let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let minted = mint::mint(&spec, &grant, &subject, now).unwrap();

@@ -3,12 +3,17 @@
 //! issuer's JWKS, `iss`, `aud`, `exp`/`nbf` with leeway); its claims become
 //! `input.task.claims` and its task claim names the task. A token that does not verify is
 //! refused with the reason — never ignored, never downgraded to "no token".
+//!
+//! A delegation token (another toolgate's, carrying `depth`, see
+//! `toolgate_policy::delegation`) is a task token too: its task is its `task` claim, it must
+//! be for this agent, and its chain of hops must hold ([`TaskTokenError::Delegation`]).
 
 use std::sync::Arc;
 
 use http::HeaderMap;
 use serde_json::Value as Json;
 use toolgate_policy::config::{TaskTokens, TokenError};
+use toolgate_policy::delegation::{Delegation, DelegationError};
 
 use super::MAX_TASK_ID;
 
@@ -22,6 +27,11 @@ pub struct TaskToken {
     pub task: String,
     /// All its claims (`input.task.claims`).
     pub claims: Arc<Json>,
+    /// The delegation it carries, when it is a delegation token.
+    pub delegation: Option<Arc<Delegation>>,
+    /// The token itself, kept only for a delegation token: handing the task on again embeds
+    /// it as the next token's `parent`.
+    pub raw: Option<Arc<str>>,
 }
 
 /// Why a task token was refused; the message is the problem's detail.
@@ -41,6 +51,8 @@ pub enum TaskTokenError {
     NoTask(String),
     #[error("the task token's {0:?} claim must be 1 to {MAX_TASK_ID} visible ASCII characters")]
     BadTask(String),
+    #[error("the delegation token {0}")]
+    Delegation(DelegationError),
     #[error("{header} names task {given:?}, but the task token is for task {token:?}")]
     Conflict {
         header: String,
@@ -49,10 +61,11 @@ pub enum TaskTokenError {
     },
 }
 
-/// Verify the request's task token, if it carries one.
+/// Verify the request's task token, if it carries one, for agent `me`.
 pub fn verify(
     headers: &HeaderMap,
     config: Option<&TaskTokens>,
+    me: &str,
 ) -> Result<Option<TaskToken>, TaskTokenError> {
     let mut values = headers.get_all(HEADER).iter();
     let Some(value) = values.next() else {
@@ -81,8 +94,15 @@ pub fn verify(
         .keys
         .verify(token, &issuer.validation)
         .map_err(TaskTokenError::Invalid)?;
-    let task = match claims.get(&config.task_claim) {
-        None => return Err(TaskTokenError::NoTask(config.task_claim.clone())),
+    let delegation =
+        Delegation::from_claims(&claims, me, config).map_err(TaskTokenError::Delegation)?;
+    // A delegation names its task in `task`, whatever this toolgate's orchestrator uses.
+    let task_claim = match delegation {
+        Some(_) => "task",
+        None => config.task_claim.as_str(),
+    };
+    let task = match claims.get(task_claim) {
+        None => return Err(TaskTokenError::NoTask(task_claim.to_string())),
         Some(Json::String(t))
             if !t.is_empty()
                 && t.len() <= MAX_TASK_ID
@@ -90,10 +110,13 @@ pub fn verify(
         {
             t.clone()
         }
-        Some(_) => return Err(TaskTokenError::BadTask(config.task_claim.clone())),
+        Some(_) => return Err(TaskTokenError::BadTask(task_claim.to_string())),
     };
+    let raw = delegation.as_ref().map(|_| Arc::from(token));
     Ok(Some(TaskToken {
         task,
         claims: Arc::new(Json::Object(claims)),
+        delegation: delegation.map(Arc::new),
+        raw,
     }))
 }

@@ -103,21 +103,32 @@ fn meta(
         source_name,
         given: given.to_string(),
     };
+    // A token (task or delegation) that named the task outranks the header; either way the
+    // task of `_meta` must be the same one.
+    let token = if x.delegation.is_some() {
+        Some("the delegation token")
+    } else if x.task_verified {
+        Some("the task token")
+    } else {
+        None
+    };
     let task = match rpc.task.as_deref() {
-        Some(meta) if x.task_verified && x.task_id != meta => {
-            return Err(conflict("the task token".into(), &x.task_id, meta))
-        }
-        Some(meta) => match header_task.as_deref() {
-            Some(given) if given != meta => {
-                return Err(conflict(config.chain.task_header.to_string(), given, meta))
+        Some(meta) => match token {
+            Some(source) if x.task_id != meta => {
+                return Err(conflict(source.into(), &x.task_id, meta))
             }
             Some(_) => None,
-            None if x.task_verified => None,
-            None => Some(meta.to_string()),
+            None => match header_task.as_deref() {
+                Some(given) if given != meta => {
+                    return Err(conflict(config.chain.task_header.to_string(), given, meta))
+                }
+                Some(_) => None,
+                None => Some(meta.to_string()),
+            },
         },
         None => None,
     };
-    let named = x.task_verified || header_task.is_some() || header_parent;
+    let named = token.is_some() || header_task.is_some() || header_parent;
     if task.is_none() && (meta_parent.is_none()) {
         return Ok(());
     }
@@ -137,6 +148,8 @@ fn meta(
         parent,
         task_claims: x.task_claims.clone(),
         began: x.task_began,
+        delegation: x.delegation.clone(),
+        delegation_token: x.delegation_token.clone(),
     };
     identify::enter(gw, config, identity, x);
     Ok(())

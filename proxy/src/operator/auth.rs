@@ -133,7 +133,7 @@ pub(super) fn check<'a>(
 
 /// Compare in constant time: digests of both, so neither the first difference nor the
 /// length of the configured token shows in the time taken.
-fn same(given: &[u8], expected: &[u8]) -> bool {
+pub(super) fn same(given: &[u8], expected: &[u8]) -> bool {
     let (a, b) = (Sha256::digest(given), Sha256::digest(expected));
     a.iter()
         .zip(b.iter())

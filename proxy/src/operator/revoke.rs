@@ -1,4 +1,6 @@
-//! `GET /v1/revoke` (the revocations in force) and `POST /v1/revoke` (add one).
+//! `GET /v1/revoke` (the revocations in force) and `POST /v1/revoke` (add one). Revoking a
+//! task, or this agent, also revokes the tokens exchanged for it at their STS
+//! (`task_end::revoked`).
 
 use std::time::SystemTime;
 
@@ -37,9 +39,10 @@ pub(super) async fn create(call: &mut Call<'_>) -> Reply {
         Ok(added) => {
             let e = &added.entry;
             tracing::warn!(target: "toolgate::operator", listener, kind = e.kind.as_str(), id = ?e.id, expires = %e.expires, changed = added.changed, "revoked");
+            let exchanged = crate::task_end::revoked(call.gw, e.kind, &e.id).await;
             json_reply(
                 StatusCode::OK,
-                &json!({ "revoked": added.entry, "changed": added.changed }),
+                &json!({ "revoked": added.entry, "changed": added.changed, "exchanged": exchanged }),
             )
         }
         Err(RevokeError::Refused(refused @ Refused::Full { kind, .. })) => {
@@ -71,7 +74,7 @@ pub(super) async fn create(call: &mut Call<'_>) -> Reply {
     }
 }
 
-fn unavailable(e: StateUnavailable) -> Reply {
+pub(super) fn unavailable(e: StateUnavailable) -> Reply {
     problem(
         StatusCode::SERVICE_UNAVAILABLE,
         "state-unavailable",

@@ -67,6 +67,12 @@ pub struct Line<'a> {
     /// (`consumed`, with who approved it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<Json>,
+    /// The task's delegation (`depth`, `agents`), when a delegation token named the task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delegation: Option<Json>,
+    /// The task's end (`at`, `by`), when the request was refused because the task ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_ended: Option<Json>,
     pub trace_id: &'a str,
     pub span_id: &'a str,
     pub eval_duration_us: u64,

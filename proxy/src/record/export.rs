@@ -8,18 +8,29 @@
 //!
 //! Nothing here ever blocks a request: a full queue drops the span, an export that fails or
 //! times out drops its batch, and both are counted in `toolgate_spans_dropped_total`.
+//!
+//! Task root spans ([`roots`](crate::record::trace::roots)) are kept open here: an action's
+//! span names its task's root as parent when it is submitted, the export thread's tick closes
+//! and sends the roots idle for `chain.idle_ttl`, and shutdown sends every root still open
+//! before the final flush.
 
 pub mod otlp;
 #[cfg(test)]
 mod tests;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
+use toolgate_policy::config::ChainSettings;
+
+use crate::pipeline::Exchange;
+use crate::record::decision_log::Credential;
+use crate::record::span::{self, End};
+use crate::record::trace::roots::{Closed, Counted, Roots, Step};
 
 /// Batching and queueing limits (the standard `OTEL_BSP_*` settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,9 +87,36 @@ struct Queue {
     full: Notify,
     /// Set at shutdown: nothing more is accepted.
     closed: AtomicBool,
+    /// The open task roots, bounded by the chain settings of the first action recorded.
+    roots: OnceLock<Roots>,
 }
 
 impl Queue {
+    /// Queue `span` unless the queue is full or closed; whether it was queued, and how many
+    /// spans now wait.
+    fn push(&self, span: SpanData) -> Option<usize> {
+        match self.spans.lock() {
+            Ok(mut spans)
+                if spans.len() < self.max_queue && !self.closed.load(Ordering::Acquire) =>
+            {
+                spans.push(span);
+                Some(spans.len())
+            }
+            _ => None,
+        }
+    }
+
+    /// Queue the root spans of `closed` tasks; returns how many could not be queued.
+    fn push_roots(&self, closed: Vec<crate::record::trace::roots::Root>, why: Closed) -> u64 {
+        let mut lost = 0;
+        for root in closed {
+            if self.push(span::task_span(&root, why)).is_none() {
+                lost += 1;
+            }
+        }
+        lost
+    }
+
     /// The oldest `max_batch` spans waiting. Taken a batch at a time, so what the export
     /// thread holds plus what waits never exceeds `max_batch + max_queue`.
     fn take(&self) -> Vec<SpanData> {
@@ -127,6 +165,7 @@ impl Spans {
             max_batch,
             full: Notify::new(),
             closed: AtomicBool::new(false),
+            roots: OnceLock::new(),
         });
         let exported = queue.clone();
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -188,22 +227,80 @@ impl Spans {
     /// Queue a finished span; never blocks. A full queue drops it (and counts it).
     pub fn submit(&self, span: SpanData) {
         let queue = &self.queue;
-        let waiting = match queue.spans.lock() {
-            Ok(mut spans)
-                if spans.len() < queue.max_queue && !queue.closed.load(Ordering::Acquire) =>
-            {
-                spans.push(span);
-                spans.len()
-            }
-            _ => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
+        let Some(waiting) = queue.push(span) else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
         };
         if waiting >= queue.max_batch {
             // Wakes the export thread if it waits; otherwise leaves it a permit (no syscall).
             queue.full.notify_one();
         }
+    }
+
+    /// Queue the span of exchange `x`, which injected `credential` (if any), as a child of its
+    /// task's root span — opened now if this is the task's first action — unless the agent
+    /// sent `traceparent` (its span stays the parent). `chain` bounds the roots (two per task
+    /// the ledger holds; closed after `idle_ttl`) from the first call on.
+    pub fn action(
+        &self,
+        x: &Exchange,
+        credential: Option<&Credential<'_>>,
+        end: &End<'_>,
+        chain: &ChainSettings,
+    ) {
+        let root = self.task_root(x, end, chain);
+        self.submit(span::action_span_under(x, credential, end, root));
+    }
+
+    fn task_root(&self, x: &Exchange, end: &End<'_>, chain: &ChainSettings) -> Option<[u8; 8]> {
+        if x.trace.parent.is_some() || x.task_id.is_empty() {
+            return None;
+        }
+        let roots = self
+            .queue
+            .roots
+            .get_or_init(|| Roots::new(chain.max_tasks.saturating_mul(2), chain.idle_ttl));
+        let step = Step {
+            trace_id: x.trace.trace_id,
+            task: &x.task_id,
+            agent: end.agent,
+            started: x.trace.started_at,
+            ended: end.ended,
+        };
+        let counted: Vec<Counted<'_>> = if x.decided.is_empty() {
+            vec![Counted {
+                decision: span::decision(x),
+                outcome: x.outcome,
+                labels: &[],
+            }]
+        } else {
+            x.decided
+                .iter()
+                .map(|d| Counted {
+                    decision: d.effect.as_str(),
+                    outcome: d.settled.or(x.outcome),
+                    labels: &d.labels,
+                })
+                .collect()
+        };
+        let entered = roots.enter(&step, counted)?;
+        if let Some(evicted) = entered.evicted {
+            self.submit(span::task_span(&evicted, Closed::Evicted));
+        }
+        Some(entered.span_id)
+    }
+
+    /// Close the root spans of task `task` (an operator ended it) and queue them.
+    pub fn end_task(&self, task: &str) {
+        if let Some(roots) = self.queue.roots.get() {
+            let lost = self.queue.push_roots(roots.end(task), Closed::Ended);
+            self.dropped.fetch_add(lost, Ordering::Relaxed);
+        }
+    }
+
+    /// Task roots open now.
+    pub fn open_tasks(&self) -> usize {
+        self.queue.roots.get().map(Roots::len).unwrap_or(0)
     }
 
     /// Spans dropped so far (queue full, export failed or timed out, shutdown deadline).
@@ -217,6 +314,11 @@ impl Spans {
         let Some(control) = self.control.lock().ok().and_then(|mut c| c.take()) else {
             return true;
         };
+        // Every task still open ends here: its root goes out with the last batch.
+        if let Some(roots) = self.queue.roots.get() {
+            let lost = self.queue.push_roots(roots.drain(), Closed::Shutdown);
+            self.dropped.fetch_add(lost, Ordering::Relaxed);
+        }
         self.queue.closed.store(true, Ordering::Release);
         if control.stop.send(Instant::now() + budget).is_err() {
             return true;
@@ -250,7 +352,10 @@ impl<E: SpanExporter> Export<E> {
                 deadline = &mut stop => break deadline
                     .unwrap_or_else(|_| Instant::now() + self.batching.export_timeout),
                 () = queue.full.notified() => self.send(queue, None).await,
-                _ = tick.tick() => self.send(queue, None).await,
+                _ = tick.tick() => {
+                    self.sweep(queue);
+                    self.send(queue, None).await
+                }
             }
         };
         // Flush: nothing new is accepted; what is queued goes out until the deadline.
@@ -258,6 +363,15 @@ impl<E: SpanExporter> Export<E> {
         self.send(queue, Some(deadline)).await;
         let left = deadline.saturating_duration_since(Instant::now());
         let _ = self.exporter.shutdown_with_timeout(left);
+    }
+
+    /// Close the task roots idle past `chain.idle_ttl` and queue their spans.
+    fn sweep(&self, queue: &Queue) {
+        if let Some(roots) = queue.roots.get() {
+            let idle = roots.expired(std::time::Instant::now());
+            let lost = queue.push_roots(idle, Closed::Idle);
+            self.dropped.fetch_add(lost, Ordering::Relaxed);
+        }
     }
 
     /// Send what waits in `queue`, a batch of at most `max_batch` at a time.

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -92,6 +92,23 @@ pub struct Metrics {
     /// Approvals refused because the room for them was full.
     approvals_refused: AtomicU64,
     webhooks: Arc<crate::approval::webhook::Counts>,
+    connections_refused: Mutex<BTreeMap<&'static str, u64>>,
+    heads_refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Connections open and bytes buffered, kept by the connection gate (`accept::gate`).
+    pub load: Arc<Load>,
+}
+
+/// What the listeners hold right now. The connection gate counts here, so the numbers it
+/// decides on are the numbers `/metrics` shows.
+#[derive(Debug, Default)]
+pub struct Load {
+    /// Agent connections open on the proxy and transparent listeners together.
+    pub agent_connections: AtomicUsize,
+    pub proxy: AtomicUsize,
+    pub transparent: AtomicUsize,
+    pub admin: AtomicUsize,
+    /// Bytes of request heads and bodies charged to `limits.max_buffered_bytes`.
+    pub buffered: AtomicUsize,
 }
 
 impl Default for Metrics {
@@ -110,6 +127,9 @@ impl Default for Metrics {
             approval_decision: Histogram::new(&DECISION_BUCKETS),
             approvals_refused: AtomicU64::new(0),
             webhooks: Arc::default(),
+            connections_refused: Mutex::default(),
+            heads_refused: Mutex::default(),
+            load: Arc::default(),
         }
     }
 }
@@ -205,6 +225,18 @@ impl Metrics {
     /// The approval webhook's delivery counts, shared with its sender.
     pub fn webhook_counts(&self) -> Arc<crate::approval::webhook::Counts> {
         self.webhooks.clone()
+    }
+
+    /// Count a connection refused at a listener's cap (`proxy`, `transparent`), or one closed
+    /// to make room (`admin`).
+    pub fn connection_refused(&self, listener: &'static str) {
+        bump(&self.connections_refused, listener, 1);
+    }
+
+    /// Count a request head toolgate answered itself before reading it whole
+    /// (`head_timeout`, `head_too_large`, `buffers_full`).
+    pub fn head_refused(&self, reason: &'static str) {
+        bump(&self.heads_refused, reason, 1);
     }
 
     /// The counter of spans dropped before export (full queue, endpoint down), shared with
@@ -314,6 +346,41 @@ impl Metrics {
             w.failed.load(Ordering::Relaxed),
             w.dropped.load(Ordering::Relaxed)
         );
+        counter(
+            &mut out,
+            "toolgate_connections_refused_total",
+            "Connections refused because the listener held its most (limits.max_connections; admin: the oldest closed instead), by listener.",
+            "listener",
+            &self.connections_refused,
+        );
+        counter(
+            &mut out,
+            "toolgate_request_heads_refused_total",
+            "Request heads answered before they were read whole: head_timeout (408), head_too_large (431), buffers_full (503).",
+            "reason",
+            &self.heads_refused,
+        );
+        let load = &self.load;
+        let _ = writeln!(
+            out,
+            "# HELP toolgate_connections_open Connections open, by listener.\n# TYPE toolgate_connections_open gauge"
+        );
+        for (listener, n) in [
+            ("proxy", &load.proxy),
+            ("transparent", &load.transparent),
+            ("admin", &load.admin),
+        ] {
+            let _ = writeln!(
+                out,
+                "toolgate_connections_open{{listener=\"{listener}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP toolgate_buffered_bytes Bytes of request heads and bodies held, against limits.max_buffered_bytes.\n# TYPE toolgate_buffered_bytes gauge\ntoolgate_buffered_bytes {}",
+            load.buffered.load(Ordering::Relaxed)
+        );
         out
     }
 }
@@ -336,6 +403,10 @@ mod tests {
         m.approval_event("approved");
         m.approval_refused();
         m.approval_decision.observe(Duration::from_secs(42));
+        m.connection_refused("proxy");
+        m.head_refused("head_timeout");
+        m.load.proxy.store(3, Ordering::Relaxed);
+        m.load.buffered.store(4096, Ordering::Relaxed);
         m.policy_eval.observe(Duration::from_micros(3));
         m.policy_eval.observe(Duration::from_millis(50));
         let text = m.render();
@@ -382,6 +453,15 @@ mod tests {
             "toolgate_approval_webhooks_total{result=\"failed\"} 0\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in {text}");
+        }
+        for line in [
+            "toolgate_connections_refused_total{listener=\"proxy\"} 1\n",
+            "toolgate_request_heads_refused_total{reason=\"head_timeout\"} 1\n",
+            "# TYPE toolgate_connections_open gauge\ntoolgate_connections_open{listener=\"proxy\"} 3\n",
+            "toolgate_connections_open{listener=\"admin\"} 0\n",
+            "# TYPE toolgate_buffered_bytes gauge\ntoolgate_buffered_bytes 4096\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
         }
     }
 

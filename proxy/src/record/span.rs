@@ -1,9 +1,22 @@
 //! The span of one action (DESIGN.md §8): named after the action, kind CLIENT, with the
 //! decision and its reason, the task's chain position, the credential's id (never its value),
 //! the approval it was held for or went out on (`toolgate.approval.id`, `.status`,
-//! `.approver`) and the HTTP semantic-convention attributes, typed (numbers as integers). It links to the
-//! previous action's span in the same task, and is a child of the agent's span when the agent
-//! sent `traceparent`.
+//! `.approver`), the task's delegation (`toolgate.delegation.depth`, `.agents`) or end
+//! (`toolgate.task.ended_at`, `.ended_by`) and the HTTP semantic-convention attributes, typed
+//! (numbers as integers). It links to the previous action's span in the same task, and is a
+//! child of the agent's span when the agent sent `traceparent`, else (for a delegated task) of
+//! the delegating action's span, else of its task's root span (`task <id>`, [`task_span`]).
+//!
+//! GenAI-aware backends read the OpenTelemetry GenAI and MCP semantic conventions
+//! (semantic-conventions-genai, `docs/gen-ai/gen-ai-spans.md` "Execute tool span" and
+//! `docs/gen-ai/mcp.md`) and OpenInference's `openinference.span.kind`: every action span
+//! also carries `gen_ai.operation.name: execute_tool`, `gen_ai.tool.name` (the action, or an
+//! MCP `tools/call`'s tool), `gen_ai.tool.call.id` (the JSON-RPC id of a `tools/call`),
+//! `gen_ai.agent.id`, `openinference.span.kind: TOOL`, and for MCP `mcp.method.name`,
+//! `jsonrpc.request.id`, `mcp.session.id` and `mcp.protocol.version`. An MCP message that
+//! is not a tool call (`initialize`, `tools/list`) gets the MCP attributes but no
+//! `gen_ai.operation.name`/`gen_ai.tool.name`, as the MCP conventions ask. Never an argument
+//! value: what the tool was asked stays in policy's input and the decision log's attributes.
 
 #[cfg(test)]
 mod tests;
@@ -15,11 +28,12 @@ use std::time::SystemTime;
 use opentelemetry::trace::{
     Event, Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
-use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 use crate::pipeline::Exchange;
 use crate::record::decision_log::Credential;
+use crate::record::trace::roots::{Closed, Root, DECISIONS, OUTCOMES};
 
 /// Longest span name: MCP action names come from the agent's request.
 pub const MAX_NAME_BYTES: usize = 128;
@@ -75,10 +89,69 @@ fn int(n: impl TryInto<i64>) -> i64 {
     n.try_into().unwrap_or(i64::MAX)
 }
 
-/// The span for exchange `x`, which injected `credential` (if any).
+/// The OpenInference span kind of every action span.
+pub const OPENINFERENCE_TOOL: &str = "TOOL";
+/// The OpenInference span kind of a task's root span.
+pub const OPENINFERENCE_AGENT: &str = "AGENT";
+
+/// The span for exchange `x`, which injected `credential` (if any), as a root of its trace
+/// unless the agent sent `traceparent`.
 pub fn action_span(x: &Exchange, credential: Option<&Credential<'_>>, end: &End<'_>) -> SpanData {
+    action_span_under(x, credential, end, None)
+}
+
+/// The GenAI, MCP and OpenInference attributes of `x`'s span (see the module doc).
+fn genai_attributes(x: &Exchange, agent: &str, attributes: &mut Vec<KeyValue>) {
+    // The message this span describes: the one whose action it is (a batch is logged under
+    // the member that refused it, or its first).
+    let mcp = x
+        .trace
+        .mcp
+        .iter()
+        .find(|m| m.action == x.action)
+        .or_else(|| x.trace.mcp.first());
+    let tool_call = match mcp {
+        None => Some((cut(&x.action, MAX_NAME_BYTES).to_string(), None)),
+        Some(m) => m
+            .tool
+            .as_ref()
+            .map(|tool| (tool.clone(), m.request_id.clone())),
+    };
+    if let Some((tool, call_id)) = tool_call {
+        attributes.push(KeyValue::new("gen_ai.operation.name", "execute_tool"));
+        attributes.push(KeyValue::new("gen_ai.tool.name", tool));
+        if let Some(id) = call_id {
+            attributes.push(KeyValue::new("gen_ai.tool.call.id", id));
+        }
+    }
+    attributes.push(KeyValue::new("gen_ai.agent.id", agent.to_string()));
+    attributes.push(KeyValue::new("openinference.span.kind", OPENINFERENCE_TOOL));
+    if let Some(m) = mcp {
+        if let Some(method) = &m.method {
+            attributes.push(KeyValue::new("mcp.method.name", method.clone()));
+        }
+        if let Some(id) = &m.request_id {
+            attributes.push(KeyValue::new("jsonrpc.request.id", id.clone()));
+        }
+        if let Some(session) = &m.session {
+            attributes.push(KeyValue::new("mcp.session.id", session.clone()));
+        }
+        if let Some(version) = &m.protocol_version {
+            attributes.push(KeyValue::new("mcp.protocol.version", version.clone()));
+        }
+    }
+}
+
+/// [`action_span`] for an action of a task whose root span is `task_root` (`None`: no root,
+/// or the agent's span is the parent).
+pub fn action_span_under(
+    x: &Exchange,
+    credential: Option<&Credential<'_>>,
+    end: &End<'_>,
+    task_root: Option<[u8; 8]>,
+) -> SpanData {
     let decision = decision(x);
-    let mut attributes = Vec::with_capacity(24);
+    let mut attributes = Vec::with_capacity(32);
     attributes.push(KeyValue::new("toolgate.agent.id", end.agent.to_string()));
     if !x.task_id.is_empty() {
         attributes.push(KeyValue::new("toolgate.task.id", x.task_id.clone()));
@@ -114,6 +187,29 @@ pub fn action_span(x: &Exchange, credential: Option<&Credential<'_>>, end: &End<
         if let Some(by) = &a.decided_by {
             attributes.push(KeyValue::new("toolgate.approval.approver", by.clone()));
         }
+    }
+    if let Some(d) = &x.delegation {
+        attributes.push(KeyValue::new("toolgate.delegation.depth", int(d.depth)));
+        attributes.push(KeyValue::new(
+            "toolgate.delegation.agents",
+            Value::Array(Array::String(
+                d.agents
+                    .iter()
+                    .map(|a| StringValue::from(a.clone()))
+                    .collect(),
+            )),
+        ));
+    }
+    if let Some(d) = &x.delegated {
+        attributes.push(KeyValue::new("toolgate.delegation.to", d.to.clone()));
+        attributes.push(KeyValue::new(
+            "toolgate.delegation.granted_depth",
+            int(d.depth),
+        ));
+    }
+    if let Some(e) = &x.ended {
+        attributes.push(KeyValue::new("toolgate.task.ended_at", e.at.clone()));
+        attributes.push(KeyValue::new("toolgate.task.ended_by", e.by.clone()));
     }
     if let Some(t) = &x.tunnel {
         attributes.push(KeyValue::new("toolgate.upgrade", t.protocol.clone()));
@@ -163,6 +259,7 @@ pub fn action_span(x: &Exchange, credential: Option<&Credential<'_>>, end: &End<
     } else if let Some(kind) = end.error {
         attributes.push(KeyValue::new("error.type", kind.to_string()));
     }
+    genai_attributes(x, end.agent, &mut attributes);
 
     let status = match decision {
         "allow" if end.status >= 400 => Status::Error {
@@ -231,9 +328,10 @@ pub fn action_span(x: &Exchange, credential: Option<&Credential<'_>>, end: &End<
         ));
     }
 
-    let (parent_span_id, parent_span_is_remote) = match x.trace.parent {
-        Some(p) => (SpanId::from_bytes(p.parent_id), true),
-        None => (SpanId::INVALID, false),
+    let (parent_span_id, parent_span_is_remote) = match (x.trace.parent, task_root) {
+        (Some(p), _) => (SpanId::from_bytes(p.parent_id), true),
+        (None, Some(root)) => (SpanId::from_bytes(root), false),
+        (None, None) => (SpanId::INVALID, false),
     };
     SpanData {
         span_context: context(x.trace.trace_id, x.span_id),
@@ -248,6 +346,70 @@ pub fn action_span(x: &Exchange, credential: Option<&Credential<'_>>, end: &End<
         events,
         links,
         status,
+        instrumentation_scope: SCOPE.clone(),
+    }
+}
+
+/// The root span of a task (`task <id>`, kind INTERNAL), closed for `closed`: from its first
+/// action's start to its last action's end, with the task's agent, the labels its actions
+/// set, and how many actions it had per decision and per outcome.
+pub fn task_span(root: &Root, closed: Closed) -> SpanData {
+    let mut attributes = Vec::with_capacity(8 + DECISIONS.len() + OUTCOMES.len());
+    attributes.push(KeyValue::new("toolgate.task.id", root.task.clone()));
+    attributes.push(KeyValue::new("toolgate.agent.id", root.agent.to_string()));
+    attributes.push(KeyValue::new("gen_ai.agent.id", root.agent.to_string()));
+    attributes.push(KeyValue::new(
+        "openinference.span.kind",
+        OPENINFERENCE_AGENT,
+    ));
+    attributes.push(KeyValue::new("toolgate.task.actions", int(root.actions())));
+    for (name, n) in DECISIONS.iter().zip(root.decisions) {
+        if n > 0 {
+            attributes.push(KeyValue::new(
+                format!("toolgate.task.decisions.{name}"),
+                int(n),
+            ));
+        }
+    }
+    for (name, n) in OUTCOMES.iter().zip(root.outcomes) {
+        if n > 0 {
+            attributes.push(KeyValue::new(
+                format!("toolgate.task.outcomes.{name}"),
+                int(n),
+            ));
+        }
+    }
+    if !root.labels.is_empty() {
+        let labels: Vec<opentelemetry::StringValue> = root
+            .labels
+            .iter()
+            .map(|l| opentelemetry::StringValue::from(l.to_string()))
+            .collect();
+        attributes.push(KeyValue::new(
+            "toolgate.task.labels",
+            opentelemetry::Value::Array(labels.into()),
+        ));
+    }
+    if root.labels_dropped > 0 {
+        attributes.push(KeyValue::new(
+            "toolgate.task.labels_dropped",
+            int(root.labels_dropped),
+        ));
+    }
+    attributes.push(KeyValue::new("toolgate.task.closed", closed.as_str()));
+    SpanData {
+        span_context: context(root.trace_id, root.span_id),
+        parent_span_id: SpanId::INVALID,
+        parent_span_is_remote: false,
+        span_kind: SpanKind::Internal,
+        name: Cow::Owned(format!("task {}", cut(&root.task, MAX_NAME_BYTES))),
+        start_time: root.started,
+        end_time: root.ended.max(root.started),
+        attributes,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status: Status::Unset,
         instrumentation_scope: SCOPE.clone(),
     }
 }

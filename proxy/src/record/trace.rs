@@ -4,15 +4,22 @@
 //! agent's span in the agent's trace. Otherwise the trace id is derived from the agent and the
 //! task id, so every action of a task lands in the same trace across requests and restarts.
 //! The agent's default task (`default-N`, which restarts numbering with the process) is salted
-//! with a per-process value, so two runs' default tasks never merge into one trace.
+//! with a per-process value, so two runs' default tasks never merge into one trace. In
+//! toolgate's own trace a task has a root span (`task <id>`, see [`roots`]) and its actions
+//! are children of it.
+
+pub mod roots;
 
 use std::sync::LazyLock;
 use std::time::{Instant, SystemTime};
 
+use http::HeaderMap;
 use pingora::http::RequestHeader;
+use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 use toolgate_policy::accept::Accepted;
 use toolgate_policy::chain::SpanRef;
+use toolgate_policy::classify::mcp::Rpc;
 
 use crate::identify::TraceParent;
 use crate::pipeline::Exchange;
@@ -40,6 +47,82 @@ pub struct Context {
     pub evaluated_at: Option<Instant>,
     /// The destination as classified (never the query, which may carry secrets).
     pub target: Option<Target>,
+    /// For an MCP POST: each JSON-RPC message's method, id and tool (never its arguments).
+    pub mcp: Vec<Mcp>,
+}
+
+/// Longest MCP method, tool name, request id, session id or protocol version put on a span:
+/// they come from the agent's request.
+pub const MAX_MCP_VALUE_BYTES: usize = 128;
+
+/// What an action's span says about its MCP message (the MCP semantic conventions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mcp {
+    /// The action the message was classified as (which member a span describes).
+    pub action: std::sync::Arc<str>,
+    /// `mcp.method.name`; `None` for a response to the server.
+    pub method: Option<String>,
+    /// `jsonrpc.request.id`, as a string; `None` for a notification (or a null id).
+    pub request_id: Option<String>,
+    /// `gen_ai.tool.name` of a `tools/call`: its `params.name`.
+    pub tool: Option<String>,
+    /// `mcp.session.id`, from `Mcp-Session-Id`.
+    pub session: Option<String>,
+    /// `mcp.protocol.version`, from `MCP-Protocol-Version`.
+    pub protocol_version: Option<String>,
+}
+
+impl Mcp {
+    /// One entry per JSON-RPC message of an MCP POST (`rpc`, what classification read),
+    /// none for any other request.
+    pub fn of(rpc: Option<&Rpc>, headers: &HeaderMap) -> Vec<Mcp> {
+        let Some(rpc) = rpc else {
+            return Vec::new();
+        };
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(bounded)
+        };
+        let session = header("mcp-session-id");
+        let protocol_version = header("mcp-protocol-version");
+        rpc.members
+            .iter()
+            .map(|m| {
+                let method = m.message.get("method").and_then(Json::as_str);
+                let tool = match method {
+                    Some("tools/call") => m
+                        .message
+                        .get("params")
+                        .and_then(|p| p.get("name"))
+                        .and_then(Json::as_str)
+                        .and_then(bounded),
+                    _ => None,
+                };
+                let request_id = match &m.id {
+                    Some(Json::String(s)) => bounded(s),
+                    Some(Json::Number(n)) => Some(n.to_string()),
+                    _ => None,
+                };
+                Mcp {
+                    action: m.classification.action.clone(),
+                    method: method.and_then(bounded),
+                    request_id,
+                    tool,
+                    session: session.clone(),
+                    protocol_version: protocol_version.clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// `s` if it is 1 to [`MAX_MCP_VALUE_BYTES`] printable characters (no control characters);
+/// anything else is left off the span rather than cut into something misleading.
+fn bounded(s: &str) -> Option<String> {
+    (!s.is_empty() && s.len() <= MAX_MCP_VALUE_BYTES && !s.chars().any(char::is_control))
+        .then(|| s.to_string())
 }
 
 /// The HTTP destination an action addressed.
@@ -73,6 +156,7 @@ impl Default for Context {
             previous: None,
             evaluated_at: None,
             target: None,
+            mcp: Vec::new(),
         }
     }
 }

@@ -28,43 +28,12 @@ pub(super) fn compile(
         cred.endpoint.as_ref(),
         "the STS token endpoint, e.g. https://sts.example.com/token",
     )
-    .and_then(|e| match e.parse::<http::Uri>() {
-        // Credentials in the URL would end up in error messages: they belong in
-        // client_id and client_secret_file.
-        Ok(uri) if uri.authority().is_some_and(|a| a.as_str().contains('@')) => {
-            c.push(
-                format!("{path}.endpoint"),
-                "must not hold credentials: use client_id and client_secret_file",
-            );
-            None
-        }
-        // A query string (an API key, a tenant) would end up in error messages too.
-        Ok(uri) if uri.query().is_some() => {
-            c.push(
-                format!("{path}.endpoint"),
-                "must not hold a query string: toolgate names the STS by scheme, host and path in problems and logs, and sends its parameters in the form body",
-            );
-            None
-        }
-        Ok(uri)
-            if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() =>
-        {
-            if uri.scheme_str() == Some("http") && !uri.host().is_some_and(is_loopback) {
-                c.warn(
-                    format!("{path}.endpoint"),
-                    "plain http:// to a host other than loopback: the agent's identity token and the exchanged token cross the network unencrypted; use https://",
-                );
-            }
-            Some(uri)
-        }
-        _ => {
-            c.push(
-                format!("{path}.endpoint"),
-                format!("{e:?} must be an http:// or https:// URL"),
-            );
-            None
-        }
-    });
+    .and_then(|e| sts_url(c, &format!("{path}.endpoint"), e));
+    let revocation_endpoint = cred
+        .revocation_endpoint
+        .as_deref()
+        .and_then(|e| sts_url(c, &format!("{path}.revocation_endpoint"), e))
+        .map(Box::new);
     let audience = required(
         c,
         path,
@@ -118,8 +87,48 @@ pub(super) fn compile(
             .unwrap_or_else(|| JWT_TOKEN_TYPE.to_string()),
         requested_token_type: cred.requested_token_type.clone(),
         client,
+        revocation_endpoint,
         timeout,
         header,
         format: format?,
     })
+}
+
+/// An STS URL (`endpoint`, `revocation_endpoint`) at `field`: http or https, no userinfo, no
+/// query — both would end up in messages, which name the STS by scheme, host and path.
+fn sts_url(c: &mut Collector, field: &str, e: &str) -> Option<http::Uri> {
+    match e.parse::<http::Uri>() {
+        // Credentials in the URL would end up in error messages: they belong in
+        // client_id and client_secret_file.
+        Ok(uri) if uri.authority().is_some_and(|a| a.as_str().contains('@')) => {
+            c.push(
+                field,
+                "must not hold credentials: use client_id and client_secret_file",
+            );
+            None
+        }
+        // A query string (an API key, a tenant) would end up in error messages too.
+        Ok(uri) if uri.query().is_some() => {
+            c.push(
+                field,
+                "must not hold a query string: toolgate names the STS by scheme, host and path in problems and logs, and sends its parameters in the form body",
+            );
+            None
+        }
+        Ok(uri)
+            if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() =>
+        {
+            if uri.scheme_str() == Some("http") && !uri.host().is_some_and(is_loopback) {
+                c.warn(
+                    field,
+                    "plain http:// to a host other than loopback: the agent's identity token and the exchanged token cross the network unencrypted; use https://",
+                );
+            }
+            Some(uri)
+        }
+        _ => {
+            c.push(field, format!("{e:?} must be an http:// or https:// URL"));
+            None
+        }
+    }
 }

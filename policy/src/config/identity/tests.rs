@@ -215,3 +215,42 @@ fn task_token_issuers_are_compiled() {
     assert_eq!(t.issuers[0].validation.leeway, 5);
     assert!(t.issuers[0].validation.required_spec_claims.contains("aud"));
 }
+
+/// A P-256 key (the one `signing/tests.rs` uses), beside Ed25519 keys in one JWKS.
+const P256_PEM: &[u8] = b"-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgevZzL1gdAFr88hb2
+OF/2NxApJCzGCEDdfSp6VQO30hyhRANCAAQRWz+jn65BtOMvdyHKcvjBeBSDZH2r
+1RTwjmYSi9R/zpBnuQ4EiMnCqfMPWiZqB4QdbAd0E7oH50VpuZ1P087G
+-----END PRIVATE KEY-----
+";
+
+#[test]
+fn a_jwks_with_keys_of_two_families_verifies_tokens_of_either() {
+    // Found by the config_load fuzz target's fixtures: jsonwebtoken refuses a Validation that
+    // lists an algorithm of another family than the key (InvalidAlgorithm), so a JWKS mid
+    // rotation (Ed25519 and P-256 keys) verified no token at all.
+    let ed = key();
+    let ec = SigningKey::from_pem(P256_PEM, jsonwebtoken::Algorithm::ES256).unwrap();
+    let bundle = leak(jwks(&[&ed, &ec]));
+    for (k, sub) in [(&ed, "spiffe://t/ed"), (&ec, "spiffe://t/ec")] {
+        let token = sign(k, json!({ "sub": sub, "exp": now() + 600 }));
+        let c = load(
+            "{ id_file: t, jwks_file: b }",
+            vec![("t", leak(token)), ("b", bundle)],
+        )
+        .unwrap_or_else(|e| panic!("{sub}: {}", messages(&e)));
+        assert_eq!(c.agent.id, sub);
+    }
+    // Still only the set's keys: a token by another Ed25519 key is refused.
+    let forged = sign(&key(), json!({ "sub": "x", "exp": now() + 600 }));
+    let e = load(
+        "{ id_file: t, jwks_file: b }",
+        vec![("t", leak(forged)), ("b", bundle)],
+    )
+    .unwrap_err();
+    assert!(
+        messages(&e).contains("agent.id_file: the identity token is signed with key"),
+        "{}",
+        messages(&e)
+    );
+}

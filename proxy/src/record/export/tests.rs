@@ -3,7 +3,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant as StdInstant;
 
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use toolgate_policy::config::{Otlp, OtlpProtocol, StaticEnv};
+use toolgate_policy::config::{ChainSettings, Otlp, OtlpProtocol, StaticEnv};
 
 use super::otlp::{settings, Settings};
 use super::*;
@@ -306,4 +306,139 @@ fn bad_environment_values_name_the_variable() {
         .unwrap_err();
         assert_eq!(e.to_string(), format!("{var}={value:?}: {why}"));
     }
+}
+
+fn chain(max_tasks: usize, idle_ttl: Duration) -> ChainSettings {
+    ChainSettings {
+        task_header: http::HeaderName::from_static("x-toolgate-task"),
+        max_actions: 16,
+        max_tasks,
+        idle_ttl,
+        agent_label_ttl: Duration::from_secs(60),
+        require_task_token: false,
+    }
+}
+
+fn task_exchange(task: &str) -> Exchange {
+    let mut x = Exchange::new();
+    x.decision_id = "d".into();
+    x.task_id = task.into();
+    x.trace.trace_id = crate::record::trace::task_trace_id("a", task, true);
+    x
+}
+
+fn end() -> End<'static> {
+    End {
+        ended: std::time::SystemTime::now(),
+        status: 200,
+        method: "GET",
+        agent: "a",
+        policy_revision: "r",
+        error: None,
+    }
+}
+
+fn exported(c: &Collector) -> Vec<SpanData> {
+    c.spans.lock().unwrap().clone()
+}
+
+#[test]
+fn a_tasks_actions_are_children_of_its_root_which_shutdown_exports() {
+    let c = Collector::default();
+    let (spans, dropped) = start(&c, fast());
+    let settings = chain(8, Duration::from_secs(600));
+    for _ in 0..3 {
+        spans.action(&task_exchange("T-1"), None, &end(), &settings);
+    }
+    spans.action(&task_exchange("T-2"), None, &end(), &settings);
+    assert_eq!(spans.open_tasks(), 2);
+    eventually("the actions are exported", || c.exported() == 4);
+    assert!(spans.shutdown(Duration::from_secs(5)));
+    let all = exported(&c);
+    assert_eq!(all.len(), 6, "4 actions and 2 task roots");
+    let root = all.iter().find(|s| s.name == "task T-1").unwrap();
+    let children: Vec<&SpanData> = all
+        .iter()
+        .filter(|s| s.parent_span_id == root.span_context.span_id())
+        .collect();
+    assert_eq!(children.len(), 3);
+    assert!(children
+        .iter()
+        .all(|s| s.span_context.trace_id() == root.span_context.trace_id()));
+    assert!(root
+        .attributes
+        .iter()
+        .any(|kv| kv.key.as_str() == "toolgate.task.closed" && kv.value.as_str() == "shutdown"));
+    assert_eq!(dropped.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn an_idle_task_root_is_exported_without_waiting_for_shutdown() {
+    let c = Collector::default();
+    let (spans, _) = start(&c, fast());
+    let settings = chain(8, Duration::from_millis(50));
+    spans.action(&task_exchange("T-idle"), None, &end(), &settings);
+    eventually("the idle root is exported", || {
+        exported(&c).iter().any(|s| s.name == "task T-idle")
+    });
+    assert_eq!(spans.open_tasks(), 0);
+    let root = exported(&c)
+        .into_iter()
+        .find(|s| s.name == "task T-idle")
+        .unwrap();
+    assert!(root
+        .attributes
+        .iter()
+        .any(|kv| kv.key.as_str() == "toolgate.task.closed" && kv.value.as_str() == "idle"));
+}
+
+#[test]
+fn an_ended_task_root_is_exported_and_a_flood_of_tasks_closes_roots_early() {
+    let c = Collector::default();
+    let (spans, _) = start(&c, fast());
+    // max_tasks 2: at most 4 roots open at once.
+    let settings = chain(2, Duration::from_secs(600));
+    spans.action(&task_exchange("T-end"), None, &end(), &settings);
+    spans.end_task("T-end");
+    assert_eq!(spans.open_tasks(), 0);
+    for i in 0..20 {
+        spans.action(&task_exchange(&format!("F-{i}")), None, &end(), &settings);
+        assert!(spans.open_tasks() <= 4);
+    }
+    assert!(spans.shutdown(Duration::from_secs(5)));
+    let all = exported(&c);
+    let roots: Vec<&SpanData> = all.iter().filter(|s| s.name.starts_with("task ")).collect();
+    assert_eq!(roots.len(), 21, "every root is exported once, early or not");
+    let closed = |why: &str| {
+        roots
+            .iter()
+            .filter(|s| {
+                s.attributes
+                    .iter()
+                    .any(|kv| kv.key.as_str() == "toolgate.task.closed" && kv.value.as_str() == why)
+            })
+            .count()
+    };
+    assert_eq!(
+        (closed("ended"), closed("evicted"), closed("shutdown")),
+        (1, 16, 4)
+    );
+}
+
+#[test]
+fn an_action_under_the_agents_traceparent_opens_no_root() {
+    let c = Collector::default();
+    let (spans, _) = start(&c, fast());
+    let mut x = task_exchange("T-1");
+    x.trace.parent = Some(crate::identify::TraceParent {
+        trace_id: [1; 16],
+        parent_id: [2; 8],
+        flags: 1,
+    });
+    spans.action(&x, None, &end(), &chain(8, Duration::from_secs(600)));
+    assert_eq!(spans.open_tasks(), 0);
+    assert!(spans.shutdown(Duration::from_secs(5)));
+    let all = exported(&c);
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].parent_span_id.to_bytes(), [2; 8]);
 }
