@@ -24,9 +24,9 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use serde_json::{json, Value as Json};
-use toolgate_policy::classify::mcp::definition::{Definitions, Known, Lock};
+use toolgate_policy::classify::mcp::definition::{Definitions, Lock};
 use toolgate_policy::evaluate::Value;
-use toolgate_policy::evaluate::{mark_listing, set_definition, Policy};
+use toolgate_policy::evaluate::{mark_listing, Policy};
 
 use super::McpRefusal;
 
@@ -57,20 +57,29 @@ impl Lister<'_> {
     /// Whether tool definition `tool` stays listed for the request whose input is `base`.
     /// Remembers the definition.
     pub fn keeps(&self, base: &Value, tool: &Json) -> bool {
+        self.keeps_prepared(&listing_input(base), tool)
+    }
+
+    /// [`Lister::keeps`] on `base` already turned into a listing's input
+    /// ([`listing_input`]): what every listed tool's input shares is set once per list.
+    fn keeps_prepared(&self, base: &Value, tool: &Json) -> bool {
         let Some(name) = tool.get("name").and_then(Json::as_str) else {
             // Nothing a client could call: nothing to decide on.
             return false;
         };
         let status = self
             .definitions
-            .observe_status(self.tool, name, Known::of(tool), self.lock);
+            .observe_status(self.tool, name, tool, self.lock);
         if self.dry_run {
             return true;
         }
         let mut input = base.clone();
-        call_action(&mut input, &format!("{}.{name}", self.tool), name);
-        set_definition(&mut input, status.to_value());
-        mark_listing(&mut input);
+        call_action(
+            &mut input,
+            &format!("{}.{name}", self.tool),
+            name,
+            status.to_value(),
+        );
         let decision = self.policy.decide(input);
         decision.allowed() || decision.approval.is_some()
     }
@@ -78,7 +87,8 @@ impl Lister<'_> {
     /// Filter `tools` (a `result.tools` array) in place.
     pub fn filter(&self, base: &Value, tools: &mut Vec<Json>) -> Counts {
         let before = tools.len();
-        tools.retain(|t| self.keeps(base, t));
+        let base = listing_input(base);
+        tools.retain(|t| self.keeps_prepared(&base, t));
         Counts {
             kept: tools.len(),
             dropped: before - tools.len(),
@@ -165,9 +175,28 @@ impl Lister<'_> {
     }
 }
 
-/// Turn the `tools/list` input `input` into the input of `tools/call` of `name` (action
-/// `action`, no arguments).
-fn call_action(input: &mut Value, action: &str, name: &str) {
+/// The `tools/list` request's input `base` with what each listed tool's input shares:
+/// `input.listing: true` and no call arguments (`input.action.attributes: {}`).
+fn listing_input(base: &Value) -> Value {
+    let mut input = base.clone();
+    mark_listing(&mut input);
+    if let Some(Ok(a)) = input
+        .as_object_mut()
+        .ok()
+        .and_then(|map| map.get_mut(&Value::from("action")))
+        .map(Value::as_object_mut)
+    {
+        a.insert(
+            Value::from("attributes"),
+            Value::from(std::collections::BTreeMap::new()),
+        );
+    }
+    input
+}
+
+/// Turn listing input `input` ([`listing_input`]) into the input of `tools/call` of `name`
+/// (action `action`, no arguments), its definition's status `definition`.
+fn call_action(input: &mut Value, action: &str, name: &str, definition: Value) {
     let Ok(map) = input.as_object_mut() else {
         return;
     };
@@ -176,10 +205,7 @@ fn call_action(input: &mut Value, action: &str, name: &str) {
         .map(Value::as_object_mut)
     {
         a.insert(Value::from("name"), Value::from(action));
-        a.insert(
-            Value::from("attributes"),
-            Value::from(std::collections::BTreeMap::new()),
-        );
+        a.insert(Value::from("definition"), definition);
     }
     if let Some(Ok(r)) = map
         .get_mut(&Value::from("request"))

@@ -167,15 +167,17 @@ pub struct Known {
 impl Known {
     /// What toolgate keeps of definition `tool`.
     pub fn of(tool: &Json) -> Known {
+        Known::with_digest(tool, digest(tool))
+    }
+
+    /// What toolgate keeps of definition `tool`, whose digest is `digest`.
+    fn with_digest(tool: &Json, digest: Digest) -> Known {
         let params = tool
             .get("inputSchema")
             .map_or(Ok(Vec::new()), params::param_headers)
             .ok()
             .map(Arc::from);
-        Known {
-            digest: digest(tool),
-            params,
-        }
+        Known { digest, params }
     }
 }
 
@@ -255,17 +257,26 @@ impl Definitions {
         self.remember(tool, name, known).is_some()
     }
 
-    /// Remember definition `known` of `name` (as [`Definitions::observe`]) and say what policy
-    /// is told about it, under one lock: the listing's path.
+    /// Remember definition `tool` of `name` (as [`Definitions::observe`]) and say what policy
+    /// is told about it: the listing's path. A definition seen before unchanged is only
+    /// digested (its mirrored arguments are not read again).
     pub fn observe_status(
         &self,
-        tool: &Arc<str>,
+        catalog: &Arc<str>,
         name: &str,
-        known: Known,
+        tool: &Json,
         lock: Option<&Lock>,
     ) -> Status {
-        let current = Some(known.digest);
-        let first = self.remember(tool, name, known);
+        let digest = digest(tool);
+        let unchanged = self.seen.lock().ok().and_then(|seen| {
+            seen.get(&(catalog.clone(), name.to_string()))
+                .filter(|e| e.current.digest == digest)
+                .map(|e| e.first)
+        });
+        let first = match unchanged {
+            Some(first) => Some(first),
+            None => self.remember(catalog, name, Known::with_digest(tool, digest)),
+        };
         let (pin, lock_file) = match lock {
             Some(lock) => (
                 lock.tools.get(name).map(|k| (k.digest, Source::Lock)),
@@ -274,7 +285,7 @@ impl Definitions {
             None => (first.map(|f| (f, Source::FirstSight)), None),
         };
         Status {
-            current,
+            current: Some(digest),
             pin,
             lock_file,
         }
