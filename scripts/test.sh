@@ -41,7 +41,7 @@ python3 -c 'import playwright.sync_api' 2>/dev/null ||
   python3 -m pip install -q 'playwright>=1.49,<2'
 
 cargo fmt --all -- --check
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace --all-targets
 # The Criterion benches build with the bench profile (release), as `cargo bench` runs them;
 # `cargo test --all-targets` above already ran each once in test mode.

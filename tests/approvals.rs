@@ -20,9 +20,8 @@ mod page;
 #[path = "approvals/properties.rs"]
 mod properties;
 
-use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -179,35 +178,9 @@ fn metric(tg: &Toolgate, line_start: &str) -> u64 {
 fn verify_with_pyjwt(tg: &Toolgate, audience: &str, token: &str) -> Value {
     let (status, jwks) = http_get(tg.admin, "/.well-known/jwks.json").unwrap();
     assert_eq!(status, 200);
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), jwks).unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/credentials/verify_jwt.py"
-    );
-    let mut child = Command::new("python3")
-        .arg(script)
-        .arg(file.path())
-        .arg(audience)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 with pyjwt[crypto] is required (scripts/test.sh installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(token.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "PyJWT refused the token: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pairs: Vec<(Value, Value)> = serde_json::from_slice(&out.stdout).unwrap();
-    pairs.into_iter().next().unwrap().1
+    let jwks: Value = serde_json::from_str(&jwks).unwrap();
+    let mut verified = support::verify_independently(&jwks, audience, &[token.to_string()]);
+    verified.remove(0).1
 }
 
 /// The decision-log lines so far.

@@ -12,6 +12,8 @@
 mod otlp;
 mod support;
 
+pub(crate) use support::verify_independently;
+
 #[path = "credentials/servers.rs"]
 mod servers;
 
@@ -24,8 +26,7 @@ mod minting;
 #[path = "credentials/redaction.rs"]
 mod redaction;
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value as Json};
@@ -313,42 +314,4 @@ admin: {{ token_file: operator-token }}
         std::fs::write(&tmp, contents).unwrap();
         std::fs::rename(&tmp, &full).unwrap();
     }
-}
-
-/// Verify `tokens` with PyJWT against `jwks` for `audience`; the (header, claims) of each.
-pub(crate) fn verify_independently(
-    jwks: &Json,
-    audience: &str,
-    tokens: &[String],
-) -> Vec<(Json, Json)> {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), jwks.to_string()).unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/credentials/verify_jwt.py"
-    );
-    let mut child = Command::new("python3")
-        .arg(script)
-        .arg(file.path())
-        .arg(audience)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(tokens.join("\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "PyJWT refused a token: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pairs: Vec<(Json, Json)> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(pairs.len(), tokens.len());
-    pairs
 }

@@ -10,6 +10,8 @@
 
 mod support;
 
+pub(crate) use support::verify_independently;
+
 #[allow(dead_code)]
 #[path = "credentials/servers.rs"]
 mod servers;
@@ -25,8 +27,6 @@ mod properties;
 #[path = "delegation/trace.rs"]
 mod trace;
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value as Json};
@@ -375,44 +375,6 @@ pub(crate) fn bearer(received: &support::Received) -> String {
         .strip_prefix("Bearer ")
         .unwrap()
         .to_string()
-}
-
-/// Verify `tokens` with PyJWT against `jwks` for `audience`; the (header, claims) of each.
-pub(crate) fn verify_independently(
-    jwks: &Json,
-    audience: &str,
-    tokens: &[String],
-) -> Vec<(Json, Json)> {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), jwks.to_string()).unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/credentials/verify_jwt.py"
-    );
-    let mut child = Command::new("python3")
-        .arg(script)
-        .arg(file.path())
-        .arg(audience)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(tokens.join("\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "PyJWT refused a token: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pairs: Vec<(Json, Json)> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(pairs.len(), tokens.len());
-    pairs
 }
 
 /// Agents A and B: B trusts A's delegations; the orchestrator starts tasks on A.

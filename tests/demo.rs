@@ -138,7 +138,7 @@ fn demo_prints_the_decisions_and_the_linked_timeline_and_exits_0() {
         .unwrap_or_else(|| panic!("no task root line in\n{stdout}"));
     assert!(
         root.contains(
-            "— 6 actions (5 allow, 1 deny), the parent of every span below; closed at shutdown"
+            "— 6 actions (5 allow, 1 deny), the parent of the first agent's spans; closed at shutdown"
         ),
         "{root}"
     );

@@ -1,8 +1,9 @@
 //! A real trace store: Arize Phoenix (PyPI `arize-phoenix`, installed by scripts/test.sh) on
 //! 127.0.0.1, fed by `toolgate demo --otlp`, queried through its REST API
 //! (`GET /v1/projects/default/spans`). The demo's task must read as one tree there: one trace,
-//! a root span `task <id>` of kind AGENT, the five actions its children, in chain order, each
-//! a TOOL span with the GenAI tool-execution attributes.
+//! a root span `task <id>` of kind AGENT, the first agent's six actions its children, in chain
+//! order, the second agent's two below the handoff, each a TOOL span with the GenAI
+//! tool-execution attributes.
 //!
 //! Phoenix's REST API does not return span links (its `links` field is still a TODO in
 //! 20.x); the links between consecutive actions are checked against toolgate's own receiver
@@ -155,28 +156,55 @@ fn the_demo_task_reads_as_one_tree_of_tool_spans_in_phoenix() {
         String::from_utf8_lossy(&out.stderr)
     );
     let trace = demo_trace(&stdout);
-    let spans = phoenix.spans_of(&trace, 6);
+    let spans = phoenix.spans_of(&trace, 9);
     assert_eq!(
         spans.len(),
-        6,
-        "five actions and the task's root: {spans:#?}"
+        9,
+        "eight actions (six by the first agent, two by the one it handed the task to) and the task's root: {spans:#?}"
     );
 
-    // One root, `task demo-…`, of kind AGENT, with the task's counts.
+    // One root, `task demo-…`, of kind AGENT, with the first agent's counts.
     let roots: Vec<&Value> = spans.iter().filter(|s| s["parent_id"].is_null()).collect();
     assert_eq!(roots.len(), 1, "one root: {spans:#?}");
     let root = roots[0];
     let task = root["attributes"]["toolgate.task.id"].as_str().unwrap();
     assert_eq!(root["name"], format!("task {task}"));
     assert_eq!(root["span_kind"], "AGENT");
-    assert_eq!(root["attributes"]["toolgate.task.actions"], 5);
-    assert_eq!(root["attributes"]["toolgate.task.decisions.allow"], 4);
+    assert_eq!(root["attributes"]["toolgate.task.actions"], 6);
+    assert_eq!(root["attributes"]["toolgate.task.decisions.allow"], 5);
     assert_eq!(root["attributes"]["toolgate.task.decisions.deny"], 1);
     let root_id = root["context"]["span_id"].as_str().unwrap();
+    let first_agent = root["attributes"]["gen_ai.agent.id"].as_str().unwrap();
 
-    // The actions: children of the root, in chain order, TOOL spans with GenAI attributes.
-    let mut actions: Vec<&Value> = spans.iter().filter(|s| !s["parent_id"].is_null()).collect();
-    actions.sort_by_key(|s| s["attributes"]["toolgate.chain.seq"].as_i64());
+    // The second agent's actions hang below the handoff (the delegation token's trace
+    // context), in the same trace.
+    let by = |agent_is_first: bool| {
+        let mut v: Vec<&Value> = spans
+            .iter()
+            .filter(|s| !s["parent_id"].is_null())
+            .filter(|s| (s["attributes"]["gen_ai.agent.id"] == first_agent) == agent_is_first)
+            .collect();
+        v.sort_by_key(|s| s["attributes"]["toolgate.chain.seq"].as_i64());
+        v
+    };
+    let (actions, billing) = (by(true), by(false));
+    let handoff = actions
+        .iter()
+        .find(|s| s["name"] == "task.delegate")
+        .expect("the handoff is one of the first agent's actions");
+    let names: Vec<&str> = billing
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ticket.read", "ticket.transition"]);
+    assert_eq!(billing[0]["parent_id"], handoff["context"]["span_id"]);
+    for span in &billing {
+        assert_eq!(span["context"]["trace_id"], trace.as_str());
+        assert_eq!(span["span_kind"], "TOOL", "{}", span["name"]);
+    }
+
+    // The first agent's actions: children of the root, in chain order, TOOL spans with
+    // GenAI attributes.
     let names: Vec<&str> = actions
         .iter()
         .map(|s| s["name"].as_str().unwrap())
@@ -188,7 +216,8 @@ fn the_demo_task_reads_as_one_tree_of_tool_spans_in_phoenix() {
             "ticket.transition",
             "payment.create",
             "payment.create",
-            "crm.lookup_customer"
+            "crm.lookup_customer",
+            "task.delegate"
         ]
     );
     let mut started = String::new();

@@ -359,6 +359,81 @@ async fn a_task_is_one_linked_trace_over_otlp_grpc() {
     a_task_is_one_linked_trace("grpc", Receiver::grpc().await).await;
 }
 
+/// Ending a task through the operator API closes its root span at once (`closed: ended`),
+/// while toolgate runs on: the backend sees the finished task without waiting for idleness
+/// or shutdown. Another task still running keeps its root open (control).
+#[tokio::test(flavor = "multi_thread")]
+async fn ending_a_task_exports_its_root_span_at_once() {
+    let receiver = Receiver::http().await;
+    let tool = ToolServer::http().await;
+    let telemetry = format!(
+        "{{ otlp: {{ endpoint: \"{}\", protocol: http }} }}",
+        receiver.endpoint()
+    );
+    let config = format!(
+        "{}admin: {{ token_file: operator-token }}\n",
+        config(&tool.url(), &telemetry)
+    );
+    let signing = toolgate_policy::config::generate_ed25519_pem().unwrap();
+    let tg = Toolgate::start_with_env(
+        &config,
+        &[
+            ("policy/main.rego", POLICY),
+            ("secrets/jira", JIRA_SECRET),
+            ("secrets/payments", PAYMENTS_SECRET),
+            ("keys/signing.pem", &signing),
+            support::OPERATOR_TOKEN_FILE,
+        ],
+        QUICK,
+    );
+    let client = tg.forward_client();
+    for task in ["T-done", "T-running"] {
+        let read = client
+            .get("http://jira.test/rest/api/3/issue/SUP-7")
+            .header("x-toolgate-task", task);
+        assert_eq!(read.send().await.unwrap().status(), 200);
+    }
+    assert_eq!(receiver.wait_for(2).await.len(), 2, "the two action spans");
+
+    let ended = support::operator(
+        tg.admin,
+        "POST",
+        "/v1/tasks/T-done/end",
+        Some(r#"{"by": "orchestrator", "reason": "done"}"#),
+    );
+    assert_eq!(ended.status, 200, "{}", ended.body);
+
+    let all = receiver.wait_for(3).await;
+    let roots: Vec<&Span> = all
+        .iter()
+        .map(|r| &r.span)
+        .filter(|s| s.name.starts_with("task "))
+        .collect();
+    assert_eq!(roots.len(), 1, "only the ended task's root: {all:#?}");
+    let root = roots[0];
+    assert_eq!(root.name, "task T-done");
+    assert_eq!(
+        string(&root.attributes, "toolgate.task.closed"),
+        Some("ended")
+    );
+    assert_eq!(int(&root.attributes, "toolgate.task.actions"), Some(1));
+    let action = all
+        .iter()
+        .map(|r| &r.span)
+        .find(|s| {
+            s.name == "ticket.read" && string(&s.attributes, "toolgate.task.id") == Some("T-done")
+        })
+        .unwrap();
+    assert_eq!(
+        action.parent_span_id, root.span_id,
+        "the action is its child"
+    );
+    assert_eq!(action.trace_id, root.trace_id);
+    // Still running: no second root arrives while the process lives.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.spans().len(), 3, "T-running's root stays open");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_minted_jwt_is_named_by_its_jti_on_the_span_and_in_the_decision_log() {
     let receiver = Receiver::http().await;

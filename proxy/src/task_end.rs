@@ -2,8 +2,9 @@
 //! `evaluate.rs`), its chain is copied and kept for audit (`chain.ended_retention`), and
 //! every credential issued for it dies — minted JWTs and delegation tokens are answered
 //! `active: false` by introspection and listed in the revocation feed (`operator/introspect`),
-//! and tokens exchanged for it are revoked at their STS (RFC 7009). Revoking a task or this
-//! agent (`POST /v1/revoke`) kills its exchanged tokens the same way.
+//! tokens exchanged for it are revoked at their STS (RFC 7009), and its root span is exported
+//! (`toolgate.task.closed: ended`). Revoking a task or this agent (`POST /v1/revoke`) kills
+//! its exchanged tokens the same way.
 //!
 //! With the memory backend all of this is per process: end a task handed on to other agents
 //! on each toolgate that serves it (a shared backend, issue 16, will share ends).
@@ -51,6 +52,10 @@ pub async fn end(
         chain: Some(gw.ledger.describe(task)),
     };
     let stored = gw.state.end(end, bounds, SystemTime::now())?;
+    // The task's root span closes now (`toolgate.task.closed: ended`), not when it goes idle.
+    if let Some(spans) = &gw.spans {
+        spans.end_task(task);
+    }
     // Also when it had ended already: a token exchanged by a request decided just before
     // the first end goes now.
     let exchanged = revoke_all(gw.exchanges.end_task(Some(task)).await).await;

@@ -9,9 +9,8 @@ use std::process::ExitCode;
 
 use http::Method;
 use serde_json::json;
-use toolgate_policy::config::Config;
 
-use super::operator::Client;
+use super::operator::{connect, operator_name, report, segment, Client};
 
 /// `toolgate approvals` arguments.
 #[derive(Debug, clap::Args)]
@@ -47,50 +46,11 @@ struct Verdict {
     approver: Option<String>,
 }
 
-/// Exit code for configuration errors and an operator API that is off.
-const CONFIG_ERROR: u8 = 2;
-
-/// The approver named on the command line, else the login name.
-fn approver(given: Option<String>) -> String {
-    given
-        .or_else(|| std::env::var("USER").ok())
-        .or_else(|| std::env::var("LOGNAME").ok())
-        .filter(|n| !n.trim().is_empty())
-        .unwrap_or_else(|| "operator".to_string())
-}
-
-/// `id` as one path segment: anything but letters, digits and `-._~` percent-encoded.
-pub(super) fn segment(id: &str) -> String {
-    let mut out = String::with_capacity(id.len());
-    for b in id.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Run `toolgate approvals`.
 pub fn run(args: Args) -> ExitCode {
-    let Some(path) = args.config else {
-        eprintln!("toolgate approvals: -c FILE is required (the configuration of the toolgate to talk to)");
-        return ExitCode::from(CONFIG_ERROR);
-    };
-    let config = match Config::load(&path) {
+    let client = match connect("toolgate approvals", args.config.as_deref()) {
         Ok(c) => c,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return ExitCode::from(CONFIG_ERROR);
-        }
-    };
-    let client = match Client::from_config(&config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("toolgate approvals: {e}");
-            return ExitCode::from(CONFIG_ERROR);
-        }
+        Err(code) => return code,
     };
     let sent = match args.command {
         Command::List => client.send(Method::GET, "/v1/approvals", None),
@@ -102,29 +62,11 @@ pub fn run(args: Args) -> ExitCode {
         Command::Approve(v) => decide(&client, "approve", v),
         Command::Deny(v) => decide(&client, "deny", v),
     };
-    match sent {
-        Ok(answer) => {
-            println!("{}", answer.pretty());
-            if answer.status.is_success() {
-                ExitCode::SUCCESS
-            } else {
-                eprintln!(
-                    "toolgate approvals: {}: {}",
-                    client.target,
-                    answer.summary()
-                );
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("toolgate approvals: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    report("toolgate approvals", &client, sent)
 }
 
 fn decide(client: &Client, verb: &str, v: Verdict) -> anyhow::Result<super::operator::Answer> {
-    let mut body = json!({ "approver": approver(v.approver) });
+    let mut body = json!({ "approver": operator_name(v.approver) });
     if let (Some(c), Some(map)) = (v.comment, body.as_object_mut()) {
         map.insert("comment".into(), json!(c));
     }

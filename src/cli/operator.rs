@@ -15,6 +15,74 @@ use hyper_util::rt::TokioIo;
 use toolgate_policy::config::{Config, SecretText};
 use toolgate_policy::state::State;
 
+/// Exit code of the operator commands for usage and configuration errors, and for an
+/// operator API that is off (1 is an API that refused or could not be reached).
+pub const CONFIG_ERROR: u8 = 2;
+
+/// The client for `command` (`"toolgate tasks"`) from the configuration at `path`, or the
+/// exit code after saying why there is none.
+pub fn connect(command: &str, path: Option<&Path>) -> Result<Client, std::process::ExitCode> {
+    let fail = || std::process::ExitCode::from(CONFIG_ERROR);
+    let Some(path) = path else {
+        eprintln!("{command}: -c FILE is required (the configuration of the toolgate to talk to)");
+        return Err(fail());
+    };
+    let config = Config::load(path).map_err(|errors| {
+        eprintln!("{errors}");
+        fail()
+    })?;
+    Client::from_config(&config).map_err(|e| {
+        eprintln!("{command}: {e}");
+        fail()
+    })
+}
+
+/// Print what a call `sent` answered (pretty JSON on stdout, a summary of a refusal on
+/// stderr); exit 0 on success, else 1.
+pub fn report(
+    command: &str,
+    client: &Client,
+    sent: anyhow::Result<Answer>,
+) -> std::process::ExitCode {
+    match sent {
+        Ok(answer) => {
+            println!("{}", answer.pretty());
+            if answer.status.is_success() {
+                std::process::ExitCode::SUCCESS
+            } else {
+                eprintln!("{command}: {}: {}", client.target, answer.summary());
+                std::process::ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("{command}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The operator's name for the record: `given`, else the login name, else `operator`.
+pub fn operator_name(given: Option<String>) -> String {
+    given
+        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok())
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| "operator".to_string())
+}
+
+/// `id` as one path segment: anything but letters, digits and `-._~` percent-encoded.
+pub fn segment(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// How long one operator call may take, connection included.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer read (the full revocation list is at most about 18 MiB).

@@ -8,9 +8,8 @@ use std::process::ExitCode;
 
 use http::Method;
 use serde_json::json;
-use toolgate_policy::config::Config;
 
-use super::operator::Client;
+use super::operator::{connect, report, CONFIG_ERROR};
 
 /// `toolgate revoke` arguments.
 #[derive(Debug, clap::Args)]
@@ -38,24 +37,11 @@ pub struct Args {
     list: bool,
 }
 
-/// Exit code for configuration errors and an operator API that is off.
-const CONFIG_ERROR: u8 = 2;
-
 /// Run `toolgate revoke`.
 pub fn run(args: Args) -> ExitCode {
-    let config = match Config::load(&args.config) {
+    let client = match connect("toolgate revoke", Some(&args.config)) {
         Ok(c) => c,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return ExitCode::from(CONFIG_ERROR);
-        }
-    };
-    let client = match Client::from_config(&config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("toolgate revoke: {e}");
-            return ExitCode::from(CONFIG_ERROR);
-        }
+        Err(code) => return code,
     };
     let sent = if args.list {
         client.send(Method::GET, "/v1/revoke", None)
@@ -78,19 +64,5 @@ pub fn run(args: Args) -> ExitCode {
             Some(body.to_string().into_bytes()),
         )
     };
-    match sent {
-        Ok(answer) => {
-            println!("{}", answer.pretty());
-            if answer.status.is_success() {
-                ExitCode::SUCCESS
-            } else {
-                eprintln!("toolgate revoke: {}: {}", client.target, answer.summary());
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("toolgate revoke: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    report("toolgate revoke", &client, sent)
 }

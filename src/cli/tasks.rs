@@ -9,10 +9,8 @@ use std::process::ExitCode;
 
 use http::Method;
 use serde_json::json;
-use toolgate_policy::config::Config;
 
-use super::approvals::segment;
-use super::operator::Client;
+use super::operator::{connect, operator_name, report, segment};
 
 /// `toolgate tasks` arguments.
 #[derive(Debug, clap::Args)]
@@ -43,38 +41,15 @@ enum Command {
     Show { id: String },
 }
 
-/// Exit code for configuration errors and an operator API that is off.
-const CONFIG_ERROR: u8 = 2;
-
 /// Run `toolgate tasks`.
 pub fn run(args: Args) -> ExitCode {
-    let Some(path) = args.config else {
-        eprintln!(
-            "toolgate tasks: -c FILE is required (the configuration of the toolgate to talk to)"
-        );
-        return ExitCode::from(CONFIG_ERROR);
-    };
-    let config = match Config::load(&path) {
+    let client = match connect("toolgate tasks", args.config.as_deref()) {
         Ok(c) => c,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return ExitCode::from(CONFIG_ERROR);
-        }
-    };
-    let client = match Client::from_config(&config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("toolgate tasks: {e}");
-            return ExitCode::from(CONFIG_ERROR);
-        }
+        Err(code) => return code,
     };
     let sent = match args.command {
         Command::End { id, by, reason } => {
-            let by = by
-                .or_else(|| std::env::var("USER").ok())
-                .filter(|n| !n.trim().is_empty())
-                .unwrap_or_else(|| "operator".to_string());
-            let mut body = json!({ "by": by });
+            let mut body = json!({ "by": operator_name(by) });
             if let (Some(r), Some(map)) = (reason, body.as_object_mut()) {
                 map.insert("reason".into(), json!(r));
             }
@@ -88,19 +63,5 @@ pub fn run(args: Args) -> ExitCode {
             client.send(Method::GET, &format!("/v1/tasks/{}", segment(&id)), None)
         }
     };
-    match sent {
-        Ok(answer) => {
-            println!("{}", answer.pretty());
-            if answer.status.is_success() {
-                ExitCode::SUCCESS
-            } else {
-                eprintln!("toolgate tasks: {}: {}", client.target, answer.summary());
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("toolgate tasks: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    report("toolgate tasks", &client, sent)
 }

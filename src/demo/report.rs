@@ -100,7 +100,7 @@ pub fn root_line(root: &Span) -> String {
         .filter_map(|d| int(a, &format!("toolgate.task.decisions.{d}")).map(|n| format!("{n} {d}")))
         .collect();
     format!(
-        "  {}  span {} — {} actions ({}), the parent of every span below; closed at {}\n",
+        "  {}  span {} — {} actions ({}), the parent of the first agent's spans; closed at {}\n",
         root.name,
         hex(&root.span_id),
         int(a, "toolgate.task.actions").unwrap_or(0),
@@ -280,10 +280,19 @@ pub fn problems(
     match root {
         None => problems.push("no root span for the task".into()),
         Some(root) => {
-            if chain.iter().any(|s| s.parent_span_id != root.span_id) {
+            // The root is the first agent's (its toolgate's ledger): the billing agent's
+            // actions run under the delegation token's trace context, below the handoff.
+            let own = || {
+                script
+                    .iter()
+                    .zip(chain)
+                    .filter(|(step, _)| step.by == Who::Triage)
+            };
+            if own().any(|(_, s)| s.parent_span_id != root.span_id) {
                 problems.push("not every action is a child of the task's root span".into());
             }
-            if int(&root.attributes, "toolgate.task.actions") != Some(script.len() as i64) {
+            let counted = own().count() as i64;
+            if int(&root.attributes, "toolgate.task.actions") != Some(counted) {
                 problems.push("the task's root span does not count every action".into());
             }
         }

@@ -578,3 +578,44 @@ pub fn operator_json(admin: SocketAddr, target: &str) -> serde_json::Value {
     assert_eq!(answer.status, 200, "{target}: {}", answer.body);
     answer.json()
 }
+
+/// Verify `tokens` with PyJWT (an independent JWT library) against `jwks` for `audience`;
+/// the (header, claims) of each. PyJWT refusing any token fails the test.
+pub fn verify_independently(
+    jwks: &serde_json::Value,
+    audience: &str,
+    tokens: &[String],
+) -> Vec<(serde_json::Value, serde_json::Value)> {
+    use std::io::Write as _;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), jwks.to_string()).unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/credentials/verify_jwt.py"
+    );
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg(file.path())
+        .arg(audience)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 with pyjwt[crypto] is required (scripts/test.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(tokens.join("\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "PyJWT refused a token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pairs: Vec<(serde_json::Value, serde_json::Value)> =
+        serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pairs.len(), tokens.len());
+    pairs
+}

@@ -79,7 +79,8 @@ fn identical_requests_agree_and_every_field_changes_the_digest() {
     reordered.attributes.reverse();
     assert_eq!(reordered.digest(body), base.digest(body));
 
-    let changes: Vec<(&str, Box<dyn Fn(&mut Req)>)> = vec![
+    type Change<'a> = (&'a str, Box<dyn Fn(&mut Req)>);
+    let changes: Vec<Change> = vec![
         ("agent", Box::new(|r| r.agent = "spiffe://t/other")),
         ("task", Box::new(|r| r.task = "T-2")),
         ("verified task", Box::new(|r| r.verified = true)),
