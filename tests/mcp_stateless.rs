@@ -47,6 +47,12 @@ decision := {"allow": false, "reason": sprintf("no completion for %s", [input.ac
 const VERSION: &str = "2026-07-28";
 
 fn start(server: &FakeMcp) -> Toolgate {
+    start_with(server, "", &[])
+}
+
+fn start_with(server: &FakeMcp, extra: &str, files: &[(&str, &str)]) -> Toolgate {
+    let mut all = vec![("policy/main.rego", POLICY), support::OPERATOR_TOKEN_FILE];
+    all.extend_from_slice(files);
     Toolgate::start(
         &format!(
             r#"
@@ -59,10 +65,11 @@ tools:
 policy: {{ files: [policy/*.rego] }}
 limits: {{ connect_timeout: 2s, upstream_timeout: 10s, shutdown_timeout: 1s }}
 admin: {{ token_file: operator-token }}
+{extra}
 "#,
             server.url()
         ),
-        &[("policy/main.rego", POLICY), support::OPERATOR_TOKEN_FILE],
+        &all,
     )
 }
 
@@ -284,6 +291,64 @@ async fn meta_names_the_task_and_a_conflict_with_the_header_is_refused() {
         "{detail}"
     );
     assert_eq!(server.seen().len(), 2);
+}
+
+/// A task token signed by the orchestrator the test trusts, naming `task`.
+fn task_token(key: &toolgate_policy::config::SigningKey, task: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({"iss": "https://orchestrator.test", "aud": "toolgate", "task": task,
+        "iat": now, "exp": now + 600});
+    jsonwebtoken::encode(key.header(), &claims, key.encoding_key()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_meta_task_other_than_the_task_tokens_is_refused() {
+    let server = FakeMcp::start(vec![]).await;
+    let key = toolgate_policy::config::SigningKey::from_pem(
+        toolgate_policy::config::generate_ed25519_pem()
+            .unwrap()
+            .as_bytes(),
+        jsonwebtoken::Algorithm::EdDSA,
+    )
+    .unwrap();
+    let jwks = json!({ "keys": [key.jwk().clone()] }).to_string();
+    let tg = start_with(
+        &server,
+        "task_tokens: { issuers: [{ issuer: \"https://orchestrator.test\", jwks_file: orchestrator.json, audience: toolgate }] }",
+        &[("orchestrator.json", &jwks)],
+    );
+    let token = task_token(&key, "T-orch");
+    let mut message = call(8, "search");
+
+    // Positive control: `_meta` names the task the orchestrator's token names.
+    message["params"]["_meta"]["toolgate/task"] = json!("T-orch");
+    let headers = with(mirrored(&message), "x-toolgate-task-token", &token);
+    let (status, answer) = post(&tg, &headers, &message.to_string()).await;
+    assert_eq!(status, 200, "{answer} {}", tg.logs());
+    assert_eq!(server.seen().len(), 1);
+    let chain = support::operator_json(tg.admin, "/v1/tasks/T-orch");
+    assert_eq!(chain["chain"][0]["action"], "crm.search", "{chain}");
+
+    // The attack: a verified task, and another one in `_meta`: refused, naming both (never
+    // one silently preferred), and the server sees nothing.
+    message["params"]["_meta"]["toolgate/task"] = json!("T-other");
+    let headers = with(mirrored(&message), "x-toolgate-task-token", &token);
+    let (status, problem) = post(&tg, &headers, &message.to_string()).await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["type"], "urn:toolgate:problem:rejected");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("T-orch") && detail.contains("T-other") && detail.contains("task token"),
+        "{detail}"
+    );
+    assert_eq!(
+        server.seen().len(),
+        1,
+        "the refused request never reached the server"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
