@@ -140,6 +140,7 @@ pub fn evaluate_approved(
             now,
         };
         let mut input = input.to_value();
+        crate::mcp::admit::input(gw, snapshot, prepared, tool, &mut input, x);
         if let Some(d) = &x.delegation {
             d.annotate(&mut input);
         }
