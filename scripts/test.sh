@@ -17,6 +17,14 @@ python3 -c 'import requests' 2>/dev/null || python3 -m pip install -q 'requests>
 # mcp.server.mcpserver.MCPServer and mcp.Client exist from 2.x on).
 python3 -c 'from mcp import Client; import mcp.server.mcpserver' 2>/dev/null ||
   python3 -m pip install -q 'mcp>=2.3,<3'
+# The official MCP TypeScript SDK as a client (tests/mcp_sdk.rs), pinned by
+# tests/mcp/ts/package-lock.json; run with the machine's Node.js. `npm ci` only when the
+# installed tree is not the locked one, so a second run does nothing.
+command -v node >/dev/null || apt_install nodejs npm
+if ! cmp -s tests/mcp/ts/package-lock.json tests/mcp/ts/node_modules/.installed-lock.json 2>/dev/null; then
+  (cd tests/mcp/ts && npm ci --no-audit --no-fund --ignore-scripts &&
+    cp package-lock.json node_modules/.installed-lock.json)
+fi
 # A real trace store (tests/phoenix.rs): Arize Phoenix, which receives OTLP and answers span
 # queries over REST. About 1.5 minutes to install here (measured 2026-12-02), nothing after.
 python3 -c 'import phoenix.server.main' 2>/dev/null ||

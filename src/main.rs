@@ -91,6 +91,9 @@ enum Command {
     /// Print the policy input's JSON Schema, with the catalog's actions and their attributes
     /// (for editors and `opa check --schema`).
     Schema(cli::schema::Args),
+    /// MCP tools: `pin` writes the lock file of a tool's definitions from its live server.
+    #[command(subcommand)]
+    Mcp(cli::mcp::Command),
     /// End a task (refuse it, kill its credentials) or show its chain, through the operator
     /// API.
     Tasks(cli::tasks::Args),
@@ -679,6 +682,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => cli::replay::run(args),
         Command::Explain(args) => cli::explain::run(args),
         Command::Schema(args) => cli::schema::run(args),
+        Command::Mcp(command) => cli::mcp::run(command),
         Command::Tasks(args) => cli::tasks::run(args),
         Command::Test { config, paths } => test(&config, paths),
         Command::Eval(args) => eval(args),

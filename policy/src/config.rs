@@ -9,6 +9,7 @@ mod identity;
 mod jwks;
 mod limits;
 mod matching;
+mod mcp;
 mod operator;
 mod raw;
 mod signing;
@@ -35,6 +36,7 @@ pub use files::{DiskFiles, EmbeddedFiles, Files, ProcessEnv, StaticEnv, Vars};
 pub use identity::{TaskTokens, TokenIssuer, AGENT_LEEWAY};
 pub use jwks::{unverified_claims, KeySet, TokenError, MAX_TOKEN_BYTES};
 pub use matching::{body_cap, MAX_BODY_BYTES};
+pub use mcp::{LockFile, McpSettings, Pinned, DEFAULT_MAX_LIST_BYTES};
 pub use operator::{
     AdminSettings, DEFAULT_MAX_REVOCATION_TTL, LONGEST_REVOCATION_TTL, MAX_SOCKET_PATH,
     MIN_DISTINCT_TOKEN_CHARS, MIN_TOKEN_CHARS,
@@ -73,6 +75,8 @@ pub struct Config {
     pub limits: Limits,
     /// Issuers whose task tokens (`x-toolgate-task-token`) are accepted; `None`: none are.
     pub task_tokens: Option<TaskTokens>,
+    /// MCP: the `tools/list` filter's bounds, remembered definitions, lock files.
+    pub mcp: McpSettings,
     /// How this toolgate signs delegation tokens; `None`: delegation is off.
     pub delegation: Option<DelegationSettings>,
     /// Who may introspect credentials besides the operator.

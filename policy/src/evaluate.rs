@@ -24,7 +24,10 @@ use regorus::{CompiledPolicy, Engine};
 
 pub use crate::chain::View;
 pub use decision::{CredentialGrant, Decision, Effect};
-pub use input::{chain_value, timestamp, ChainEntry, Input, RequestView, CREDENTIAL_HEADERS};
+pub use input::{
+    chain_value, mark_listing, set_definition, timestamp, ChainEntry, Input, RequestView,
+    CREDENTIAL_HEADERS,
+};
 /// The policy value type inputs and results are made of (regorus's).
 pub use regorus::Value;
 

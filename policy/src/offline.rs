@@ -314,7 +314,7 @@ fn credential_report(
 pub fn refused_report(refused: &Refused) -> serde_json::Value {
     let status = match refused {
         Refused::BodyTooLarge { .. } => 413,
-        Refused::Rejected(_) | Refused::Ambiguous(_) => 400,
+        Refused::Rejected(_) | Refused::Ambiguous(_) | Refused::HeaderMismatch(_) => 400,
     };
     serde_json::json!({
         "action": null,

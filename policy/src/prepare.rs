@@ -63,6 +63,9 @@ pub enum Refused {
     Ambiguous(#[from] ClassifyError),
     #[error("the body is larger than {limit} bytes, the most toolgate reads to classify a request (limits.max_body_bytes, at most 65536)")]
     BodyTooLarge { limit: usize },
+    /// MCP routing headers that disagree with the body (JSON-RPC -32020, HTTP 400).
+    #[error(transparent)]
+    HeaderMismatch(#[from] mcp::headers::Mismatch),
 }
 
 /// Accept and normalise the head of a request, and find out whether its body is needed.
@@ -165,6 +168,8 @@ pub fn finish(
             _ => return Err(Rejection::BadRpc("the body must be a JSON message".into()).into()),
         };
         let rpc = mcp::classify(accepted.tool.unwrap_or_default(), &t.name, &parsed)?;
+        // Before policy: a header an intermediary routes on must say what the body says.
+        mcp::headers::check(&rpc, headers)?;
         let first = rpc.members.first();
         let classification = first
             .map(|m| m.classification.clone())

@@ -148,6 +148,7 @@ pub async fn evaluate_approved(
                 now,
             };
             let mut input = input.to_value();
+            crate::mcp::admit::input(gw, snapshot, prepared, tool, &mut input, x);
             if let Some(d) = &x.delegation {
                 d.annotate(&mut input);
             }

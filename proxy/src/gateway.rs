@@ -167,6 +167,8 @@ pub struct Gateway {
     pub keys: KeyRing,
     /// Tokens obtained by token exchange, cached across requests and reloads.
     pub exchanges: Exchanges,
+    /// MCP tool definitions seen in `tools/list` answers (first-sight pins), across reloads.
+    pub definitions: toolgate_policy::classify::mcp::definition::Definitions,
 }
 
 impl Gateway {
@@ -180,6 +182,9 @@ impl Gateway {
     ) -> Gateway {
         let keys = KeyRing::default();
         keys.publish(&snapshot.config);
+        let definitions = toolgate_policy::classify::mcp::definition::Definitions::new(
+            snapshot.config.mcp.max_definitions,
+        );
         Gateway {
             current: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
@@ -190,6 +195,7 @@ impl Gateway {
             spans: None,
             keys,
             exchanges: Exchanges::default(),
+            definitions,
         }
     }
 

@@ -7,6 +7,16 @@
 //! refused message with no id (a notification, or a response to the server) has nobody to
 //! answer in JSON-RPC: it gets the usual 403 problem, as streamable HTTP specifies an HTTP
 //! error status for it.
+//!
+//! A request whose MCP routing headers disagree with its body (2026-07-28, `Mcp-Method`,
+//! `Mcp-Name`, `Mcp-Param-*`) is answered HTTP 400 with JSON-RPC error -32020 for each id
+//! (`null` for a notification), before policy. The answer to an allowed `tools/list` is
+//! filtered by policy ([`listing`]); the definitions it lists are remembered and pinned
+//! (`toolgate_policy::classify::mcp::definition`).
+
+pub mod admit;
+pub mod listing;
+pub mod pin;
 
 use std::sync::Arc;
 
@@ -23,6 +33,41 @@ use crate::problem::{self, Refusal};
 pub const REFUSED: i64 = -32001;
 /// JSON-RPC error code for an allowed batch member not forwarded because another was refused.
 pub const WITHHELD: i64 = -32002;
+pub use toolgate_policy::classify::mcp::headers::{Mismatch, HEADER_MISMATCH};
+
+/// Why toolgate refused an MCP request or answer, beyond a decision.
+#[derive(Debug, thiserror::Error)]
+pub enum McpRefusal {
+    /// Routing headers that disagree with the body: HTTP 400, JSON-RPC -32020.
+    #[error(transparent)]
+    HeaderMismatch(#[from] Mismatch),
+    /// The task named in `params._meta` is not the one the request's header or token names.
+    #[error("params._meta[\"toolgate/task\"] names task {meta:?} but {source_name} names {given:?}; a request belongs to one task")]
+    TaskConflict {
+        meta: String,
+        source_name: String,
+        given: String,
+    },
+    /// A `tools/list` answer larger than toolgate filters.
+    #[error("the tools/list answer is larger than {0} bytes (mcp.max_list_bytes); a list that cannot be filtered is withheld")]
+    ListTooLarge(usize),
+    /// A `tools/list` answer toolgate cannot read (compressed).
+    #[error("{0}")]
+    ListUnreadable(String),
+}
+
+/// The status, problem type and title of `refusal` (exhaustive, like `problem::problem`).
+pub fn problem_parts(refusal: &McpRefusal) -> (u16, &'static str, &'static str) {
+    match refusal {
+        McpRefusal::HeaderMismatch(_) => {
+            (400, "header-mismatch", "MCP headers do not match the body")
+        }
+        McpRefusal::TaskConflict { .. } => (400, "rejected", "request rejected"),
+        McpRefusal::ListTooLarge(_) | McpRefusal::ListUnreadable(_) => {
+            (502, "unchecked-response", "response withheld")
+        }
+    }
+}
 
 /// How a refused MCP request is answered: one entry per JSON-RPC message.
 #[derive(Debug, Clone)]
@@ -170,19 +215,28 @@ struct Refuser {
 }
 
 /// Whether `refusal` of this exchange is answered in JSON-RPC rather than as a problem: a
-/// decision (403) on an MCP request with an id to answer.
+/// decision (403) on an MCP request with an id to answer, or a header mismatch.
 pub fn answers(x: &Exchange, refusal: &Refusal) -> bool {
+    if matches!(refusal, Refusal::Mcp(McpRefusal::HeaderMismatch(_))) {
+        return true;
+    }
     x.rpc.as_ref().is_some_and(Reply::answerable) && problem::problem(refusal).status == 403
 }
 
-/// Write the JSON-RPC error response for a refused MCP request; returns the status written.
+/// Write the JSON-RPC error response for a refused MCP request; returns the status written
+/// (200 for a decision, as MCP clients expect; 400 for a header mismatch, as 2026-07-28
+/// specifies).
 pub async fn respond(
     session: &mut Session,
     x: &Exchange,
     refusal: &Refusal,
 ) -> pingora::Result<u16> {
-    let body = Bytes::from(serde_json::to_vec(&errors(x, refusal)).unwrap_or_default());
-    let mut header = ResponseHeader::build(200, Some(3))?;
+    let (status, document) = match refusal {
+        Refusal::Mcp(McpRefusal::HeaderMismatch(m)) => (400, mismatch(x, m)),
+        _ => (200, errors(x, refusal)),
+    };
+    let body = Bytes::from(serde_json::to_vec(&document).unwrap_or_default());
+    let mut header = ResponseHeader::build(status, Some(3))?;
     header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
@@ -190,7 +244,30 @@ pub async fn respond(
         .write_response_header(Box::new(header), false)
         .await?;
     session.write_response_body(Some(body), true).await?;
-    Ok(200)
+    Ok(status)
+}
+
+/// The -32020 answer to a header mismatch: one error per message (an array for a batch).
+fn mismatch(x: &Exchange, m: &Mismatch) -> Json {
+    let one = |id: &Json| {
+        json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "error": {
+                "code": HEADER_MISMATCH,
+                "message": m.to_string(),
+                "data": {
+                    "decision_id": &x.decision_id,
+                    "action": m.action.as_deref().unwrap_or(&x.action),
+                    "trace_id": &x.trace_id,
+                },
+            },
+        })
+    };
+    if m.batch {
+        return Json::Array(m.ids.iter().map(one).collect());
+    }
+    one(m.ids.first().unwrap_or(&Json::Null))
 }
 
 /// The JSON-RPC error document: one error object, or an array for a batch.

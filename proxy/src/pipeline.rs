@@ -106,6 +106,8 @@ pub struct Exchange {
     pub approval: Option<approval::Note>,
     /// The approved approval the request matched, until it is used (`approval::consume`).
     pub(crate) matched: Option<toolgate_policy::state::Approval>,
+    /// For an allowed MCP `tools/list`: its answer's filter.
+    pub listing: Option<mcp::listing::Listing>,
 }
 
 impl Default for Exchange {
@@ -160,6 +162,7 @@ impl Exchange {
             tunnel: None,
             approval: None,
             matched: None,
+            listing: None,
         }
     }
 
@@ -219,6 +222,7 @@ impl From<Refused> for Refusal {
             Refused::Rejected(e) => Refusal::Rejected(e),
             Refused::Ambiguous(e) => Refusal::Ambiguous(e),
             Refused::BodyTooLarge { limit } => Refusal::BodyTooLarge(limit),
+            Refused::HeaderMismatch(m) => Refusal::Mcp(m.into()),
         }
     }
 }
@@ -272,6 +276,7 @@ async fn admit(
     x.action = prepared.classification.action.clone();
     x.rpc = mcp::reply(&prepared);
     x.trace.mcp = record::trace::Mcp::of(prepared.rpc.as_ref(), &session.req_header().headers);
+    mcp::admit::admit(gw, snapshot, &prepared, &session.req_header().headers, x).await?;
     let strip = credential::stripped_headers(config, tool);
     let batch = prepared.rpc.as_ref().is_some_and(|r| r.batch);
     if batch {
@@ -533,6 +538,7 @@ impl ProxyHttp for Pipeline {
                 .map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
         }
         credential::apply(req, &x.strip, x.injection.as_ref());
+        mcp::listing::ask_identity(req, x);
         record::trace::propagate(req, x, self.gateway.spans.is_some());
         x.upstream_sent = Some(Instant::now());
         Ok(())
@@ -561,6 +567,9 @@ impl ProxyHttp for Pipeline {
             return abort(x, Refusal::CompressedAnswer);
         }
         x.scrubber = credential::body_scrubber(x.injection.as_ref());
+        if let Err(refusal) = mcp::listing::head(response, x) {
+            return abort(x, refusal);
+        }
         if let Some(sent) = x.upstream_sent {
             self.gateway
                 .metrics
@@ -594,8 +603,9 @@ impl ProxyHttp for Pipeline {
         Ok(())
     }
 
-    /// Runs for each chunk of the response body on its way to the agent: the injected
-    /// credential is masked (or the whole body replaced, when it could not be checked).
+    /// Runs for each chunk of the response body on its way to the agent: an MCP tool list is
+    /// filtered by policy, then the injected credential is masked (or the whole body
+    /// replaced, when it could not be checked).
     fn response_body_filter(
         &self,
         _session: &mut Session,
@@ -608,6 +618,7 @@ impl ProxyHttp for Pipeline {
                 tunnel.from_tool += chunk.len() as u64;
             }
         }
+        mcp::listing::body(&self.gateway, body, end_of_stream, x);
         if let Some(scrubber) = x.scrubber.as_mut() {
             let mut out = match body.take() {
                 Some(chunk) => scrubber.chunk(&chunk),

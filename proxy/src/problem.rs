@@ -117,6 +117,10 @@ pub enum Refusal {
     /// The tool switched protocols (101) for a request that was not allowed to.
     #[error("the tool switched protocols (101) for a request whose action may not upgrade the connection; the connection is closed")]
     UnexpectedUpgrade,
+    /// MCP: routing headers that disagree with the body, a task conflict, an unfilterable
+    /// `tools/list` answer.
+    #[error(transparent)]
+    Mcp(#[from] crate::mcp::McpRefusal),
     #[error(
         "the request head (request line and headers) is over {0} bytes (limits.max_head_bytes)"
     )]
@@ -224,6 +228,7 @@ pub fn problem(refusal: &Refusal) -> Problem {
         Refusal::CompressedAnswer => (502, "unchecked-response", "response withheld"),
         Refusal::Upgrade(_) => (400, "rejected", "request rejected"),
         Refusal::UnexpectedUpgrade => (502, "unexpected-upgrade", "unexpected protocol switch"),
+        Refusal::Mcp(e) => crate::mcp::problem_parts(e),
         Refusal::HeadTooLarge(_) => (431, "head-too-large", "request head too large"),
         Refusal::HeadTimeout(_) => (408, "head-timeout", "request head too slow"),
         Refusal::Overloaded(_) => (503, "overloaded", "toolgate overloaded"),

@@ -2,8 +2,10 @@
 
   python3 sdk.py server PORT RECORD   # an MCPServer on 127.0.0.1:PORT (streamable HTTP, /mcp);
                                       # every tool call it runs is appended to RECORD
-  python3 sdk.py client URL           # mcp.Client to URL, through HTTP_PROXY; prints a JSON
-                                      # report of what it could do
+  python3 sdk.py client URL [MODE]    # mcp.Client to URL, through HTTP_PROXY; prints a JSON
+                                      # report of what it could do. MODE: auto (default:
+                                      # probes server/discover), legacy (the 2025 initialize
+                                      # handshake) or 2026-07-28 (stateless, no probe)
 
 scripts/test.sh installs the SDK (PyPI `mcp`, 2.x).
 """
@@ -37,11 +39,12 @@ def server(port: int, record: str) -> None:
     app.run("streamable-http", host="127.0.0.1", port=port)
 
 
-async def client(url: str) -> dict:
+async def client(url: str, mode: str) -> dict:
     from mcp import Client
 
     report: dict = {}
-    async with Client(url) as c:
+    async with Client(url, mode=mode) as c:
+        report["protocol"] = c.session.protocol_version
         tools = await c.list_tools()
         report["tools"] = sorted(t.name for t in tools.tools)
         found = await c.call_tool("search", {"query": "acme"})
@@ -70,4 +73,5 @@ if __name__ == "__main__":
     if sys.argv[1] == "server":
         server(int(sys.argv[2]), sys.argv[3])
     else:
-        print(json.dumps(asyncio.run(client(sys.argv[2]))), flush=True)
+        mode = sys.argv[3] if len(sys.argv) > 3 else "auto"
+        print(json.dumps(asyncio.run(client(sys.argv[2], mode))), flush=True)

@@ -1,5 +1,6 @@
 # The quickstart policy: reads are free, state changes need context, money needs limits (and
-# a human above them), and an MCP server's tools are allowed one by one.
+# a human above them), and an MCP server's tools are allowed one by one — and refused, and
+# left out of its tool list, once a tool's definition changed since it was pinned.
 #
 # One decision rule, written as a first-match `else` chain: the RVM evaluates branches only
 # until one holds, where separate complete rules would all be evaluated to check that they
@@ -55,6 +56,17 @@ decision := {"allow": true, "reason": "reading tickets is allowed"} if {
 	amount > data.limits.payment_max
 } else := {"allow": false, "reason": "payment amount is missing or not a number"} if {
 	input.action.name == "payment.create"
+} else := {
+	"allow": false,
+	"reason": sprintf("the definition of %s changed since it was pinned (%s %s); now %s", [input.action.name, d.source, d.pinned_digest, d.digest]),
+} if {
+	# A rug pull: the server changed what a tool says it does (its description, schema or
+	# annotations) after toolgate pinned it — at first sight, or in the tool's lock file
+	# (`toolgate mcp pin`). Refused, and hidden from tools/list (each listed tool is decided
+	# as its call), until an operator pins the new definition.
+	input.action.tool == "crm"
+	d := input.action.definition
+	d.changed
 } else := {"allow": true, "reason": "looking customers up is allowed", "labels": ["pii"]} if {
 	# The answer holds customer PII: the task and the agent are labelled `pii`, for good.
 	input.action.name == "crm.lookup_customer"

@@ -79,6 +79,19 @@ test_unlisted_mcp_tools_are_denied if {
 	not toolgate.decision.allow with input as {"action": {"name": "crm.export_everything", "tool": "crm", "attributes": {}}, "request": {}, "chain": []}
 }
 
+test_a_tool_whose_definition_changed_is_refused_naming_the_pin if {
+	definition := {"known": true, "digest": "sha256:bb", "pinned": true, "pinned_digest": "sha256:aa", "source": "lock", "lock": "crm.lock.yaml", "changed": true}
+	d := toolgate.decision with input as {"action": {"name": "crm.lookup_customer", "tool": "crm", "attributes": {}, "definition": definition}, "request": {}, "chain": []}
+	not d.allow
+	d.reason == "the definition of crm.lookup_customer changed since it was pinned (lock sha256:aa); now sha256:bb"
+}
+
+test_a_pinned_unchanged_tool_is_decided_as_usual if {
+	definition := {"known": true, "digest": "sha256:aa", "pinned": true, "pinned_digest": "sha256:aa", "source": "first_sight", "lock": null, "changed": false}
+	d := toolgate.decision with input as {"action": {"name": "crm.lookup_customer", "tool": "crm", "attributes": {}, "definition": definition}, "request": {}, "chain": []}
+	d.allow
+}
+
 delegate(actions, depth) := {
 	"action": {"name": "task.delegate", "tool": null, "attributes": {"to": "spiffe://example.org/ns/support/sa/billing-agent", "actions": actions, "scopes": [], "ttl": 600, "depth": depth}},
 	"request": {"host": "toolgate.internal"}, "chain": [],

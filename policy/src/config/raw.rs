@@ -36,6 +36,8 @@ pub struct RawConfig {
     pub state: RawState,
     #[serde(default)]
     pub approvals: RawApprovals,
+    #[serde(default)]
+    pub mcp: super::mcp::RawMcp,
     /// `delegation`: how this toolgate signs delegation tokens (config/delegation.rs).
     pub delegation: Option<RawDelegation>,
     /// `introspection`: who may ask whether a credential is still alive.
@@ -79,6 +81,8 @@ pub struct RawTool {
     /// `allow`: method- and URL-override headers and parameters reach this tool; default
     /// `refuse`.
     pub overrides: Option<String>,
+    /// An MCP tool's lock file of pinned tool definitions (config/mcp.rs).
+    pub lock: Option<String>,
     #[serde(default)]
     pub actions: Vec<RawAction>,
 }

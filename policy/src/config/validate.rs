@@ -87,6 +87,19 @@ pub(super) fn compile(
     let introspection = super::delegation::introspection(&mut c, &raw.introspection, files);
     reserved_host(&mut c, &raw.tools);
     let (catalog, tool_names) = catalog(&mut c, &raw.tools, &credentials);
+    let mut mcp = super::mcp::settings(&mut c, &raw.mcp);
+    for (i, tool) in raw.tools.iter().enumerate() {
+        let Some(file) = &tool.lock else { continue };
+        let path = format!("tools[{i}].lock");
+        if tool.protocol.as_deref() != Some("mcp") {
+            c.push(
+                path,
+                "a lock file pins MCP tool definitions: only for protocol: mcp",
+            );
+        } else if let Some(lock) = super::mcp::lock(&mut c, &path, &tool.name, file, files) {
+            mcp.locks.insert(tool.name.clone(), Arc::new(lock));
+        }
+    }
     let routes = routes(&mut c, &raw.routes, &tool_names, &catalog);
     let policy = match &raw.policy {
         Some(p) => policy(&mut c, p, files),
@@ -194,6 +207,7 @@ pub(super) fn compile(
             tls,
             limits,
             task_tokens,
+            mcp,
             delegation,
             introspection,
             fingerprint: 0,

@@ -240,3 +240,24 @@ impl Input<'_> {
         ])
     }
 }
+
+/// Mark `input` as a `tools/list` filter evaluation (`input.listing: true`): the action is
+/// the `tools/call` the listed tool would be, with no arguments; nothing is forwarded.
+pub fn mark_listing(input: &mut Value) {
+    if let Ok(map) = input.as_object_mut() {
+        map.insert(Value::from("listing"), Value::from(true));
+    }
+}
+
+/// Set `input.action.definition`: what toolgate knows of an MCP tool's definition
+/// (`classify::mcp::definition::Status::to_value`).
+pub fn set_definition(input: &mut Value, definition: Value) {
+    if let Ok(map) = input.as_object_mut() {
+        if let Some(Ok(action)) = map
+            .get_mut(&Value::from("action"))
+            .map(Value::as_object_mut)
+        {
+            action.insert(Value::from("definition"), definition);
+        }
+    }
+}

@@ -327,6 +327,7 @@ fn no_argument_value_reaches_the_span() {
         batch: false,
         members: vec![Member {
             id: Some(serde_json::json!(7)),
+            method: Some(Arc::from("tools/call")),
             classification: Classification {
                 tool: Some(0),
                 action: Arc::from("crm.lookup_customer"),
@@ -334,6 +335,8 @@ fn no_argument_value_reaches_the_span() {
             },
             message,
         }],
+        task: None,
+        traceparent: None,
     };
     let mut headers = http::HeaderMap::new();
     headers.insert("mcp-session-id", "s-1".parse().unwrap());
