@@ -27,6 +27,14 @@ pub struct Finders {
     longest: usize,
 }
 
+impl std::fmt::Debug for Finders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Finders")
+            .field("forms", &self.finders.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// How many credential values each thread keeps searchers for: a static secret hits every
 /// time; a minted token (new each request) replaces the oldest.
 const CACHED: usize = 8;
@@ -197,7 +205,10 @@ mod tests {
         }
         // The positive control: the first value, asked again, is masked again.
         let mut s = scrubber(&[&seen[0]]);
-        assert_eq!(through(&mut s, &[seen[0].as_bytes()]), vec![MASK; seen[0].len()]);
+        assert_eq!(
+            through(&mut s, &[seen[0].as_bytes()]),
+            vec![MASK; seen[0].len()]
+        );
     }
 
     #[test]
@@ -229,7 +240,7 @@ mod tests {
     #[test]
     fn memory_held_is_bounded_by_the_longest_form() {
         let mut s = scrubber(&["s3cret-token-1"]);
-        let longest = s.longest;
+        let longest = s.finders.longest;
         for _ in 0..1000 {
             let _ = s.chunk(b"s3cret-token-");
             assert!(s.pending.len() < longest);

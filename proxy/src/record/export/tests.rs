@@ -316,6 +316,7 @@ fn chain(max_tasks: usize, idle_ttl: Duration) -> ChainSettings {
         idle_ttl,
         agent_label_ttl: Duration::from_secs(60),
         require_task_token: false,
+        ended_retention: Duration::from_secs(86_400),
     }
 }
 
