@@ -17,6 +17,7 @@ import argparse
 import http.client
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,6 +113,7 @@ def main():
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip-callgrind", action="store_true")
+    ap.add_argument("--keep", help="copy the callgrind profiles here (callgrind_annotate reads them)")
     args = ap.parse_args()
     variant, method, task = ROWS[args.row]
     procs = bench.Procs()
@@ -143,9 +145,13 @@ def main():
             two = callgrind_total(args, ports, variant, method, task, 2 * n, procs)
             print(f"{args.row}: callgrind: {(two - one) / n:,.0f} instructions/request "
                   f"({n} vs {2 * n} requests: {one:,} and {two:,})")
+            if args.keep:
+                os.makedirs(args.keep, exist_ok=True)
+                for name in os.listdir(procs.dir):
+                    if name.startswith("callgrind."):
+                        shutil.copy(os.path.join(procs.dir, name), args.keep)
     finally:
         procs.stop_all()
-        import shutil
         shutil.rmtree(procs.dir, ignore_errors=True)
 
 
