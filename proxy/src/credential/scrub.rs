@@ -39,9 +39,11 @@ impl std::fmt::Debug for Finders {
 /// time; a minted token (new each request) replaces the oldest.
 const CACHED: usize = 8;
 
+/// Searchers by the identity of their forms (`Arc::ptr_eq`), most recent first.
+type Cached = Vec<(Arc<[SecretText]>, Arc<Finders>)>;
+
 thread_local! {
-    /// Searchers by the identity of their forms (`Arc::ptr_eq`), most recent first.
-    static CACHE: RefCell<Vec<(Arc<[SecretText]>, Arc<Finders>)>> = const { RefCell::new(Vec::new()) };
+    static CACHE: RefCell<Cached> = const { RefCell::new(Vec::new()) };
 }
 
 impl Finders {

@@ -173,9 +173,9 @@ impl Context {
 pub fn task_trace_id(agent: &str, task: &str, named: bool) -> [u8; 16] {
     // Asked twice per request for the same task, and a task's requests come in runs: the
     // last answer is kept per thread (a SHA-256 of two blocks is ~3.5 k instructions).
+    type Last = Option<(String, String, bool, [u8; 16])>;
     thread_local! {
-        static LAST: std::cell::RefCell<Option<(String, String, bool, [u8; 16])>> =
-            const { std::cell::RefCell::new(None) };
+        static LAST: std::cell::RefCell<Last> = const { std::cell::RefCell::new(None) };
     }
     let cached = LAST.with(|l| {
         l.try_borrow().ok().and_then(|last| match &*last {
