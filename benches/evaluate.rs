@@ -1,7 +1,11 @@
 //! Policy evaluation cost on the quickstart policy with a realistic input: a transition whose
 //! chain rule scans four earlier actions. RVM (the request path) and interpreter (fallback).
 //! Then the load bench's policy (`benches/data/load-policy.rego`), whose chain rule scans a
-//! full chain of 16 and 64 earlier actions: what a longer task costs per request.
+//! full chain of 16 and 64 earlier actions: what a longer task costs per request, beside the
+//! same decisions written idiomatically (`benches/data/idiomatic-policy.rego`). And the
+//! quickstart policy's hand-ordered `else` chain against the same policy written as OPA users
+//! write it (`benches/data/quickstart-idiomatic.rego`), on the same inputs, after checking that
+//! both decide each input alike.
 //!
 //! cargo bench --bench evaluate
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -124,21 +128,141 @@ fn bench(c: &mut Criterion) {
         b.iter(|| trivial.evaluate(prepared.clone(), Evaluator::Rvm).unwrap())
     });
     g.finish();
+    quickstart_forms(c, &config, &headers);
     chain_scan(c, &headers);
 }
 
-/// The load bench's read: allowed after scanning every earlier action of the task.
-fn chain_scan(c: &mut Criterion, headers: &HeaderMap) {
-    let policy = Policy::compile(&toolgate_policy::config::PolicySource {
+/// The quickstart's `else` chain against the same decisions as separate rules, a deny set and
+/// helpers (issue 20: idiomatic rules may cost at most 1 µs more).
+fn quickstart_forms(c: &mut Criterion, config: &Config, headers: &HeaderMap) {
+    let idiomatic = Policy::compile(&toolgate_policy::config::PolicySource {
         modules: vec![(
-            "load-policy.rego".into(),
-            include_str!("data/load-policy.rego").into(),
+            "quickstart-idiomatic.rego".into(),
+            include_str!("data/quickstart-idiomatic.rego").into(),
         )],
-        data: json!({}),
+        data: config.policy.data.clone(),
         query: "data.toolgate.decision".into(),
         mode: Default::default(),
     })
     .unwrap();
+    let chained = Policy::compile(&config.policy).unwrap();
+    let chain = chain_value(&[
+        entry(1, "ticket.read", "SUP-3"),
+        entry(2, "ticket.comment", "SUP-3"),
+        entry(3, "ticket.read", "SUP-12"),
+        entry(4, "payment.read", "P-1"),
+    ]);
+    let issue = |id: &str| vec![(Arc::from("issue"), json!(id))];
+    let amount = |a: &str| vec![(Arc::from("amount"), json!(a))];
+    // (case, action, attributes, method, path): the first branch of the chain, a chain rule
+    // that holds, one that does not (a deny), a branch far down the chain, a held payment.
+    let cases = [
+        (
+            "ticket_read",
+            "ticket.read",
+            issue("SUP-12"),
+            "GET",
+            "/rest/api/3/issue/SUP-12",
+        ),
+        (
+            "ticket_transition",
+            "ticket.transition",
+            issue("SUP-12"),
+            "POST",
+            "/rest/api/3/issue/SUP-12/transitions",
+        ),
+        (
+            "ticket_transition_unread",
+            "ticket.transition",
+            issue("SUP-99"),
+            "POST",
+            "/rest/api/3/issue/SUP-99/transitions",
+        ),
+        (
+            "payment_create",
+            "payment.create",
+            amount("50"),
+            "POST",
+            "/v1/payments",
+        ),
+        (
+            "payment_create_held",
+            "payment.create",
+            amount("500"),
+            "POST",
+            "/v1/payments",
+        ),
+    ];
+    let mut g = c.benchmark_group("quickstart_form");
+    for (case, action, attributes, method, path) in &cases {
+        let tool = if action.starts_with("payment") {
+            "payments"
+        } else {
+            "jira"
+        };
+        let input = Input {
+            agent_id: &config.agent.id,
+            agent_claims: None,
+            task_id: "T-42",
+            task_claims: None,
+            task_verified: false,
+            action,
+            tool: Some(tool),
+            attributes,
+            request: RequestView {
+                method,
+                scheme: "https",
+                host: "jira.example.com",
+                port: 443,
+                path,
+                params: &[],
+                headers,
+                hidden: &[],
+                body: None,
+            },
+            state: View::of_chain(chain.clone()),
+            now: SystemTime::now(),
+        }
+        .to_value();
+        let want = chained.evaluate(input.clone(), Evaluator::Rvm).unwrap();
+        let got = idiomatic.evaluate(input.clone(), Evaluator::Rvm).unwrap();
+        assert_eq!(
+            got, want,
+            "{case}: the idiomatic quickstart must decide as the else chain"
+        );
+        assert_eq!(
+            idiomatic
+                .evaluate(input.clone(), Evaluator::Interpreter)
+                .unwrap(),
+            want,
+            "{case}: the interpreter must agree"
+        );
+        g.bench_function(format!("else_chain/{case}"), |b| {
+            b.iter(|| chained.evaluate(input.clone(), Evaluator::Rvm).unwrap())
+        });
+        g.bench_function(format!("idiomatic/{case}"), |b| {
+            b.iter(|| idiomatic.evaluate(input.clone(), Evaluator::Rvm).unwrap())
+        });
+    }
+    g.finish();
+}
+
+/// The load bench's read: allowed after scanning every earlier action of the task.
+fn chain_scan(c: &mut Criterion, headers: &HeaderMap) {
+    let compile = |name: &str, text: &str| {
+        Policy::compile(&toolgate_policy::config::PolicySource {
+            modules: vec![(name.into(), text.into())],
+            data: json!({}),
+            query: "data.toolgate.decision".into(),
+            mode: Default::default(),
+        })
+        .unwrap()
+    };
+    let policy = compile("load-policy.rego", include_str!("data/load-policy.rego"));
+    let idiomatic = compile(
+        "idiomatic-policy.rego",
+        include_str!("data/idiomatic-policy.rego"),
+    );
     let attributes = vec![(Arc::from("item"), json!("42"))];
     let mut g = c.benchmark_group("chain_rule");
     for n in [16u64, 64] {
@@ -175,8 +299,12 @@ fn chain_scan(c: &mut Criterion, headers: &HeaderMap) {
         }
         .to_value();
         assert!(policy.decide(input.clone()).allowed());
+        assert!(idiomatic.decide(input.clone()).allowed());
         g.bench_function(format!("rvm_{n}_earlier_actions"), |b| {
             b.iter(|| policy.evaluate(input.clone(), Evaluator::Rvm).unwrap())
+        });
+        g.bench_function(format!("idiomatic_rvm_{n}_earlier_actions"), |b| {
+            b.iter(|| idiomatic.evaluate(input.clone(), Evaluator::Rvm).unwrap())
         });
     }
     g.finish();

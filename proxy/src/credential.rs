@@ -325,22 +325,23 @@ pub fn scrub(response: &mut ResponseHeader, injection: Option<&Injection>) -> Sc
         .get_all(http::header::CONTENT_ENCODING)
         .iter()
         .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    let needles: Vec<&[u8]> = injection
-        .needles
-        .iter()
-        .map(|n| n.expose().as_bytes())
-        .filter(|n| !n.is_empty())
-        .collect();
+    let finders = scrub::Finders::of(&injection.needles);
     let tainted: Vec<HeaderName> = response
         .headers
         .iter()
-        .filter(|(_, v)| {
-            needles
-                .iter()
-                .any(|n| memchr::memmem::find(v.as_bytes(), n).is_some())
-        })
+        .filter(|(_, v)| finders.as_ref().is_some_and(|f| f.any_in(v.as_bytes())))
         .map(|(k, _)| k.clone())
         .collect();
+    let needles: Vec<&[u8]> = if tainted.is_empty() {
+        Vec::new()
+    } else {
+        injection
+            .needles
+            .iter()
+            .map(|n| n.expose().as_bytes())
+            .filter(|n| !n.is_empty())
+            .collect()
+    };
     for name in tainted {
         let values: Vec<Vec<u8>> = response
             .headers
