@@ -119,6 +119,35 @@ pub struct Approval {
 }
 
 impl Approval {
+    /// A pending approval `id` for `new`, requested at `now_ms`, expiring at `expires_ms`
+    /// (milliseconds since the epoch) — the one shape every backend stores.
+    pub fn pending(id: String, new: NewApproval, now_ms: u64, expires_ms: u64) -> Approval {
+        Approval {
+            id,
+            status: Status::Pending,
+            digest: new.digest,
+            head: new.head,
+            agent: new.agent,
+            task: new.task,
+            task_verified: new.task_verified,
+            action: new.action,
+            tool: new.tool,
+            attributes: new.attributes,
+            request: new.request,
+            reason: new.reason,
+            approvers: new.approvers,
+            decision_id: new.decision_id,
+            trace_id: new.trace_id,
+            requested_at: rfc3339_ms(now_ms),
+            expires_at: rfc3339_ms(expires_ms),
+            decided_by: None,
+            decided_at: None,
+            comment: None,
+            consumed_by: None,
+            consumed_at: None,
+        }
+    }
+
     /// `input.approval` for a request that matched this approval.
     pub fn granted(&self) -> Granted {
         Granted {
@@ -519,30 +548,7 @@ impl Approvals {
         while self.entries.contains_key(&id) {
             id = new_id();
         }
-        let approval = Approval {
-            id: id.clone(),
-            status: Status::Pending,
-            digest: new.digest,
-            head: new.head,
-            agent: new.agent,
-            task: new.task,
-            task_verified: new.task_verified,
-            action: new.action,
-            tool: new.tool,
-            attributes: new.attributes,
-            request: new.request,
-            reason: new.reason,
-            approvers: new.approvers,
-            decision_id: new.decision_id,
-            trace_id: new.trace_id,
-            requested_at: rfc3339_ms(now),
-            expires_at: rfc3339_ms(expires),
-            decided_by: None,
-            decided_at: None,
-            comment: None,
-            consumed_by: None,
-            consumed_at: None,
-        };
+        let approval = Approval::pending(id.clone(), new, now, expires);
         self.by_digest.insert(approval.digest, id.clone());
         self.in_force += 1;
         self.push_event(EventKind::Requested, &approval, None);

@@ -190,30 +190,7 @@ pub(super) async fn hold(
     let ttl = u64::try_from(new.ttl.as_millis()).unwrap_or(u64::MAX);
     let expires = now_ms.saturating_add(ttl);
     let id = new_id();
-    let approval = Approval {
-        id: id.clone(),
-        status: Status::Pending,
-        digest: new.digest,
-        head: new.head,
-        agent: new.agent,
-        task: new.task,
-        task_verified: new.task_verified,
-        action: new.action,
-        tool: new.tool,
-        attributes: new.attributes,
-        request: new.request,
-        reason: new.reason,
-        approvers: new.approvers,
-        decision_id: new.decision_id,
-        trace_id: new.trace_id,
-        requested_at: rfc3339_ms(now_ms),
-        expires_at: rfc3339_ms(expires),
-        decided_by: None,
-        decided_at: None,
-        comment: None,
-        consumed_by: None,
-        consumed_at: None,
-    };
+    let approval = Approval::pending(id.clone(), new, now_ms, expires);
     let doc = serde_json::to_string(&approval).unwrap_or_default();
     let mut conn = s.conn();
     let mut call = s.approval_call(&s.scripts.hold, bounds, now);
