@@ -517,8 +517,11 @@ pub fn request_on(
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
+    // One write, as clients send a small request: a server that answers from the head alone
+    // (401 before the body) and closes must not turn the answer into a broken pipe.
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    stream.write_all(&request)?;
     let mut out = Vec::new();
     stream.read_to_end(&mut out)?;
     let text = String::from_utf8_lossy(&out).into_owned();
