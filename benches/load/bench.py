@@ -207,7 +207,7 @@ def toolgate_config(variant, ports, workers):
         telemetry = f"telemetry:\n  otlp: {{ endpoint: \"http://127.0.0.1:{ports['otlp']}\", protocol: http }}\n  decision_log: off\n"
     if variant.get("redis"):
         # Shared state on a loopback Redis: every decision reads and writes it.
-        telemetry += f"state: {{ backend: redis, url: \"redis://127.0.0.1:{ports['redis']}\", prefix: \"bench-{variant['port']}\" }}\n"
+        telemetry += f"state: {{ backend: redis, url: \"redis://127.0.0.1:{ports['redis']}\", prefix: \"bench-{variant['port']}\", timeout: {variant.get('state_timeout', '50ms')} }}\n"
     if variant["policy"] == "quickstart":
         return quickstart_config(variant, ports, workers, telemetry)
     return f"""

@@ -11,7 +11,7 @@ before/after on a shared, noisy machine (the load bench's req/s vary by ±10 % b
   cross-thread hand-offs the kernel half of the profile pays for.
 
 Runs on 127.0.0.1 with nginx as the tool, like bench.py (whose helpers it uses):
-  python3 benches/load/count.py --toolgate target/release/toolgate [--row secret|jwt|deny|idiomatic]
+  python3 benches/load/count.py --toolgate target/release/toolgate [--row secret|jwt|deny|idiomatic|redis]
 """
 import argparse
 import http.client
@@ -32,6 +32,8 @@ ROWS = {
     "jwt": ({"policy": "tuned", "credential": "jwt", "otlp": True, "chain": 16}, "GET", None),
     "deny": ({"policy": "tuned", "credential": "secret", "otlp": True, "chain": 16}, "DELETE", None),
     "idiomatic": ({"policy": "idiomatic", "credential": "secret", "otlp": True, "chain": 64}, "GET", "bench-task"),
+    # the secret row with its state on a loopback redis-server (issue 16)
+    "redis": ({"policy": "tuned", "credential": "secret", "otlp": True, "chain": 16, "redis": True}, "GET", None),
 }
 
 
@@ -58,6 +60,8 @@ def callgrind_total(args, ports, variant, method, task, n, procs):
     try:
         key = f"cg{n}"
         variant = dict(variant)
+        # valgrind runs toolgate ~50x slower: Redis calls must not time out meanwhile
+        variant["state_timeout"] = "5s"
         # start_toolgate runs `<toolgate> run -c …`: wrap it in valgrind through a shim.
         shim = os.path.join(procs.dir, f"shim{n}.sh")
         with open(shim, "w") as f:
@@ -128,6 +132,11 @@ def main():
         nginx = procs.start("nginx", ["nginx", "-c", conf, "-p", procs.dir])
         for p in ports.values():
             bench.wait_port(p, nginx, "nginx")
+        if variant.get("redis"):
+            ports["redis"] = bench.free_port()
+            redis = procs.start("redis", ["redis-server", "--port", str(ports["redis"]), "--bind", "127.0.0.1",
+                                          "--save", "", "--appendonly", "no", "--dir", procs.dir])
+            bench.wait_port(ports["redis"], redis, "redis-server")
 
         port, pid = bench.start_toolgate(args, procs, ports, "native", variant)
         path = f"http://{bench.TOOL_HOST}/items/42"

@@ -33,6 +33,7 @@
 
 mod approvals;
 mod codec;
+mod entries;
 pub mod scripts;
 mod sync;
 mod tasks;
@@ -91,6 +92,7 @@ pub struct RedisStore {
 /// What the store and its background loop share.
 #[derive(Debug)]
 struct Shared {
+    /// The one connection, driven on the background loop's thread.
     conn: ConnectionManager,
     prefix: String,
     settings: RedisSettings,
@@ -114,6 +116,8 @@ struct Shared {
     default_task: Mutex<Option<(String, u64, Instant)>>,
     metrics: StateMetrics,
     scripts: Scripts,
+    /// Chain entries decoded by earlier decisions.
+    entries: entries::Entries,
 }
 
 #[derive(Debug)]
@@ -271,6 +275,7 @@ impl Shared {
             default_task: Mutex::default(),
             metrics: StateMetrics::default(),
             scripts: Scripts::new(),
+            entries: entries::Entries::default(),
             settings,
         }
     }
@@ -376,6 +381,146 @@ impl Shared {
     }
 }
 
+impl RedisStore {
+    /// One observe; `Err(None)` when an element names an entry this sidecar no longer holds.
+    async fn observe_with(
+        &self,
+        task: &TaskKey<'_>,
+        agent: &str,
+        now: SystemTime,
+        use_held: bool,
+    ) -> Result<Observed, Option<Unavailable>> {
+        let s = &self.shared;
+        let held = if use_held {
+            s.entries.held(task)
+        } else {
+            entries::Held::default()
+        };
+        let mut conn = s.conn();
+        let mut call = s.scripts.observe.prepare_invoke();
+        call.key(s.task_key("tm", task))
+            .key(s.task_key("tc", task))
+            .key(s.task_key("tl", task))
+            .key(s.key(&["al:", agent]))
+            .key(s.key(&["rv:task"]))
+            .key(s.key(&["rv:agent"]))
+            .key(s.key(&["epoch"]))
+            .key(s.key(&["tomb:", pool(task)]))
+            .key(s.key(&["te"]))
+            .arg(task.id)
+            .arg(agent)
+            .arg(ms(now))
+            .arg(dur_ms(s.idle_ttl))
+            .arg(task.began.map(|b| ms(b).to_string()).unwrap_or_default())
+            .arg(&held.born)
+            .arg(held.from)
+            .arg(held.to)
+            .arg(held.unsettled);
+        let reply: Vec<Reply> = match s
+            .run(
+                Op::Observe,
+                s.settings.timeout,
+                call.invoke_async(&mut conn),
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if s.local_mode() => {
+                tracing::warn!(target: "toolgate::state", task = task.id, "deciding on the local view: {e}");
+                return s.observe_local(task, agent, now).map_err(Some);
+            }
+            Err(e) => return Err(Some(e)),
+        };
+        let note = Some(Note {
+            backend: "redis",
+            degraded: false,
+        });
+        let mut parts = reply.into_iter();
+        let revoked: i64 = parts
+            .next()
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .unwrap_or(1);
+        if revoked == 2 {
+            s.metrics.error(Op::Observe);
+            if s.local_mode() {
+                return s.observe_local(task, agent, now).map_err(Some);
+            }
+            return Err(Some(Unavailable::new(
+                "toolgate's shared state (Redis) holds no toolgate data: it restarted without persistence or was flushed. Revocations are being written back from the replicas' copies; requests are refused until then (a fraction of a second)",
+            )));
+        }
+        if revoked == 3 {
+            let held: String = parts
+                .next()
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .unwrap_or_default();
+            // An end that does not parse still ends the task: fail closed.
+            let ended = self::tasks::ended_of(&held).map_or_else(
+                || EndedTask {
+                    id: task.id.to_string(),
+                    at: String::new(),
+                    by: String::new(),
+                    reason: None,
+                    until: String::new(),
+                },
+                |(_, t)| t,
+            );
+            return Ok(Observed {
+                revoked: false,
+                ended: Some(Box::new(ended)),
+                view: View::of_chain(Value::from(Vec::new())),
+                note,
+            });
+        }
+        if revoked != 0 {
+            return Ok(Observed {
+                revoked: true,
+                ended: None,
+                view: View::of_chain(Value::from(Vec::new())),
+                note,
+            });
+        }
+        let complete: i64 = parts
+            .next()
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .unwrap_or(0);
+        let mut next = || -> Vec<String> {
+            parts
+                .next()
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .unwrap_or_default()
+        };
+        let elements = next();
+        let task_labels = next();
+        let agent_labels = next();
+        let mut text = || -> String {
+            parts
+                .next()
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .unwrap_or_default()
+        };
+        let born = text();
+        let span = text().parse().ok().zip(text().parse().ok());
+        let (chain, expected) = s
+            .entries
+            .chain(task, &born, span, &elements)
+            .map_err(|_| None)?;
+        let complete = complete == 1 && chain.len() == expected;
+        Ok(Observed {
+            revoked: false,
+            ended: None,
+            view: View {
+                chain: Value::from(chain),
+                task_labels: label_set(pairs(task_labels), None).to_value(),
+                agent_labels: label_set(pairs(agent_labels), Some((s.agent_label_ttl, now)))
+                    .to_value(),
+                history_complete: complete,
+            },
+            note,
+        })
+    }
+}
+
 #[async_trait]
 impl StateStore for RedisStore {
     async fn default_task(&self, agent: &str, idle_ttl: Duration) -> String {
@@ -425,116 +570,23 @@ impl StateStore for RedisStore {
         agent: &str,
         now: SystemTime,
     ) -> Result<Observed, Unavailable> {
-        let s = &self.shared;
-        let mut conn = s.conn();
-        let mut call = s.scripts.observe.prepare_invoke();
-        call.key(s.task_key("tm", task))
-            .key(s.task_key("tc", task))
-            .key(s.task_key("tl", task))
-            .key(s.key(&["al:", agent]))
-            .key(s.key(&["rv:task"]))
-            .key(s.key(&["rv:agent"]))
-            .key(s.key(&["epoch"]))
-            .key(s.key(&["tomb:", pool(task)]))
-            .key(s.key(&["te"]))
-            .arg(task.id)
-            .arg(agent)
-            .arg(ms(now))
-            .arg(dur_ms(s.idle_ttl))
-            .arg(task.began.map(|b| ms(b).to_string()).unwrap_or_default());
-        let reply: Vec<Reply> = match s
-            .run(
-                Op::Observe,
-                s.settings.timeout,
-                call.invoke_async(&mut conn),
-            )
-            .await
-        {
-            Ok(r) => r,
-            Err(e) if s.local_mode() => {
-                tracing::warn!(target: "toolgate::state", task = task.id, "deciding on the local view: {e}");
-                return s.observe_local(task, agent, now);
+        match self.observe_with(task, agent, now, true).await {
+            // An element named an entry no longer held (another decision of the task
+            // restarted the cache meanwhile): read the chain again, in full.
+            Err(None) => {
+                self.shared.entries.forget(task);
+                match self.observe_with(task, agent, now, false).await {
+                    Err(None) => Err(Unavailable::new(
+                        "toolgate's shared state (Redis) answered a chain that cannot be read",
+                    )),
+                    Err(Some(e)) => Err(e),
+                    Ok(o) => Ok(o),
+                }
             }
-            Err(e) => return Err(e),
-        };
-        let note = Some(Note {
-            backend: "redis",
-            degraded: false,
-        });
-        let mut parts = reply.into_iter();
-        let revoked: i64 = parts
-            .next()
-            .and_then(|v| redis::from_redis_value(v).ok())
-            .unwrap_or(1);
-        if revoked == 2 {
-            s.metrics.error(Op::Observe);
-            if s.local_mode() {
-                return s.observe_local(task, agent, now);
-            }
-            return Err(Unavailable::new(
-                "toolgate's shared state (Redis) holds no toolgate data: it restarted without persistence or was flushed. Revocations are being written back from the replicas' copies; requests are refused until then (a fraction of a second)",
-            ));
+            Err(Some(e)) => Err(e),
+            Ok(o) => Ok(o),
         }
-        if revoked == 3 {
-            let held: String = parts
-                .next()
-                .and_then(|v| redis::from_redis_value(v).ok())
-                .unwrap_or_default();
-            // An end that does not parse still ends the task: fail closed.
-            let ended = self::tasks::ended_of(&held).map_or_else(
-                || EndedTask {
-                    id: task.id.to_string(),
-                    at: String::new(),
-                    by: String::new(),
-                    reason: None,
-                    until: String::new(),
-                },
-                |(_, t)| t,
-            );
-            return Ok(Observed {
-                revoked: false,
-                ended: Some(Box::new(ended)),
-                view: View::of_chain(Value::from(Vec::new())),
-                note,
-            });
-        }
-        if revoked != 0 {
-            return Ok(Observed {
-                revoked: true,
-                ended: None,
-                view: View::of_chain(Value::from(Vec::new())),
-                note,
-            });
-        }
-        let complete: i64 = parts
-            .next()
-            .and_then(|v| redis::from_redis_value(v).ok())
-            .unwrap_or(0);
-        let mut next = || -> Vec<String> {
-            parts
-                .next()
-                .and_then(|v| redis::from_redis_value(v).ok())
-                .unwrap_or_default()
-        };
-        let elements = next();
-        let task_labels = next();
-        let agent_labels = next();
-        let chain: Vec<Value> = elements.iter().filter_map(|e| entry_of(e)).collect();
-        let complete = complete == 1 && chain.len() == elements.len();
-        Ok(Observed {
-            revoked: false,
-            ended: None,
-            view: View {
-                chain: Value::from(chain),
-                task_labels: label_set(pairs(task_labels), None).to_value(),
-                agent_labels: label_set(pairs(agent_labels), Some((s.agent_label_ttl, now)))
-                    .to_value(),
-                history_complete: complete,
-            },
-            note,
-        })
     }
-
     async fn record(
         &self,
         task: &TaskKey<'_>,

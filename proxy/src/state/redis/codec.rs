@@ -67,16 +67,21 @@ pub(super) fn outcome_of(text: &str) -> Option<Outcome> {
 pub(super) fn entry_of(element: &str) -> Option<Value> {
     let mut parts = element.splitn(3, '\t');
     let (seq, settled, json) = (parts.next()?, parts.next()?, parts.next()?);
-    let seq: u64 = seq.parse().ok()?;
+    let value = pending_entry(seq.parse().ok()?, json)?;
+    Some(match outcome_of(settled) {
+        Some(outcome) => chain::settled_value(value, outcome),
+        None => value,
+    })
+}
+
+/// The entry of an element's `<entry JSON>`, as written (pending), with its seq.
+pub(super) fn pending_entry(seq: u64, json: &str) -> Option<Value> {
     let json: Json = serde_json::from_str(json).ok()?;
     let mut value = Value::from(json);
     if let Ok(map) = value.as_object_mut() {
         map.insert(Value::from("seq"), Value::from(seq));
     }
-    Some(match outcome_of(settled) {
-        Some(outcome) => chain::settled_value(value, outcome),
-        None => value,
-    })
+    Some(value)
 }
 
 pub(super) fn span_text(span: SpanRef) -> String {

@@ -12,9 +12,15 @@
 /// no epoch: Redis lost its data and the background loop has not yet written back the
 /// revocations and ends — nothing can be decided on it until then.
 ///
+/// Entries the caller already holds (ARGV 6–9: the chain's `born`, a run of seqs it decoded
+/// under it, and the oldest of them it holds pending) are left out when it holds them settled
+/// and answered `<seq>\t<settled>` when pending — an element never changes under one `born`
+/// but for its settled prefix, written once. The reply ends with the chain's `born` and, when
+/// entries were left out, its first and last seq (else `""`).
+///
 /// KEYS: task meta, chain, task labels, agent labels, task revocations, agent revocations,
 /// epoch, tombstones, ended tasks. ARGV: task id, agent id, now (ms), idle_ttl (ms), began
-/// (ms or "").
+/// (ms or ""), held born (or ""), held from, held to, held unsettled from.
 pub const OBSERVE: &str = r#"
 local now = tonumber(ARGV[3])
 local now_s = math.floor(now / 1000)
@@ -29,26 +35,60 @@ if e then
 end
 local epoch = redis.call('GET', KEYS[7])
 if not epoch then return {2} end
-local meta = redis.call('HMGET', KEYS[1], 'last', 'inc')
+local meta = redis.call('HMGET', KEYS[1], 'last', 'inc', 'born', 'seq')
 local chain = {}
 local complete = 1
+local born = ''
+local first = ''
+local last = ''
 if meta[1] then
   if now - tonumber(meta[1]) >= tonumber(ARGV[4]) then
     complete = 0
   else
-    chain = redis.call('LRANGE', KEYS[2], 0, -1)
     if meta[2] == '1' then complete = 0 end
+    born = meta[3] or ''
+    local top = tonumber(meta[4])
+    local len = redis.call('LLEN', KEYS[2])
+    local from = tonumber(ARGV[7])
+    local to = tonumber(ARGV[8])
+    local pend = tonumber(ARGV[9])
+    if born ~= '' and born == ARGV[6] and top and from and to and pend and from <= to then
+      local low = top - len + 1
+      if to < low or to > top then from = nil end
+      if from and from < low then from = low end
+      if from then
+        -- The chain holds seqs low..top, in order (appended one by one, trimmed in front).
+        first = tostring(low)
+        last = tostring(top)
+        local function add(a, b, short)
+          if a > b then return end
+          for _, v in ipairs(redis.call('LRANGE', KEYS[2], a - low, b - low)) do
+            if short then
+              local s, settled = string.match(v, '^(%d+)\t([^\t]*)\t')
+              if s then v = s .. '\t' .. settled end
+            end
+            chain[#chain + 1] = v
+          end
+        end
+        add(low, from - 1, false)
+        add(math.max(from, pend), to, true)
+        add(to + 1, top, false)
+      end
+    end
+    if first == '' then chain = redis.call('LRANGE', KEYS[2], 0, -1) end
   end
 else
   if redis.call('ZSCORE', KEYS[8], redis.sha1hex(ARGV[1])) then complete = 0 end
   if ARGV[5] ~= '' and tonumber(ARGV[5]) + 60000 < tonumber(epoch) then complete = 0 end
 end
-return {0, complete, chain, redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4])}
+return {0, complete, chain, redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4]), born, first, last}
 "#;
 
 /// After a decision: append the pending entry (its seq reserved here), link spans, set
 /// labels, keep the task's pool within `max_tasks` (least recently used evicted, remembered
-/// by a tombstone), refresh TTLs.
+/// by a tombstone), refresh TTLs. A chain created or restarted (new, evicted and back, idle)
+/// gets a new `born` (the server's clock and a counter): its seqs start over, so entries
+/// decoded under the old one are never taken for the new ones.
 ///
 /// KEYS: task meta, chain, task labels, agent labels, pool LRU, tombstones, epoch.
 /// ARGV: 1 task id, 2 now (ms), 3 idle_ttl (ms), 4 task ttl (ms), 5 max_actions, 6 max_tasks,
@@ -57,11 +97,17 @@ return {0, complete, chain, redis.call('HGETALL', KEYS[3]), redis.call('HGETALL'
 pub const RECORD: &str = r#"
 local id = ARGV[1]
 local now = tonumber(ARGV[2])
-local meta = redis.call('HMGET', KEYS[1], 'seq', 'last', 'span', 'inc')
+local meta = redis.call('HMGET', KEYS[1], 'seq', 'last', 'span', 'inc', 'born')
 local seq = 0
 local prev = ''
 local inc = '0'
+local born = meta[5]
+local function new_born()
+  local t = redis.call('TIME')
+  return t[1] .. t[2] .. '.' .. redis.call('INCR', ARGV[13] .. 'born')
+end
 if not meta[2] then
+  born = new_born()
   local cap = tonumber(ARGV[6])
   local n = redis.call('ZCARD', KEYS[5])
   if n >= cap then
@@ -88,16 +134,17 @@ else
     seq = 0
     prev = ''
     inc = '1'
+    born = new_born()
   end
 end
+if not born then born = new_born() end
 seq = seq + 1
-redis.call('RPUSH', KEYS[2], seq .. '\t\t' .. ARGV[7])
 local max = tonumber(ARGV[5])
-if redis.call('LLEN', KEYS[2]) > max then
+if redis.call('RPUSH', KEYS[2], seq .. '\t\t' .. ARGV[7]) > max then
   redis.call('LTRIM', KEYS[2], -max, -1)
   inc = '1'
 end
-redis.call('HSET', KEYS[1], 'seq', seq, 'last', now, 'span', ARGV[8], 'inc', inc)
+redis.call('HSET', KEYS[1], 'seq', seq, 'last', now, 'span', ARGV[8], 'inc', inc, 'born', born)
 local maxl = tonumber(ARGV[12])
 local ttl = tonumber(ARGV[10])
 for i = 15, #ARGV do
@@ -124,7 +171,7 @@ if #ARGV >= 15 then redis.call('PEXPIRE', KEYS[4], ttl) end
 redis.call('ZADD', KEYS[5], now, id)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], ARGV[4]) end
+redis.call('PEXPIRE', KEYS[3], ARGV[4])
 return {seq, prev}
 "#;
 
