@@ -112,6 +112,7 @@ decision := {"allow": true, "reason": sprintf("read first by %s", [e.agent])} if
 	some e in input.chain
 	e.action == "ticket.read"
 	e.attributes.issue == input.action.attributes.issue
+	e.decision == "allow"
 	e.status == 200
 }
 
@@ -303,23 +304,26 @@ async fn a_chain_rule_sees_an_action_taken_through_the_other_sidecar() {
     // Both sidecars show one chain: A's read, then B's actions, each with its agent, settled.
     let task = operator_json(a.admin, "/v1/tasks/T-1");
     let chain = task["chain"].as_array().unwrap();
-    let summary: Vec<(String, String, Value)> = chain
+    let summary: Vec<(String, String, &str, Value)> = chain
         .iter()
         .map(|e| {
             (
                 e["action"].as_str().unwrap().to_string(),
                 e["agent"].as_str().unwrap().to_string(),
+                e["decision"].as_str().unwrap(),
                 e["status"].clone(),
             )
         })
         .collect();
+    // Each with its decision: appended undecided with the read, decided with the outcome
+    // (an allow) or before the answer (a denial).
     assert_eq!(
         summary,
         vec![
-            ("ticket.close".into(), AGENT_B.into(), json!(403)),
-            ("ticket.read".into(), AGENT_A.into(), json!(200)),
-            ("ticket.close".into(), AGENT_B.into(), json!(200)),
-            ("ticket.close".into(), AGENT_B.into(), json!(403)),
+            ("ticket.close".into(), AGENT_B.into(), "deny", json!(403)),
+            ("ticket.read".into(), AGENT_A.into(), "allow", json!(200)),
+            ("ticket.close".into(), AGENT_B.into(), "allow", json!(200)),
+            ("ticket.close".into(), AGENT_B.into(), "deny", json!(403)),
         ]
     );
     let seqs: Vec<u64> = chain.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
@@ -328,6 +332,161 @@ async fn a_chain_rule_sees_an_action_taken_through_the_other_sidecar() {
     assert_eq!(
         operator_json(b.admin, "/v1/tasks/T-1")["chain"],
         task["chain"]
+    );
+}
+
+/// A tool that holds its first request open until `release` is sent (then answers 200) and
+/// answers every later one at once; it reports each request line as it arrives.
+fn held_tool() -> (
+    String,
+    std::sync::mpsc::Sender<()>,
+    std::sync::mpsc::Receiver<String>,
+) {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (seen_tx, seen) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut hold = Some(released);
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let held = hold.take();
+            let seen_tx = seen_tx.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let line = String::from_utf8_lossy(&head);
+                let _ = seen_tx.send(line.lines().next().unwrap_or("").to_string());
+                if let Some(released) = held {
+                    let _ = released.recv_timeout(Duration::from_secs(20));
+                }
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+                );
+            });
+        }
+    });
+    (url, release, seen)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_posting_in_flight_behind_one_sidecar_is_seen_by_the_next_decision_behind_the_other() {
+    // A rule that allows one posting per task. The entry is appended as the chain is read
+    // (one step), undecided until its outcome is written: a decision made meanwhile, behind
+    // either sidecar, sees it in flight and counts it.
+    const ONE_POSTING: &str = r#"
+package toolgate
+import rego.v1
+
+default decision := {"allow": false, "reason": "one posting per task"}
+
+decision := true if {
+	input.action.name == "ledger.post"
+	not posted
+}
+
+posted if {
+	some e in input.chain
+	e.action == "ledger.post"
+	e.decision != "deny"
+}
+"#;
+    let redis = Redis::start();
+    let (upstream, release, seen) = held_tool();
+    let start = |agent: &str| {
+        let config = format!(
+            r#"
+agent: {{ id: "{agent}" }}
+tools:
+  - name: ledger
+    hosts: [ledger.test]
+    upstream: {upstream}
+    actions:
+      - name: ledger.post
+        match: {{ method: POST, path: /postings }}
+policy: {{ files: [policy/*.rego] }}
+admin: {{ token_file: operator-token }}
+limits: {{ shutdown_timeout: 1s }}
+state: {{ backend: redis, url: "{}", prefix: t1, timeout: 200ms }}
+"#,
+            redis.url()
+        );
+        Toolgate::start(
+            &config,
+            &[("policy/main.rego", ONE_POSTING), OPERATOR_TOKEN_FILE],
+        )
+    };
+    let a = start(AGENT_A);
+    let b = start(AGENT_B);
+    let url = "http://ledger.test/postings";
+
+    // A's posting reaches the tool and is held there: in flight.
+    let first = {
+        let client = a.forward_client();
+        tokio::spawn(async move {
+            let resp = client
+                .post(url)
+                .header("x-toolgate-task", "T-80")
+                .body("")
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        })
+    };
+    let line = seen.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(line, "POST /postings HTTP/1.1");
+    // B's shows it in flight, undecided on the shared chain …
+    let chain = operator_json(b.admin, "/v1/tasks/T-80")["chain"].clone();
+    assert_eq!(chain[0]["action"], "ledger.post", "{chain}");
+    assert_eq!(chain[0]["agent"], AGENT_A, "{chain}");
+    assert_eq!(chain[0]["pending"], true, "{chain}");
+    assert_eq!(chain[0]["decision"], "pending", "{chain}");
+    // … and a second posting in the task, behind B, is refused: it saw the first.
+    let (status, body) = send(&b, "POST", url, "T-80").await;
+    assert_eq!(
+        (status, &body["detail"]),
+        (403, &json!("one posting per task")),
+        "{body}"
+    );
+    // Positive control: another task posts behind B at once.
+    assert_eq!(send(&b, "POST", url, "T-81").await.0, 200);
+    assert_eq!(
+        seen.recv_timeout(Duration::from_secs(5)).unwrap(),
+        "POST /postings HTTP/1.1"
+    );
+
+    // Released: A's posting is answered, and its entry reads allowed, settled, everywhere.
+    release.send(()).unwrap();
+    let (status, body) = first.await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "{}"));
+    let chain = operator_json(b.admin, "/v1/tasks/T-80")["chain"].clone();
+    let summary: Vec<(Value, Value, Value)> = chain
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["agent"].clone(),
+                e["decision"].clone(),
+                e["status"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (json!(AGENT_A), json!("allow"), json!(200)),
+            (json!(AGENT_B), json!("deny"), json!(403)),
+        ]
+    );
+    assert!(
+        seen.try_recv().is_err(),
+        "the refused posting never reached the tool"
     );
 }
 

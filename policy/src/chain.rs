@@ -561,6 +561,24 @@ pub fn entry_value(action: &Action<'_>, seq: u64) -> Value {
     }
 }
 
+/// `value`, an entry written before its decision (`decision: "pending"`, as a shared backend
+/// appends it with the read), with its `decision` (`allow`, `deny` or `error`; anything else
+/// leaves it as it is) and `dry_run` when set.
+pub fn decided_value(value: Value, decision: &str, dry_run: bool) -> Value {
+    let decision = match decision {
+        "allow" => "allow",
+        "deny" => "deny",
+        "error" => "error",
+        _ => return value,
+    };
+    let value = with_field(value, "decision", Value::from(decision));
+    if dry_run {
+        with_field(value, "dry_run", Value::from(true))
+    } else {
+        value
+    }
+}
+
 /// `value`, an entry, settled on `outcome` (what [`Ledger::settle`] does to a pending entry).
 pub fn settled_value(value: Value, outcome: Outcome) -> Value {
     settled(value, outcome)

@@ -29,7 +29,7 @@ use crate::credential;
 use crate::gateway::{Gateway, Snapshot};
 use crate::pipeline::Exchange;
 use crate::problem::Refusal;
-use crate::state::{Observed, Unavailable};
+use crate::state::{Observed, Reserve, Unavailable};
 
 /// One decided action of an exchange (one, or one per member of a JSON-RPC batch): what the
 /// record stage writes for it once the exchange is over.
@@ -109,8 +109,31 @@ pub async fn evaluate_approved(
     let class = &prepared.classification;
     let agent = config.agent.id.as_str();
     let now = SystemTime::now();
+    let tool_name = tool.map(|t| &*t.name);
+    let span = chain::SpanRef {
+        trace_id: x.trace.trace_id,
+        span_id: x.span_id,
+    };
+    // A shared store appends the decision's entry, undecided, as it reads the chain.
+    let reserve = Reserve {
+        action: chain::Action {
+            action: &class.action,
+            tool: tool_name,
+            agent,
+            decision: "pending",
+            dry_run: false,
+            attributes: &class.attributes,
+            labels: &[],
+            at: now,
+        },
+        span,
+    };
     // State that cannot be read refuses before policy: fail closed.
-    let observed = gw.store.observe(&task_key(x), agent, now).await;
+    let observed = gw
+        .store
+        .observe(&task_key(x), agent, now, Some(&reserve))
+        .await;
+    let reserved = observed.as_ref().ok().and_then(|o| o.reserved);
     if let Some(note) = observed.as_ref().ok().and_then(|o| o.note) {
         x.state_degraded = note.degraded;
     }
@@ -197,7 +220,7 @@ pub async fn evaluate_approved(
             &task_key(x),
             &chain::Action {
                 action: &class.action,
-                tool: tool.map(|t| &*t.name),
+                tool: tool_name,
                 agent,
                 decision: decision.effect.as_str(),
                 dry_run,
@@ -205,10 +228,8 @@ pub async fn evaluate_approved(
                 labels: &labels,
                 at: now,
             },
-            chain::SpanRef {
-                trace_id: x.trace.trace_id,
-                span_id: x.span_id,
-            },
+            span,
+            reserved,
         )
         .await;
     // A chain that cannot be written refuses the request too (its decision is still logged):

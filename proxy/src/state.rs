@@ -11,10 +11,13 @@
 //!   and what happens when Redis is slow or gone.
 //!
 //! On the request path a decision costs the store three calls: [`StateStore::observe`] before
-//! policy (revocations, the chain, the labels — one round trip to Redis), [`StateStore::record`]
-//! after it (the pending entry and the labels it sets, before the request goes out) and
-//! [`StateStore::settle`] when the outcome is known (before the agent can read the answer).
-//! Each is awaited, so the next decision in the task — behind any toolgate — sees it.
+//! policy (revocations, the chain, the labels — one round trip to Redis, which also appends
+//! the decision's own entry, pending and undecided), [`StateStore::record`] after it (the
+//! pending entry with its decision and the labels it sets, before the request goes out; with
+//! Redis no round trip for a plain allow, whose entry observe appended) and
+//! [`StateStore::settle`] when the outcome is known (before the agent can read the answer;
+//! with Redis it writes a plain allow's decision too). Each is awaited, so the next decision
+//! in the task — behind any toolgate — sees it.
 //!
 //! One more kind of record (a task's end, say) is one more method here, with its memory
 //! implementation delegating to the policy crate and its Redis one a key and a script.
@@ -74,6 +77,17 @@ pub struct Observed {
     /// `input.state` for a shared backend: `{"backend": "redis", "degraded": bool}`; `None`
     /// for the memory backend, whose input stays as it always was.
     pub note: Option<Note>,
+    /// The decision's own entry, when the backend appended it with the read (given back to
+    /// [`StateStore::record`]).
+    pub reserved: Option<Recorded>,
+}
+
+/// What [`StateStore::observe`] may append for the decision about to be made: its entry,
+/// `decision: "pending"`, and its span (a shared backend appends it in the same round trip).
+#[derive(Debug)]
+pub struct Reserve<'a> {
+    pub action: Action<'a>,
+    pub span: SpanRef,
 }
 
 /// `input.state`, when the backend is shared.
@@ -218,21 +232,25 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// agent's inactivity — everywhere the store is shared.
     async fn default_task(&self, agent: &str, idle_ttl: Duration) -> String;
 
-    /// Before policy: whether `task` or `agent` is revoked, and what the decision sees.
+    /// Before policy: whether `task` or `agent` is revoked, and what the decision sees. A
+    /// backend may append `reserve` to the chain in the same step (`Observed::reserved`).
     async fn observe(
         &self,
         task: &TaskKey<'_>,
         agent: &str,
         now: SystemTime,
+        reserve: Option<&Reserve<'_>>,
     ) -> Result<Observed, Unavailable>;
 
-    /// After policy: append `action` to the task's chain, pending, with its labels; returns its
+    /// After policy: append `action` to the task's chain, pending, with its labels — or, when
+    /// `observe` appended it (`reserved`), give it its decision and labels; returns its
     /// sequence number and the previous action's span.
     async fn record(
         &self,
         task: &TaskKey<'_>,
         action: &Action<'_>,
         span: SpanRef,
+        reserved: Option<Recorded>,
     ) -> Result<Recorded, Unavailable>;
 
     /// Settle entries `seqs` of `task` on `outcome` (each settles once). A failure is counted

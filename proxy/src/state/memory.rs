@@ -15,8 +15,8 @@ use toolgate_policy::state::{
 };
 
 use super::{
-    ApprovalFailure, EndFailure, Health, Observed, RevokeFailure, StateMetrics, StateStore,
-    Unavailable,
+    ApprovalFailure, EndFailure, Health, Observed, Reserve, RevokeFailure, StateMetrics,
+    StateStore, Unavailable,
 };
 use crate::identify::DefaultTask;
 
@@ -52,6 +52,7 @@ impl StateStore for MemoryStore {
         task: &TaskKey<'_>,
         agent: &str,
         now: SystemTime,
+        _reserve: Option<&Reserve<'_>>,
     ) -> Result<Observed, Unavailable> {
         let revoked = self.state.revoked(task.id, agent, now)?;
         let ended = match revoked {
@@ -63,6 +64,7 @@ impl StateStore for MemoryStore {
             ended,
             view: self.ledger.view(task, agent, now),
             note: None,
+            reserved: None,
         })
     }
 
@@ -71,6 +73,7 @@ impl StateStore for MemoryStore {
         task: &TaskKey<'_>,
         action: &Action<'_>,
         span: SpanRef,
+        _reserved: Option<Recorded>,
     ) -> Result<Recorded, Unavailable> {
         Ok(self.ledger.record_linked(task, action, span))
     }

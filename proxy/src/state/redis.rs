@@ -58,10 +58,10 @@ use toolgate_policy::state::{
     Held, Issued, Kind, NewApproval, Refused, Revocation, State, Stored, TaskStore, CAPACITY,
 };
 
-use self::codec::{entry_of, label_set, outcome_text, pairs, span_of, span_text};
+use self::codec::{decision_prefix, entry_of, label_set, outcome_text, pairs, span_of, span_text};
 use super::memory::MemoryStore;
 use super::{
-    ApprovalFailure, EndFailure, Health, Note, Observed, Op, RevokeFailure, StateMetrics,
+    ApprovalFailure, EndFailure, Health, Note, Observed, Op, Reserve, RevokeFailure, StateMetrics,
     StateStore, Unavailable,
 };
 
@@ -102,7 +102,9 @@ struct Shared {
     /// The local view decided on while Redis is away (`on_unavailable: local`).
     local: MemoryStore,
     /// Entries recorded in the local view, to settle there: (pool, task, seq).
-    local_entries: Mutex<HashSet<(bool, String, u64)>>,
+    local_entries: EntrySet,
+    /// Plain allows appended by observe, whose decision settle writes with the outcome.
+    deferred: EntrySet,
     available: AtomicBool,
     problem: Mutex<Option<String>>,
     /// Approved, unused approvals as last seen (a hint: never trusted to refuse).
@@ -124,6 +126,7 @@ struct Shared {
 struct Scripts {
     observe: Script,
     record: Script,
+    decided: Script,
     settle: Script,
     default_task: Script,
     revoke: Script,
@@ -138,8 +141,9 @@ struct Scripts {
 impl Scripts {
     fn new() -> Scripts {
         Scripts {
-            observe: Script::new(scripts::OBSERVE),
-            record: Script::new(scripts::RECORD),
+            observe: Script::new(&scripts::observe()),
+            record: Script::new(&scripts::record()),
+            decided: Script::new(&scripts::decided()),
             settle: Script::new(scripts::SETTLE),
             default_task: Script::new(scripts::DEFAULT_TASK),
             revoke: Script::new(scripts::REVOKE),
@@ -265,7 +269,8 @@ impl Shared {
             idle_ttl: chain.idle_ttl,
             agent_label_ttl: chain.agent_label_ttl,
             local: MemoryStore::new(chain, State::in_memory()),
-            local_entries: Mutex::default(),
+            local_entries: EntrySet::default(),
+            deferred: EntrySet::default(),
             available: AtomicBool::new(false),
             problem: Mutex::new(Some("not connected yet".into())),
             approved: AtomicU64::new(0),
@@ -361,11 +366,31 @@ impl Shared {
                 backend: "redis",
                 degraded: true,
             }),
+            reserved: None,
         })
     }
 
     fn remember_local(&self, task: &TaskKey<'_>, seq: u64) {
-        if let Ok(mut set) = self.local_entries.lock() {
+        self.local_entries.insert(task, seq);
+    }
+
+    fn take_local(&self, task: &TaskKey<'_>, seq: u64) -> bool {
+        self.local_entries.take(task, seq)
+    }
+
+    fn take_deferred(&self, task: &TaskKey<'_>, seq: u64) -> bool {
+        self.deferred.take(task, seq)
+    }
+}
+
+/// Entries of tasks, by (pool, task, seq), remembered until taken; beyond
+/// [`MAX_LOCAL_ENTRIES`] the set starts over.
+#[derive(Debug, Default)]
+struct EntrySet(Mutex<HashSet<(bool, String, u64)>>);
+
+impl EntrySet {
+    fn insert(&self, task: &TaskKey<'_>, seq: u64) {
+        if let Ok(mut set) = self.0.lock() {
             if set.len() >= MAX_LOCAL_ENTRIES {
                 set.clear();
             }
@@ -373,8 +398,8 @@ impl Shared {
         }
     }
 
-    fn take_local(&self, task: &TaskKey<'_>, seq: u64) -> bool {
-        self.local_entries
+    fn take(&self, task: &TaskKey<'_>, seq: u64) -> bool {
+        self.0
             .lock()
             .map(|mut set| set.remove(&(task.verified, task.id.to_string(), seq)))
             .unwrap_or(false)
@@ -382,14 +407,16 @@ impl Shared {
 }
 
 impl RedisStore {
-    /// One observe; `Err(None)` when an element names an entry this sidecar no longer holds.
+    /// One observe, appending `reserve` when given; [`Fail::Missing`] when an element names an
+    /// entry this sidecar no longer holds (with what was appended).
     async fn observe_with(
         &self,
         task: &TaskKey<'_>,
         agent: &str,
         now: SystemTime,
         use_held: bool,
-    ) -> Result<Observed, Option<Unavailable>> {
+        reserve: Option<&Reserve<'_>>,
+    ) -> Result<Observed, Fail> {
         let s = &self.shared;
         let held = if use_held {
             s.entries.held(task)
@@ -416,6 +443,18 @@ impl RedisStore {
             .arg(held.from)
             .arg(held.to)
             .arg(held.unsettled);
+        if let Some(r) = reserve {
+            let entry =
+                serde_json::to_string(&chain::entry_value(&r.action, 0)).unwrap_or_default();
+            call.key(s.key(&["tasks:", pool(task)]))
+                .arg(entry)
+                .arg(span_text(r.span))
+                .arg(dur_ms(s.idle_ttl.max(s.agent_label_ttl)))
+                .arg(s.max_actions)
+                .arg(s.settings.max_tasks)
+                .arg(&s.prefix)
+                .arg(pool(task));
+        }
         let reply: Vec<Reply> = match s
             .run(
                 Op::Observe,
@@ -427,9 +466,9 @@ impl RedisStore {
             Ok(r) => r,
             Err(e) if s.local_mode() => {
                 tracing::warn!(target: "toolgate::state", task = task.id, "deciding on the local view: {e}");
-                return s.observe_local(task, agent, now).map_err(Some);
+                return s.observe_local(task, agent, now).map_err(Fail::Down);
             }
-            Err(e) => return Err(Some(e)),
+            Err(e) => return Err(Fail::Down(e)),
         };
         let note = Some(Note {
             backend: "redis",
@@ -443,9 +482,9 @@ impl RedisStore {
         if revoked == 2 {
             s.metrics.error(Op::Observe);
             if s.local_mode() {
-                return s.observe_local(task, agent, now).map_err(Some);
+                return s.observe_local(task, agent, now).map_err(Fail::Down);
             }
-            return Err(Some(Unavailable::new(
+            return Err(Fail::Down(Unavailable::new(
                 "toolgate's shared state (Redis) holds no toolgate data: it restarted without persistence or was flushed. Revocations are being written back from the replicas' copies; requests are refused until then (a fraction of a second)",
             )));
         }
@@ -470,6 +509,7 @@ impl RedisStore {
                 ended: Some(Box::new(ended)),
                 view: View::of_chain(Value::from(Vec::new())),
                 note,
+                reserved: None,
             });
         }
         if revoked != 0 {
@@ -478,6 +518,7 @@ impl RedisStore {
                 ended: None,
                 view: View::of_chain(Value::from(Vec::new())),
                 note,
+                reserved: None,
             });
         }
         let complete: i64 = parts
@@ -501,10 +542,15 @@ impl RedisStore {
         };
         let born = text();
         let span = text().parse().ok().zip(text().parse().ok());
+        let seq = text().parse().ok().filter(|&n: &u64| n > 0);
+        let reserved = seq.map(|seq| Recorded {
+            seq,
+            previous: span_of(&text()),
+        });
         let (chain, expected) = s
             .entries
             .chain(task, &born, span, &elements)
-            .map_err(|_| None)?;
+            .map_err(|_| Fail::Missing(reserved))?;
         let complete = complete == 1 && chain.len() == expected;
         Ok(Observed {
             revoked: false,
@@ -517,8 +563,69 @@ impl RedisStore {
                 history_complete: complete,
             },
             note,
+            reserved,
         })
     }
+}
+
+impl RedisStore {
+    /// [`StateStore::record`] for an entry observe appended (`reserved`): a plain allow is
+    /// written with its outcome (no round trip now); any other decision, or one that sets
+    /// labels, is written now — before the request goes out.
+    async fn decided(
+        &self,
+        task: &TaskKey<'_>,
+        action: &Action<'_>,
+        span: SpanRef,
+        reserved: Recorded,
+    ) -> Result<Recorded, Unavailable> {
+        let s = &self.shared;
+        if action.decision == "allow" && !action.dry_run && action.labels.is_empty() {
+            s.deferred.insert(task, reserved.seq);
+            return Ok(reserved);
+        }
+        let mark = format!("{}\t{}", ms(action.at), chain::cut(action.action));
+        let mut conn = s.conn();
+        let mut call = s.scripts.decided.prepare_invoke();
+        call.key(s.task_key("tc", task))
+            .key(s.task_key("tl", task))
+            .key(s.key(&["al:", action.agent]))
+            .arg(reserved.seq)
+            .arg(decision_prefix(action.decision, action.dry_run))
+            .arg(ms(SystemTime::now()))
+            .arg(dur_ms(s.idle_ttl.max(s.agent_label_ttl)))
+            .arg(dur_ms(s.agent_label_ttl))
+            .arg(mark)
+            .arg(MAX_LABELS);
+        for label in action.labels {
+            call.arg(&**label);
+        }
+        match s
+            .run(
+                Op::Record,
+                s.settings.timeout,
+                call.invoke_async::<i64>(&mut conn),
+            )
+            .await
+        {
+            Ok(_) => Ok(reserved),
+            // The entry stays in the shared chain, pending and undecided (a rule sees it in
+            // flight); this sidecar decides on its own view from here.
+            Err(_) if s.local_mode() => {
+                let recorded = s.local.ledger.record_linked(task, action, span);
+                s.remember_local(task, recorded.seq);
+                Ok(recorded)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Why [`RedisStore::observe_with`] did not observe.
+enum Fail {
+    Down(Unavailable),
+    /// The chain named an entry this sidecar no longer holds; what was appended, if anything.
+    Missing(Option<Recorded>),
 }
 
 #[async_trait]
@@ -569,31 +676,51 @@ impl StateStore for RedisStore {
         task: &TaskKey<'_>,
         agent: &str,
         now: SystemTime,
+        reserve: Option<&Reserve<'_>>,
     ) -> Result<Observed, Unavailable> {
-        match self.observe_with(task, agent, now, true).await {
+        match self.observe_with(task, agent, now, true, reserve).await {
+            Ok(o) => Ok(o),
+            Err(Fail::Down(e)) => Err(e),
             // An element named an entry no longer held (another decision of the task
-            // restarted the cache meanwhile): read the chain again, in full.
-            Err(None) => {
+            // restarted the cache meanwhile): read the chain again, in full, keeping the entry
+            // the first read appended.
+            Err(Fail::Missing(reserved)) => {
                 self.shared.entries.forget(task);
-                match self.observe_with(task, agent, now, false).await {
-                    Err(None) => Err(Unavailable::new(
+                match self.observe_with(task, agent, now, false, None).await {
+                    Ok(mut o) => {
+                        // The read comes after the append: the decision's own entry is not
+                        // part of what it decides on.
+                        if let (Some(r), Ok(entries)) = (reserved, o.view.chain.as_array()) {
+                            let seq = Value::from(r.seq);
+                            let others: Vec<Value> = entries
+                                .iter()
+                                .filter(|e| e["seq"] != seq)
+                                .cloned()
+                                .collect();
+                            o.view.chain = Value::from(others);
+                        }
+                        Ok(Observed { reserved, ..o })
+                    }
+                    Err(Fail::Down(e)) => Err(e),
+                    Err(Fail::Missing(_)) => Err(Unavailable::new(
                         "toolgate's shared state (Redis) answered a chain that cannot be read",
                     )),
-                    Err(Some(e)) => Err(e),
-                    Ok(o) => Ok(o),
                 }
             }
-            Err(Some(e)) => Err(e),
-            Ok(o) => Ok(o),
         }
     }
+
     async fn record(
         &self,
         task: &TaskKey<'_>,
         action: &Action<'_>,
         span: SpanRef,
+        reserved: Option<Recorded>,
     ) -> Result<Recorded, Unavailable> {
         let s = &self.shared;
+        if let Some(r) = reserved {
+            return self.decided(task, action, span, r).await;
+        }
         let entry = serde_json::to_string(&chain::entry_value(action, 0)).unwrap_or_default();
         let mark = format!("{}\t{}", ms(action.at), chain::cut(action.action));
         let task_ttl = s.idle_ttl.max(s.agent_label_ttl);
@@ -659,9 +786,16 @@ impl StateStore for RedisStore {
         }
         let mut conn = s.conn();
         let mut call = s.scripts.settle.prepare_invoke();
-        call.key(s.task_key("tc", task)).arg(outcome_text(outcome));
+        let outcome_text = outcome_text(outcome);
+        call.key(s.task_key("tc", task)).arg(&outcome_text);
         for seq in &remote {
-            call.arg(*seq);
+            // A plain allow appended by observe is written with its decision now.
+            let text = if s.take_deferred(task, *seq) {
+                format!("allow|{outcome_text}")
+            } else {
+                outcome_text.clone()
+            };
+            call.arg(*seq).arg(text);
         }
         if let Err(e) = s
             .run(

@@ -66,12 +66,49 @@ pub(super) fn outcome_of(text: &str) -> Option<Outcome> {
 /// One chain element as policy sees the entry; `None` for one that does not parse.
 pub(super) fn entry_of(element: &str) -> Option<Value> {
     let mut parts = element.splitn(3, '\t');
-    let (seq, settled, json) = (parts.next()?, parts.next()?, parts.next()?);
+    let (seq, prefix, json) = (parts.next()?, parts.next()?, parts.next()?);
     let value = pending_entry(seq.parse().ok()?, json)?;
-    Some(match outcome_of(settled) {
+    Some(with_prefix(value, prefix))
+}
+
+/// An element's prefix: `[<decision>[+dry_run]|][<outcome>]` — the decision when it was
+/// written after the entry (appended undecided by *observe*), the outcome once settled.
+fn split_prefix(prefix: &str) -> (Option<&str>, &str) {
+    match prefix.split_once('|') {
+        Some((decision, outcome)) => (Some(decision), outcome),
+        None => (None, prefix),
+    }
+}
+
+/// Whether an element's prefix holds its outcome (then it never changes again).
+pub(super) fn is_settled(prefix: &str) -> bool {
+    outcome_of(split_prefix(prefix).1).is_some()
+}
+
+/// `value`, a pending entry as written, with what its element's prefix adds (decision,
+/// outcome); an unreadable part is left out, never guessed at.
+pub(super) fn with_prefix(value: Value, prefix: &str) -> Value {
+    let (decision, outcome) = split_prefix(prefix);
+    let value = match decision {
+        Some(d) => match d.strip_suffix("+dry_run") {
+            Some(d) => chain::decided_value(value, d, true),
+            None => chain::decided_value(value, d, false),
+        },
+        None => value,
+    };
+    match outcome_of(outcome) {
         Some(outcome) => chain::settled_value(value, outcome),
         None => value,
-    })
+    }
+}
+
+/// The prefix an entry appended undecided takes when decided as `decision`.
+pub(super) fn decision_prefix(decision: &str, dry_run: bool) -> String {
+    if dry_run {
+        format!("{decision}+dry_run|")
+    } else {
+        format!("{decision}|")
+    }
 }
 
 /// The entry of an element's `<entry JSON>`, as written (pending), with its seq.
@@ -108,6 +145,36 @@ mod tests {
     use toolgate_policy::chain::Action;
 
     use crate::state::redis::ms;
+
+    #[test]
+    fn an_entry_appended_undecided_reads_its_decision_and_outcome_from_its_prefix() {
+        let json = r#"{"action":"ledger.post","decision":"pending","pending":true,"seq":0}"#;
+        let read = |prefix: &str| entry_of(&format!("7\t{prefix}\t{json}")).unwrap();
+        // In flight: as written.
+        let v = read("");
+        assert_eq!(v["decision"], Value::from("pending"));
+        assert_eq!(v["pending"], Value::from(true));
+        assert_eq!(v["seq"], Value::from(7u64));
+        // Decided (a denial, before its answer), then settled.
+        let v = read(&decision_prefix("deny", false));
+        assert_eq!(v["decision"], Value::from("deny"));
+        assert_eq!(v["pending"], Value::from(true));
+        assert!(!is_settled(&decision_prefix("deny", false)));
+        let v = read("deny|refused:403");
+        assert_eq!(v["decision"], Value::from("deny"));
+        assert_eq!(v["status"], Value::from(403u64));
+        assert!(is_settled("deny|refused:403"));
+        // A plain allow, written with its outcome; a dry-run would-deny.
+        let v = read("allow|response:200");
+        assert_eq!(v["decision"], Value::from("allow"));
+        assert_eq!(v["pending"], Value::from(false));
+        let v = read("deny+dry_run|response:200");
+        assert_eq!(v["dry_run"], Value::from(true));
+        // A decision that is none of ours is never taken: the entry stays as written.
+        let v = read("root|response:200");
+        assert_eq!(v["decision"], Value::from("pending"));
+        assert_eq!(v["status"], Value::from(200u64));
+    }
 
     #[test]
     fn outcomes_round_trip_through_their_text() {

@@ -16,9 +16,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use regorus::Value;
-use toolgate_policy::chain::{self, TaskKey};
+use toolgate_policy::chain::TaskKey;
 
-use super::codec::{outcome_of, pending_entry};
+use super::codec::{is_settled, pending_entry, with_prefix};
 
 /// Tasks whose entries are kept; beyond it the cache starts over.
 const MAX_TASKS: usize = 256;
@@ -35,7 +35,7 @@ pub(super) struct Held {
 
 #[derive(Debug)]
 struct Entry {
-    /// The settled prefix as stored (`""` while pending).
+    /// The element's prefix as stored (`""` while pending; see `codec::with_prefix`).
     settled: String,
     /// The entry as written (pending).
     base: Value,
@@ -83,7 +83,7 @@ impl Entries {
         let unsettled = t
             .entries
             .range(from..=to)
-            .find(|(_, e)| e.settled.is_empty())
+            .find(|(_, e)| !is_settled(&e.settled))
             .map_or(to + 1, |(&s, _)| s);
         Held {
             born: t.born.clone(),
@@ -186,13 +186,9 @@ impl Entries {
     }
 }
 
-/// `base` as policy sees it once settled on `settled` (unchanged while pending or unreadable,
-/// as `entry_of` reads it).
+/// `base` as policy sees it with its element's prefix `settled` (decision, outcome).
 fn settle(base: &Value, settled: &str) -> Value {
-    match outcome_of(settled) {
-        Some(outcome) => chain::settled_value(base.clone(), outcome),
-        None => base.clone(),
-    }
+    with_prefix(base.clone(), settled)
 }
 
 #[cfg(test)]

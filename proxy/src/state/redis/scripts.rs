@@ -18,10 +18,21 @@
 /// but for its settled prefix, written once. The reply ends with the chain's `born` and, when
 /// entries were left out, its first and last seq (else `""`).
 ///
+/// With ARGV 10… it then appends the decision's own entry, pending and undecided ([`APPEND`]):
+/// one round trip reads the chain and reserves the next seq, atomically, so concurrent
+/// decisions of the task see each other in flight. The reply then ends with its seq and the
+/// previous action's span (else `""`, `""`).
+///
 /// KEYS: task meta, chain, task labels, agent labels, task revocations, agent revocations,
-/// epoch, tombstones, ended tasks. ARGV: task id, agent id, now (ms), idle_ttl (ms), began
-/// (ms or ""), held born (or ""), held from, held to, held unsettled from.
-pub const OBSERVE: &str = r#"
+/// epoch, tombstones, ended tasks, pool LRU. ARGV: 1 task id, 2 agent id, 3 now (ms),
+/// 4 idle_ttl (ms), 5 began (ms or ""), 6 held born (or ""), 7 held from, 8 held to, 9 held
+/// unsettled from; to append: 10 entry JSON (or ""), 11 span, 12 task ttl (ms), 13
+/// max_actions, 14 max_tasks, 15 key prefix, 16 pool.
+pub fn observe() -> String {
+    format!("{APPEND}{}", OBSERVE)
+}
+
+const OBSERVE: &str = r#"
 local now = tonumber(ARGV[3])
 local now_s = math.floor(now / 1000)
 local r = redis.call('ZSCORE', KEYS[5], ARGV[1])
@@ -81,120 +92,181 @@ else
   if redis.call('ZSCORE', KEYS[8], redis.sha1hex(ARGV[1])) then complete = 0 end
   if ARGV[5] ~= '' and tonumber(ARGV[5]) + 60000 < tonumber(epoch) then complete = 0 end
 end
-return {0, complete, chain, redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4]), born, first, last}
+local seq, prev = '', ''
+if ARGV[10] and ARGV[10] ~= '' then
+  seq, prev = append(ARGV[1], now, tonumber(ARGV[4]), ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14]), ARGV[10], ARGV[11], ARGV[5], ARGV[15], ARGV[16], KEYS[1], KEYS[2], KEYS[10], KEYS[8], KEYS[7])
+  redis.call('PEXPIRE', KEYS[3], ARGV[12])
+  seq = tostring(seq)
+end
+return {0, complete, chain, redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4]), born, first, last, seq, prev}
 "#;
 
-/// After a decision: append the pending entry (its seq reserved here), link spans, set
-/// labels, keep the task's pool within `max_tasks` (least recently used evicted, remembered
-/// by a tombstone), refresh TTLs. A chain created or restarted (new, evicted and back, idle)
-/// gets a new `born` (the server's clock and a counter): its seqs start over, so entries
-/// decoded under the old one are never taken for the new ones.
+/// Lua for appending a pending entry to a task's chain, its seq reserved here: link spans,
+/// keep the task's pool within `max_tasks` (least recently used evicted, remembered by a
+/// tombstone), refresh the meta and chain TTLs. A chain created or restarted (new, evicted
+/// and back, idle) gets a new `born` (the server's clock and a counter): its seqs start over,
+/// so entries decoded under the old one are never taken for the new ones. Returns seq and the
+/// previous action's span.
+const APPEND: &str = r#"
+local function append(id, now, idle, ttl, max_actions, cap, entry, span, began, p, pool, k_meta, k_chain, k_pool, k_tomb, k_epoch)
+  local meta = redis.call('HMGET', k_meta, 'seq', 'last', 'span', 'inc', 'born')
+  local seq = 0
+  local prev = ''
+  local inc = '0'
+  local born = meta[5]
+  local function new_born()
+    local t = redis.call('TIME')
+    return t[1] .. t[2] .. '.' .. redis.call('INCR', p .. 'born')
+  end
+  if not meta[2] then
+    born = new_born()
+    local n = redis.call('ZCARD', k_pool)
+    if n >= cap then
+      local old = redis.call('ZPOPMIN', k_pool, n - cap + 1)
+      for i = 1, #old, 2 do
+        local o = old[i]
+        redis.call('DEL', p .. 'tm:' .. pool .. ':' .. o, p .. 'tc:' .. pool .. ':' .. o, p .. 'tl:' .. pool .. ':' .. o)
+        redis.call('ZADD', k_tomb, now, redis.sha1hex(o))
+      end
+      local t = redis.call('ZCARD', k_tomb)
+      if t > cap then redis.call('ZREMRANGEBYRANK', k_tomb, 0, t - cap - 1) end
+    end
+    if redis.call('ZSCORE', k_tomb, redis.sha1hex(id)) then inc = '1' end
+    local epoch = redis.call('GET', k_epoch)
+    if began ~= '' and epoch and tonumber(began) + 60000 < tonumber(epoch) then inc = '1' end
+  else
+    seq = tonumber(meta[1]) or 0
+    prev = meta[3] or ''
+    inc = meta[4] or '0'
+    if now - tonumber(meta[2]) >= idle then
+      redis.call('DEL', k_chain)
+      seq = 0
+      prev = ''
+      inc = '1'
+      born = new_born()
+    end
+  end
+  if not born then born = new_born() end
+  seq = seq + 1
+  if redis.call('RPUSH', k_chain, seq .. '\t\t' .. entry) > max_actions then
+    redis.call('LTRIM', k_chain, -max_actions, -1)
+    inc = '1'
+  end
+  redis.call('HSET', k_meta, 'seq', seq, 'last', now, 'span', span, 'inc', inc, 'born', born)
+  redis.call('ZADD', k_pool, now, id)
+  redis.call('PEXPIRE', k_meta, ttl)
+  redis.call('PEXPIRE', k_chain, ttl)
+  return seq, prev
+end
+"#;
+
+/// Lua for setting labels ARGV[first…] on the task (`k_task`) and the agent (`k_agent`), each
+/// hash at most `maxl` labels plus `_overflow`; the agent's expired marks are swept when full.
+const LABELS: &str = r#"
+local function set_labels(first, k_task, k_agent, mark, maxl, ttl, now)
+  for i = first, #ARGV do
+    local l = ARGV[i]
+    if redis.call('HEXISTS', k_task, l) == 1 or redis.call('HLEN', k_task) < maxl then
+      redis.call('HSET', k_task, l, mark)
+    else
+      redis.call('HSET', k_task, '_overflow', mark)
+    end
+    if redis.call('HEXISTS', k_agent, l) == 0 and redis.call('HLEN', k_agent) >= maxl then
+      local all = redis.call('HGETALL', k_agent)
+      for j = 1, #all, 2 do
+        local at = tonumber(string.match(all[j + 1], '^(%d+)'))
+        if at and at + ttl <= now then redis.call('HDEL', k_agent, all[j]) end
+      end
+    end
+    if redis.call('HEXISTS', k_agent, l) == 1 or redis.call('HLEN', k_agent) < maxl then
+      redis.call('HSET', k_agent, l, mark)
+    else
+      redis.call('HSET', k_agent, '_overflow', mark)
+    end
+  end
+  if #ARGV >= first then redis.call('PEXPIRE', k_agent, ttl) end
+end
+"#;
+
+/// After a decision that *observe* did not append (the task was refused before policy, or the
+/// chain was read again): append the pending entry ([`APPEND`]) with its decision, set its
+/// labels.
 ///
 /// KEYS: task meta, chain, task labels, agent labels, pool LRU, tombstones, epoch.
 /// ARGV: 1 task id, 2 now (ms), 3 idle_ttl (ms), 4 task ttl (ms), 5 max_actions, 6 max_tasks,
 /// 7 entry JSON, 8 span, 9 began (ms or ""), 10 agent label ttl (ms), 11 mark, 12 max labels,
 /// 13 key prefix ("<prefix>:"), 14 pool, 15… labels.
-pub const RECORD: &str = r#"
-local id = ARGV[1]
+pub fn record() -> String {
+    format!(
+        "{APPEND}{LABELS}{}",
+        r#"
 local now = tonumber(ARGV[2])
-local meta = redis.call('HMGET', KEYS[1], 'seq', 'last', 'span', 'inc', 'born')
-local seq = 0
-local prev = ''
-local inc = '0'
-local born = meta[5]
-local function new_born()
-  local t = redis.call('TIME')
-  return t[1] .. t[2] .. '.' .. redis.call('INCR', ARGV[13] .. 'born')
-end
-if not meta[2] then
-  born = new_born()
-  local cap = tonumber(ARGV[6])
-  local n = redis.call('ZCARD', KEYS[5])
-  if n >= cap then
-    local old = redis.call('ZPOPMIN', KEYS[5], n - cap + 1)
-    local p = ARGV[13]
-    local pool = ARGV[14]
-    for i = 1, #old, 2 do
-      local o = old[i]
-      redis.call('DEL', p .. 'tm:' .. pool .. ':' .. o, p .. 'tc:' .. pool .. ':' .. o, p .. 'tl:' .. pool .. ':' .. o)
-      redis.call('ZADD', KEYS[6], now, redis.sha1hex(o))
-    end
-    local t = redis.call('ZCARD', KEYS[6])
-    if t > cap then redis.call('ZREMRANGEBYRANK', KEYS[6], 0, t - cap - 1) end
-  end
-  if redis.call('ZSCORE', KEYS[6], redis.sha1hex(id)) then inc = '1' end
-  local epoch = redis.call('GET', KEYS[7])
-  if ARGV[9] ~= '' and epoch and tonumber(ARGV[9]) + 60000 < tonumber(epoch) then inc = '1' end
-else
-  seq = tonumber(meta[1]) or 0
-  prev = meta[3] or ''
-  inc = meta[4] or '0'
-  if now - tonumber(meta[2]) >= tonumber(ARGV[3]) then
-    redis.call('DEL', KEYS[2])
-    seq = 0
-    prev = ''
-    inc = '1'
-    born = new_born()
-  end
-end
-if not born then born = new_born() end
-seq = seq + 1
-local max = tonumber(ARGV[5])
-if redis.call('RPUSH', KEYS[2], seq .. '\t\t' .. ARGV[7]) > max then
-  redis.call('LTRIM', KEYS[2], -max, -1)
-  inc = '1'
-end
-redis.call('HSET', KEYS[1], 'seq', seq, 'last', now, 'span', ARGV[8], 'inc', inc, 'born', born)
-local maxl = tonumber(ARGV[12])
-local ttl = tonumber(ARGV[10])
-for i = 15, #ARGV do
-  local l = ARGV[i]
-  if redis.call('HEXISTS', KEYS[3], l) == 1 or redis.call('HLEN', KEYS[3]) < maxl then
-    redis.call('HSET', KEYS[3], l, ARGV[11])
-  else
-    redis.call('HSET', KEYS[3], '_overflow', ARGV[11])
-  end
-  if redis.call('HEXISTS', KEYS[4], l) == 0 and redis.call('HLEN', KEYS[4]) >= maxl then
-    local all = redis.call('HGETALL', KEYS[4])
-    for j = 1, #all, 2 do
-      local at = tonumber(string.match(all[j + 1], '^(%d+)'))
-      if at and at + ttl <= now then redis.call('HDEL', KEYS[4], all[j]) end
-    end
-  end
-  if redis.call('HEXISTS', KEYS[4], l) == 1 or redis.call('HLEN', KEYS[4]) < maxl then
-    redis.call('HSET', KEYS[4], l, ARGV[11])
-  else
-    redis.call('HSET', KEYS[4], '_overflow', ARGV[11])
-  end
-end
-if #ARGV >= 15 then redis.call('PEXPIRE', KEYS[4], ttl) end
-redis.call('ZADD', KEYS[5], now, id)
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
+local seq, prev = append(ARGV[1], now, tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9], ARGV[13], ARGV[14], KEYS[1], KEYS[2], KEYS[5], KEYS[6], KEYS[7])
+set_labels(15, KEYS[3], KEYS[4], ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[10]), now)
 redis.call('PEXPIRE', KEYS[3], ARGV[4])
 return {seq, prev}
-"#;
+"#
+    )
+}
 
-/// Settle pending entries, each once: scans the chain from its newest end.
+/// After a decision on an entry *observe* appended, when it is not a plain allow (those are
+/// written with their outcome, by [`SETTLE`]): its decision (the element's prefix becomes
+/// `<decision>|`, once) and the labels it sets.
 ///
-/// KEYS: chain. ARGV: settled text (`response:200`), seq….
+/// KEYS: chain, task labels, agent labels. ARGV: 1 seq, 2 decision prefix (`deny|`), 3 now
+/// (ms), 4 task ttl (ms), 5 agent label ttl (ms), 6 mark, 7 max labels, 8… labels.
+pub fn decided() -> String {
+    format!(
+        "{LABELS}{}",
+        r#"
+local n = redis.call('LLEN', KEYS[1])
+local i = -1
+while i >= -n do
+  local v = redis.call('LINDEX', KEYS[1], i)
+  local s, rest = string.match(v, '^(%d+)\t\t(.*)$')
+  if s == ARGV[1] then
+    redis.call('LSET', KEYS[1], i, s .. '\t' .. ARGV[2] .. '\t' .. rest)
+    break
+  end
+  if tonumber(string.match(v, '^(%d+)')) == tonumber(ARGV[1]) then break end
+  i = i - 1
+end
+set_labels(8, KEYS[2], KEYS[3], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[5]), tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return 0
+"#
+    )
+}
+
+/// Settle entries, each once: scans the chain from its newest end. An element's prefix is
+/// empty while pending (written then as the given text: `<outcome>`, or `allow|<outcome>` for
+/// a plain allow decided after *observe* appended it) or `<decision>|` once decided (then the
+/// outcome is appended); with an outcome it never changes again.
+///
+/// KEYS: chain. ARGV: 1 outcome (`response:200`), then pairs of seq and text for a pending
+/// element.
 pub const SETTLE: &str = r#"
 local want = {}
 local left = 0
-for i = 2, #ARGV do
-  want[ARGV[i]] = true
+for i = 2, #ARGV - 1, 2 do
+  want[ARGV[i]] = ARGV[i + 1]
   left = left + 1
 end
 local n = redis.call('LLEN', KEYS[1])
 local i = -1
 while i >= -n and left > 0 do
   local v = redis.call('LINDEX', KEYS[1], i)
-  local s = string.match(v, '^(%d+)\t')
+  local s, cur, rest = string.match(v, '^(%d+)\t([^\t]*)\t(.*)$')
   if s and want[s] then
+    local new = nil
+    if cur == '' then
+      new = want[s]
+    elseif string.sub(cur, -1) == '|' then
+      new = cur .. ARGV[1]
+    end
     want[s] = nil
     left = left - 1
-    local rest = string.match(v, '^%d+\t\t(.*)$')
-    if rest then redis.call('LSET', KEYS[1], i, s .. '\t' .. ARGV[1] .. '\t' .. rest) end
+    if new then redis.call('LSET', KEYS[1], i, s .. '\t' .. new .. '\t' .. rest) end
   end
   i = i - 1
 end
