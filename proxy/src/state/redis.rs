@@ -58,7 +58,9 @@ use toolgate_policy::state::{
     Held, Issued, Kind, NewApproval, Refused, Revocation, State, Stored, TaskStore, CAPACITY,
 };
 
-use self::codec::{decision_prefix, entry_of, label_set, outcome_text, pairs, span_of, span_text};
+use self::codec::{
+    decision_prefix, entry_of, label_set, outcome_text, pairs, span_of, span_text, with_seq,
+};
 use super::memory::MemoryStore;
 use super::{
     ApprovalFailure, EndFailure, Health, Note, Observed, Op, Reserve, RevokeFailure, StateMetrics,
@@ -443,9 +445,10 @@ impl RedisStore {
             .arg(held.from)
             .arg(held.to)
             .arg(held.unsettled);
-        if let Some(r) = reserve {
-            let entry =
-                serde_json::to_string(&chain::entry_value(&r.action, 0)).unwrap_or_default();
+        // The entry to append, built once: written as JSON, held as it is.
+        let own = reserve.map(|r| chain::entry_value(&r.action, 0));
+        if let (Some(r), Some(own)) = (reserve, &own) {
+            let entry = serde_json::to_string(own).unwrap_or_default();
             call.key(s.key(&["tasks:", pool(task)]))
                 .arg(entry)
                 .arg(span_text(r.span))
@@ -547,10 +550,17 @@ impl RedisStore {
             seq,
             previous: span_of(&text()),
         });
+        let own_born = text();
         let (chain, expected) = s
             .entries
             .chain(task, &born, span, &elements)
             .map_err(|_| Fail::Missing(reserved))?;
+        // The entry just appended is held as built, never decoded back from its JSON.
+        if let (Some(own), Some(res)) = (own, reserved) {
+            if own_born == born {
+                s.entries.own(task, &born, res.seq, with_seq(own, res.seq));
+            }
+        }
         let complete = complete == 1 && chain.len() == expected;
         Ok(Observed {
             revoked: false,

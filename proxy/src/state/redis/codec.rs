@@ -114,11 +114,15 @@ pub(super) fn decision_prefix(decision: &str, dry_run: bool) -> String {
 /// The entry of an element's `<entry JSON>`, as written (pending), with its seq.
 pub(super) fn pending_entry(seq: u64, json: &str) -> Option<Value> {
     let json: Json = serde_json::from_str(json).ok()?;
-    let mut value = Value::from(json);
+    Some(with_seq(Value::from(json), seq))
+}
+
+/// `value`, an entry as written (seq 0: the seq is reserved as it is appended), with `seq`.
+pub(super) fn with_seq(mut value: Value, seq: u64) -> Value {
     if let Ok(map) = value.as_object_mut() {
         map.insert(Value::from("seq"), Value::from(seq));
     }
-    Some(value)
+    value
 }
 
 pub(super) fn span_text(span: SpanRef) -> String {
@@ -220,6 +224,23 @@ mod tests {
         assert_eq!(done["outcome"], Value::from("response"));
         assert!(entry_of("x\t\t{}").is_none());
         assert!(entry_of("1\t\tnot json").is_none());
+        // What a sidecar holds for the entry it appended (built, never decoded) is what any
+        // other sidecar decodes from the element.
+        let attrs = vec![
+            (Arc::from("n"), json!(12345678901234567890u64)),
+            (Arc::from("s"), json!("a\t\"b\"")),
+            (Arc::from("o"), json!({"k": [1, 2.5, null, true]})),
+        ];
+        let action = Action {
+            decision: "pending",
+            attributes: &attrs,
+            ..action
+        };
+        let json = serde_json::to_string(&chain::entry_value(&action, 0)).unwrap();
+        assert_eq!(
+            entry_of(&format!("7\t\t{json}")).unwrap(),
+            chain::entry_value(&action, 7)
+        );
     }
 
     #[test]

@@ -178,6 +178,27 @@ impl Entries {
         Ok((whole, expected))
     }
 
+    /// Hold `value`, the entry this sidecar appended as `seq` under `born` (pending), so that
+    /// it is never decoded from its JSON: only when `born` is the one already held.
+    pub fn own(&self, task: &TaskKey<'_>, born: &str, seq: u64, value: Value) {
+        let Ok(mut tasks) = self.tasks.lock() else {
+            return;
+        };
+        let Some(t) = tasks.get_mut(&(task.verified, task.id.to_string())) else {
+            return;
+        };
+        if t.born == born && !born.is_empty() {
+            t.entries.insert(
+                seq,
+                Entry {
+                    settled: String::new(),
+                    base: value.clone(),
+                    value,
+                },
+            );
+        }
+    }
+
     /// Forget `task` (its chain must be read again in full).
     pub fn forget(&self, task: &TaskKey<'_>) {
         if let Ok(mut tasks) = self.tasks.lock() {
@@ -285,6 +306,36 @@ mod tests {
                 .0,
             fresh
         );
+    }
+
+    #[test]
+    fn an_entry_this_sidecar_appended_is_held_without_decoding_only_under_its_born() {
+        let cache = Entries::default();
+        let t = key("t1");
+        cache
+            .chain(&t, "b1", None, &[full(1, "response:200")])
+            .unwrap();
+        let own = entry_of(&full(2, "")).unwrap();
+        // Appended under another chain (restarted meanwhile): not held.
+        cache.own(&t, "b0", 2, own.clone());
+        assert_eq!(cache.held(&t).to, 1);
+        cache.own(&t, "b1", 2, own.clone());
+        let held = cache.held(&t);
+        assert_eq!((held.from, held.to, held.unsettled), (1, 2, 2));
+        // The script answers it short, settled; it reads as decoded.
+        let (chain, expected) = cache
+            .chain(
+                &t,
+                "b1",
+                Some((1, 2)),
+                &["2\tallow|response:200".to_string()],
+            )
+            .unwrap();
+        assert_eq!(expected, 2);
+        assert_eq!(chain[1], entry_of(&full(2, "allow|response:200")).unwrap());
+        // A task this sidecar holds nothing of is left alone.
+        cache.own(&key("t2"), "b1", 1, own);
+        assert_eq!(cache.held(&key("t2")), Held::default());
     }
 
     #[test]

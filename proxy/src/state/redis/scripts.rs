@@ -20,8 +20,8 @@
 ///
 /// With ARGV 10… it then appends the decision's own entry, pending and undecided ([`APPEND`]):
 /// one round trip reads the chain and reserves the next seq, atomically, so concurrent
-/// decisions of the task see each other in flight. The reply then ends with its seq and the
-/// previous action's span (else `""`, `""`).
+/// decisions of the task see each other in flight. The reply then ends with its seq, the
+/// previous action's span and the `born` it was appended under (else `""` each).
 ///
 /// KEYS: task meta, chain, task labels, agent labels, task revocations, agent revocations,
 /// epoch, tombstones, ended tasks, pool LRU. ARGV: 1 task id, 2 agent id, 3 now (ms),
@@ -92,21 +92,21 @@ else
   if redis.call('ZSCORE', KEYS[8], redis.sha1hex(ARGV[1])) then complete = 0 end
   if ARGV[5] ~= '' and tonumber(ARGV[5]) + 60000 < tonumber(epoch) then complete = 0 end
 end
-local seq, prev = '', ''
+local seq, prev, own = '', '', ''
 if ARGV[10] and ARGV[10] ~= '' then
-  seq, prev = append(ARGV[1], now, tonumber(ARGV[4]), ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14]), ARGV[10], ARGV[11], ARGV[5], ARGV[15], ARGV[16], KEYS[1], KEYS[2], KEYS[10], KEYS[8], KEYS[7])
+  seq, prev, own = append(ARGV[1], now, tonumber(ARGV[4]), ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14]), ARGV[10], ARGV[11], ARGV[5], ARGV[15], ARGV[16], KEYS[1], KEYS[2], KEYS[10], KEYS[8], KEYS[7])
   redis.call('PEXPIRE', KEYS[3], ARGV[12])
   seq = tostring(seq)
 end
-return {0, complete, chain, redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4]), born, first, last, seq, prev}
+return {0, complete, chain, redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4]), born, first, last, seq, prev, own}
 "#;
 
 /// Lua for appending a pending entry to a task's chain, its seq reserved here: link spans,
 /// keep the task's pool within `max_tasks` (least recently used evicted, remembered by a
 /// tombstone), refresh the meta and chain TTLs. A chain created or restarted (new, evicted
 /// and back, idle) gets a new `born` (the server's clock and a counter): its seqs start over,
-/// so entries decoded under the old one are never taken for the new ones. Returns seq and the
-/// previous action's span.
+/// so entries decoded under the old one are never taken for the new ones. Returns seq, the
+/// previous action's span and the chain's `born`.
 const APPEND: &str = r#"
 local function append(id, now, idle, ttl, max_actions, cap, entry, span, began, p, pool, k_meta, k_chain, k_pool, k_tomb, k_epoch)
   local meta = redis.call('HMGET', k_meta, 'seq', 'last', 'span', 'inc', 'born')
@@ -156,7 +156,7 @@ local function append(id, now, idle, ttl, max_actions, cap, entry, span, began, 
   redis.call('ZADD', k_pool, now, id)
   redis.call('PEXPIRE', k_meta, ttl)
   redis.call('PEXPIRE', k_chain, ttl)
-  return seq, prev
+  return seq, prev, born
 end
 "#;
 
