@@ -1,5 +1,5 @@
 //! How the Redis backend writes what it stores, and reads it back: chain elements
-//! (`<seq>\t<outcome>\t<entry JSON>`), labels (`<at ms>\t<action>`), spans (hex) and outcomes
+//! (`<seq>\t[<decision>|][<outcome>]\t<entry JSON>`), labels (`<at ms>\t<action>`), spans (hex) and outcomes
 //! (`response:200`). Anything that does not parse is left out, never guessed at.
 
 use std::sync::Arc;

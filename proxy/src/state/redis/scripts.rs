@@ -2,10 +2,12 @@
 //! in one round trip. Keys are `<prefix>:<kind>…`; task keys end with the pool (`n` named,
 //! `v` verified) and the task id, so an id cannot reach another kind of key.
 //!
-//! Chain elements are `<seq>\t<settled>\t<entry JSON>`: `settled` is empty while pending and
-//! `<outcome>:<status>` once settled, so settling rewrites a prefix and never re-encodes the
-//! JSON (Lua's cjson would round large numbers in attributes). Labels are
-//! `<at ms>\t<action that set it>`.
+//! Chain elements are `<seq>\t<prefix>\t<entry JSON>`: the prefix is empty while pending,
+//! `<decision>|` once an entry appended undecided is decided (`deny|`, `deny+dry_run|`), and
+//! ends with `<outcome>:<status>` once settled (`response:200`, `allow|response:200`,
+//! `deny|refused:403`) — then it never changes again. Deciding and settling rewrite the
+//! prefix and never re-encode the JSON (Lua's cjson would round large numbers in attributes).
+//! Labels are `<at ms>\t<action that set it>`.
 
 /// Before a decision: revoked? ended? the chain, the task's labels, the agent's labels,
 /// complete? `{1}` revoked, `{3, "<until s>\t<end JSON>"}` ended, `{2}` when the data set has
