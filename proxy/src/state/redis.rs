@@ -372,8 +372,17 @@ impl Shared {
         })
     }
 
-    fn remember_local(&self, task: &TaskKey<'_>, seq: u64) {
-        self.local_entries.insert(task, seq);
+    /// Record `action` on this sidecar's own view (Redis could not be written, `local` mode),
+    /// remembered so that it settles there.
+    fn record_local(&self, task: &TaskKey<'_>, action: &Action<'_>, span: SpanRef) -> Recorded {
+        let recorded = self.local.ledger.record_linked(task, action, span);
+        self.local_entries.insert(task, recorded.seq);
+        recorded
+    }
+
+    /// How long a task's keys live after their last use.
+    fn task_ttl(&self) -> Duration {
+        self.idle_ttl.max(self.agent_label_ttl)
     }
 
     fn take_local(&self, task: &TaskKey<'_>, seq: u64) -> bool {
@@ -452,7 +461,7 @@ impl RedisStore {
             call.key(s.key(&["tasks:", pool(task)]))
                 .arg(entry)
                 .arg(span_text(r.span))
-                .arg(dur_ms(s.idle_ttl.max(s.agent_label_ttl)))
+                .arg(dur_ms(s.task_ttl()))
                 .arg(s.max_actions)
                 .arg(s.settings.max_tasks)
                 .arg(&s.prefix)
@@ -576,9 +585,7 @@ impl RedisStore {
             reserved,
         })
     }
-}
 
-impl RedisStore {
     /// [`StateStore::record`] for an entry observe appended (`reserved`): a plain allow is
     /// written with its outcome (no round trip now); any other decision, or one that sets
     /// labels, is written now — before the request goes out.
@@ -603,7 +610,7 @@ impl RedisStore {
             .arg(reserved.seq)
             .arg(decision_prefix(action.decision, action.dry_run))
             .arg(ms(SystemTime::now()))
-            .arg(dur_ms(s.idle_ttl.max(s.agent_label_ttl)))
+            .arg(dur_ms(s.task_ttl()))
             .arg(dur_ms(s.agent_label_ttl))
             .arg(mark)
             .arg(MAX_LABELS);
@@ -621,11 +628,7 @@ impl RedisStore {
             Ok(_) => Ok(reserved),
             // The entry stays in the shared chain, pending and undecided (a rule sees it in
             // flight); this sidecar decides on its own view from here.
-            Err(_) if s.local_mode() => {
-                let recorded = s.local.ledger.record_linked(task, action, span);
-                s.remember_local(task, recorded.seq);
-                Ok(recorded)
-            }
+            Err(_) if s.local_mode() => Ok(s.record_local(task, action, span)),
             Err(e) => Err(e),
         }
     }
@@ -733,7 +736,7 @@ impl StateStore for RedisStore {
         }
         let entry = serde_json::to_string(&chain::entry_value(action, 0)).unwrap_or_default();
         let mark = format!("{}\t{}", ms(action.at), chain::cut(action.action));
-        let task_ttl = s.idle_ttl.max(s.agent_label_ttl);
+        let task_ttl = s.task_ttl();
         let mut conn = s.conn();
         let mut call = s.scripts.record.prepare_invoke();
         call.key(s.task_key("tm", task))
@@ -772,11 +775,7 @@ impl StateStore for RedisStore {
                 seq,
                 previous: span_of(&previous),
             }),
-            Err(_) if s.local_mode() => {
-                let recorded = s.local.ledger.record_linked(task, action, span);
-                s.remember_local(task, recorded.seq);
-                Ok(recorded)
-            }
+            Err(_) if s.local_mode() => Ok(s.record_local(task, action, span)),
             Err(e) => Err(e),
         }
     }
