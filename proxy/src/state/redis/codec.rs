@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use regorus::Value;
-use serde_json::Value as Json;
 use toolgate_policy::chain::{self, Outcome, SpanRef};
 use toolgate_policy::labels::{LabelSet, Mark};
 
@@ -113,8 +112,10 @@ pub(super) fn decision_prefix(decision: &str, dry_run: bool) -> String {
 
 /// The entry of an element's `<entry JSON>`, as written (pending), with its seq.
 pub(super) fn pending_entry(seq: u64, json: &str) -> Option<Value> {
-    let json: Json = serde_json::from_str(json).ok()?;
-    Some(with_seq(Value::from(json), seq))
+    // Straight into policy's value (the visitor `From<serde_json::Value>` runs too), no
+    // intermediate JSON tree.
+    let value: Value = serde_json::from_str(json).ok()?;
+    Some(with_seq(value, seq))
 }
 
 /// `value`, an entry as written (seq 0: the seq is reserved as it is appended), with `seq`.

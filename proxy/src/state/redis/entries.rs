@@ -130,7 +130,11 @@ impl Entries {
             oldest = Some(oldest.map_or(seq, |o: u64| o.min(seq)));
             match parts.next() {
                 Some(json) => {
-                    let Some(base) = pending_entry(seq, json) else {
+                    // Held already (appended by this sidecar, answered in full because its
+                    // owner had not held it when this read was asked): an element's JSON
+                    // never changes under one `born`, so it is not decoded again.
+                    let held = t.entries.get(&seq).map(|e| e.base.clone());
+                    let Some(base) = held.or_else(|| pending_entry(seq, json)) else {
                         continue;
                     };
                     let value = settle(&base, settled);
@@ -306,6 +310,27 @@ mod tests {
                 .0,
             fresh
         );
+    }
+
+    #[test]
+    fn a_held_entry_answered_in_full_is_taken_as_held_not_decoded_again() {
+        let cache = Entries::default();
+        let t = key("t1");
+        let own = entry_of(&full(2, "")).unwrap();
+        cache.chain(&t, "b1", None, &[full(1, "")]).unwrap();
+        cache.own(&t, "b1", 2, own.clone());
+        // Asked before seq 2 was held, the script answered it in full: the held entry is
+        // taken (its JSON is never read: here it even says something else), settled as
+        // answered.
+        let other = "2\tallow|response:200\t{\"action\":\"elsewhere\"}".to_string();
+        let (chain, _) = cache.chain(&t, "b1", None, &[full(1, ""), other]).unwrap();
+        assert_eq!(chain[1], with_prefix(own, "allow|response:200"));
+        assert_eq!(chain[1]["action"], Value::from("ticket.read"));
+        // Under another born the same seq is another entry: decoded.
+        let (chain, _) = cache
+            .chain(&t, "b2", None, &[full(1, ""), full(2, "")])
+            .unwrap();
+        assert_eq!(chain[1], entry_of(&full(2, "")).unwrap());
     }
 
     #[test]
