@@ -128,37 +128,33 @@ impl Entries {
                 continue;
             };
             oldest = Some(oldest.map_or(seq, |o: u64| o.min(seq)));
-            match parts.next() {
-                Some(json) => {
-                    // Held already (appended by this sidecar, answered in full because its
-                    // owner had not held it when this read was asked): an element's JSON
-                    // never changes under one `born`, so it is not decoded again.
-                    let held = t.entries.get(&seq).map(|e| e.base.clone());
-                    let Some(base) = held.or_else(|| pending_entry(seq, json)) else {
-                        continue;
-                    };
-                    let value = settle(&base, settled);
-                    chain.push(value.clone());
-                    seqs.push(seq);
-                    t.entries.insert(
-                        seq,
-                        Entry {
-                            settled: settled.to_string(),
-                            base,
-                            value,
-                        },
-                    );
+            // A held entry is taken as held, answered short or in full (in full when this
+            // sidecar appended it but did not hold it yet when this read was asked): an
+            // element's JSON never changes under one `born`, so it is decoded once.
+            if let Some(e) = t.entries.get_mut(&seq) {
+                if e.settled != settled {
+                    e.value = settle(&e.base, settled);
+                    e.settled = settled.to_string();
                 }
-                None => {
-                    let e = t.entries.get_mut(&seq).ok_or(Missing)?;
-                    if e.settled != settled {
-                        e.value = settle(&e.base, settled);
-                        e.settled = settled.to_string();
-                    }
-                    chain.push(e.value.clone());
-                    seqs.push(seq);
-                }
+                chain.push(e.value.clone());
+                seqs.push(seq);
+                continue;
             }
+            let json = parts.next().ok_or(Missing)?;
+            let Some(base) = pending_entry(seq, json) else {
+                continue;
+            };
+            let value = settle(&base, settled);
+            chain.push(value.clone());
+            seqs.push(seq);
+            t.entries.insert(
+                seq,
+                Entry {
+                    settled: settled.to_string(),
+                    base,
+                    value,
+                },
+            );
         }
         let Some((first, last)) = span else {
             if let Some(oldest) = oldest {
