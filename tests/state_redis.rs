@@ -90,6 +90,24 @@ impl Redis {
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    /// One command whose answer is an integer (`EXISTS`, `PTTL`), sent as RESP.
+    fn integer(&self, args: &[&str]) -> i64 {
+        use std::io::{BufRead as _, Write as _};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut command = format!("*{}\r\n", args.len());
+        for a in args {
+            command.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(command.as_bytes()).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).unwrap();
+        line.trim_end()
+            .strip_prefix(':')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{args:?} answered {line:?}"))
+    }
 }
 
 impl Drop for Redis {
@@ -975,5 +993,76 @@ async fn a_password_from_a_file_reaches_a_protected_redis_and_a_wrong_one_is_nev
             !text.contains("not-the-password") && !text.contains("s3cret-redis-pw"),
             "{text}"
         );
+    }
+}
+
+/// A task's keys in Redis: meta, chain, labels (prefix `t1`, named pool).
+fn task_keys(task: &str) -> [String; 3] {
+    ["tm", "tc", "tl"].map(|kind| format!("t1:{kind}:n:{task}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_lives_its_idle_ttl_after_its_last_action_and_then_leaves_redis() {
+    let redis = Redis::start();
+    let tool = ToolServer::http().await;
+    let state = format!(
+        "{{ backend: redis, url: \"{}\", prefix: t1, timeout: 200ms, max_tasks: 2 }}\nchain: {{ idle_ttl: 2s, agent_label_ttl: 2s }}",
+        redis.url()
+    );
+    let a = Toolgate::start(
+        &config(&tool, AGENT_A, &state),
+        &[("policy/main.rego", POLICY), OPERATOR_TOKEN_FILE],
+    );
+    let ttl_ms = 2000;
+
+    // The lookup labels the task (its labels key exists); reads follow back to back, so some
+    // appends do not refresh expiries. Every key still lives its TTL after the last action.
+    assert_eq!(
+        send(&a, "GET", "http://crm.test/customers/7", "T-50")
+            .await
+            .0,
+        200
+    );
+    for _ in 0..3 {
+        let sent = Instant::now();
+        assert_eq!(send(&a, "GET", &read_url("SUP-50"), "T-50").await.0, 200);
+        for key in task_keys("T-50") {
+            let pttl = redis.integer(&["PTTL", &key]);
+            let floor = ttl_ms - i64::try_from(sent.elapsed().as_millis()).unwrap();
+            assert!(
+                pttl >= floor && pttl <= ttl_ms + 1000,
+                "{key} expires in {pttl} ms: it must outlive the last action by the TTL ({floor} ms left of it)"
+            );
+        }
+    }
+    // The task's own rule still sees its label through the whole sequence (nothing expired).
+    let (status, body) = send(&a, "POST", "http://crm.test/reports", "T-50").await;
+    assert_eq!(
+        (status, body["detail"].clone()),
+        (403, json!("pii was read in this task"))
+    );
+
+    // A crowded pool evicts its least recently used task: T-50 goes when two others come.
+    assert_eq!(send(&a, "GET", &read_url("SUP-51"), "T-51").await.0, 200);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(send(&a, "GET", &read_url("SUP-52"), "T-52").await.0, 200);
+    for key in task_keys("T-50") {
+        assert_eq!(redis.integer(&["EXISTS", &key]), 0, "{key} evicted");
+    }
+    // Positive control: the two recent tasks are kept.
+    for task in ["T-51", "T-52"] {
+        assert_eq!(
+            redis.integer(&["EXISTS", &task_keys(task)[1]]),
+            1,
+            "{task} kept"
+        );
+    }
+
+    // Idle past its TTL (and the refresh period), a task leaves Redis by itself.
+    std::thread::sleep(Duration::from_millis(u64::try_from(ttl_ms).unwrap() + 1200));
+    for task in ["T-51", "T-52"] {
+        for key in task_keys(task) {
+            assert_eq!(redis.integer(&["EXISTS", &key]), 0, "{key} expired");
+        }
     }
 }

@@ -380,9 +380,26 @@ impl Shared {
         recorded
     }
 
-    /// How long a task's keys live after their last use.
+    /// How long a task's keys live after their last refresh: the task's TTL plus
+    /// [`Shared::refresh_every`], since *append* refreshes them at most that often.
+    fn task_keep(&self) -> Duration {
+        self.task_ttl() + Self::refresh_every(self.task_ttl())
+    }
+
+    /// How long a task is kept after its last use: its chain's idle TTL, or longer while its
+    /// labels count for its agent.
     fn task_ttl(&self) -> Duration {
         self.idle_ttl.max(self.agent_label_ttl)
+    }
+
+    /// How often an append refreshes the task's key expiries and its place in the pool: at
+    /// most once a second, and often enough to keep a short TTL close.
+    fn refresh_every(ttl: Duration) -> Duration {
+        (ttl / 16).min(Duration::from_secs(1))
+    }
+
+    fn refresh_ms(&self) -> u64 {
+        dur_ms(Self::refresh_every(self.task_ttl()))
     }
 
     fn take_local(&self, task: &TaskKey<'_>, seq: u64) -> bool {
@@ -461,11 +478,12 @@ impl RedisStore {
             call.key(s.key(&["tasks:", pool(task)]))
                 .arg(entry)
                 .arg(span_text(r.span))
-                .arg(dur_ms(s.task_ttl()))
+                .arg(dur_ms(s.task_keep()))
                 .arg(s.max_actions)
                 .arg(s.settings.max_tasks)
                 .arg(&s.prefix)
-                .arg(pool(task));
+                .arg(pool(task))
+                .arg(s.refresh_ms());
         }
         let reply: Vec<Reply> = match s
             .run(
@@ -610,7 +628,7 @@ impl RedisStore {
             .arg(reserved.seq)
             .arg(decision_prefix(action.decision, action.dry_run))
             .arg(ms(SystemTime::now()))
-            .arg(dur_ms(s.task_ttl()))
+            .arg(dur_ms(s.task_keep()))
             .arg(dur_ms(s.agent_label_ttl))
             .arg(mark)
             .arg(MAX_LABELS);
@@ -736,7 +754,7 @@ impl StateStore for RedisStore {
         }
         let entry = serde_json::to_string(&chain::entry_value(action, 0)).unwrap_or_default();
         let mark = format!("{}\t{}", ms(action.at), chain::cut(action.action));
-        let task_ttl = s.task_ttl();
+        let task_keep = s.task_keep();
         let mut conn = s.conn();
         let mut call = s.scripts.record.prepare_invoke();
         call.key(s.task_key("tm", task))
@@ -749,7 +767,7 @@ impl StateStore for RedisStore {
             .arg(task.id)
             .arg(ms(SystemTime::now()))
             .arg(dur_ms(s.idle_ttl))
-            .arg(dur_ms(task_ttl))
+            .arg(dur_ms(task_keep))
             .arg(s.max_actions)
             .arg(s.settings.max_tasks)
             .arg(entry)
@@ -759,7 +777,8 @@ impl StateStore for RedisStore {
             .arg(mark)
             .arg(MAX_LABELS)
             .arg(&s.prefix)
-            .arg(pool(task));
+            .arg(pool(task))
+            .arg(s.refresh_ms());
         for label in action.labels {
             call.arg(&**label);
         }

@@ -28,8 +28,8 @@
 /// KEYS: task meta, chain, task labels, agent labels, task revocations, agent revocations,
 /// epoch, tombstones, ended tasks, pool LRU. ARGV: 1 task id, 2 agent id, 3 now (ms),
 /// 4 idle_ttl (ms), 5 began (ms or ""), 6 held born (or ""), 7 held from, 8 held to, 9 held
-/// unsettled from; to append: 10 entry JSON (or ""), 11 span, 12 task ttl (ms), 13
-/// max_actions, 14 max_tasks, 15 key prefix, 16 pool.
+/// unsettled from; to append: 10 entry JSON (or ""), 11 span, 12 task keys' lifetime (ms),
+/// 13 max_actions, 14 max_tasks, 15 key prefix, 16 pool, 17 refresh period (ms).
 pub fn observe() -> String {
     format!("{APPEND}{}", OBSERVE)
 }
@@ -48,19 +48,19 @@ if e then
 end
 local epoch = redis.call('GET', KEYS[7])
 if not epoch then return {2} end
-local meta = redis.call('HMGET', KEYS[1], 'last', 'inc', 'born', 'seq')
+local meta = redis.call('HMGET', KEYS[1], unpack(META))
 local chain = {}
 local complete = 1
 local born = ''
 local first = ''
 local last = ''
-if meta[1] then
-  if now - tonumber(meta[1]) >= tonumber(ARGV[4]) then
+if meta[2] then
+  if now - tonumber(meta[2]) >= tonumber(ARGV[4]) then
     complete = 0
   else
-    if meta[2] == '1' then complete = 0 end
-    born = meta[3] or ''
-    local top = tonumber(meta[4])
+    if meta[4] == '1' then complete = 0 end
+    born = meta[5] or ''
+    local top = tonumber(meta[1])
     local len = redis.call('LLEN', KEYS[2])
     local from = tonumber(ARGV[7])
     local to = tonumber(ARGV[8])
@@ -96,28 +96,37 @@ else
 end
 local seq, prev, own = '', '', ''
 if ARGV[10] and ARGV[10] ~= '' then
-  seq, prev, own = append(ARGV[1], now, tonumber(ARGV[4]), ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14]), ARGV[10], ARGV[11], ARGV[5], ARGV[15], ARGV[16], KEYS[1], KEYS[2], KEYS[10], KEYS[8], KEYS[7])
-  redis.call('PEXPIRE', KEYS[3], ARGV[12])
-  seq = tostring(seq)
+  seq, prev, own = append(ARGV[1], ARGV[3], tonumber(ARGV[4]), ARGV[12], tonumber(ARGV[17]), tonumber(ARGV[13]), tonumber(ARGV[14]), ARGV[10], ARGV[11], ARGV[5], ARGV[15], ARGV[16], KEYS[1], KEYS[2], KEYS[10], KEYS[8], KEYS[7], KEYS[3], meta)
 end
 return {0, complete, chain, redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4]), born, first, last, seq, prev, own}
 "#;
 
 /// Lua for appending a pending entry to a task's chain, its seq reserved here: link spans,
 /// keep the task's pool within `max_tasks` (least recently used evicted, remembered by a
-/// tombstone), refresh the meta and chain TTLs. A chain created or restarted (new, evicted
-/// and back, idle) gets a new `born` (the server's clock and a counter): its seqs start over,
-/// so entries decoded under the old one are never taken for the new ones. Returns seq, the
-/// previous action's span and the chain's `born`.
+/// tombstone), keep the task's keys alive. A chain created or restarted (new, evicted and
+/// back, idle) gets a new `born` (the server's clock and a counter): its seqs start over, so
+/// entries decoded under the old one are never taken for the new ones. Returns seq, the
+/// previous action's span and the chain's `born` (all text).
+///
+/// The task's keys (meta, chain, labels) and its place in the pool are refreshed at most once
+/// per `every` ms (the meta's `rf`), each key then kept `keep` = its TTL + `every`: so a key
+/// lives at least its TTL after its last use, and an append writes three keys fewer. Always
+/// when the chain is (re)created. `meta` is the task's meta as OBSERVE read it ([`META`]
+/// order), or nil to read it here. Arguments to `redis.call` are strings: Lua numbers are
+/// formatted on the way in.
 const APPEND: &str = r#"
-local function append(id, now, idle, ttl, max_actions, cap, entry, span, began, p, pool, k_meta, k_chain, k_pool, k_tomb, k_epoch)
-  local meta = redis.call('HMGET', k_meta, 'seq', 'last', 'span', 'inc', 'born')
+local META = {'seq', 'last', 'span', 'inc', 'born', 'rf'}
+local function append(id, now, idle, keep, every, max_actions, cap, entry, span, began, p, pool, k_meta, k_chain, k_pool, k_tomb, k_epoch, k_labels, meta)
+  if not meta then meta = redis.call('HMGET', k_meta, unpack(META)) end
+  local now_n = tonumber(now)
   local seq = 0
   local prev = ''
   local inc = '0'
   local born = meta[5]
+  local refresh = false
   local function new_born()
     local t = redis.call('TIME')
+    refresh = true
     return t[1] .. t[2] .. '.' .. redis.call('INCR', p .. 'born')
   end
   if not meta[2] then
@@ -140,7 +149,7 @@ local function append(id, now, idle, ttl, max_actions, cap, entry, span, began, 
     seq = tonumber(meta[1]) or 0
     prev = meta[3] or ''
     inc = meta[4] or '0'
-    if now - tonumber(meta[2]) >= idle then
+    if now_n - tonumber(meta[2]) >= idle then
       redis.call('DEL', k_chain)
       seq = 0
       prev = ''
@@ -150,15 +159,23 @@ local function append(id, now, idle, ttl, max_actions, cap, entry, span, began, 
   end
   if not born then born = new_born() end
   seq = seq + 1
-  if redis.call('RPUSH', k_chain, seq .. '\t\t' .. entry) > max_actions then
+  local s = string.format('%d', seq)
+  local len = redis.call('RPUSH', k_chain, s .. '\t\t' .. entry)
+  if len > max_actions then
     redis.call('LTRIM', k_chain, -max_actions, -1)
     inc = '1'
   end
-  redis.call('HSET', k_meta, 'seq', seq, 'last', now, 'span', span, 'inc', inc, 'born', born)
-  redis.call('ZADD', k_pool, now, id)
-  redis.call('PEXPIRE', k_meta, ttl)
-  redis.call('PEXPIRE', k_chain, ttl)
-  return seq, prev, born
+  local rf = tonumber(meta[6])
+  if refresh or len == 1 or not rf or now_n - rf >= every or now_n < rf then
+    redis.call('HSET', k_meta, 'seq', s, 'last', now, 'span', span, 'inc', inc, 'born', born, 'rf', now)
+    redis.call('ZADD', k_pool, now, id)
+    redis.call('PEXPIRE', k_meta, keep)
+    redis.call('PEXPIRE', k_chain, keep)
+    redis.call('PEXPIRE', k_labels, keep)
+  else
+    redis.call('HSET', k_meta, 'seq', s, 'last', now, 'span', span, 'inc', inc, 'born', born)
+  end
+  return s, prev, born
 end
 "#;
 
@@ -195,18 +212,18 @@ end
 /// labels.
 ///
 /// KEYS: task meta, chain, task labels, agent labels, pool LRU, tombstones, epoch.
-/// ARGV: 1 task id, 2 now (ms), 3 idle_ttl (ms), 4 task ttl (ms), 5 max_actions, 6 max_tasks,
-/// 7 entry JSON, 8 span, 9 began (ms or ""), 10 agent label ttl (ms), 11 mark, 12 max labels,
-/// 13 key prefix ("<prefix>:"), 14 pool, 15… labels.
+/// ARGV: 1 task id, 2 now (ms), 3 idle_ttl (ms), 4 task keys' lifetime (ms), 5 max_actions,
+/// 6 max_tasks, 7 entry JSON, 8 span, 9 began (ms or ""), 10 agent label ttl (ms), 11 mark,
+/// 12 max labels, 13 key prefix ("<prefix>:"), 14 pool, 15 refresh period (ms), 16… labels.
 pub fn record() -> String {
     format!(
         "{APPEND}{LABELS}{}",
         r#"
 local now = tonumber(ARGV[2])
-local seq, prev = append(ARGV[1], now, tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9], ARGV[13], ARGV[14], KEYS[1], KEYS[2], KEYS[5], KEYS[6], KEYS[7])
-set_labels(15, KEYS[3], KEYS[4], ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[10]), now)
+local seq, prev = append(ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[15]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9], ARGV[13], ARGV[14], KEYS[1], KEYS[2], KEYS[5], KEYS[6], KEYS[7], KEYS[3], nil)
+set_labels(16, KEYS[3], KEYS[4], ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[10]), now)
 redis.call('PEXPIRE', KEYS[3], ARGV[4])
-return {seq, prev}
+return {tonumber(seq), prev}
 "#
     )
 }
@@ -216,15 +233,15 @@ return {seq, prev}
 /// `<decision>|`, once) and the labels it sets.
 ///
 /// KEYS: chain, task labels, agent labels. ARGV: 1 seq, 2 decision prefix (`deny|`), 3 now
-/// (ms), 4 task ttl (ms), 5 agent label ttl (ms), 6 mark, 7 max labels, 8… labels.
+/// (ms), 4 task keys' lifetime (ms), 5 agent label ttl (ms), 6 mark, 7 max labels, 8… labels.
 pub fn decided() -> String {
     format!(
         "{LABELS}{}",
         r#"
-local n = redis.call('LLEN', KEYS[1])
 local i = -1
-while i >= -n do
+while true do
   local v = redis.call('LINDEX', KEYS[1], i)
+  if not v then break end
   local s, rest = string.match(v, '^(%d+)\t\t(.*)$')
   if s == ARGV[1] then
     redis.call('LSET', KEYS[1], i, s .. '\t' .. ARGV[2] .. '\t' .. rest)
@@ -254,10 +271,10 @@ for i = 2, #ARGV - 1, 2 do
   want[ARGV[i]] = ARGV[i + 1]
   left = left + 1
 end
-local n = redis.call('LLEN', KEYS[1])
 local i = -1
-while i >= -n and left > 0 do
+while left > 0 do
   local v = redis.call('LINDEX', KEYS[1], i)
+  if not v then break end
   local s, cur, rest = string.match(v, '^(%d+)\t([^\t]*)\t(.*)$')
   if s and want[s] then
     local new = nil
