@@ -38,10 +38,11 @@ pub mod scripts;
 mod sync;
 mod tasks;
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -91,11 +92,38 @@ pub struct RedisStore {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+thread_local! {
+    /// This thread's connections, one per store alive (a process has one; a reload, a test
+    /// more): each driven on the runtime of the thread that uses it.
+    static CONNECTIONS: RefCell<Vec<ThreadConn>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A thread's connection to one store's Redis.
+struct ThreadConn {
+    store: Weak<()>,
+    /// The store's generation it was opened in ([`Shared::generation`]); `u64::MAX` for the
+    /// background loop's own.
+    generation: u64,
+    conn: ConnectionManager,
+}
+
+/// Connections opened per store beyond the loop's: threads past it share the loop's.
+const MAX_THREAD_CONNECTIONS: usize = 64;
+
 /// What the store and its background loop share.
 #[derive(Debug)]
 struct Shared {
-    /// The one connection, driven on the background loop's thread.
+    /// The background loop's connection, driven on its thread; and what opens one per
+    /// thread that calls Redis ([`Shared::conn`]), under `token`.
     conn: ConnectionManager,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    token: Arc<()>,
+    /// Bumped when a call finds Redis unavailable and when the loop finds it back: threads then
+    /// open a fresh connection instead of spending a call on a broken one's stored error.
+    generation: AtomicU64,
+    /// Thread connections opened (at most [`MAX_THREAD_CONNECTIONS`]).
+    opened: AtomicUsize,
     prefix: String,
     settings: RedisSettings,
     max_actions: usize,
@@ -223,14 +251,15 @@ impl RedisStore {
                     }
                 };
                 runtime.block_on(async move {
-                    let conn = match client.get_connection_manager_lazy(config) {
+                    let conn = match client.get_connection_manager_lazy(config.clone()) {
                         Ok(c) => c,
                         Err(e) => {
                             let _ = ready_tx.send(Err(describe(&e)));
                             return;
                         }
                     };
-                    let shared = Arc::new(Shared::new(conn, settings, &chain));
+                    let shared = Arc::new(Shared::new(conn, (client, config), settings, &chain));
+                    shared.adopt_here();
                     if ready_tx.send(Ok(shared.clone())).is_err() {
                         return;
                     }
@@ -263,9 +292,19 @@ impl Drop for RedisStore {
 }
 
 impl Shared {
-    fn new(conn: ConnectionManager, settings: RedisSettings, chain: &ChainSettings) -> Shared {
+    fn new(
+        conn: ConnectionManager,
+        (client, config): (redis::Client, ConnectionManagerConfig),
+        settings: RedisSettings,
+        chain: &ChainSettings,
+    ) -> Shared {
         Shared {
             conn,
+            client,
+            config,
+            token: Arc::new(()),
+            generation: AtomicU64::new(0),
+            opened: AtomicUsize::new(0),
             prefix: format!("{}:", settings.prefix),
             max_actions: chain.max_actions.max(1),
             idle_ttl: chain.idle_ttl,
@@ -330,6 +369,8 @@ impl Shared {
     fn down(&self, problem: &str) {
         if self.available.swap(false, Ordering::AcqRel) {
             tracing::error!(target: "toolgate::state", problem, "shared state unavailable");
+            // The other threads' connections may hold the same failure: they open fresh ones.
+            self.generation.fetch_add(1, Ordering::AcqRel);
         }
         if let Ok(mut p) = self.problem.lock() {
             *p = Some(problem.to_string());
@@ -340,8 +381,67 @@ impl Shared {
         self.settings.on_unavailable == OnUnavailable::Local
     }
 
+    /// The connection of the calling thread: a pingora worker's round trips to Redis are
+    /// driven on its own runtime, so a reply wakes the request's thread directly instead of
+    /// crossing to the background loop's thread and back (two thread wake-ups per round trip
+    /// fewer). Off a runtime, past [`MAX_THREAD_CONNECTIONS`], or when a thread's connection
+    /// cannot be made: the loop's.
     fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.conn.clone();
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        CONNECTIONS
+            .try_with(|c| {
+                let Ok(mut c) = c.try_borrow_mut() else {
+                    return self.conn.clone();
+                };
+                let here =
+                    |t: &ThreadConn| std::ptr::eq(t.store.as_ptr(), Arc::as_ptr(&self.token));
+                match c.iter().find(|t| here(t)) {
+                    Some(t) if t.generation >= generation => return t.conn.clone(),
+                    // Opened before Redis went away or came back: replaced below.
+                    Some(_) => {}
+                    None => {
+                        if self.opened.fetch_add(1, Ordering::AcqRel) >= MAX_THREAD_CONNECTIONS {
+                            self.opened.fetch_sub(1, Ordering::AcqRel);
+                            return self.conn.clone();
+                        }
+                    }
+                }
+                // This store's stale connection, and those of stores gone (a reload), close here.
+                c.retain(|t| t.store.strong_count() > 0 && !here(t));
+                match self.client.get_connection_manager_lazy(self.config.clone()) {
+                    Ok(conn) => {
+                        c.push(ThreadConn {
+                            store: Arc::downgrade(&self.token),
+                            generation,
+                            conn: conn.clone(),
+                        });
+                        conn
+                    }
+                    Err(_) => self.conn.clone(),
+                }
+            })
+            .unwrap_or_else(|_| self.conn.clone())
+    }
+
+    /// The background loop's thread uses the loop's connection, which its ticks keep healed.
+    fn adopt_here(&self) {
+        let _ = CONNECTIONS.try_with(|c| {
+            if let Ok(mut c) = c.try_borrow_mut() {
+                c.push(ThreadConn {
+                    store: Arc::downgrade(&self.token),
+                    generation: u64::MAX,
+                    conn: self.conn.clone(),
+                });
+            }
+        });
+    }
+
+    /// Redis answered the loop after a failure: every thread opens a fresh connection.
+    pub(super) fn redis_back(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     fn observe_local(
