@@ -754,6 +754,8 @@ async fn redis_gone_refuses_with_state_unavailable_and_service_resumes_with_ever
     let tool = ToolServer::http().await;
     let a = sidecar(&tool, &redis, AGENT_A, "");
     assert_eq!(reads(&a, "T-30", 2).await, [200, 200]);
+    // The operator API has its own connection too, open when Redis goes.
+    assert_eq!(operator(a.admin, "GET", "/v1/tasks/T-30", None).status, 200);
 
     redis.kill();
     let (status, body) = send(&a, "GET", &read_url("SUP-1"), "T-30").await;
@@ -793,6 +795,11 @@ async fn redis_gone_refuses_with_state_unavailable_and_service_resumes_with_ever
         metric(&a, "toolgate_state_available{backend=\"redis\"}"),
         1.0
     );
+    // Once ready, every thread is served again — each request a new connection, spread over
+    // the workers, and the operator API — none refused on an error left from the outage.
+    assert_eq!(reads(&a, "T-33", 8).await, [200; 8]);
+    let task = operator(a.admin, "GET", "/v1/tasks/T-33", None);
+    assert_eq!(task.status, 200, "{}", task.body);
 
     // Nothing lost from the decision log: every request, refused or not, has its line.
     let sent = tool.received().len();
