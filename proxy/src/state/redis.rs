@@ -119,8 +119,8 @@ struct Shared {
     client: redis::Client,
     config: ConnectionManagerConfig,
     token: Arc<()>,
-    /// Bumped when a call finds Redis unavailable and when the loop finds it back: threads then
-    /// open a fresh connection instead of spending a call on a broken one's stored error.
+    /// Bumped whenever Redis becomes unavailable and available again: threads then open a
+    /// fresh connection instead of spending a call on a broken one's stored error.
     generation: AtomicU64,
     /// Thread connections opened (at most [`MAX_THREAD_CONNECTIONS`]).
     opened: AtomicUsize,
@@ -353,7 +353,9 @@ impl Shared {
         };
         match result {
             Ok(v) => {
-                self.available.store(true, Ordering::Release);
+                if !self.available.load(Ordering::Acquire) {
+                    self.up();
+                }
                 Ok(v)
             }
             Err(problem) => {
@@ -439,11 +441,14 @@ impl Shared {
         });
     }
 
-    /// Redis answered the loop after a failure: every thread opens a fresh connection.
-    pub(super) fn redis_back(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+    /// Redis answered after a failure (a call, or the loop): available again, and every thread
+    /// opens a fresh connection — one opened during the outage may hold its failure.
+    pub(super) fn up(&self) {
+        if !self.available.swap(true, Ordering::AcqRel) {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            tracing::info!(target: "toolgate::state", "shared state available");
+        }
     }
-
     fn observe_local(
         &self,
         task: &TaskKey<'_>,

@@ -24,12 +24,7 @@ impl Shared {
         loop {
             match self.sync_once(&mut seen).await {
                 Ok(()) => {
-                    if !self.available.load(Ordering::Acquire) {
-                        self.redis_back();
-                    }
-                    if !self.available.swap(true, Ordering::AcqRel) {
-                        tracing::info!(target: "toolgate::state", "shared state available");
-                    }
+                    self.up();
                     if let Ok(mut p) = self.problem.lock() {
                         *p = None;
                     }
