@@ -444,10 +444,11 @@ async fn a_held_payment_goes_out_once_after_a_human_approves_it_with_the_approve
 async fn a_denial_refuses_with_the_approvers_comment_and_an_expired_approval_refuses() {
     let tool = ToolServer::http().await;
     // The webhook is down: nothing is approved by its failure, and it is counted.
+    let down = support::closed_port();
     let tg = start(
         &tool,
         None,
-        Some(&format!("http://127.0.0.1:{}/down", support::free_port())),
+        Some(&format!("http://127.0.0.1:{}/down", down.port)),
     );
 
     let (_, held) = pay(&tg, "T-deny", 700, "EUR").await;
@@ -670,13 +671,14 @@ fn the_approvals_command_needs_a_reachable_operator_api() {
     let (code, _) = run(&dir.path().join("missing.yaml"), &["list"]);
     assert_eq!(code, 2);
     // Configured, but nothing listening: exit 1.
+    let closed = support::closed_port();
     support::write(dir.path(), OPERATOR_TOKEN_FILE.0, OPERATOR_TOKEN);
     support::write(
         dir.path(),
         "toolgate.yaml",
         &format!(
             "listen: {{ admin: \"127.0.0.1:{}\" }}\nagent: {{ id: a }}\npolicy: {{ files: [policy/*.rego] }}\nadmin: {{ token_file: operator-token }}\n",
-            support::free_port()
+            closed.port
         ),
     );
     let (code, err) = run(&dir.path().join("toolgate.yaml"), &["approve", "x"]);

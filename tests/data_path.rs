@@ -272,7 +272,8 @@ async fn https_upstream_with_an_untrusted_certificate_is_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_down_is_a_502_problem_and_the_proxy_keeps_serving() {
-    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    let closed = support::closed_port();
+    let dead = format!("http://127.0.0.1:{}", closed.port);
     let tg = start(&dead);
     let client = tg.forward_client();
     for _ in 0..3 {

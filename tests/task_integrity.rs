@@ -652,7 +652,8 @@ async fn a_batch_credential_does_not_depend_on_the_order_of_its_members() {
 #[tokio::test]
 async fn a_tool_that_fails_or_times_out_settles_its_entry_so_and_it_never_counts_as_a_read() {
     // A port nothing listens on, and a tool slower than limits.upstream_timeout (1 s).
-    let closed = support::free_port();
+    let closed_port = support::closed_port();
+    let closed = closed_port.port;
     let slow = SlowTool::start(Duration::from_millis(3000));
     let fast = ToolServer::http().await;
     let config = |upstream: &str| {

@@ -19,7 +19,7 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use otlp::{int, string, Receiver};
-use support::{free_port, http_get, problem, ToolServer, Toolgate};
+use support::{http_get, problem, ToolServer, Toolgate};
 
 const JIRA_SECRET: &str = "jira-secret-value-7f3a";
 const PAYMENTS_SECRET: &str = "payments-secret-value-91c2";
@@ -611,7 +611,8 @@ async fn the_task_trace_is_derived_from_the_task_so_it_survives_a_restart() {
 async fn collector_down_leaves_traffic_unaffected_and_counts_dropped_spans() {
     let tool = ToolServer::http().await;
     // Nothing listens there.
-    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let closed = support::closed_port();
+    let endpoint = format!("http://127.0.0.1:{}", closed.port);
     let tg = start(
         &tool,
         &endpoint,

@@ -241,6 +241,24 @@ fn pem(label: &str, der: &[u8]) -> String {
     )
 }
 
+/// A port on 127.0.0.1 that refuses connections for as long as this value lives: bound and
+/// never listening, so no other test (a tool server binding port 0) can be handed it, as it
+/// could be a port that was merely freed.
+pub struct ClosedPort {
+    pub port: u16,
+    _socket: tokio::net::TcpSocket,
+}
+
+pub fn closed_port() -> ClosedPort {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    ClosedPort {
+        port,
+        _socket: socket,
+    }
+}
+
 /// A free port on 127.0.0.1 (bound and released; the OS does not hand it out again at once).
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
