@@ -119,9 +119,12 @@ struct Shared {
     client: redis::Client,
     config: ConnectionManagerConfig,
     token: Arc<()>,
-    /// Bumped whenever Redis becomes unavailable and available again: threads then open a
+    /// Bumped when Redis answers again after a failure ([`Shared::up`]): threads then open a
     /// fresh connection instead of spending a call on a broken one's stored error.
     generation: AtomicU64,
+    /// When the generation was last bumped (ms since `started`).
+    renewed_ms: AtomicU64,
+    started: Instant,
     /// Thread connections opened (at most [`MAX_THREAD_CONNECTIONS`]).
     opened: AtomicUsize,
     prefix: String,
@@ -304,6 +307,8 @@ impl Shared {
             config,
             token: Arc::new(()),
             generation: AtomicU64::new(0),
+            renewed_ms: AtomicU64::new(0),
+            started: Instant::now(),
             opened: AtomicUsize::new(0),
             prefix: format!("{}:", settings.prefix),
             max_actions: chain.max_actions.max(1),
@@ -371,8 +376,6 @@ impl Shared {
     fn down(&self, problem: &str) {
         if self.available.swap(false, Ordering::AcqRel) {
             tracing::error!(target: "toolgate::state", problem, "shared state unavailable");
-            // The other threads' connections may hold the same failure: they open fresh ones.
-            self.generation.fetch_add(1, Ordering::AcqRel);
         }
         if let Ok(mut p) = self.problem.lock() {
             *p = Some(problem.to_string());
@@ -442,13 +445,25 @@ impl Shared {
     }
 
     /// Redis answered after a failure (a call, or the loop): available again, and every thread
-    /// opens a fresh connection — one opened during the outage may hold its failure.
+    /// opens a fresh connection — one opened during the outage may hold its failure. At most
+    /// once per [`SYNC_EVERY`], so calls failing and succeeding by turns (an overload) cannot
+    /// make every thread reconnect on every call.
     pub(super) fn up(&self) {
         if !self.available.swap(true, Ordering::AcqRel) {
-            self.generation.fetch_add(1, Ordering::AcqRel);
+            let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let last = self.renewed_ms.load(Ordering::Acquire);
+            if now.saturating_sub(last) >= dur_ms(SYNC_EVERY)
+                && self
+                    .renewed_ms
+                    .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                self.generation.fetch_add(1, Ordering::AcqRel);
+            }
             tracing::info!(target: "toolgate::state", "shared state available");
         }
     }
+
     fn observe_local(
         &self,
         task: &TaskKey<'_>,
