@@ -14,7 +14,9 @@
 //! and sends the roots idle for `chain.idle_ttl`, and shutdown sends every root still open
 //! before the final flush.
 
+pub mod encode;
 pub mod otlp;
+pub mod otlp_http;
 #[cfg(test)]
 mod tests;
 

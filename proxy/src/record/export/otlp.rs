@@ -7,12 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::resource::{EnvResourceDetector, TelemetryResourceDetector};
-use opentelemetry_sdk::trace::SpanExporter as _;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
 use toolgate_policy::config::{Otlp, OtlpProtocol, Vars};
 
+use super::otlp_http::HttpExporter;
 use super::{Batching, Spans, StartError};
 
 /// Where and how spans are exported, resolved from configuration and environment.
@@ -23,6 +25,9 @@ pub struct Settings {
     /// Deadline of one export request (`OTEL_EXPORTER_OTLP_TIMEOUT`, default 10 s).
     pub timeout: Duration,
     pub batching: Batching,
+    /// Headers sent with every OTLP/HTTP export (`OTEL_EXPORTER_OTLP_[TRACES_]HEADERS`); the
+    /// gRPC exporter reads them itself.
+    pub headers: Vec<(String, String)>,
 }
 
 /// The traces path of OTLP/HTTP, appended to `OTEL_EXPORTER_OTLP_ENDPOINT`.
@@ -140,12 +145,54 @@ pub fn settings(
         ],
     )?
     .unwrap_or(Duration::from_secs(10));
+    let headers = first(
+        vars,
+        &[
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ],
+    )
+    .map(|(_, v)| parse_headers(&v))
+    .unwrap_or_default();
+    if protocol == OtlpProtocol::Http {
+        if let Some((var, v)) = first(
+            vars,
+            &[
+                "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+                "OTEL_EXPORTER_OTLP_COMPRESSION",
+            ],
+        ) {
+            if v.trim() != "none" {
+                return Err(env_error(
+                    var,
+                    &v,
+                    "toolgate sends OTLP/HTTP uncompressed: unset it or set `none`",
+                ));
+            }
+        }
+    }
     Ok(Some(Settings {
         endpoint,
         protocol,
         timeout,
         batching,
+        headers,
     }))
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS`: `key=value` pairs separated by commas, values
+/// percent-decoded (W3C Baggage style); pairs without a key or a value are skipped.
+fn parse_headers(v: &str) -> Vec<(String, String)> {
+    v.split(',')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            let (k, v) = (k.trim(), v.trim());
+            let v = percent_encoding::percent_decode_str(v)
+                .decode_utf8()
+                .map_or_else(|_| v.to_string(), |d| d.into_owned());
+            (!k.is_empty() && !v.is_empty()).then(|| (k.to_string(), v))
+        })
+        .collect()
 }
 
 /// The resource toolgate's spans describe: `service.name` (`OTEL_SERVICE_NAME`, else
@@ -209,9 +256,44 @@ pub fn start(
     )
 }
 
+/// The HTTP client of OTLP/HTTP export: system roots for https (and `SSL_CERT_FILE`).
+type Client = opentelemetry_http::hyper::HyperClient<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+>;
+
+/// The exporter of one protocol: OTLP/HTTP encodes spans itself ([`super::encode`]); gRPC is
+/// the OpenTelemetry exporter.
+#[derive(Debug)]
+pub enum Exporter {
+    Http(Box<HttpExporter<Client>>),
+    Grpc(Box<opentelemetry_otlp::SpanExporter>),
+}
+
+impl SpanExporter for Exporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        match self {
+            Exporter::Http(e) => e.export(batch).await,
+            Exporter::Grpc(e) => e.export(batch).await,
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        match self {
+            Exporter::Http(e) => e.shutdown_with_timeout(timeout),
+            Exporter::Grpc(e) => e.shutdown_with_timeout(timeout),
+        }
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        match self {
+            Exporter::Http(e) => e.set_resource(resource),
+            Exporter::Grpc(e) => e.set_resource(resource),
+        }
+    }
+}
+
 /// Build the exporter; must run inside a Tokio runtime (the gRPC channel needs one).
-fn build(s: &Settings) -> Result<opentelemetry_otlp::SpanExporter, Box<dyn std::error::Error>> {
-    let builder = opentelemetry_otlp::SpanExporter::builder();
+fn build(s: &Settings) -> Result<Exporter, Box<dyn std::error::Error>> {
     let exporter = match s.protocol {
         OtlpProtocol::Http => {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -221,16 +303,15 @@ fn build(s: &Settings) -> Result<opentelemetry_otlp::SpanExporter, Box<dyn std::
                 .enable_http1()
                 .build();
             let client = opentelemetry_http::hyper::HyperClient::new(connector, s.timeout, None);
-            builder
-                .with_http()
-                .with_http_client(client)
-                .with_protocol(Protocol::HttpBinary)
-                .with_endpoint(s.endpoint.clone())
-                .with_timeout(s.timeout)
-                .build()?
+            Exporter::Http(Box::new(HttpExporter::new(
+                client,
+                &s.endpoint,
+                &s.headers,
+                s.timeout,
+            )?))
         }
         OtlpProtocol::Grpc => {
-            let mut tonic = builder
+            let mut tonic = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .with_endpoint(s.endpoint.clone())
                 .with_timeout(s.timeout);
@@ -239,7 +320,7 @@ fn build(s: &Settings) -> Result<opentelemetry_otlp::SpanExporter, Box<dyn std::
                 tonic = tonic
                     .with_tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots());
             }
-            tonic.build()?
+            Exporter::Grpc(Box::new(tonic.build()?))
         }
     };
     Ok(exporter)

@@ -221,8 +221,47 @@ fn configuration_wins_over_the_environment() {
             protocol: OtlpProtocol::Http,
             timeout: Duration::from_secs(10),
             batching: Batching::default(),
+            headers: vec![],
         }
     );
+}
+
+#[test]
+fn export_headers_come_from_the_environment_and_compression_is_refused() {
+    let s = settings(
+        Some(&configured()),
+        &env(&[
+            ("OTEL_EXPORTER_OTLP_HEADERS", "ignored=1"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                "api-key=s%3Dcret ,x-tenant=acme,=novalue,nokey=,bare",
+            ),
+        ]),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        s.headers,
+        vec![
+            ("api-key".to_string(), "s=cret".to_string()),
+            ("x-tenant".to_string(), "acme".to_string())
+        ]
+    );
+    let err = settings(
+        Some(&configured()),
+        &env(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("OTEL_EXPORTER_OTLP_COMPRESSION") && err.contains("uncompressed"),
+        "{err}"
+    );
+    assert!(settings(
+        Some(&configured()),
+        &env(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "none")]),
+    )
+    .is_ok());
 }
 
 #[test]
