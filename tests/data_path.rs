@@ -368,6 +368,82 @@ async fn connections_are_kept_alive_on_both_sides() {
     );
 }
 
+/// Voluntary context switches (the thread blocked, then was woken) of each pingora worker
+/// thread of process `pid`, by thread id.
+fn worker_wakeups(pid: u32) -> std::collections::BTreeMap<u32, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        if !comm.starts_with("toolgate proxy") {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let switches = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .map(|v| v.trim().parse().unwrap());
+        let tid = dir.file_name().unwrap().to_str().unwrap().parse().unwrap();
+        if let Some(n) = switches {
+            out.insert(tid, n);
+        }
+    }
+    out
+}
+
+/// A connection is served by one worker thread, which is also the one told about its
+/// sockets: serving it wakes no other worker. pingora accepts on one worker and spawned the
+/// connection on a random one, whose socket events then reached it through the accepting
+/// worker — woken for every request (vendor/pingora-core/TOOLGATE.md). Counted, not timed:
+/// the idle worker's voluntary context switches while another serves 60 requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_is_served_without_waking_the_other_worker() {
+    let tool = ToolServer::http().await;
+    let tg = Toolgate::start(
+        &config(&tool.url(), "workers: 2"),
+        &[
+            ("policy/main.rego", POLICY),
+            ("secrets/jira", &format!("{SECRET}\n")),
+        ],
+    );
+    let pid = tg.pid();
+    let proxy = tg.proxy;
+    let read = "GET http://jira.test/rest/api/3/issue/A HTTP/1.1\r\nHost: jira.test\r\n\r\n";
+    // Eight connections, one after another: with a random worker per connection, one that is
+    // not the accepting worker's comes up with probability 255/256.
+    for round in 0..8 {
+        let before = worker_wakeups(pid);
+        assert_eq!(before.len(), 2, "two worker threads: {before:?}");
+        let served = tool.received().len();
+        let statuses = tokio::task::spawn_blocking(move || sequential(proxy, &[read; 60]))
+            .await
+            .unwrap();
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+        let after = worker_wakeups(pid);
+        let mut woken: Vec<u64> = before.iter().map(|(t, n)| after[t] - n).collect();
+        woken.sort_unstable();
+        assert!(
+            woken[0] < 10,
+            "round {round}: the worker not serving the connection was woken {} times for 60 requests (the serving one {})",
+            woken[0],
+            woken[1]
+        );
+        // The positive control: the requests were served, by one worker, over one
+        // upstream connection.
+        let received = tool.received();
+        assert_eq!(received.len(), served + 60);
+        let peers: std::collections::BTreeSet<_> =
+            received[served..].iter().map(|r| r.peer).collect();
+        assert_eq!(
+            peers.len(),
+            1,
+            "round {round}: upstream connection not reused"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_toolgate_within_seconds() {
     let tool = ToolServer::http().await;

@@ -33,7 +33,11 @@ impl ProxyHttp for Forward {
     fn new_ctx(&self) -> Self::CTX {}
 
     async fn upstream_peer(&self, _: &mut Session, _: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        // Upstream connections pooled per worker thread, as toolgate pools them
+        // (vendor/pingora-core/TOOLGATE.md).
+        peer.group_key = toolgate_proxy::forward::worker_slot();
+        Ok(Box::new(peer))
     }
 
     async fn upstream_request_filter(

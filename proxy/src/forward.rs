@@ -6,6 +6,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -106,10 +107,22 @@ pub async fn peer(
     peer.options.read_timeout = Some(limits.upstream_timeout);
     peer.options.write_timeout = Some(limits.upstream_timeout);
     peer.options.idle_timeout = Some(UPSTREAM_IDLE);
+    peer.group_key = worker_slot();
     if let Some(roots) = roots {
         peer.options.ca = Some(roots.clone());
     }
     Ok(Box::new(peer))
+}
+
+/// This thread's slot in the upstream connection pool. Each pingora worker thread runs its own
+/// runtime, and a socket's readiness is reported to the runtime that opened it: a pooled
+/// connection taken by another worker made every read and write on it a cross-thread wake-up
+/// (an eventfd write and an epoll return on each side). Pooled per thread, a connection is
+/// only ever used by the thread that opened it.
+pub fn worker_slot() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local!(static SLOT: u64 = NEXT.fetch_add(1, Ordering::Relaxed));
+    SLOT.with(|s| *s)
 }
 
 /// Resolve `host:port` asynchronously, through a small cache of recent answers.

@@ -327,7 +327,11 @@ impl TransportConnector {
         let idle_meta = IdleConnection::new(meta);
         let pool = self.connection_pool.clone(); //clone the arc
         let keepalive_pool_callback = self.keepalive_pool_callback.clone();
-        let rt = pingora_runtime::current_handle();
+        // toolgate patch: the idle watch runs on the thread that released the connection
+        // (the one whose reactor reports its socket, and, pooled per thread by the peer's
+        // `group_key`, the one that takes it next), not on a random worker: taking it back
+        // then wakes no other thread.
+        let rt = tokio::runtime::Handle::current();
         rt.spawn(async move {
             if pool
                 .idle_poll(

@@ -313,6 +313,11 @@ pub(crate) struct UninitializedStream {
 }
 
 impl UninitializedStream {
+    /// toolgate patch: see `Stream::rehome`; called on the thread that serves the stream.
+    pub(crate) fn rehome(&mut self) -> std::io::Result<()> {
+        self.l4.rehome()
+    }
+
     pub async fn handshake(mut self) -> Result<Stream> {
         self.l4.set_buffer(self.l4_buffer);
         if let Some(tls) = self.tls {

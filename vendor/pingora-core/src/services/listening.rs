@@ -230,6 +230,12 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
                     current_handle().spawn(async move {
+                        let mut io = io;
+                        // toolgate patch: served where its events are reported.
+                        if let Err(e) = io.rehome() {
+                            error!("Cannot move the accepted connection to its worker: {e}");
+                            return;
+                        }
                         let peer_addr = io.peer_addr();
                         match timeout(Duration::from_secs(60), io.handshake()).await {
                             Ok(handshake) => {

@@ -641,6 +641,48 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// toolgate patch: register this stream's socket with the reactor of the runtime this is
+    /// called on, before anything was read or written. Under `NoStealRuntime` a connection
+    /// is accepted on one worker thread and spawned on a random one; the socket stayed
+    /// registered with the accepting thread's reactor, so every readiness event for it woke
+    /// the serving thread from the other one (an eventfd write and an epoll return per
+    /// event). Virtual streams are left as they are.
+    pub(crate) fn rehome(&mut self) -> std::io::Result<()> {
+        let Some(old) = self.stream.take() else {
+            return Ok(());
+        };
+        let wrapper = old.into_inner();
+        let RawStreamWrapper {
+            stream,
+            rx_ts,
+            #[cfg(target_os = "linux")]
+            enable_rx_ts,
+            #[cfg(target_os = "linux")]
+            reusable_cmsg_space,
+        } = wrapper;
+        let stream = match stream {
+            RawStream::Tcp(s) => RawStream::Tcp(TcpStream::from_std(s.into_std()?)?),
+            #[cfg(unix)]
+            RawStream::Unix(s) => RawStream::Unix(UnixStream::from_std(s.into_std()?)?),
+            other => other,
+        };
+        self.stream = Some(BufferedStream::with_capacity(
+            0,
+            0,
+            RawStreamWrapper {
+                stream,
+                rx_ts,
+                #[cfg(target_os = "linux")]
+                enable_rx_ts,
+                #[cfg(target_os = "linux")]
+                reusable_cmsg_space,
+            },
+        ));
+        Ok(())
+    }
+}
+
 impl From<TcpStream> for Stream {
     fn from(s: TcpStream) -> Self {
         Stream {
