@@ -27,7 +27,19 @@ pub struct Settings {
     pub batching: Batching,
     /// Headers sent with every OTLP/HTTP export (`OTEL_EXPORTER_OTLP_[TRACES_]HEADERS`); the
     /// gRPC exporter reads them itself.
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
+}
+
+/// Export headers, often a collector's API key: `Debug` shows their names, never a value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| name))
+            .finish()
+    }
 }
 
 /// The traces path of OTLP/HTTP, appended to `OTEL_EXPORTER_OTLP_ENDPOINT`.
@@ -152,7 +164,7 @@ pub fn settings(
             "OTEL_EXPORTER_OTLP_HEADERS",
         ],
     )
-    .map(|(_, v)| parse_headers(&v))
+    .map(|(_, v)| Headers(parse_headers(&v)))
     .unwrap_or_default();
     if protocol == OtlpProtocol::Http {
         if let Some((var, v)) = first(
@@ -306,7 +318,7 @@ fn build(s: &Settings) -> Result<Exporter, Box<dyn std::error::Error>> {
             Exporter::Http(Box::new(HttpExporter::new(
                 client,
                 &s.endpoint,
-                &s.headers,
+                &s.headers.0,
                 s.timeout,
             )?))
         }

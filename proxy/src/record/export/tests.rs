@@ -5,7 +5,7 @@ use std::time::Instant as StdInstant;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use toolgate_policy::config::{ChainSettings, Otlp, OtlpProtocol, StaticEnv};
 
-use super::otlp::{settings, Settings};
+use super::otlp::{settings, Headers, Settings};
 use super::*;
 use crate::pipeline::Exchange;
 use crate::record::span::{action_span, End};
@@ -221,7 +221,7 @@ fn configuration_wins_over_the_environment() {
             protocol: OtlpProtocol::Http,
             timeout: Duration::from_secs(10),
             batching: Batching::default(),
-            headers: vec![],
+            headers: Headers::default(),
         }
     );
 }
@@ -241,11 +241,17 @@ fn export_headers_come_from_the_environment_and_compression_is_refused() {
     .unwrap()
     .unwrap();
     assert_eq!(
-        s.headers,
+        s.headers.0,
         vec![
             ("api-key".to_string(), "s=cret".to_string()),
             ("x-tenant".to_string(), "acme".to_string())
         ]
+    );
+    // A collector's API key never reaches a log through the settings' Debug.
+    let shown = format!("{s:?}");
+    assert!(
+        shown.contains("api-key") && !shown.contains("s=cret"),
+        "{shown}"
     );
     let err = settings(
         Some(&configured()),
