@@ -185,63 +185,58 @@ fn jitter() -> Duration {
 /// Log a collector's partial success (`ExportTraceServiceResponse.partial_success`: spans it
 /// rejected, and why). Anything that does not parse is ignored: the export succeeded.
 fn rejected(body: &[u8]) {
-    let Some(partial) = field(body, 1) else {
+    let Some(partial) = fields(body).find_map(|f| match f {
+        (1, Field::Bytes(b)) => Some(b),
+        _ => None,
+    }) else {
         return;
     };
-    let count = varint_field(partial, 1).unwrap_or(0);
-    let message = field(partial, 2)
-        .map(String::from_utf8_lossy)
-        .unwrap_or_default();
+    let mut count = 0;
+    let mut message = std::borrow::Cow::Borrowed("");
+    for f in fields(partial) {
+        match f {
+            (1, Field::Varint(n)) => count = n,
+            (2, Field::Bytes(b)) => message = String::from_utf8_lossy(b),
+            _ => {}
+        }
+    }
     if count > 0 || !message.is_empty() {
         tracing::warn!(target: "toolgate::telemetry", rejected_spans = count, %message, "the OTLP collector rejected spans");
     }
 }
 
-/// The first length-delimited field `want` of a protobuf message.
-fn field(mut b: &[u8], want: u64) -> Option<&[u8]> {
-    while !b.is_empty() {
+/// A protobuf field's value: what `rejected` reads of one.
+#[derive(Debug, PartialEq)]
+enum Field<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Fixed,
+}
+
+/// The fields of a protobuf message, by number, until the end or the first malformed one.
+fn fields(mut b: &[u8]) -> impl Iterator<Item = (u64, Field<'_>)> {
+    std::iter::from_fn(move || {
         let key = varint(&mut b)?;
-        match key & 7 {
-            0 => {
-                varint(&mut b)?;
+        let field = match key & 7 {
+            0 => Field::Varint(varint(&mut b)?),
+            1 => {
+                b = b.get(8..)?;
+                Field::Fixed
             }
-            1 => b = b.get(8..)?,
-            5 => b = b.get(4..)?,
+            5 => {
+                b = b.get(4..)?;
+                Field::Fixed
+            }
             2 => {
                 let len = usize::try_from(varint(&mut b)?).ok()?;
                 let value = b.get(..len)?;
                 b = b.get(len..)?;
-                if key >> 3 == want {
-                    return Some(value);
-                }
+                Field::Bytes(value)
             }
             _ => return None,
-        }
-    }
-    None
-}
-
-/// The first varint field `want` of a protobuf message.
-fn varint_field(mut b: &[u8], want: u64) -> Option<u64> {
-    while !b.is_empty() {
-        let key = varint(&mut b)?;
-        match key & 7 {
-            0 => {
-                let v = varint(&mut b)?;
-                if key >> 3 == want {
-                    return Some(v);
-                }
-            }
-            1 => b = b.get(8..)?,
-            5 => b = b.get(4..)?,
-            2 => {
-                let len = usize::try_from(varint(&mut b)?).ok()?;
-                b = b.get(len..)?;
-            }
-            _ => return None,
-        }
-    }
-    None
+        };
+        Some((key >> 3, field))
+    })
 }
 
 fn varint(b: &mut &[u8]) -> Option<u64> {

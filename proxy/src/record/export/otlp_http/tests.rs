@@ -187,29 +187,32 @@ async fn a_partial_success_is_a_success() {
         .await
         .unwrap();
     assert_eq!(got.lock().unwrap().len(), 1);
+    let body = &PARTIAL[PARTIAL.len() - 7..];
+    let partial: Vec<_> = super::fields(body).collect();
+    assert_eq!(partial, [(1, super::Field::Bytes(b"\x08\x01\x12\x01x"))]);
+    let inner: Vec<_> = super::fields(b"\x08\x01\x12\x01x").collect();
     assert_eq!(
-        super::varint_field(&PARTIAL[PARTIAL.len() - 7 + 2..], 1),
-        Some(1)
+        inner,
+        [(1, super::Field::Varint(1)), (2, super::Field::Bytes(b"x"))]
     );
+    // Truncated or malformed: the fields end, nothing panics.
+    assert_eq!(super::fields(b"\x0a\x09\x08").count(), 0);
+    assert_eq!(super::fields(b"\x08\xff\xff").count(), 0);
 }
 
 #[test]
 fn a_header_that_cannot_be_sent_fails_at_start() {
-    let client = || HyperClient::with_default_connector(Duration::from_secs(1), None);
-    let bad = HttpExporter::new(
-        client(),
-        "http://127.0.0.1:4318/v1/traces",
-        &[("bad header".to_string(), "v".to_string())],
-        Duration::from_secs(1),
-    )
-    .unwrap_err();
-    assert!(bad.contains("bad header"), "{bad}");
-    let bad = HttpExporter::new(
-        client(),
-        "http://127.0.0.1:4318/v1/traces",
-        &[("x".to_string(), "line\nbreak".to_string())],
-        Duration::from_secs(1),
-    )
-    .unwrap_err();
-    assert!(bad.contains("\"x\""), "{bad}");
+    for (name, value, named) in [
+        ("bad header", "v", "bad header"),
+        ("x", "line\nbreak", "\"x\""),
+    ] {
+        let refused = HttpExporter::new(
+            HyperClient::with_default_connector(Duration::from_secs(1), None),
+            "http://127.0.0.1:4318/v1/traces",
+            &[(name.to_string(), value.to_string())],
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(refused.contains(named), "{refused}");
+    }
 }
