@@ -354,6 +354,41 @@ async fn a_task_is_one_linked_trace_over_otlp_http() {
     a_task_is_one_linked_trace("http", Receiver::http().await).await;
 }
 
+/// `OTEL_EXPORTER_OTLP_HEADERS` (a collector's API key, say) goes with every export, its value
+/// percent-decoded; the span itself arrives (the positive control).
+#[tokio::test(flavor = "multi_thread")]
+async fn export_headers_from_the_environment_reach_the_collector() {
+    let tool = ToolServer::http().await;
+    let receiver = Receiver::http().await;
+    let tg = start(
+        &tool,
+        &receiver.endpoint(),
+        "http",
+        &[
+            QUICK[0],
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-api-key=s3cret%2C1, x-tenant=acme",
+            ),
+        ],
+    );
+    let read = tg
+        .forward_client()
+        .get("http://jira.test/rest/api/3/issue/SUP-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    assert_eq!(receiver.wait_for(1).await.len(), 1);
+    let headers = receiver.headers();
+    assert!(!headers.is_empty());
+    for h in &headers {
+        assert_eq!(h["x-api-key"], "s3cret,1");
+        assert_eq!(h["x-tenant"], "acme");
+        assert_eq!(h["content-type"], "application/x-protobuf");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_is_one_linked_trace_over_otlp_grpc() {
     a_task_is_one_linked_trace("grpc", Receiver::grpc().await).await;

@@ -46,6 +46,8 @@ struct Store {
     spans: Vec<Received>,
     /// Every request body as received (protobuf bytes), to search for what must not be there.
     bodies: Vec<Vec<u8>>,
+    /// Every OTLP/HTTP request's headers.
+    headers: Vec<http::HeaderMap>,
 }
 
 impl Store {
@@ -124,6 +126,11 @@ impl Receiver {
         self.store.lock().unwrap().bodies.clone()
     }
 
+    /// The headers of every OTLP/HTTP export request received.
+    pub fn headers(&self) -> Vec<http::HeaderMap> {
+        self.store.lock().unwrap().headers.clone()
+    }
+
     /// Wait (up to 30 s) until at least `n` spans arrived; returns them all.
     pub async fn wait_for(&self, n: usize) -> Vec<Received> {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -151,6 +158,7 @@ async fn http_export(
     store: Arc<Mutex<Store>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
+    store.lock().unwrap().headers.push(req.headers().clone());
     let content_type = req
         .headers()
         .get("content-type")
