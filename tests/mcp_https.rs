@@ -286,8 +286,9 @@ async fn an_mcp_tools_call_over_https_is_classified_by_its_body_inside_the_tunne
     assert_eq!(claims["sub"], AGENT);
     assert_eq!(claims["task"], "T-mcp-tls");
 
-    let decisions = s.tg.stdout();
+    // The decision log's own thread writes the lines: wait for each.
     for action in ["crm.lookup_customer", "crm.delete_customer"] {
+        let decisions = s.tg.wait_for_stdout(&format!(r#""action":"{action}""#));
         assert!(
             decisions.contains(&format!(r#""action":"{action}""#)),
             "{decisions}"

@@ -282,7 +282,11 @@ async fn a_task_is_one_linked_trace(protocol: &str, receiver: Receiver) {
         }
     }
 
-    // The decision log names the same trace and span as the exported spans.
+    // The decision log names the same trace and span as the exported spans (its own thread
+    // writes the lines: wait for each).
+    for span in &spans {
+        tg.wait_for_stdout(string(&span.attributes, "toolgate.decision_id").unwrap());
+    }
     let log = tg.stdout();
     let lines: Vec<serde_json::Value> = log
         .lines()

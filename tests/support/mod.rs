@@ -386,6 +386,19 @@ impl Toolgate {
         false
     }
 
+    /// stdout (the decision log) once it contains `needle`, or as it is after 10 s: the decision
+    /// log is written by its own thread, after the request's own log lines.
+    pub fn wait_for_stdout(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.stdout();
+            if out.contains(needle) || Instant::now() >= deadline {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `http://127.0.0.1:PORT` of the proxy listener.
     pub fn proxy_url(&self) -> String {
         format!("http://{}", self.proxy)
