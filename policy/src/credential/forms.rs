@@ -26,15 +26,22 @@ pub fn forms(values: &[&str]) -> Vec<SecretText> {
         push((*v).to_string(), false);
         let percent = utf8_percent_encode(v, NON_ALPHANUMERIC).to_string();
         push(lower_hex(&percent), true);
-        push(percent.replace("%20", "+"), true);
+        if percent.contains("%20") {
+            push(percent.replace("%20", "+"), true);
+        }
         push(percent, true);
-        let json = serde_json::to_string(v).unwrap_or_default();
-        let json = json
-            .strip_prefix('"')
-            .and_then(|j| j.strip_suffix('"'))
-            .unwrap_or_default()
-            .to_string();
-        push(json.replace('/', "\\/"), true);
+        let json = if v.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+            let json = serde_json::to_string(v).unwrap_or_default();
+            json.strip_prefix('"')
+                .and_then(|j| j.strip_suffix('"'))
+                .unwrap_or_default()
+                .to_string()
+        } else {
+            (*v).to_string()
+        };
+        if json.contains('/') {
+            push(json.replace('/', "\\/"), true);
+        }
         push(json, true);
         for core in base64_cores(v.as_bytes()) {
             push(core, true);
@@ -46,41 +53,53 @@ pub fn forms(values: &[&str]) -> Vec<SecretText> {
 
 /// `%2F` → `%2f`: some encoders write lower-case hex.
 fn lower_hex(percent: &str) -> String {
-    let mut out = String::with_capacity(percent.len());
+    let mut out = percent.as_bytes().to_vec();
     let mut escape = 0;
-    for c in percent.chars() {
-        if c == '%' {
+    for b in &mut out {
+        if *b == b'%' {
             escape = 2;
-            out.push(c);
         } else if escape > 0 {
             escape -= 1;
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
+            b.make_ascii_lowercase();
         }
     }
-    out
+    // Only ASCII letters were changed, so it is still UTF-8.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// `+` → `-` and `/` → `_`: the URL-safe base64 alphabet from the standard one.
+fn url_safe(core: &str) -> String {
+    let out: Vec<u8> = core
+        .bytes()
+        .map(|b| match b {
+            b'+' => b'-',
+            b'/' => b'_',
+            b => b,
+        })
+        .collect();
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The base64 characters that encode `value` alone, whatever precedes and follows it in the
 /// encoded text: for each of the three alignments, the characters whose six bits all fall
 /// within `value` — in the standard and the URL-safe alphabets.
 fn base64_cores(value: &[u8]) -> Vec<String> {
-    let engines = [
-        base64::engine::general_purpose::STANDARD_NO_PAD,
-        base64::engine::general_purpose::URL_SAFE_NO_PAD,
-    ];
-    let mut cores = Vec::new();
+    let mut cores = Vec::with_capacity(6);
+    let mut shifted = Vec::with_capacity(value.len() + 2);
     for align in 0..3usize {
-        let mut shifted = vec![0u8; align];
+        shifted.clear();
+        shifted.resize(align, 0);
         shifted.extend_from_slice(value);
         let first = (8 * align).div_ceil(6);
         let end = (8 * (align + value.len())) / 6;
-        for engine in &engines {
-            let encoded = engine.encode(&shifted);
-            if let Some(core) = encoded.get(first..end) {
-                cores.push(core.to_string());
-            }
+        let encoded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&shifted);
+        let Some(core) = encoded.get(first..end) else {
+            continue;
+        };
+        // The URL-safe alphabet differs in two characters only.
+        cores.push(core.to_string());
+        if core.bytes().any(|b| b == b'+' || b == b'/') {
+            cores.push(url_safe(core));
         }
     }
     cores

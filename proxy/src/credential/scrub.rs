@@ -19,20 +19,95 @@ use toolgate_policy::config::SecretText;
 /// The byte body matches are masked with.
 pub const MASK: u8 = b'*';
 
-/// Searchers for every form of one credential value, longest first. Building one costs about
-/// as much as a policy decision (13 forms of a secret: ~25 k instructions with the copies),
-/// so they are built once per value and shared ([`Finders::of`]), not once per request.
+/// Searchers for every form of one credential value, longest first. Building a searcher costs
+/// about 25 instructions per byte of its needle, so they are built once per value and shared
+/// ([`Finders::of`]), not once per request — and a long form is searched by its end only
+/// ([`Form`]): a minted token is a new value on every request, with ~9 forms of 300–600 bytes.
 pub struct Finders {
-    finders: Vec<Finder<'static>>,
+    forms: Vec<Form>,
     longest: usize,
 }
 
 impl std::fmt::Debug for Finders {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Finders")
-            .field("forms", &self.finders.len())
+            .field("forms", &self.forms.len())
             .finish_non_exhaustive()
     }
+}
+
+/// Forms longer than this are searched by their last [`WINDOW`] bytes, then compared whole.
+const WHOLE_UP_TO: usize = 64;
+/// How much of a long form's end is searched for.
+const WINDOW: usize = 32;
+
+/// One form and its searcher: over the whole form, or over its last [`WINDOW`] bytes, each hit
+/// of which is confirmed by comparing the whole form. Same matches either way; a window is
+/// used only when its shortest period is at least half its length, so its hits are at least
+/// `WINDOW / 2` bytes apart and confirming them costs at most `len / 16` byte comparisons
+/// (one vectorised `memcmp` per hit) per byte searched — a tool that repeats the window
+/// cannot make the search quadratic.
+struct Form {
+    needle: Box<[u8]>,
+    finder: Finder<'static>,
+}
+
+impl Form {
+    fn new(needle: &[u8]) -> Form {
+        let window = needle
+            .len()
+            .checked_sub(WINDOW)
+            .filter(|_| needle.len() > WHOLE_UP_TO)
+            .and_then(|at| needle.get(at..))
+            .filter(|w| shortest_period(w) >= WINDOW / 2);
+        Form {
+            needle: needle.into(),
+            finder: Finder::new(window.unwrap_or(needle)).into_owned(),
+        }
+    }
+
+    /// Where the form first occurs in `haystack`.
+    fn find(&self, haystack: &[u8]) -> Option<usize> {
+        let (m, w) = (self.needle.len(), self.finder.needle().len());
+        if w == m {
+            return self.finder.find(haystack);
+        }
+        // A form starting at `s` has its window at `s + m - w`.
+        let mut from = m - w;
+        while let Some(i) = haystack.get(from..).and_then(|rest| self.finder.find(rest)) {
+            let start = from + i + w - m;
+            if haystack.get(start..start + m) == Some(&self.needle[..]) {
+                return Some(start);
+            }
+            from += i + 1;
+        }
+        None
+    }
+}
+
+/// The shortest period of a window `s` (its length when it has none shorter), by the prefix
+/// function (a form's window is [`WINDOW`] bytes).
+fn shortest_period(s: &[u8]) -> usize {
+    let s = s.get(..WINDOW).unwrap_or(s);
+    let mut border = [0usize; WINDOW];
+    let mut k = 0;
+    for i in 1..s.len() {
+        while k > 0 && s.get(i) != s.get(k) {
+            k = border.get(k - 1).copied().unwrap_or(0);
+        }
+        if s.get(i) == s.get(k) {
+            k += 1;
+        }
+        if let Some(b) = border.get_mut(i) {
+            *b = k;
+        }
+    }
+    s.len()
+        - s.len()
+            .checked_sub(1)
+            .and_then(|i| border.get(i))
+            .copied()
+            .unwrap_or(0)
 }
 
 /// How many credential values each thread keeps searchers for: a static secret hits every
@@ -48,14 +123,14 @@ thread_local! {
 
 impl Finders {
     fn build(needles: &[SecretText]) -> Option<Finders> {
-        let finders: Vec<Finder<'static>> = needles
+        let forms: Vec<Form> = needles
             .iter()
             .map(|n| n.expose().as_bytes())
             .filter(|n| !n.is_empty())
-            .map(|n| Finder::new(n).into_owned())
+            .map(Form::new)
             .collect();
-        let longest = finders.iter().map(|f| f.needle().len()).max()?;
-        Some(Finders { finders, longest })
+        let longest = forms.iter().map(|f| f.needle.len()).max()?;
+        Some(Finders { forms, longest })
     }
 
     /// The searchers for `needles`; `None` when there is nothing to look for. Reused while
@@ -84,7 +159,7 @@ impl Finders {
 
     /// Whether any form occurs in `haystack`.
     pub fn any_in(&self, haystack: &[u8]) -> bool {
-        self.finders.iter().any(|f| f.find(haystack).is_some())
+        self.forms.iter().any(|f| f.find(haystack).is_some())
     }
 }
 
@@ -124,7 +199,7 @@ impl BodyScrubber {
     /// Scrub the next chunk; returns what can be passed on now.
     pub fn chunk(&mut self, chunk: &[u8]) -> Bytes {
         self.pending.extend_from_slice(chunk);
-        let masked = mask(&self.finders.finders, &mut self.pending);
+        let masked = mask(&self.finders.forms, &mut self.pending);
         self.masked += masked;
         let hold = self.held_back();
         let ready = self.pending.len() - hold;
@@ -145,21 +220,21 @@ impl BodyScrubber {
             .find(|&k| {
                 let tail = data.get(data.len() - k..).unwrap_or_default();
                 self.finders
-                    .finders
+                    .forms
                     .iter()
-                    .any(|f| f.needle().len() > k && f.needle().starts_with(tail))
+                    .any(|f| f.needle.len() > k && f.needle.starts_with(tail))
             })
             .unwrap_or(0)
     }
 }
 
 /// Mask every occurrence of every needle in `data` (longer needles first); returns how many.
-fn mask(finders: &[Finder<'static>], data: &mut [u8]) -> u64 {
+fn mask(forms: &[Form], data: &mut [u8]) -> u64 {
     let mut count = 0;
-    for finder in finders {
-        let len = finder.needle().len();
+    for form in forms {
+        let len = form.needle.len();
         let mut from = 0;
-        while let Some(i) = data.get(from..).and_then(|rest| finder.find(rest)) {
+        while let Some(i) = data.get(from..).and_then(|rest| form.find(rest)) {
             let start = from + i;
             if let Some(hit) = data.get_mut(start..start + len) {
                 hit.fill(MASK);
@@ -246,6 +321,80 @@ mod tests {
         for _ in 0..1000 {
             let _ = s.chunk(b"s3cret-token-");
             assert!(s.pending.len() < longest);
+        }
+    }
+
+    #[test]
+    fn a_window_is_used_only_when_it_is_not_periodic() {
+        assert_eq!(shortest_period(b"abcabcab"), 3);
+        assert_eq!(shortest_period(&[b'a'; WINDOW]), 1);
+        assert_eq!(shortest_period(b"abcd"), 4);
+        let token: Vec<u8> = (0..200u32)
+            .map(|i| b'A' + ((i * 7 + i / 5) % 26) as u8)
+            .collect();
+        assert_eq!(Form::new(&token).finder.needle().len(), WINDOW);
+        let short = Form::new(&token[..WHOLE_UP_TO]);
+        assert_eq!(short.finder.needle().len(), WHOLE_UP_TO);
+        // A form ending in a run of one byte is searched whole.
+        let mut padded = token.clone();
+        padded.extend_from_slice(&[b'='; WINDOW]);
+        assert_eq!(Form::new(&padded).finder.needle().len(), padded.len());
+    }
+
+    #[test]
+    fn a_minted_token_split_across_chunks_is_masked_whole() {
+        // A JWT-sized token: its forms are long, so each is found by its end and confirmed.
+        let token: String = (0..420u32)
+            .map(|i| {
+                char::from(
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
+                        [(i * 31 % 65) as usize],
+                )
+            })
+            .collect();
+        // Decoys: the token's end after a different start, and its start alone.
+        let body = format!(
+            "{{\"x\":\"zz{}\",\"y\":\"{}\",\"auth\":\"{token}\"}}",
+            &token[5..],
+            &token[..300]
+        );
+        for cut in [0, 1, 20, 300, 420, body.len() - 3, body.len()] {
+            let mut s = scrubber(&[&token]);
+            let out = through(&mut s, &[&body.as_bytes()[..cut], &body.as_bytes()[cut..]]);
+            let want = body.replace(&token, &"*".repeat(token.len()));
+            assert_eq!(String::from_utf8(out).unwrap(), want, "cut {cut}");
+            assert_eq!(s.masked, 1, "the decoys are not the token");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        /// Searching a long form by its end finds exactly what searching the whole form finds,
+        /// on haystacks made of the form's own pieces (near misses, overlaps, repeats).
+        #[test]
+        fn a_windowed_search_finds_what_a_whole_search_finds(
+            needle in proptest::collection::vec(0u8..4, 65..200),
+            pieces in proptest::collection::vec((0usize..200, 0usize..200, 0u8..4), 0..12),
+        ) {
+            let mut haystack = Vec::new();
+            for (a, b, noise) in pieces {
+                let (a, b) = (a.min(needle.len()), b.min(needle.len()));
+                haystack.extend_from_slice(&needle[a.min(b)..a.max(b)]);
+                haystack.push(noise);
+                if a % 3 == 0 {
+                    haystack.extend_from_slice(&needle);
+                }
+            }
+            let form = Form::new(&needle);
+            let mut from = 0;
+            loop {
+                let want = memchr::memmem::find(&haystack[from..], &needle);
+                proptest::prop_assert_eq!(form.find(&haystack[from..]), want);
+                match want {
+                    Some(i) => from += i + 1,
+                    None => break,
+                }
+            }
         }
     }
 }
