@@ -37,7 +37,7 @@ use regorus::Value;
 use serde_json::Value as Json;
 
 use crate::config::ChainSettings;
-use crate::evaluate::ChainEntry;
+use crate::evaluate::{word, ChainEntry};
 use crate::labels::{AgentLabels, LabelSet, Mark};
 
 /// Number of independently locked shards per pool.
@@ -437,7 +437,7 @@ impl Ledger {
             return;
         };
         if let Some((_, value)) = t.entries.iter_mut().rev().find(|(s, _)| *s == seq) {
-            if value["pending"] != Value::from(true) {
+            if value[&word("pending")] != Value::from(true) {
                 return;
             }
             let current = std::mem::replace(value, Value::Null);
@@ -571,7 +571,7 @@ pub fn decided_value(value: Value, decision: &str, dry_run: bool) -> Value {
         "error" => "error",
         _ => return value,
     };
-    let value = with_field(value, "decision", Value::from(decision));
+    let value = with_field(value, "decision", word(decision));
     if dry_run {
         with_field(value, "dry_run", Value::from(true))
     } else {
@@ -607,7 +607,7 @@ pub fn cut(s: &str) -> &str {
 /// `value` (an object) with `key` set.
 fn with_field(mut value: Value, key: &str, field: Value) -> Value {
     if let Ok(obj) = value.as_object_mut() {
-        obj.insert(Value::from(key), field);
+        obj.insert(word(key), field);
     }
     value
 }
@@ -615,7 +615,7 @@ fn with_field(mut value: Value, key: &str, field: Value) -> Value {
 /// A pending entry settled on `outcome`.
 fn settled(value: Value, outcome: Outcome) -> Value {
     let value = with_field(value, "pending", Value::from(false));
-    let value = with_field(value, "outcome", Value::from(outcome.as_str()));
+    let value = with_field(value, "outcome", word(outcome.as_str()));
     match outcome.status() {
         Some(s) => with_field(value, "status", Value::from(u64::from(s))),
         None => value,

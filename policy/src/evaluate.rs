@@ -24,6 +24,7 @@ use regorus::{CompiledPolicy, Engine};
 
 pub use crate::chain::View;
 pub use decision::{CredentialGrant, Decision, Effect};
+pub(crate) use input::word;
 pub use input::{
     chain_value, mark_listing, set_definition, timestamp, ChainEntry, Input, RequestView,
     CREDENTIAL_HEADERS,

@@ -113,6 +113,22 @@ struct Keys {
     query: Value,
     headers: Value,
     body: Value,
+    // A chain entry's own keys, and the words its fields take.
+    seq: Value,
+    decision: Value,
+    pending: Value,
+    at: Value,
+    outcome: Value,
+    status: Value,
+    dry_run: Value,
+    allow: Value,
+    deny: Value,
+    error: Value,
+    response: Value,
+    refused: Value,
+    agent_disconnected: Value,
+    upstream_error: Value,
+    timeout: Value,
 }
 
 static KEYS: LazyLock<Keys> = LazyLock::new(|| Keys {
@@ -139,14 +155,45 @@ static KEYS: LazyLock<Keys> = LazyLock::new(|| Keys {
     query: Value::from("query"),
     headers: Value::from("headers"),
     body: Value::from("body"),
+    seq: Value::from("seq"),
+    decision: Value::from("decision"),
+    pending: Value::from("pending"),
+    at: Value::from("at"),
+    outcome: Value::from("outcome"),
+    status: Value::from("status"),
+    dry_run: Value::from("dry_run"),
+    allow: Value::from("allow"),
+    deny: Value::from("deny"),
+    error: Value::from("error"),
+    response: Value::from("response"),
+    refused: Value::from("refused"),
+    agent_disconnected: Value::from("agent_disconnected"),
+    upstream_error: Value::from("upstream_error"),
+    timeout: Value::from("timeout"),
 });
 
-fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
-    let map: BTreeMap<Value, Value> = fields
-        .into_iter()
-        .map(|(k, v)| (Value::from(k), v))
-        .collect();
-    Value::from(map)
+/// The fixed words of a chain entry, as values made once: the keys it is given after it is
+/// made (`pending`, `outcome`, `status`, `dry_run`, `decision`), a decision and an outcome.
+/// Anything else is made afresh.
+pub fn word(s: &str) -> Value {
+    let k = &*KEYS;
+    let made = match s {
+        "pending" => &k.pending,
+        "outcome" => &k.outcome,
+        "status" => &k.status,
+        "dry_run" => &k.dry_run,
+        "decision" => &k.decision,
+        "allow" => &k.allow,
+        "deny" => &k.deny,
+        "error" => &k.error,
+        "response" => &k.response,
+        "refused" => &k.refused,
+        "agent_disconnected" => &k.agent_disconnected,
+        "upstream_error" => &k.upstream_error,
+        "timeout" => &k.timeout,
+        _ => return Value::from(s),
+    };
+    made.clone()
 }
 
 /// An object with keys made once ([`KEYS`]).
@@ -160,7 +207,8 @@ thread_local! {
     static NOW: RefCell<Option<(u64, Value)>> = const { RefCell::new(None) };
 }
 
-/// `input.now`: [`timestamp`] of `t`, formatted once per second per thread.
+/// `input.now` and a chain entry's `at`: [`timestamp`] of `t`, formatted once per second per
+/// thread.
 fn now_value(t: SystemTime) -> Value {
     let Ok(since) = t.duration_since(UNIX_EPOCH) else {
         return Value::from(timestamp(t));
@@ -206,20 +254,21 @@ pub fn timestamp(t: SystemTime) -> String {
 impl ChainEntry {
     /// This entry as a policy value.
     pub fn to_value(&self) -> Value {
-        let mut entry = object([
-            ("seq", Value::from(self.seq)),
-            ("action", Value::from(&*self.action)),
-            ("tool", opt_str(self.tool.as_deref())),
-            ("agent", Value::from(&*self.agent)),
-            ("decision", Value::from(self.decision)),
-            ("pending", Value::from(self.outcome.is_none())),
-            ("attributes", attributes(&self.attributes)),
-            ("at", Value::from(timestamp(self.at))),
+        let k = &*KEYS;
+        let mut entry = keyed([
+            (&k.seq, Value::from(self.seq)),
+            (&k.action, Value::from(&*self.action)),
+            (&k.tool, opt_str(self.tool.as_deref())),
+            (&k.agent, Value::from(&*self.agent)),
+            (&k.decision, word(self.decision)),
+            (&k.pending, Value::from(self.outcome.is_none())),
+            (&k.attributes, attributes(&self.attributes)),
+            (&k.at, now_value(self.at)),
         ]);
         if let (Some(outcome), Ok(map)) = (self.outcome, entry.as_object_mut()) {
-            map.insert(Value::from("outcome"), Value::from(outcome.as_str()));
+            map.insert(k.outcome.clone(), word(outcome.as_str()));
             if let Some(status) = outcome.status() {
-                map.insert(Value::from("status"), Value::from(u64::from(status)));
+                map.insert(k.status.clone(), Value::from(u64::from(status)));
             }
         }
         entry
