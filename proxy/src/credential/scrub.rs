@@ -10,8 +10,9 @@
 //! that ends a chunk is never delayed (no form begins with a line break).
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use bytes::{Bytes, BytesMut};
 use memchr::memmem::Finder;
 use toolgate_policy::config::SecretText;
@@ -26,6 +27,13 @@ pub const MASK: u8 = b'*';
 pub struct Finders {
     forms: Vec<Form>,
     longest: usize,
+    /// The bytes forms begin with.
+    first: [bool; 256],
+    /// All forms at once, answering "does any occur?" in one pass — built when these
+    /// searchers are reused and their forms are short (a configured secret's, on its second
+    /// use on a thread), never for a minted token's: their forms serve one request, and an
+    /// automaton over several kilobytes of them costs tens of thousands of times one search.
+    any: OnceLock<Option<AhoCorasick>>,
 }
 
 impl std::fmt::Debug for Finders {
@@ -40,6 +48,8 @@ impl std::fmt::Debug for Finders {
 const WHOLE_UP_TO: usize = 64;
 /// How much of a long form's end is searched for.
 const WINDOW: usize = 32;
+/// The most bytes of forms (all of one value's) searched with one automaton.
+const ANY_UP_TO: usize = 2048;
 
 /// One form and its searcher: over the whole form, or over its last [`WINDOW`] bytes, each hit
 /// of which is confirmed by comparing the whole form. Same matches either way; a window is
@@ -130,7 +140,37 @@ impl Finders {
             .map(Form::new)
             .collect();
         let longest = forms.iter().map(|f| f.needle.len()).max()?;
-        Some(Finders { forms, longest })
+        let mut first = [false; 256];
+        for f in &forms {
+            if let Some(b) = f
+                .needle
+                .first()
+                .and_then(|&b| first.get_mut(usize::from(b)))
+            {
+                *b = true;
+            }
+        }
+        Some(Finders {
+            forms,
+            longest,
+            first,
+            any: OnceLock::new(),
+        })
+    }
+
+    /// Build the all-forms searcher (once), if the forms are short enough.
+    fn reused(&self) {
+        if self.forms.iter().map(|f| f.needle.len()).sum::<usize>() > ANY_UP_TO {
+            return;
+        }
+        self.any.get_or_init(|| {
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostFirst)
+                // Small (no DFA tables per thread); the literal prefilter does the searching.
+                .kind(Some(AhoCorasickKind::ContiguousNFA))
+                .build(self.forms.iter().map(|f| &f.needle[..]))
+                .ok()
+        });
     }
 
     /// The searchers for `needles`; `None` when there is nothing to look for. Reused while
@@ -141,6 +181,7 @@ impl Finders {
             let i = cache.iter().position(|(k, _)| Arc::ptr_eq(k, needles))?;
             let entry = cache.remove(i);
             let finders = entry.1.clone();
+            finders.reused();
             cache.insert(0, entry);
             Some(finders)
         });
@@ -159,7 +200,10 @@ impl Finders {
 
     /// Whether any form occurs in `haystack`.
     pub fn any_in(&self, haystack: &[u8]) -> bool {
-        self.forms.iter().any(|f| f.find(haystack).is_some())
+        match self.any.get() {
+            Some(Some(any)) => any.is_match(haystack),
+            _ => self.forms.iter().any(|f| f.find(haystack).is_some()),
+        }
     }
 }
 
@@ -199,7 +243,11 @@ impl BodyScrubber {
     /// Scrub the next chunk; returns what can be passed on now.
     pub fn chunk(&mut self, chunk: &[u8]) -> Bytes {
         self.pending.extend_from_slice(chunk);
-        let masked = mask(&self.finders.forms, &mut self.pending);
+        let masked = if self.finders.any_in(&self.pending) {
+            mask(&self.finders.forms, &mut self.pending)
+        } else {
+            0
+        };
         self.masked += masked;
         let hold = self.held_back();
         let ready = self.pending.len() - hold;
@@ -215,14 +263,19 @@ impl BodyScrubber {
     fn held_back(&self) -> usize {
         let data = &self.pending[..];
         let max = data.len().min(self.finders.longest.saturating_sub(1));
+        // Only a byte some form begins with can begin a held-back end: one table look-up per
+        // byte of the last `longest - 1`, a comparison only where one of them is.
         (1..=max)
             .rev()
             .find(|&k| {
                 let tail = data.get(data.len() - k..).unwrap_or_default();
-                self.finders
-                    .forms
-                    .iter()
-                    .any(|f| f.needle.len() > k && f.needle.starts_with(tail))
+                tail.first()
+                    .is_some_and(|&b| self.finders.first.get(usize::from(b)) == Some(&true))
+                    && self
+                        .finders
+                        .forms
+                        .iter()
+                        .any(|f| f.needle.len() > k && f.needle.starts_with(tail))
             })
             .unwrap_or(0)
     }
@@ -325,6 +378,35 @@ mod tests {
     }
 
     #[test]
+    fn a_configured_secret_reused_is_masked_through_the_all_forms_searcher() {
+        let needles: Arc<[SecretText]> = toolgate_policy::credential::forms::forms(&[
+            "s3cr/et-token-42",
+            "Bearer s3cr/et-token-42",
+        ])
+        .into();
+        let first = BodyScrubber::new(needles.clone()).unwrap();
+        assert!(first.finders.any.get().is_none(), "not built for one use");
+        for round in 0..3 {
+            let mut s = BodyScrubber::new(needles.clone()).unwrap();
+            assert!(
+                matches!(s.finders.any.get(), Some(Some(_))),
+                "round {round}"
+            );
+            // Every form is still found, split or whole; an ordinary body passes unchanged.
+            let body =
+                "{\"h\":\"Bearer%20s3cr%2Fet%2Dtoken%2D42\",\"b\":\"czNjci9ldC10b2tlbi00Mg\"}";
+            let out = through(&mut s, &[&body.as_bytes()[..20], &body.as_bytes()[20..]]);
+            let out = String::from_utf8(out).unwrap();
+            assert!(!out.contains("s3cr") && !out.contains("token"), "{out}");
+            assert_eq!(s.masked, 2);
+            let plain = b"{\"ok\":true,\"s3cr\":\"et\"}";
+            assert_eq!(through(&mut s, &[plain]), plain.to_vec());
+            assert!(s.finders.any_in(b"x: s3cr/et-token-42"));
+            assert!(!s.finders.any_in(b"x: s3cr/et-token-4"));
+        }
+    }
+
+    #[test]
     fn a_window_is_used_only_when_it_is_not_periodic() {
         assert_eq!(shortest_period(b"abcabcab"), 3);
         assert_eq!(shortest_period(&[b'a'; WINDOW]), 1);
@@ -358,12 +440,16 @@ mod tests {
             &token[5..],
             &token[..300]
         );
+        let needles: Arc<[SecretText]> =
+            toolgate_policy::credential::forms::forms(&[&token]).into();
         for cut in [0, 1, 20, 300, 420, body.len() - 3, body.len()] {
-            let mut s = scrubber(&[&token]);
+            let mut s = BodyScrubber::new(needles.clone()).unwrap();
             let out = through(&mut s, &[&body.as_bytes()[..cut], &body.as_bytes()[cut..]]);
             let want = body.replace(&token, &"*".repeat(token.len()));
             assert_eq!(String::from_utf8(out).unwrap(), want, "cut {cut}");
             assert_eq!(s.masked, 1, "the decoys are not the token");
+            // The header scrub and the body share the forms: no automaton for one request's.
+            assert!(s.finders.any.get().is_none());
         }
     }
 
